@@ -1,0 +1,51 @@
+/// \file
+/// \brief Registration of runtime images (what VMs boot).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fcwarm/status.hpp"
+#include "fcwarm/store.hpp"
+#include "fcwarm/types.hpp"
+#include "fcwarm/vmm.hpp"
+
+namespace fcwarm {
+
+/// \brief Registers, lists and removes runtime images. Validates every field before anything is written.
+///
+/// Thread safety: safe for concurrent use.
+class ImageRegistry {
+ public:
+  /// \brief Creates a registry over a store.
+  /// \param store The store; must outlive the registry.
+  /// \param vmms Known backends (an image naming an unknown backend is refused); must outlive the registry.
+  ImageRegistry(Store& store, const VmmRegistry& vmms);
+
+  /// \brief Validates and stores an image. `id` and `created_at` are assigned.
+  /// \param image The image; `name`, `backend`, `kernel_path` are required, paths must be absolute existing
+  /// regular files, shape within limits (see VmShape), runtime check kind known.
+  /// \return The stored image; InvalidArgument naming the bad field; AlreadyExists for a duplicate name.
+  Result<RuntimeImage> Register(RuntimeImage image);
+  /// \brief Finds an image by id.
+  /// \param id The id text (validated).
+  /// \return The image; InvalidArgument for a malformed id; NotFound.
+  Result<RuntimeImage> Get(const std::string& id) const;
+  /// \brief Finds an image by name.
+  /// \param name The name (validated).
+  /// \return The image; InvalidArgument; NotFound.
+  Result<RuntimeImage> GetByName(const std::string& name) const;
+  /// \brief Lists images, newest first.
+  Result<std::vector<RuntimeImage>> List() const;
+  /// \brief Removes an image that has no non-deleted snapshot and no live VM.
+  /// \param id The id text.
+  /// \return Ok; InvalidArgument; NotFound; FailedPrecondition when still in use.
+  Status Remove(const std::string& id);
+
+ private:
+  Store& store_;
+  const VmmRegistry& vmms_;
+};
+
+}  // namespace fcwarm

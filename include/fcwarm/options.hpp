@@ -1,0 +1,88 @@
+/// \file
+/// \brief Options structs of the core classes, each field with its default.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace fcwarm {
+
+/// \brief Options of Store::Open().
+struct StoreOptions {
+  /// \brief SQLite file path, or ":memory:" for a private in-memory database. Default: "fcwarm.db".
+  std::string path = "fcwarm.db";
+  /// \brief How long a statement waits for a lock held by another connection. Default: 5 s.
+  std::chrono::milliseconds busy_timeout{5000};
+};
+
+/// \brief Options of SnapshotManager.
+struct SnapshotManagerOptions {
+  /// \brief Root of the snapshot files: `<root>/<image_id>/<snapshot_id>/gen-<N>/`. Default:
+  /// "/var/lib/fcwarm/snapshots".
+  std::string root_dir = "/var/lib/fcwarm/snapshots";
+  /// \brief Directory for build VMs' work directories. Default: "/var/lib/fcwarm/build".
+  std::string build_dir = "/var/lib/fcwarm/build";
+  /// \brief Concurrent builds. Default: 1.
+  unsigned build_workers = 1;
+  /// \brief Maximum non-deleted snapshots per runtime image. Default: 2.
+  unsigned max_snapshots_per_image = 2;
+  /// \brief Maximum non-deleted snapshots in total. Default: 64.
+  unsigned max_snapshots_total = 64;
+  /// \brief How long a build waits for the guest agent to answer after boot. Default: 120 s.
+  std::chrono::milliseconds agent_timeout{120000};
+  /// \brief How long a build waits for the runtime check to pass. Default: 300 s.
+  std::chrono::milliseconds runtime_timeout{300000};
+  /// \brief Interval between readiness polls. Default: 100 ms.
+  std::chrono::milliseconds poll_interval{100};
+  /// \brief Grace period when stopping the build VM. Default: 5 s.
+  std::chrono::milliseconds stop_grace{5000};
+  /// \brief Kill VMM processes recorded by a previous run at startup (reconciliation). Default: true.
+  bool reconcile_processes = true;
+};
+
+/// \brief Options of HealthTracker.
+struct HealthOptions {
+  /// \brief Consecutive warm-restore failures that make a snapshot unhealthy. Default: 3.
+  int64_t unhealthy_threshold = 3;
+  /// \brief Rebuild unhealthy snapshots (and failed builds) automatically. Default: true.
+  bool auto_rebuild = true;
+  /// \brief Delay before retrying after the first failed build; doubles per failure. Default: 5 s.
+  std::chrono::milliseconds rebuild_backoff_initial{5000};
+  /// \brief Cap on the delay between automatic rebuild attempts. Default: 10 min.
+  std::chrono::milliseconds rebuild_backoff_max{600000};
+};
+
+/// \brief Options of RestoreEngine.
+struct RestoreOptions {
+  /// \brief Directory holding one work directory per VM. Default: "/var/lib/fcwarm/vms".
+  std::string vm_dir = "/var/lib/fcwarm/vms";
+  /// \brief How long a request waits for a `creating` snapshot before booting cold. Default: 60 s.
+  std::chrono::milliseconds wait_for_creating{60000};
+  /// \brief Deadline for the guest agent of a restored clone to answer. Default: 10 s.
+  std::chrono::milliseconds restore_agent_timeout{10000};
+  /// \brief Deadline for the guest agent of a cold-booted VM to answer. Default: 120 s.
+  std::chrono::milliseconds cold_agent_timeout{120000};
+  /// \brief Deadline for the runtime check of a restored clone. Default: 15 s.
+  std::chrono::milliseconds restore_runtime_timeout{15000};
+  /// \brief Deadline for the runtime check of a cold-booted VM. Default: 300 s.
+  std::chrono::milliseconds cold_runtime_timeout{300000};
+  /// \brief Interval between readiness polls. Default: 50 ms.
+  std::chrono::milliseconds poll_interval{50};
+  /// \brief Recompute every file digest on every Nth warm restore of a snapshot (0: only when size or mtime
+  /// changed). Default: 50.
+  unsigned full_verify_every = 50;
+  /// \brief Base of the guest address pool; each VM gets a /30 (gateway = base+4i+1, guest = base+4i+2).
+  /// Default: "10.213.0.0".
+  std::string address_pool_base = "10.213.0.0";
+  /// \brief Number of /30 blocks in the pool. Default: 16384 (a /16).
+  int64_t address_pool_size = 16384;
+  /// \brief Give VMs a network identity (MAC/IP). Default: true.
+  bool allocate_network = true;
+  /// \brief Grace period when stopping a VM. Default: 3 s.
+  std::chrono::milliseconds stop_grace{3000};
+  /// \brief Boot cold when the warm path fails (false: return the error instead). Default: true.
+  bool fallback_to_cold = true;
+};
+
+}  // namespace fcwarm

@@ -1,0 +1,87 @@
+/// \file
+/// \brief RestoreEngine: "give me a ready VM of image X" — warm when possible, cold otherwise.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fcwarm/health_tracker.hpp"
+#include "fcwarm/options.hpp"
+#include "fcwarm/snapshot_manager.hpp"
+#include "fcwarm/status.hpp"
+#include "fcwarm/store.hpp"
+#include "fcwarm/types.hpp"
+#include "fcwarm/vmm.hpp"
+
+namespace fcwarm {
+
+/// \brief A request for a ready VM.
+struct ProvisionRequest {
+  std::string runtime_image_id;  ///< The image (required).
+  std::string name;              ///< Optional name (validated like image names).
+  /// \brief Overrides RestoreOptions::wait_for_creating for this request.
+  std::optional<std::chrono::milliseconds> wait_for_creating;
+  /// \brief Skip the warm path (forces a cold boot; reason recorded as no_snapshot). Default: false.
+  bool force_cold = false;
+};
+
+/// \brief Implements the warm-boot decision (DESIGN §4): find the newest snapshot, wait while it is being
+/// built, check health and compatibility, verify checksums, restore in a fresh VMM process, make the clone
+/// unique, verify the runtime; on any failure destroy the clone, record the failure and boot cold. Every
+/// decision is written to the event log and the log.
+///
+/// Thread safety: safe for concurrent use; any number of Provision() calls may run at once.
+class RestoreEngine {
+ public:
+  /// \brief Creates the engine.
+  /// \param store Store; must outlive the engine.
+  /// \param vmms Backends; must outlive the engine.
+  /// \param snapshots Snapshot manager; must outlive the engine.
+  /// \param health Health tracker; must outlive the engine.
+  /// \param options Options.
+  RestoreEngine(Store& store, VmmRegistry& vmms, SnapshotManager& snapshots, HealthTracker& health,
+                RestoreOptions options);
+  /// \brief Stops every VM this engine started.
+  ~RestoreEngine();
+  RestoreEngine(const RestoreEngine&) = delete;
+  RestoreEngine& operator=(const RestoreEngine&) = delete;
+
+  /// \brief Returns a running, verified VM with boot_method, fallback_reason and timings.
+  /// \param request What to start.
+  /// \return The VM record; InvalidArgument/NotFound for a bad image; Unavailable when even the cold boot
+  /// failed (the VM record then has state `failed`).
+  Result<VmRecord> Provision(const ProvisionRequest& request);
+  /// \brief Stops a VM (keeps its record and work directory).
+  /// \param vm_id The VM.
+  /// \return Ok; InvalidArgument; NotFound.
+  Status Stop(const std::string& vm_id);
+  /// \brief Stops a VM and releases everything: process, work directory, address, generation pin.
+  /// \param vm_id The VM.
+  /// \return Ok; InvalidArgument; NotFound.
+  Status Destroy(const std::string& vm_id);
+  /// \brief Gets a VM record.
+  /// \param vm_id The VM.
+  /// \return The record; InvalidArgument; NotFound.
+  Result<VmRecord> Get(const std::string& vm_id) const;
+  /// \brief Lists VM records, newest first.
+  /// \param include_destroyed Include destroyed VMs.
+  Result<std::vector<VmRecord>> List(bool include_destroyed) const;
+  /// \brief The live VM handle (for guest access), or NotFound when it is not running in this process.
+  /// \param vm_id The VM.
+  Result<std::shared_ptr<Vm>> Handle(const std::string& vm_id) const;
+  /// \brief Mean cold-boot-to-ready time of recent cold boots of an image, in ms (for "time saved").
+  /// \param runtime_image_id The image.
+  /// \return The mean, or nullopt when no cold boot was measured yet.
+  std::optional<double> MeasuredColdBootMs(const std::string& runtime_image_id) const;
+  /// \brief The options in force.
+  const RestoreOptions& options() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fcwarm

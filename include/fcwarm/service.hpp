@@ -1,0 +1,63 @@
+/// \file
+/// \brief Service: the assembled library (store, images, snapshots, health, restore) in one object.
+#pragma once
+
+#include <memory>
+
+#include "fcwarm/health_tracker.hpp"
+#include "fcwarm/image_registry.hpp"
+#include "fcwarm/options.hpp"
+#include "fcwarm/restore_engine.hpp"
+#include "fcwarm/snapshot_manager.hpp"
+#include "fcwarm/status.hpp"
+#include "fcwarm/store.hpp"
+#include "fcwarm/vmm.hpp"
+
+namespace fcwarm {
+
+/// \brief Options of every component.
+struct ServiceOptions {
+  StoreOptions store;                 ///< Store options.
+  SnapshotManagerOptions snapshots;   ///< Snapshot manager options.
+  HealthOptions health;               ///< Health options.
+  RestoreOptions restore;             ///< Restore options.
+};
+
+/// \brief Owns and wires the core components in the right order; what the server, the bindings and the CLI
+/// use.
+///
+/// Thread safety: the accessors may be called concurrently; each component documents its own guarantees.
+class Service {
+ public:
+  /// \brief Opens the store, reconciles, and starts the components.
+  /// \param options Options.
+  /// \param vmms Backends (shared with the caller).
+  /// \return The service, or the first component's error.
+  static Result<std::unique_ptr<Service>> Open(ServiceOptions options, std::shared_ptr<VmmRegistry> vmms);
+  /// \brief Stops every VM, waits for builds, closes the store (in reverse order of creation).
+  ~Service();
+
+  /// \brief The store.
+  Store& store() { return *store_; }
+  /// \brief The backends.
+  VmmRegistry& vmms() { return *vmms_; }
+  /// \brief The image registry.
+  ImageRegistry& images() { return *images_; }
+  /// \brief The snapshot manager.
+  SnapshotManager& snapshots() { return *snapshots_; }
+  /// \brief The health tracker.
+  HealthTracker& health() { return *health_; }
+  /// \brief The restore engine.
+  RestoreEngine& engine() { return *engine_; }
+
+ private:
+  Service() = default;
+  std::shared_ptr<VmmRegistry> vmms_;
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<ImageRegistry> images_;
+  std::unique_ptr<SnapshotManager> snapshots_;
+  std::unique_ptr<HealthTracker> health_;
+  std::unique_ptr<RestoreEngine> engine_;
+};
+
+}  // namespace fcwarm

@@ -1,0 +1,207 @@
+/// \file
+/// \brief Enumerations and records of the warm-boot domain: images, snapshots, VMs, events.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fcwarm/status.hpp"
+
+namespace fcwarm {
+
+/// \brief Lifecycle state of a runtime snapshot.
+enum class SnapshotState {
+  kCreating,   ///< A build is queued or running.
+  kReady,      ///< Usable for warm restores.
+  kUnhealthy,  ///< A build failed or restores failed repeatedly; awaits a rebuild.
+  kDeleted,    ///< Soft-deleted; files are collected once no VM references them.
+};
+
+/// \brief Progress of a snapshot build.
+enum class BuildPhase {
+  kQueued,          ///< Waiting for a build worker.
+  kBooting,         ///< Cold-booting the build VM.
+  kWaitingRuntime,  ///< Waiting for the guest agent and the runtime check.
+  kQuiescing,       ///< Asking the guest to drop per-boot identity.
+  kPausing,         ///< Pausing the VM.
+  kSnapshotting,    ///< Writing memory, device state and disk.
+  kVerifying,       ///< Computing checksums and writing the manifest.
+  kPublishing,      ///< fsync + atomic rename into place.
+  kDone,            ///< The build finished (successfully or not; see the state).
+};
+
+/// \brief How a VM was started.
+enum class BootMethod {
+  kWarm,  ///< Restored from a runtime snapshot.
+  kCold,  ///< Booted from the kernel.
+};
+
+/// \brief Why a VM was cold-booted instead of restored.
+enum class FallbackReason {
+  kNone,               ///< Not a fallback (warm boot).
+  kNoSnapshot,         ///< No usable (non-deleted) snapshot exists for the image.
+  kSnapshotCreating,   ///< The snapshot was still being built after the wait window.
+  kSnapshotUnhealthy,  ///< The snapshot is unhealthy.
+  kIncompatible,       ///< The snapshot's compatibility key differs from the host's.
+  kCorrupt,            ///< A snapshot file failed its checksum or is missing.
+  kRestoreFailed,      ///< The VMM failed to restore the snapshot.
+  kVerifyFailed,       ///< The restored clone failed identity refresh or runtime verification.
+};
+
+/// \brief Lifecycle of a VM record.
+enum class VmState {
+  kStarting,   ///< Being provisioned.
+  kRunning,    ///< Running and verified.
+  kStopped,    ///< Stopped; resources may still be held.
+  kDestroyed,  ///< Destroyed; every resource released.
+  kFailed,     ///< Provisioning failed.
+  kLost,       ///< Found running-but-unowned at startup (the previous process crashed).
+};
+
+/// \brief Stable lower-case name ("creating", ...).
+/// \param v The value.
+std::string_view ToString(SnapshotState v);
+/// \brief Stable lower-case name ("waiting_runtime", ...).
+/// \param v The value.
+std::string_view ToString(BuildPhase v);
+/// \brief Stable lower-case name ("warm", "cold").
+/// \param v The value.
+std::string_view ToString(BootMethod v);
+/// \brief Stable lower-case name ("no_snapshot", ...); kNone is "".
+/// \param v The value.
+std::string_view ToString(FallbackReason v);
+/// \brief Stable lower-case name ("running", ...).
+/// \param v The value.
+std::string_view ToString(VmState v);
+
+/// \brief Parses a SnapshotState name.
+/// \param s The name.
+/// \return The value or InvalidArgument.
+Result<SnapshotState> ParseSnapshotState(std::string_view s);
+/// \brief Parses a BuildPhase name.
+/// \param s The name.
+/// \return The value or InvalidArgument.
+Result<BuildPhase> ParseBuildPhase(std::string_view s);
+/// \brief Parses a BootMethod name.
+/// \param s The name.
+/// \return The value or InvalidArgument.
+Result<BootMethod> ParseBootMethod(std::string_view s);
+/// \brief Parses a FallbackReason name ("" is kNone).
+/// \param s The name.
+/// \return The value or InvalidArgument.
+Result<FallbackReason> ParseFallbackReason(std::string_view s);
+/// \brief Parses a VmState name.
+/// \param s The name.
+/// \return The value or InvalidArgument.
+Result<VmState> ParseVmState(std::string_view s);
+
+/// \brief How the runtime inside a guest is judged ready (sent to the guest agent's `runtime_ready`).
+struct RuntimeCheck {
+  /// \brief "none", "file", "docker" or "command". Default: "none".
+  std::string kind = "none";
+  /// \brief For "file": the path; for "docker": the Unix socket. Default: empty.
+  std::string path;
+  /// \brief For "command": the argv. Default: empty.
+  std::vector<std::string> argv;
+};
+
+/// \brief The shape of a VM: what must be equal between a snapshot and its clones.
+struct VmShape {
+  /// \brief Virtual CPUs, 1-64. Default: 1.
+  uint32_t vcpus = 1;
+  /// \brief Guest memory in MiB, 64-262144. Default: 512.
+  uint32_t memory_mib = 512;
+};
+
+/// \brief A runtime image: what a VM boots (kernel, initrd/rootfs), its shape, its readiness check and the
+/// backend that runs it.
+struct RuntimeImage {
+  std::string id;            ///< Id (UUID v4 text).
+  std::string name;          ///< Unique name (see ValidateName()).
+  std::string backend;       ///< VMM backend name, e.g. "qemu" or "firecracker".
+  std::string kernel_path;   ///< Absolute path of the guest kernel.
+  std::string initrd_path;   ///< Absolute path of the initrd, or empty.
+  std::string rootfs_path;   ///< Absolute path of the base disk image (read-only), or empty.
+  std::string boot_args;     ///< Extra kernel command line.
+  VmShape shape;             ///< VM shape.
+  RuntimeCheck runtime_check;  ///< Readiness check.
+  int64_t created_at = 0;    ///< Creation time, Unix milliseconds.
+  /// \brief A path that identifies the image on disk (the rootfs if set, else the initrd, else the kernel).
+  std::string path() const;
+};
+
+/// \brief One file of a snapshot generation as recorded in its manifest.
+struct SnapshotFile {
+  std::string name;    ///< File name inside the generation directory.
+  uint64_t size = 0;   ///< Size in bytes.
+  int64_t mtime_ns = 0;  ///< Modification time when the manifest was written.
+  std::string xxh3;    ///< XXH3-128 digest, 32 hex digits.
+};
+
+/// \brief A runtime snapshot (DESIGN §3): a cache entry with state, health and the files of its current
+/// generation.
+struct RuntimeSnapshot {
+  std::string id;                    ///< Id (UUID v4 text).
+  std::string runtime_image_id;      ///< The image it was built from.
+  SnapshotState state = SnapshotState::kCreating;  ///< Lifecycle state.
+  BuildPhase phase = BuildPhase::kQueued;          ///< Build progress.
+  int64_t generation = 0;            ///< Current generation number (0 before the first successful build).
+  std::string generation_dir;        ///< Absolute directory of the current generation, or empty.
+  std::string compatibility_key;     ///< Digest of everything that must match for a restore.
+  std::map<std::string, std::string> compatibility;  ///< The key's components, for humans.
+  uint64_t size_bytes = 0;           ///< Apparent size of the generation's files.
+  uint64_t disk_bytes = 0;           ///< Allocated bytes on disk.
+  std::vector<SnapshotFile> files;   ///< Files with checksums.
+  std::string manifest_digest;       ///< XXH3-128 of manifest.json.
+  int64_t success_count = 0;         ///< Warm restores that succeeded.
+  int64_t failure_count = 0;         ///< Warm restores that failed.
+  int64_t consecutive_failures = 0;  ///< Failures since the last success.
+  int64_t build_failures = 0;        ///< Consecutive failed builds (drives rebuild backoff).
+  std::string last_error;            ///< Last error text, or empty.
+  int64_t created_at = 0;            ///< Unix milliseconds.
+  int64_t updated_at = 0;            ///< Unix milliseconds.
+  std::optional<int64_t> last_used_at;  ///< Last successful warm restore, Unix milliseconds.
+};
+
+/// \brief Per-step durations in milliseconds, keyed by step name ("restore", "identity", ...).
+using Timings = std::map<std::string, double>;
+
+/// \brief A VM (or container host) record.
+struct VmRecord {
+  std::string id;                  ///< Id (UUID v4 text).
+  std::string name;                ///< Optional caller-chosen name.
+  std::string runtime_image_id;    ///< Image it runs.
+  std::string snapshot_id;         ///< Snapshot it was restored from (warm), else empty.
+  int64_t generation = 0;          ///< Generation it maps (warm), else 0.
+  VmState state = VmState::kStarting;  ///< Lifecycle state.
+  BootMethod boot_method = BootMethod::kCold;  ///< How it was started.
+  FallbackReason fallback_reason = FallbackReason::kNone;  ///< Why cold, if cold.
+  Timings timings;                 ///< Per-step durations.
+  std::string work_dir;            ///< Per-VM directory (sockets, logs, overlay disk).
+  std::string address;             ///< Guest IP address, or empty.
+  std::string mac;                 ///< Guest MAC address, or empty.
+  std::string hostname;            ///< Guest hostname.
+  std::string last_error;          ///< Last error, or empty.
+  int64_t created_at = 0;          ///< Unix milliseconds.
+  int64_t updated_at = 0;          ///< Unix milliseconds.
+};
+
+/// \brief An entry of the event log: a warm/cold decision, a build outcome, a health change.
+struct Event {
+  int64_t id = 0;               ///< Monotonic id.
+  int64_t time = 0;             ///< Unix milliseconds.
+  std::string kind;             ///< "boot", "build", "health", "gc", "reconcile".
+  std::string runtime_image_id; ///< Related image, or empty.
+  std::string snapshot_id;      ///< Related snapshot, or empty.
+  std::string vm_id;            ///< Related VM, or empty.
+  std::string outcome;          ///< e.g. "warm", "cold", "ready", "failed", "unhealthy".
+  std::string reason;           ///< e.g. a FallbackReason name.
+  Timings timings;              ///< Durations, if any.
+  std::string message;          ///< Human-readable detail.
+};
+
+}  // namespace fcwarm

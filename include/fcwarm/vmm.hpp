@@ -1,0 +1,204 @@
+/// \file
+/// \brief Backend-neutral VMM and guest-agent interfaces (implemented by the QEMU and Firecracker backends).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fcwarm/status.hpp"
+#include "fcwarm/types.hpp"
+
+namespace fcwarm {
+
+/// \brief The guest agent protocol version this library speaks (docs/guest-protocol.md).
+inline constexpr int kGuestProtocolVersion = 1;
+
+/// \brief The agent's answer to `ping`.
+struct GuestInfo {
+  std::string agent_version;  ///< Agent build version.
+  int protocol = 0;           ///< Protocol version.
+  std::string boot_id;        ///< Kernel boot id (equal in clones of one snapshot).
+  int64_t uptime_ms = 0;      ///< Guest uptime.
+  std::string hostname;       ///< Current hostname.
+};
+
+/// \brief What a clone must become (the `identity` op).
+struct IdentityRequest {
+  std::string hostname;     ///< New hostname.
+  std::string iface = "eth0";  ///< Interface to configure.
+  std::string mac;          ///< New MAC address, or empty to keep.
+  std::string ip_cidr;      ///< New address "a.b.c.d/n", or empty to keep.
+  std::string gateway;      ///< Default route, or empty to keep.
+  std::string entropy;      ///< Raw random bytes fed to the guest kernel RNG.
+  int64_t wall_clock_ns = 0;  ///< Wall clock to set (Unix ns), or 0 to keep.
+};
+
+/// \brief The agent's answer to `identity`.
+struct IdentityResult {
+  std::string hostname;   ///< Hostname now set.
+  std::string mac;        ///< MAC now set.
+  std::string ip_cidr;    ///< Address now set.
+  int64_t entropy_bytes = 0;  ///< Bytes credited to the RNG.
+  bool clock_set = false;     ///< Whether the clock was set.
+};
+
+/// \brief The agent's answer to `runtime_ready`.
+struct RuntimeReadiness {
+  bool ready = false;   ///< True when the check passed.
+  std::string detail;   ///< Why not, or what answered.
+};
+
+/// \brief A command to run in the guest (the `exec` op).
+struct ExecRequest {
+  std::vector<std::string> argv;  ///< Program and arguments (no shell unless named).
+  std::string stdin_data;         ///< Bytes for standard input.
+  std::chrono::milliseconds timeout{10000};  ///< Guest-side timeout.
+};
+
+/// \brief Result of an `exec`.
+struct ExecResult {
+  int exit_code = -1;          ///< Exit code, or -signal.
+  std::string stdout_data;     ///< Captured standard output (capped at 1 MiB).
+  std::string stderr_data;     ///< Captured standard error (capped at 1 MiB).
+  bool truncated = false;      ///< True when an output was capped.
+};
+
+/// \brief Connection to the guest agent of one VM.
+///
+/// Thread safety: calls on one channel are serialized internally; it may be used from several threads.
+class GuestChannel {
+ public:
+  virtual ~GuestChannel() = default;
+  /// \brief Asks the agent for its identity; fails fast when the agent is not listening.
+  /// \param timeout Deadline for the answer.
+  /// \return The agent info, or Unavailable/DeadlineExceeded.
+  virtual Result<GuestInfo> Ping(std::chrono::milliseconds timeout) = 0;
+  /// \brief Makes the guest unique (hostname, network, entropy, clock).
+  /// \param request What to set.
+  /// \param timeout Deadline for the answer.
+  /// \return What was set, or an error.
+  virtual Result<IdentityResult> SetIdentity(const IdentityRequest& request,
+                                             std::chrono::milliseconds timeout) = 0;
+  /// \brief Runs the runtime readiness check once.
+  /// \param check The check.
+  /// \param timeout Deadline for the answer.
+  /// \return The readiness (ready=false is not an error), or an error if the agent did not answer.
+  virtual Result<RuntimeReadiness> RuntimeReady(const RuntimeCheck& check,
+                                                std::chrono::milliseconds timeout) = 0;
+  /// \brief Drops per-boot state before a snapshot.
+  /// \param timeout Deadline for the answer.
+  /// \return Ok or an error.
+  virtual Status Quiesce(std::chrono::milliseconds timeout) = 0;
+  /// \brief Runs a command in the guest.
+  /// \param request The command.
+  /// \param timeout Host-side deadline (should exceed the request's guest timeout).
+  /// \return The result, or an error.
+  virtual Result<ExecResult> Exec(const ExecRequest& request, std::chrono::milliseconds timeout) = 0;
+};
+
+/// \brief The network identity the core allocated to one VM.
+struct NetworkIdentity {
+  int64_t index = -1;     ///< Allocation index (unique among live VMs).
+  std::string mac;        ///< Guest MAC, e.g. "02:fc:00:00:00:05".
+  std::string ip_cidr;    ///< Guest address with prefix, e.g. "10.213.0.22/30".
+  std::string gateway;    ///< Host-side address of the VM's link, e.g. "10.213.0.21".
+  std::string hostname;   ///< Guest hostname.
+};
+
+/// \brief Everything a backend needs to start one VM process.
+struct LaunchSpec {
+  std::string vm_id;        ///< The VM's id (UUID text; safe as a file name).
+  RuntimeImage image;       ///< Kernel, initrd, base disk, boot args, shape.
+  std::string work_dir;     ///< Existing empty directory owned by this VM (sockets, logs, overlay disk).
+  NetworkIdentity network;  ///< The VM's network identity (index < 0: no network device).
+  /// \brief Called with the pid of every host process the backend starts for this VM, right after it starts,
+  /// so the core can record it for crash reconciliation. May be empty.
+  std::function<void(int pid)> on_process_started;
+};
+
+/// \brief One running VM process (cold-booted or restored).
+///
+/// Destroying the object stops the VM (Stop with a short grace) if it was not stopped.
+///
+/// Thread safety: methods may be called from several threads; they are serialized internally.
+class Vm {
+ public:
+  virtual ~Vm() = default;
+  /// \brief The main VMM process id, or -1 when it is no longer running.
+  virtual int pid() const = 0;
+  /// \brief True while the VMM process is alive.
+  virtual bool IsAlive() = 0;
+  /// \brief The channel to the guest agent. Valid for the lifetime of this object.
+  virtual GuestChannel& guest() = 0;
+  /// \brief Pauses the vCPUs.
+  /// \return Ok, or Unavailable when the VMM does not answer.
+  virtual Status Pause() = 0;
+  /// \brief Resumes the vCPUs.
+  /// \return Ok, or Unavailable when the VMM does not answer.
+  virtual Status Resume() = 0;
+  /// \brief Writes a snapshot (memory, device state, disk) of the paused VM into `dir`.
+  /// \param dir An existing empty directory; after success it holds every file a Restore needs.
+  /// \return Ok or an error; on error `dir` may hold partial files (the caller removes it).
+  virtual Status Snapshot(const std::string& dir) = 0;
+  /// \brief Stops the VM: a graceful quit, SIGKILL after `grace`, always reaped; frees per-VM host
+  /// resources the backend created (network namespace, TAP, sockets). Idempotent.
+  /// \param grace Time allowed for a graceful exit.
+  /// \return Ok, or an error describing what could not be released.
+  virtual Status Stop(std::chrono::milliseconds grace) = 0;
+  /// \brief Path of the serial console log, or empty.
+  virtual std::string console_log() const = 0;
+};
+
+/// \brief A VMM backend: starts VMs cold or from a snapshot.
+///
+/// Thread safety: implementations must allow concurrent ColdBoot/Restore calls.
+class Vmm {
+ public:
+  virtual ~Vmm() = default;
+  /// \brief Backend name as used in RuntimeImage::backend ("qemu", "firecracker", ...).
+  virtual std::string Kind() const = 0;
+  /// \brief Host facts a snapshot depends on: VMM version, snapshot format version, host kernel, CPU model
+  /// digest, accelerator. Part of the compatibility key.
+  /// \return Name/value pairs, or Unavailable when the VMM binary cannot be queried.
+  virtual Result<std::map<std::string, std::string>> HostCompatibility() = 0;
+  /// \brief Starts a VM from the image's kernel. Returns once the VMM process runs (not when the guest is
+  /// ready: the caller waits on the guest channel).
+  /// \param spec What to start.
+  /// \return The running VM, or an error (nothing is left running on error).
+  virtual Result<std::unique_ptr<Vm>> ColdBoot(const LaunchSpec& spec) = 0;
+  /// \brief Starts a fresh VMM process from the snapshot in `snapshot_dir` and resumes it. The clone gets its
+  /// own writable disk and network from `spec`; files in `snapshot_dir` are never modified.
+  /// \param spec What to start (same image and shape as the snapshot).
+  /// \param snapshot_dir A published generation directory.
+  /// \return The running clone, or an error (nothing is left running on error).
+  virtual Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& snapshot_dir) = 0;
+};
+
+/// \brief The set of available backends, by Kind().
+///
+/// Thread safety: Add() and Find() may be called concurrently.
+class VmmRegistry {
+ public:
+  /// \brief Adds (or replaces) a backend.
+  /// \param vmm The backend.
+  void Add(std::shared_ptr<Vmm> vmm);
+  /// \brief Finds a backend by name.
+  /// \param kind The backend name.
+  /// \return The backend or nullptr.
+  std::shared_ptr<Vmm> Find(std::string_view kind) const;
+  /// \brief Names of the registered backends.
+  std::vector<std::string> Kinds() const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Vmm>, std::less<>> vmms_;
+};
+
+}  // namespace fcwarm

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package fcwarm needs to build, test and run (as root). Idempotent: when nothing is
+# missing it does not touch apt at all.
+set -euo pipefail
+
+packages=(
+  # build
+  cmake ninja-build g++ pkg-config
+  # libraries
+  libsqlitecpp-dev libsqlite3-dev libboost-json1.81-dev libuv1-dev pybind11-dev python3-dev
+  libcurl4-openssl-dev libhttp-parser-dev libcli11-dev libspdlog-dev uuid-dev libxxhash-dev
+  # tests and docs
+  doctest-dev doxygen python3-pytest curl jq socat
+  # VMs and guest images
+  qemu-system-x86 qemu-utils busybox-static cpio iproute2 e2fsprogs kmod zstd xz-utils gzip
+)
+if [[ -n "${FCWARM_EXTRA_PACKAGES:-}" ]]; then
+  read -r -a extra <<<"${FCWARM_EXTRA_PACKAGES}"
+  packages+=("${extra[@]}")
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]} > 0)); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all ${#packages[@]} packages present"
+fi

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine and runs every test tier: unit, server, python, vm (QEMU), docker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cmake --preset ci
+cmake --build --preset ci
+if [[ -x guest/build-artifacts.sh ]]; then
+  FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
+    guest/build-artifacts.sh --agent build/ci/guest/agent/fcwarm-agent
+fi
+ctest --preset ci

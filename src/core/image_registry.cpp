@@ -1,0 +1,184 @@
+#include "fcwarm/image_registry.hpp"
+
+#include <sys/stat.h>
+
+#include <boost/json.hpp>
+
+#include "fcwarm/ids.hpp"
+#include "store/store_db.hpp"
+#include "util/common.hpp"
+
+namespace fcwarm {
+namespace json = boost::json;
+
+namespace {
+
+Status ValidateFilePath(std::string_view field, const std::string& path, bool required) {
+  if (path.empty()) {
+    if (required) return Status::InvalidArgument(std::string(field) + ": is required");
+    return Status::Ok();
+  }
+  if (path.size() > 4096) return Status::InvalidArgument(std::string(field) + ": longer than 4096 bytes");
+  if (path.find('\0') != std::string::npos || path.find('\n') != std::string::npos) {
+    return Status::InvalidArgument(std::string(field) + ": contains a NUL or newline");
+  }
+  if (path[0] != '/') return Status::InvalidArgument(std::string(field) + ": '" + path + "' is not an absolute path");
+  for (size_t pos = 0; pos != std::string::npos;) {
+    size_t next = path.find('/', pos + 1);
+    auto part = path.substr(pos + 1, next == std::string::npos ? std::string::npos : next - pos - 1);
+    if (part == "..") return Status::InvalidArgument(std::string(field) + ": '" + path + "' contains '..'");
+    pos = next;
+  }
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return Status::InvalidArgument(std::string(field) + ": '" + path + "' does not exist");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    return Status::InvalidArgument(std::string(field) + ": '" + path + "' is not a regular file");
+  }
+  return Status::Ok();
+}
+
+std::string CheckToJson(const RuntimeCheck& c) {
+  json::object o{{"kind", c.kind}};
+  if (!c.path.empty()) o["path"] = c.path;
+  if (!c.argv.empty()) {
+    json::array a;
+    for (const auto& s : c.argv) a.emplace_back(s);
+    o["argv"] = std::move(a);
+  }
+  return json::serialize(o);
+}
+
+Status ValidateCheck(const RuntimeCheck& c) {
+  if (c.kind == "none") return Status::Ok();
+  if (c.kind == "file" || c.kind == "docker") {
+    if (c.path.empty() || c.path[0] != '/' || c.path.size() > 1024) {
+      return Status::InvalidArgument("runtime_check.path: an absolute path is required for kind '" + c.kind + "'");
+    }
+    return Status::Ok();
+  }
+  if (c.kind == "command") {
+    if (c.argv.empty() || c.argv[0].empty()) {
+      return Status::InvalidArgument("runtime_check.argv: a non-empty argv is required for kind 'command'");
+    }
+    if (c.argv.size() > 64) return Status::InvalidArgument("runtime_check.argv: more than 64 arguments");
+    return Status::Ok();
+  }
+  return Status::InvalidArgument("runtime_check.kind: '" + c.kind + "' is not one of none, file, docker, command");
+}
+
+}  // namespace
+
+ImageRegistry::ImageRegistry(Store& store, const VmmRegistry& vmms) : store_(store), vmms_(vmms) {}
+
+Result<RuntimeImage> ImageRegistry::Register(RuntimeImage image) {
+  if (auto st = ValidateName("name", image.name); !st.ok()) return st;
+  if (image.backend.empty()) return Status::InvalidArgument("backend: is required");
+  if (!vmms_.Find(image.backend)) {
+    std::string known;
+    for (const auto& k : vmms_.Kinds()) known += (known.empty() ? "" : ", ") + k;
+    return Status::InvalidArgument("backend: '" + image.backend + "' is not available (available: " +
+                                   (known.empty() ? "none" : known) + ")");
+  }
+  if (auto st = ValidateFilePath("kernel_path", image.kernel_path, true); !st.ok()) return st;
+  if (auto st = ValidateFilePath("initrd_path", image.initrd_path, false); !st.ok()) return st;
+  if (auto st = ValidateFilePath("rootfs_path", image.rootfs_path, false); !st.ok()) return st;
+  if (image.boot_args.size() > 2048) return Status::InvalidArgument("boot_args: longer than 2048 bytes");
+  for (char c : image.boot_args) {
+    if (c == '\0' || c == '\n' || c == '\r') return Status::InvalidArgument("boot_args: contains a control character");
+  }
+  if (image.shape.vcpus < 1 || image.shape.vcpus > 64) {
+    return Status::InvalidArgument("vcpus: " + std::to_string(image.shape.vcpus) + " is outside 1-64");
+  }
+  if (image.shape.memory_mib < 64 || image.shape.memory_mib > 262144) {
+    return Status::InvalidArgument("memory_mib: " + std::to_string(image.shape.memory_mib) + " is outside 64-262144");
+  }
+  if (auto st = ValidateCheck(image.runtime_check); !st.ok()) return st;
+
+  image.id = Id::Generate().str();
+  image.created_at = util::NowMillis();
+  return store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeImage> {
+    SQLite::Statement dup(db, "SELECT 1 FROM runtime_images WHERE name = ?");
+    dup.bind(1, image.name);
+    if (dup.executeStep()) return Status::AlreadyExists("name: an image named '" + image.name + "' exists already");
+    SQLite::Statement q(db,
+                        "INSERT INTO runtime_images(id, name, backend, kernel_path, initrd_path, rootfs_path, "
+                        "boot_args, vcpus, memory_mib, runtime_check, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
+    q.bind(1, image.id);
+    q.bind(2, image.name);
+    q.bind(3, image.backend);
+    q.bind(4, image.kernel_path);
+    q.bind(5, image.initrd_path);
+    q.bind(6, image.rootfs_path);
+    q.bind(7, image.boot_args);
+    q.bind(8, static_cast<int64_t>(image.shape.vcpus));
+    q.bind(9, static_cast<int64_t>(image.shape.memory_mib));
+    q.bind(10, CheckToJson(image.runtime_check));
+    q.bind(11, static_cast<int64_t>(image.created_at));
+    q.exec();
+    return image;
+  });
+}
+
+Result<RuntimeImage> ImageRegistry::Get(const std::string& id) const {
+  auto parsed = Id::Parse("runtime_image_id", id);
+  if (!parsed.ok()) return parsed.status();
+  return store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::ImageById(db, id); });
+}
+
+Result<RuntimeImage> ImageRegistry::GetByName(const std::string& name) const {
+  if (auto st = ValidateName("name", name); !st.ok()) return st;
+  return store_.db().With([&](SQLite::Database& db) -> Result<RuntimeImage> {
+    SQLite::Statement q(db, std::string("SELECT ") + detail::StoreDb::kImageColumns +
+                                " FROM runtime_images WHERE name = ?");
+    q.bind(1, name);
+    if (!q.executeStep()) return Status::NotFound("runtime image named '" + name + "' not found");
+    return detail::StoreDb::ReadImage(q);
+  });
+}
+
+Result<std::vector<RuntimeImage>> ImageRegistry::List() const {
+  return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<RuntimeImage>> {
+    SQLite::Statement q(db, std::string("SELECT ") + detail::StoreDb::kImageColumns +
+                                " FROM runtime_images ORDER BY created_at DESC, id");
+    std::vector<RuntimeImage> out;
+    while (q.executeStep()) out.push_back(detail::StoreDb::ReadImage(q));
+    return out;
+  });
+}
+
+Status ImageRegistry::Remove(const std::string& id) {
+  if (auto parsed = Id::Parse("runtime_image_id", id); !parsed.ok()) return parsed.status();
+  return store_.db().Tx([&](SQLite::Database& db) -> Status {
+    auto img = detail::StoreDb::ImageById(db, id);
+    if (!img.ok()) return img.status();
+    SQLite::Statement snaps(db, "SELECT COUNT(*) FROM runtime_snapshots WHERE runtime_image_id = ? AND state != 'deleted'");
+    snaps.bind(1, id);
+    snaps.executeStep();
+    if (snaps.getColumn(0).getInt64() > 0) {
+      return Status::FailedPrecondition("runtime image '" + id + "' still has runtime snapshots; delete them first");
+    }
+    SQLite::Statement vms(db, "SELECT COUNT(*) FROM vms WHERE runtime_image_id = ? AND state IN ('starting','running','stopped')");
+    vms.bind(1, id);
+    vms.executeStep();
+    if (vms.getColumn(0).getInt64() > 0) {
+      return Status::FailedPrecondition("runtime image '" + id + "' is used by live VMs; destroy them first");
+    }
+    SQLite::Statement gens(db,
+                           "SELECT COUNT(*) FROM generations g JOIN runtime_snapshots s ON s.id = g.snapshot_id "
+                           "WHERE s.runtime_image_id = ? AND g.status != 'removed'");
+    gens.bind(1, id);
+    gens.executeStep();
+    if (gens.getColumn(0).getInt64() > 0) {
+      return Status::FailedPrecondition("runtime image '" + id +
+                                        "' still has snapshot files awaiting garbage collection");
+    }
+    SQLite::Statement del(db, "DELETE FROM runtime_images WHERE id = ?");
+    del.bind(1, id);
+    del.exec();
+    return Status::Ok();
+  });
+}
+
+}  // namespace fcwarm

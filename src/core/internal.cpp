@@ -1,0 +1,91 @@
+#include "core/internal.hpp"
+
+#include <spdlog/spdlog.h>
+#include <sys/random.h>
+
+#include <thread>
+
+#include "store/store_db.hpp"
+#include "util/common.hpp"
+#include "util/process.hpp"
+
+namespace fcwarm::internal {
+
+void RecordProcess(Store& store, int pid, const std::string& role, const std::string& owner_id) {
+  auto start = util::ProcessStartTime(pid);
+  if (!start) return;
+  auto st = store.db().With([&](SQLite::Database& db) -> Status {
+    SQLite::Statement q(db,
+                        "INSERT OR REPLACE INTO processes(pid, start_time, role, owner_id, created_at) VALUES "
+                        "(?,?,?,?,?)");
+    q.bind(1, pid);
+    q.bind(2, static_cast<int64_t>(*start));
+    q.bind(3, role);
+    q.bind(4, owner_id);
+    q.bind(5, static_cast<int64_t>(util::NowMillis()));
+    q.exec();
+    return Status::Ok();
+  });
+  if (!st.ok()) spdlog::warn("cannot record process {}: {}", pid, st.ToString());
+}
+
+void ForgetProcesses(Store& store, const std::string& owner_id) {
+  auto st = store.db().With([&](SQLite::Database& db) -> Status {
+    SQLite::Statement q(db, "DELETE FROM processes WHERE owner_id = ?");
+    q.bind(1, owner_id);
+    q.exec();
+    return Status::Ok();
+  });
+  if (!st.ok()) spdlog::warn("cannot forget processes of {}: {}", owner_id, st.ToString());
+}
+
+void Emit(Store& store, const Event& event) {
+  auto id = store.AppendEvent(event);
+  if (!id.ok()) spdlog::error("cannot record event {}: {}", event.kind, id.status().ToString());
+}
+
+Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::chrono::milliseconds poll) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  Status last = Status::DeadlineExceeded("guest agent did not answer within " + std::to_string(timeout.count()) + " ms");
+  while (true) {
+    if (!vm.IsAlive()) return Status::Unavailable("VMM process exited while waiting for the guest agent");
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    auto r = vm.guest().Ping(std::min(left, std::chrono::milliseconds(2000)));
+    if (r.ok()) return r;
+    last = r.status();
+    std::this_thread::sleep_for(std::min(poll, left));
+  }
+  return Status::DeadlineExceeded("guest agent did not answer within " + std::to_string(timeout.count()) +
+                                  " ms (last error: " + last.message() + ")");
+}
+
+Status WaitForRuntime(Vm& vm, const RuntimeCheck& check, std::chrono::milliseconds timeout,
+                      std::chrono::milliseconds poll) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string last = "not checked";
+  while (true) {
+    if (!vm.IsAlive()) return Status::Unavailable("VMM process exited while waiting for the runtime");
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) break;
+    auto r = vm.guest().RuntimeReady(check, std::min(left, std::chrono::milliseconds(10000)));
+    if (r.ok() && r->ready) return Status::Ok();
+    last = r.ok() ? r->detail : r.status().message();
+    std::this_thread::sleep_for(std::min(poll, left));
+  }
+  return Status::DeadlineExceeded("runtime check '" + check.kind + "' did not pass within " +
+                                  std::to_string(timeout.count()) + " ms (last: " + last + ")");
+}
+
+std::string RandomBytes(size_t n) {
+  std::string out(n, '\0');
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::getrandom(out.data() + got, n - got, 0);
+    if (r <= 0) continue;
+    got += static_cast<size_t>(r);
+  }
+  return out;
+}
+
+}  // namespace fcwarm::internal

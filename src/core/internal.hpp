@@ -1,0 +1,32 @@
+// Private helpers shared by the core classes.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <string>
+
+#include "fcwarm/status.hpp"
+#include "fcwarm/store.hpp"
+#include "fcwarm/types.hpp"
+#include "fcwarm/vmm.hpp"
+
+namespace fcwarm::internal {
+
+/// Records a VMM process so a later run can kill it if this one crashes.
+void RecordProcess(Store& store, int pid, const std::string& role, const std::string& owner_id);
+/// Forgets the processes recorded for an owner (after they were stopped).
+void ForgetProcesses(Store& store, const std::string& owner_id);
+
+/// Appends an event and logs it; never fails the caller (errors are logged).
+void Emit(Store& store, const Event& event);
+
+/// Polls the guest until the agent answers `ping`, at most `timeout`.
+Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::chrono::milliseconds poll);
+/// Polls the runtime check until it passes, at most `timeout`. Fails fast when the VMM process died.
+Status WaitForRuntime(Vm& vm, const RuntimeCheck& check, std::chrono::milliseconds timeout,
+                      std::chrono::milliseconds poll);
+
+/// Random bytes from the kernel (getrandom).
+std::string RandomBytes(size_t n);
+
+}  // namespace fcwarm::internal

@@ -1,0 +1,622 @@
+#include "fcwarm/restore_engine.hpp"
+
+#include <arpa/inet.h>
+#include <spdlog/spdlog.h>
+
+#include <boost/json.hpp>
+#include <filesystem>
+#include <map>
+#include <mutex>
+
+#include "core/internal.hpp"
+#include "fcwarm/ids.hpp"
+#include "store/store_db.hpp"
+#include "util/common.hpp"
+
+namespace fcwarm {
+namespace fs = std::filesystem;
+namespace json = boost::json;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct WarmFailure {
+  FallbackReason reason;
+  std::string message;
+};
+
+std::string MacFor(int64_t idx) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "02:fc:%02x:%02x:%02x:%02x", static_cast<unsigned>((idx >> 24) & 0xff),
+                static_cast<unsigned>((idx >> 16) & 0xff), static_cast<unsigned>((idx >> 8) & 0xff),
+                static_cast<unsigned>(idx & 0xff));
+  return buf;
+}
+
+std::string Ipv4(uint32_t host_order) {
+  in_addr a{htonl(host_order)};
+  char buf[INET_ADDRSTRLEN];
+  ::inet_ntop(AF_INET, &a, buf, sizeof(buf));
+  return buf;
+}
+
+}  // namespace
+
+class RestoreEngine::Impl {
+ public:
+  Impl(Store& store, VmmRegistry& vmms, SnapshotManager& snapshots, HealthTracker& health, RestoreOptions opts)
+      : store_(store), vmms_(vmms), snapshots_(snapshots), health_(health), opts_(std::move(opts)) {
+    in_addr a{};
+    if (::inet_pton(AF_INET, opts_.address_pool_base.c_str(), &a) == 1) pool_base_ = ntohl(a.s_addr);
+    (void)util::MakeDirs(opts_.vm_dir);
+  }
+
+  ~Impl() {
+    std::map<std::string, std::shared_ptr<Vm>> live;
+    {
+      std::lock_guard lock(mu_);
+      live.swap(live_);
+    }
+    for (auto& [id, vm] : live) {
+      (void)vm->Stop(opts_.stop_grace);
+      Release(id, VmState::kStopped, "");
+    }
+  }
+
+  Result<VmRecord> Provision(const ProvisionRequest& req) {
+    auto t_total = Clock::now();
+    if (auto p = Id::Parse("runtime_image_id", req.runtime_image_id); !p.ok()) return p.status();
+    if (!req.name.empty()) {
+      if (auto st = ValidateName("name", req.name); !st.ok()) return st;
+    }
+    if (req.wait_for_creating && (req.wait_for_creating->count() < 0 || *req.wait_for_creating > std::chrono::hours(1))) {
+      return Status::InvalidArgument("wait_for_creating: must be between 0 and 3600000 ms");
+    }
+    auto image = store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::ImageById(db, req.runtime_image_id); });
+    if (!image.ok()) return image.status();
+    auto vmm = vmms_.Find(image->backend);
+    if (!vmm) return Status::FailedPrecondition("backend '" + image->backend + "' of image '" + image->name + "' is not available");
+
+    // The VM record exists from the start so generation pins and addresses hang off it.
+    VmRecord rec;
+    rec.id = Id::Generate().str();
+    rec.name = req.name;
+    rec.runtime_image_id = image->id;
+    rec.hostname = "fcw-" + rec.id.substr(0, 8);
+    rec.work_dir = (fs::path(opts_.vm_dir) / rec.id).string();
+    NetworkIdentity net;
+    net.hostname = rec.hostname;
+    auto ins = store_.db().Tx([&](SQLite::Database& db) -> Status {
+      auto now = static_cast<int64_t>(util::NowMillis());
+      SQLite::Statement q(db,
+                          "INSERT INTO vms(id, name, runtime_image_id, state, boot_method, work_dir, hostname, "
+                          "created_at, updated_at) VALUES (?,?,?,'starting','cold',?,?,?,?)");
+      q.bind(1, rec.id);
+      q.bind(2, rec.name);
+      q.bind(3, rec.runtime_image_id);
+      q.bind(4, rec.work_dir);
+      q.bind(5, rec.hostname);
+      q.bind(6, now);
+      q.bind(7, now);
+      q.exec();
+      if (opts_.allocate_network) {
+        auto st = AllocateAddress(db, rec.id, &net);
+        if (!st.ok()) return st;
+      }
+      return Status::Ok();
+    });
+    if (!ins.ok()) return ins;
+    rec.address = net.ip_cidr;
+    rec.mac = net.mac;
+
+    LaunchSpec spec;
+    spec.vm_id = rec.id;
+    spec.image = *image;
+    spec.work_dir = rec.work_dir;
+    spec.network = net;
+    std::string owner = "vm:" + rec.id;
+    spec.on_process_started = [this, owner](int pid) { internal::RecordProcess(store_, pid, "vm", owner); };
+
+    Timings timings;
+    std::string snapshot_id;
+    std::unique_ptr<Vm> vm;
+    FallbackReason reason = FallbackReason::kNoSnapshot;
+    std::string detail;
+    if (req.force_cold) {
+      detail = "cold boot requested";
+    } else {
+      WarmFailure failure{FallbackReason::kNone, ""};
+      auto warm = TryWarm(req, *image, *vmm, spec, rec, timings, &snapshot_id, &failure);
+      if (warm.ok()) {
+        vm = std::move(warm).value();
+        reason = FallbackReason::kNone;
+      } else {
+        reason = failure.reason;
+        detail = failure.message;
+      }
+    }
+
+    if (!vm) {
+      if (!opts_.fallback_to_cold && !req.force_cold) {
+        Release(rec.id, VmState::kFailed, detail);
+        return Status::Unavailable("warm boot failed (" + std::string(ToString(reason)) + "): " + detail);
+      }
+      auto cold = ColdPath(*image, *vmm, spec, timings);
+      if (!cold.ok()) {
+        timings["total"] = util::MsSince(t_total);
+        SetTimings(rec.id, timings);
+        Release(rec.id, VmState::kFailed, cold.status().message());
+        Event e;
+        e.kind = "boot";
+        e.runtime_image_id = image->id;
+        e.vm_id = rec.id;
+        e.outcome = "failed";
+        e.reason = std::string(ToString(reason));
+        e.timings = timings;
+        e.message = "cold boot failed: " + cold.status().message();
+        internal::Emit(store_, e);
+        spdlog::error("vm {} (image {}): cold boot failed after fallback {}: {}", rec.id, image->name,
+                      ToString(reason), cold.status().message());
+        return cold.status().WithContext("cold boot of vm '" + rec.id + "'");
+      }
+      vm = std::move(cold).value();
+    }
+
+    timings["total"] = util::MsSince(t_total);
+    BootMethod method = reason == FallbackReason::kNone ? BootMethod::kWarm : BootMethod::kCold;
+    std::shared_ptr<Vm> shared(std::move(vm));
+    {
+      std::lock_guard lock(mu_);
+      live_[rec.id] = shared;
+    }
+    auto st = store_.db().With([&](SQLite::Database& db) -> Status {
+      SQLite::Statement q(db,
+                          "UPDATE vms SET state = 'running', boot_method = ?, fallback_reason = ?, timings = ?, "
+                          "updated_at = ? WHERE id = ?");
+      q.bind(1, std::string(ToString(method)));
+      q.bind(2, std::string(ToString(reason)));
+      q.bind(3, util::TimingsToJson(timings));
+      q.bind(4, static_cast<int64_t>(util::NowMillis()));
+      q.bind(5, rec.id);
+      q.exec();
+      return Status::Ok();
+    });
+    if (!st.ok()) spdlog::error("vm {}: cannot record state: {}", rec.id, st.ToString());
+    if (method == BootMethod::kCold) RememberColdBoot(image->id, timings["total"]);
+
+    Event e;
+    e.kind = "boot";
+    e.runtime_image_id = image->id;
+    e.snapshot_id = snapshot_id;
+    e.vm_id = rec.id;
+    e.outcome = std::string(ToString(method));
+    e.reason = std::string(ToString(reason));
+    e.timings = timings;
+    if (method == BootMethod::kWarm) {
+      auto cold_ms = MeasuredColdBootMs(image->id);
+      if (cold_ms) {
+        e.message = "warm restore; saved " + std::to_string(static_cast<int64_t>(*cold_ms - timings["total"])) +
+                    " ms versus the measured cold boot mean of " + std::to_string(static_cast<int64_t>(*cold_ms)) + " ms";
+      } else {
+        e.message = "warm restore; no cold boot of this image measured yet";
+      }
+      spdlog::info("vm {} (image {}): warm from snapshot {} in {:.0f} ms; {}", rec.id, image->name, snapshot_id,
+                   timings["total"], e.message);
+    } else {
+      e.message = detail;
+      spdlog::info("vm {} (image {}): cold boot in {:.0f} ms, reason {}: {}", rec.id, image->name, timings["total"],
+                   ToString(reason), detail);
+    }
+    internal::Emit(store_, e);
+    return Get(rec.id);
+  }
+
+  Status Stop(const std::string& vm_id) {
+    if (auto p = Id::Parse("vm_id", vm_id); !p.ok()) return p.status();
+    auto rec = Get(vm_id);
+    if (!rec.ok()) return rec.status();
+    std::shared_ptr<Vm> vm;
+    {
+      std::lock_guard lock(mu_);
+      auto it = live_.find(vm_id);
+      if (it != live_.end()) {
+        vm = it->second;
+        live_.erase(it);
+      }
+    }
+    if (vm) (void)vm->Stop(opts_.stop_grace);
+    internal::ForgetProcesses(store_, "vm:" + vm_id);
+    if (rec->state == VmState::kRunning || rec->state == VmState::kStarting) {
+      SetState(vm_id, VmState::kStopped, "");
+    }
+    return Status::Ok();
+  }
+
+  Status Destroy(const std::string& vm_id) {
+    if (auto st = Stop(vm_id); !st.ok()) return st;
+    Release(vm_id, VmState::kDestroyed, "");
+    return Status::Ok();
+  }
+
+  Result<VmRecord> Get(const std::string& vm_id) const {
+    if (auto p = Id::Parse("vm_id", vm_id); !p.ok()) return p.status();
+    return store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::VmById(db, vm_id); });
+  }
+
+  Result<std::vector<VmRecord>> List(bool include_destroyed) const {
+    return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<VmRecord>> {
+      std::string sql = std::string("SELECT ") + detail::StoreDb::kVmColumns + " FROM vms";
+      if (!include_destroyed) sql += " WHERE state != 'destroyed'";
+      sql += " ORDER BY created_at DESC, rowid DESC";
+      SQLite::Statement q(db, sql);
+      std::vector<VmRecord> out;
+      while (q.executeStep()) out.push_back(detail::StoreDb::ReadVm(q));
+      return out;
+    });
+  }
+
+  Result<std::shared_ptr<Vm>> Handle(const std::string& vm_id) const {
+    if (auto p = Id::Parse("vm_id", vm_id); !p.ok()) return p.status();
+    std::lock_guard lock(mu_);
+    auto it = live_.find(vm_id);
+    if (it == live_.end()) return Status::NotFound("vm '" + vm_id + "' is not running in this process");
+    return it->second;
+  }
+
+  std::optional<double> MeasuredColdBootMs(const std::string& image_id) const {
+    {
+      std::lock_guard lock(mu_);
+      auto it = cold_boots_.find(image_id);
+      if (it != cold_boots_.end() && !it->second.empty()) {
+        double sum = 0;
+        for (double v : it->second) sum += v;
+        return sum / static_cast<double>(it->second.size());
+      }
+    }
+    // Fall back to the event log (survives restarts): mean of the last 20 successful cold boots.
+    auto r = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<double>> {
+      SQLite::Statement q(db,
+                          "SELECT timings FROM events WHERE kind = 'boot' AND outcome = 'cold' AND runtime_image_id = ? "
+                          "ORDER BY id DESC LIMIT 20");
+      q.bind(1, image_id);
+      std::vector<double> out;
+      while (q.executeStep()) {
+        auto t = util::TimingsFromJson(q.getColumn(0).getString());
+        if (t.count("total")) out.push_back(t["total"]);
+      }
+      return out;
+    });
+    if (!r.ok() || r->empty()) return std::nullopt;
+    double sum = 0;
+    for (double v : *r) sum += v;
+    return sum / static_cast<double>(r->size());
+  }
+
+  const RestoreOptions& options() const { return opts_; }
+
+ private:
+  // Steps 1-10 of the decision; on failure fills *failure and returns its Status.
+  Result<std::unique_ptr<Vm>> TryWarm(const ProvisionRequest& req, const RuntimeImage& image, Vmm& vmm,
+                                      const LaunchSpec& spec, VmRecord& rec, Timings& timings,
+                                      std::string* snapshot_id, WarmFailure* failure) {
+    auto fail = [&](FallbackReason r, std::string msg) -> Status {
+      *failure = {r, msg};
+      return Status::Unavailable(std::move(msg));
+    };
+    auto t = Clock::now();
+    // 1. Newest non-deleted snapshot.
+    auto snaps = snapshots_.List(SnapshotFilter{image.id, std::nullopt, false});
+    timings["lookup"] = util::MsSince(t);
+    if (!snaps.ok()) return fail(FallbackReason::kNoSnapshot, "cannot list snapshots: " + snaps.status().message());
+    if (snaps->empty()) return fail(FallbackReason::kNoSnapshot, "no runtime snapshot exists for image '" + image.name + "'");
+    RuntimeSnapshot snap = snaps->front();
+    *snapshot_id = snap.id;
+    // 2. Wait while it is being built.
+    if (snap.state == SnapshotState::kCreating) {
+      t = Clock::now();
+      auto waited = snapshots_.WaitWhileCreating(snap.id, req.wait_for_creating.value_or(opts_.wait_for_creating));
+      timings["wait_creating"] = util::MsSince(t);
+      if (!waited.ok()) return fail(FallbackReason::kNoSnapshot, waited.status().message());
+      snap = *waited;
+      if (snap.state == SnapshotState::kCreating) {
+        return fail(FallbackReason::kSnapshotCreating, "runtime snapshot '" + snap.id + "' was still being built (phase " +
+                                                           std::string(ToString(snap.phase)) + ") after the wait window");
+      }
+    }
+    // 3. Health.
+    if (snap.state == SnapshotState::kDeleted) return fail(FallbackReason::kNoSnapshot, "runtime snapshot was deleted");
+    if (snap.state != SnapshotState::kReady) {
+      return fail(FallbackReason::kSnapshotUnhealthy, "runtime snapshot '" + snap.id + "' is unhealthy: " + snap.last_error);
+    }
+    // 4. Compatibility key.
+    t = Clock::now();
+    auto key = snapshots_.CompatibilityKeyFor(image);
+    timings["compatibility"] = util::MsSince(t);
+    if (!key.ok() || key->first != snap.compatibility_key) {
+      std::string why = key.ok() ? DescribeKeyDiff(snap.compatibility, key->second) : key.status().message();
+      (void)health_.RecordIncompatible(snap.id, why);
+      return fail(FallbackReason::kIncompatible, "runtime snapshot '" + snap.id + "' does not match this host: " + why);
+    }
+    // Pin the generation so a concurrent rebuild/delete cannot collect its files under us.
+    auto pinned = snapshots_.PinGeneration(snap.id, rec.id);
+    if (!pinned.ok()) return fail(FallbackReason::kSnapshotUnhealthy, pinned.status().message());
+    snap = *pinned;
+    // 5. Checksums.
+    t = Clock::now();
+    auto verified = VerifyFiles(snap);
+    timings["verify_checksums"] = util::MsSince(t);
+    if (!verified.ok()) {
+      (void)health_.RecordFailure(snap.id, "corrupt: " + verified.message());
+      Unpin(rec.id);
+      return fail(FallbackReason::kCorrupt, "runtime snapshot '" + snap.id + "' is corrupt: " + verified.message());
+    }
+    // 6. Clone resources: a fresh, empty work directory.
+    t = Clock::now();
+    util::RemoveTree(spec.work_dir);
+    if (auto st = util::MakeDirs(spec.work_dir); !st.ok()) {
+      Unpin(rec.id);
+      return fail(FallbackReason::kRestoreFailed, st.message());
+    }
+    timings["prepare"] = util::MsSince(t);
+    // 7. Restore in a fresh VMM process.
+    t = Clock::now();
+    auto restored = vmm.Restore(spec, snap.generation_dir);
+    timings["restore"] = util::MsSince(t);
+    if (!restored.ok()) {
+      (void)health_.RecordFailure(snap.id, "restore failed: " + restored.status().message());
+      CleanWorkDir(spec);
+      Unpin(rec.id);
+      return fail(FallbackReason::kRestoreFailed, restored.status().message());
+    }
+    std::unique_ptr<Vm> vm = std::move(restored).value();
+    // 8. Identity, 9. runtime verification.
+    auto verify = MakeUnique(*vm, spec, opts_.restore_agent_timeout, timings);
+    if (verify.ok()) {
+      t = Clock::now();
+      verify = internal::WaitForRuntime(*vm, image.runtime_check, opts_.restore_runtime_timeout, opts_.poll_interval);
+      timings["runtime_verify"] = util::MsSince(t);
+    }
+    if (!verify.ok()) {
+      (void)vm->Stop(opts_.stop_grace);
+      vm.reset();
+      internal::ForgetProcesses(store_, "vm:" + rec.id);
+      (void)health_.RecordFailure(snap.id, "verify failed: " + verify.message());
+      CleanWorkDir(spec);
+      Unpin(rec.id);
+      return fail(FallbackReason::kVerifyFailed, verify.message());
+    }
+    // 10. Success.
+    (void)health_.RecordSuccess(snap.id);
+    return vm;
+  }
+
+  Result<std::unique_ptr<Vm>> ColdPath(const RuntimeImage& image, Vmm& vmm, const LaunchSpec& spec, Timings& timings) {
+    util::RemoveTree(spec.work_dir);
+    if (auto st = util::MakeDirs(spec.work_dir); !st.ok()) return st;
+    auto t = Clock::now();
+    auto booted = vmm.ColdBoot(spec);
+    timings["cold_boot"] = util::MsSince(t);
+    if (!booted.ok()) {
+      CleanWorkDir(spec);
+      return booted.status();
+    }
+    std::unique_ptr<Vm> vm = std::move(booted).value();
+    auto st = MakeUnique(*vm, spec, opts_.cold_agent_timeout, timings);
+    if (st.ok()) {
+      t = Clock::now();
+      st = internal::WaitForRuntime(*vm, image.runtime_check, opts_.cold_runtime_timeout, opts_.poll_interval);
+      timings["runtime_verify"] = util::MsSince(t);
+    }
+    if (!st.ok()) {
+      (void)vm->Stop(opts_.stop_grace);
+      internal::ForgetProcesses(store_, "vm:" + spec.vm_id);
+      CleanWorkDir(spec);
+      return st;
+    }
+    return vm;
+  }
+
+  Status MakeUnique(Vm& vm, const LaunchSpec& spec, std::chrono::milliseconds agent_timeout, Timings& timings) {
+    auto t = Clock::now();
+    auto info = internal::WaitForAgent(vm, agent_timeout, opts_.poll_interval);
+    timings["agent"] = util::MsSince(t);
+    if (!info.ok()) return info.status();
+    t = Clock::now();
+    IdentityRequest id;
+    id.hostname = spec.network.hostname;
+    id.mac = spec.network.mac;
+    id.ip_cidr = spec.network.ip_cidr;
+    id.gateway = spec.network.gateway;
+    id.entropy = internal::RandomBytes(64);
+    id.wall_clock_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::system_clock::now().time_since_epoch()).count();
+    auto r = vm.guest().SetIdentity(id, std::chrono::milliseconds(10000));
+    timings["identity"] = util::MsSince(t);
+    if (!r.ok()) return r.status().WithContext("identity");
+    if (r->hostname != id.hostname) {
+      return Status::Unavailable("identity: guest reports hostname '" + r->hostname + "', expected '" + id.hostname + "'");
+    }
+    return Status::Ok();
+  }
+
+  Status VerifyFiles(const RuntimeSnapshot& snap) {
+    fs::path dir = snap.generation_dir;
+    auto manifest = util::ReadFile(dir / "manifest.json", 1 << 20);
+    if (!manifest.ok()) return Status::Unavailable("manifest.json is missing or unreadable");
+    if (util::Xxh3Hex(*manifest) != snap.manifest_digest) return Status::Unavailable("manifest.json digest mismatch");
+    bool full = false;
+    if (opts_.full_verify_every > 0) {
+      auto n = store_.db().With([&](SQLite::Database& db) -> Result<int64_t> {
+        SQLite::Statement q(db,
+                            "UPDATE runtime_snapshots SET restores_since_full_verify = restores_since_full_verify + 1 "
+                            "WHERE id = ? RETURNING restores_since_full_verify");
+        q.bind(1, snap.id);
+        if (!q.executeStep()) return int64_t{0};
+        return q.getColumn(0).getInt64();
+      });
+      if (n.ok() && *n >= static_cast<int64_t>(opts_.full_verify_every)) {
+        full = true;
+        (void)store_.db().With([&](SQLite::Database& db) -> Status {
+          SQLite::Statement q(db, "UPDATE runtime_snapshots SET restores_since_full_verify = 0 WHERE id = ?");
+          q.bind(1, snap.id);
+          q.exec();
+          return Status::Ok();
+        });
+      }
+    }
+    for (const auto& f : snap.files) {
+      fs::path p = dir / f.name;
+      std::error_code ec;
+      auto size = fs::file_size(p, ec);
+      if (ec) return Status::Unavailable(f.name + " is missing");
+      if (size != f.size) {
+        return Status::Unavailable(f.name + " has " + std::to_string(size) + " bytes, manifest says " + std::to_string(f.size));
+      }
+      if (full || util::MtimeNs(p) != f.mtime_ns) {
+        auto d = util::Xxh3File(p);
+        if (!d.ok()) return d.status();
+        if (*d != f.xxh3) return Status::Unavailable(f.name + " checksum mismatch (xxh3 " + *d + ", manifest " + f.xxh3 + ")");
+      }
+    }
+    return Status::Ok();
+  }
+
+  static std::string DescribeKeyDiff(const std::map<std::string, std::string>& was, const std::map<std::string, std::string>& now) {
+    std::string out;
+    for (const auto& [k, v] : now) {
+      auto it = was.find(k);
+      if (it == was.end() || it->second != v) {
+        out += (out.empty() ? "" : ", ") + k + " '" + (it == was.end() ? "" : it->second) + "' -> '" + v + "'";
+      }
+    }
+    for (const auto& [k, v] : was)
+      if (!now.count(k)) out += (out.empty() ? "" : ", ") + k + " removed";
+    return out.empty() ? "key differs" : out;
+  }
+
+  Status AllocateAddress(SQLite::Database& db, const std::string& vm_id, NetworkIdentity* net) {
+    SQLite::Statement q(db, "SELECT idx FROM address_allocations ORDER BY idx");
+    int64_t idx = 0;
+    while (q.executeStep()) {
+      int64_t used = q.getColumn(0).getInt64();
+      if (used != idx) break;
+      ++idx;
+    }
+    if (idx >= opts_.address_pool_size) {
+      return Status::ResourceExhausted("address pool exhausted (" + std::to_string(opts_.address_pool_size) + " VMs)");
+    }
+    uint32_t block = pool_base_ + static_cast<uint32_t>(idx) * 4;
+    net->index = idx;
+    net->mac = MacFor(idx);
+    net->gateway = Ipv4(block + 1);
+    net->ip_cidr = Ipv4(block + 2) + "/30";
+    SQLite::Statement ins(db, "INSERT INTO address_allocations(idx, vm_id, mac, ip_cidr, allocated_at) VALUES (?,?,?,?,?)");
+    ins.bind(1, static_cast<int64_t>(idx));
+    ins.bind(2, vm_id);
+    ins.bind(3, net->mac);
+    ins.bind(4, net->ip_cidr);
+    ins.bind(5, static_cast<int64_t>(util::NowMillis()));
+    ins.exec();
+    SQLite::Statement u(db, "UPDATE vms SET address = ?, mac = ? WHERE id = ?");
+    u.bind(1, net->ip_cidr);
+    u.bind(2, net->mac);
+    u.bind(3, vm_id);
+    u.exec();
+    return Status::Ok();
+  }
+
+  void Unpin(const std::string& vm_id) {
+    (void)store_.db().With([&](SQLite::Database& db) -> Status {
+      SQLite::Statement q(db, "UPDATE vms SET snapshot_id = '', generation = 0 WHERE id = ?");
+      q.bind(1, vm_id);
+      q.exec();
+      return Status::Ok();
+    });
+  }
+
+  void CleanWorkDir(const LaunchSpec& spec) {
+    util::RemoveTree(spec.work_dir);
+    (void)util::MakeDirs(spec.work_dir);
+  }
+
+  void SetState(const std::string& vm_id, VmState state, const std::string& error) {
+    (void)store_.db().With([&](SQLite::Database& db) -> Status {
+      SQLite::Statement q(db, "UPDATE vms SET state = ?, last_error = ?, updated_at = ? WHERE id = ?");
+      q.bind(1, std::string(ToString(state)));
+      q.bind(2, error);
+      q.bind(3, static_cast<int64_t>(util::NowMillis()));
+      q.bind(4, vm_id);
+      q.exec();
+      return Status::Ok();
+    });
+  }
+
+  void SetTimings(const std::string& vm_id, const Timings& t) {
+    (void)store_.db().With([&](SQLite::Database& db) -> Status {
+      SQLite::Statement q(db, "UPDATE vms SET timings = ? WHERE id = ?");
+      q.bind(1, util::TimingsToJson(t));
+      q.bind(2, vm_id);
+      q.exec();
+      return Status::Ok();
+    });
+  }
+
+  // Frees the address and work directory; the record keeps its history.
+  void Release(const std::string& vm_id, VmState state, const std::string& error) {
+    auto rec = Get(vm_id);
+    if (rec.ok() && !rec->work_dir.empty() && fs::path(rec->work_dir).filename() == vm_id &&
+        util::IsWithin(opts_.vm_dir, rec->work_dir)) {
+      util::RemoveTree(rec->work_dir);
+    }
+    (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
+      SQLite::Statement a(db, "DELETE FROM address_allocations WHERE vm_id = ?");
+      a.bind(1, vm_id);
+      a.exec();
+      SQLite::Statement q(db, "UPDATE vms SET state = ?, last_error = ?, updated_at = ? WHERE id = ?");
+      q.bind(1, std::string(ToString(state)));
+      q.bind(2, error);
+      q.bind(3, static_cast<int64_t>(util::NowMillis()));
+      q.bind(4, vm_id);
+      q.exec();
+      return Status::Ok();
+    });
+    internal::ForgetProcesses(store_, "vm:" + vm_id);
+    (void)snapshots_.CollectGarbage();
+  }
+
+  void RememberColdBoot(const std::string& image_id, double ms) {
+    std::lock_guard lock(mu_);
+    auto& v = cold_boots_[image_id];
+    v.push_back(ms);
+    if (v.size() > 20) v.erase(v.begin());
+  }
+
+  Store& store_;
+  VmmRegistry& vmms_;
+  SnapshotManager& snapshots_;
+  HealthTracker& health_;
+  RestoreOptions opts_;
+  uint32_t pool_base_ = 0x0AD50000;  // 10.213.0.0
+  mutable std::mutex mu_;
+  std::map<std::string, std::shared_ptr<Vm>> live_;
+  std::map<std::string, std::vector<double>> cold_boots_;
+};
+
+RestoreEngine::RestoreEngine(Store& store, VmmRegistry& vmms, SnapshotManager& snapshots, HealthTracker& health,
+                             RestoreOptions options)
+    : impl_(std::make_unique<Impl>(store, vmms, snapshots, health, std::move(options))) {}
+RestoreEngine::~RestoreEngine() = default;
+
+Result<VmRecord> RestoreEngine::Provision(const ProvisionRequest& request) { return impl_->Provision(request); }
+Status RestoreEngine::Stop(const std::string& id) { return impl_->Stop(id); }
+Status RestoreEngine::Destroy(const std::string& id) { return impl_->Destroy(id); }
+Result<VmRecord> RestoreEngine::Get(const std::string& id) const { return impl_->Get(id); }
+Result<std::vector<VmRecord>> RestoreEngine::List(bool d) const { return impl_->List(d); }
+Result<std::shared_ptr<Vm>> RestoreEngine::Handle(const std::string& id) const { return impl_->Handle(id); }
+std::optional<double> RestoreEngine::MeasuredColdBootMs(const std::string& id) const {
+  return impl_->MeasuredColdBootMs(id);
+}
+const RestoreOptions& RestoreEngine::options() const { return impl_->options(); }
+
+}  // namespace fcwarm

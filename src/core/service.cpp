@@ -1,0 +1,36 @@
+#include "fcwarm/service.hpp"
+
+#include <filesystem>
+
+namespace fcwarm {
+
+Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shared_ptr<VmmRegistry> vmms) {
+  if (!vmms) return Status::InvalidArgument("vmms: must not be null");
+  std::unique_ptr<Service> s(new Service());
+  s->vmms_ = std::move(vmms);
+  if (options.store.path != ":memory:") {
+    auto parent = std::filesystem::path(options.store.path).parent_path();
+    std::error_code ec;
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  }
+  auto store = Store::Open(options.store);
+  if (!store.ok()) return store.status();
+  s->store_ = std::move(store).value();
+  s->images_ = std::make_unique<ImageRegistry>(*s->store_, *s->vmms_);
+  auto snaps = SnapshotManager::Create(*s->store_, *s->vmms_, options.snapshots);
+  if (!snaps.ok()) return snaps.status();
+  s->snapshots_ = std::move(snaps).value();
+  s->health_ = std::make_unique<HealthTracker>(*s->store_, *s->snapshots_, options.health);
+  s->engine_ = std::make_unique<RestoreEngine>(*s->store_, *s->vmms_, *s->snapshots_, *s->health_, options.restore);
+  return s;
+}
+
+Service::~Service() {
+  engine_.reset();
+  health_.reset();
+  snapshots_.reset();
+  images_.reset();
+  store_.reset();
+}
+
+}  // namespace fcwarm

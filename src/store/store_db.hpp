@@ -1,0 +1,89 @@
+// Private: the SQLite connection behind fcwarm::Store, its migrations and row mappers.
+#pragma once
+
+#include <SQLiteCpp/SQLiteCpp.h>
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+
+#include "fcwarm/options.hpp"
+#include "fcwarm/status.hpp"
+#include "fcwarm/types.hpp"
+
+namespace fcwarm::detail {
+
+/// One migration: the schema version it produces and its SQL (run in one transaction).
+struct Migration {
+  int version;
+  const char* sql;
+};
+
+/// The ordered list of migrations of this build.
+const std::vector<Migration>& Migrations();
+
+class StoreDb {
+ public:
+  static Result<std::unique_ptr<StoreDb>> Open(const StoreOptions& options);
+
+  /// Runs `fn(db)` under the connection lock, converting SQLite exceptions into Status.
+  /// `fn` returns Status or Result<T>.
+  template <typename F>
+  auto With(F&& fn) const -> decltype(fn(std::declval<SQLite::Database&>())) {
+    std::lock_guard lock(mu_);
+    try {
+      return fn(*db_);
+    } catch (const SQLite::Exception& e) {
+      return Status::Internal(std::string("database error: ") + e.what());
+    } catch (const std::exception& e) {
+      return Status::Internal(std::string("store error: ") + e.what());
+    }
+  }
+  /// Like With(), inside a transaction committed when `fn` returns ok.
+  template <typename F>
+  auto Tx(F&& fn) const -> decltype(fn(std::declval<SQLite::Database&>())) {
+    std::lock_guard lock(mu_);
+    try {
+      SQLite::Transaction tx(*db_);
+      auto r = fn(*db_);
+      if (r.ok()) tx.commit();
+      return r;
+    } catch (const SQLite::Exception& e) {
+      return Status::Internal(std::string("database error: ") + e.what());
+    } catch (const std::exception& e) {
+      return Status::Internal(std::string("store error: ") + e.what());
+    }
+  }
+
+  int schema_version() const { return schema_version_; }
+  const std::string& path() const { return path_; }
+
+  // Row mappers: the column lists below and these functions go together.
+  static const char* kImageColumns;
+  static const char* kSnapshotColumns;
+  static const char* kVmColumns;
+  static const char* kEventColumns;
+  static RuntimeImage ReadImage(SQLite::Statement& s);
+  static RuntimeSnapshot ReadSnapshot(SQLite::Statement& s);
+  static VmRecord ReadVm(SQLite::Statement& s);
+  static Event ReadEvent(SQLite::Statement& s);
+
+  // Common lookups (caller holds the lock via With/Tx).
+  static Result<RuntimeSnapshot> SnapshotById(SQLite::Database& db, const std::string& id);
+  static Result<RuntimeImage> ImageById(SQLite::Database& db, const std::string& id);
+  static Result<VmRecord> VmById(SQLite::Database& db, const std::string& id);
+  static int64_t InsertEvent(SQLite::Database& db, const Event& e);
+
+ private:
+  StoreDb() = default;
+  Status Migrate();
+
+  mutable std::recursive_mutex mu_;
+  std::unique_ptr<SQLite::Database> db_;
+  std::string path_;
+  int schema_version_ = 0;
+};
+
+}  // namespace fcwarm::detail

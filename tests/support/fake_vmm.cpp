@@ -1,0 +1,198 @@
+#include "support/fake_vmm.hpp"
+
+#include <signal.h>
+
+#include <filesystem>
+#include <functional>
+#include <fstream>
+#include <thread>
+
+#include "util/common.hpp"
+#include "util/process.hpp"
+
+namespace fcwarm::testing {
+namespace fs = std::filesystem;
+
+namespace {
+
+class FakeGuest : public GuestChannel {
+ public:
+  FakeGuest(FakeVmm& vmm, std::string vm_id, std::function<bool()> alive, bool verify_fails)
+      : vmm_(vmm), vm_id_(std::move(vm_id)), alive_(std::move(alive)), verify_fails_(verify_fails) {}
+  Result<GuestInfo> Ping(std::chrono::milliseconds) override {
+    if (!Alive()) return Status::Unavailable("agent socket closed (VMM process is gone)");
+    GuestInfo g;
+    g.agent_version = "fake";
+    g.protocol = kGuestProtocolVersion;
+    g.hostname = hostname_;
+    return g;
+  }
+  Result<IdentityResult> SetIdentity(const IdentityRequest& r, std::chrono::milliseconds) override {
+    if (!Alive()) return Status::Unavailable("agent socket closed");
+    hostname_ = r.hostname;
+    vmm_.NoteIdentity(vm_id_, r.hostname);
+    IdentityResult out;
+    out.hostname = r.hostname;
+    out.mac = r.mac;
+    out.ip_cidr = r.ip_cidr;
+    out.entropy_bytes = static_cast<int64_t>(r.entropy.size());
+    out.clock_set = r.wall_clock_ns != 0;
+    return out;
+  }
+  Result<RuntimeReadiness> RuntimeReady(const RuntimeCheck&, std::chrono::milliseconds) override {
+    if (!Alive()) return Status::Unavailable("agent socket closed");
+    if (verify_fails_) return RuntimeReadiness{false, "fake runtime refuses"};
+    return RuntimeReadiness{true, "fake runtime ready"};
+  }
+  Status Quiesce(std::chrono::milliseconds) override {
+    return Alive() ? Status::Ok() : Status::Unavailable("agent socket closed");
+  }
+  Result<ExecResult> Exec(const ExecRequest& r, std::chrono::milliseconds) override {
+    if (!Alive()) return Status::Unavailable("agent socket closed");
+    ExecResult e;
+    e.exit_code = 0;
+    for (const auto& a : r.argv) e.stdout_data += a + " ";
+    return e;
+  }
+
+ private:
+  bool Alive() const { return alive_(); }
+  FakeVmm& vmm_;
+  std::string vm_id_;
+  std::function<bool()> alive_;
+  bool verify_fails_;
+  std::string hostname_ = "fake-build";
+};
+
+class FakeVm : public Vm {
+ public:
+  FakeVm(FakeVmm& vmm, std::string vm_id, int pid, bool verify_fails, bool dead)
+      : vmm_(vmm), pid_(pid), reaped_(dead), guest_(vmm, std::move(vm_id), [this] { return IsAlive(); }, verify_fails) {
+    vmm_.NoteLive(+1);
+  }
+  ~FakeVm() override {
+    (void)Stop(std::chrono::milliseconds(0));
+    vmm_.NoteLive(-1);
+  }
+  int pid() const override { return pid_; }
+  bool IsAlive() override {
+    std::lock_guard lock(mu_);
+    if (pid_ <= 0 || reaped_) return false;
+    if (util::TryReap(pid_)) {
+      reaped_ = true;
+      return false;
+    }
+    return true;
+  }
+  GuestChannel& guest() override { return guest_; }
+  Status Pause() override { return IsAlive() ? Status::Ok() : Status::Unavailable("VMM process exited"); }
+  Status Resume() override { return IsAlive() ? Status::Ok() : Status::Unavailable("VMM process exited"); }
+  Status Snapshot(const std::string& dir) override {
+    if (!IsAlive()) return Status::Unavailable("VMM process exited");
+    if (vmm_.script.fail_snapshots > 0) {
+      vmm_.script.fail_snapshots--;
+      // Crash midway: a partial file is left behind and the process dies.
+      std::ofstream(fs::path(dir) / "memory.bin") << "partial";
+      ::kill(pid_, SIGKILL);
+      return Status::Unavailable("VMM process died during snapshot/create");
+    }
+    std::string mem(static_cast<size_t>(vmm_.script.snapshot_bytes.load()), '\0');
+    for (size_t i = 0; i < mem.size(); ++i) mem[i] = static_cast<char>((i * 131) & 0xff);
+    std::ofstream(fs::path(dir) / "memory.bin", std::ios::binary) << mem;
+    std::ofstream(fs::path(dir) / "vmstate.json") << "{\"fake\":true}\n";
+    vmm_.snapshots++;
+    return Status::Ok();
+  }
+  Status Stop(std::chrono::milliseconds grace) override {
+    std::lock_guard lock(mu_);
+    if (pid_ > 0) {
+      if (!reaped_) util::TerminateAndReap(pid_, grace);
+      pid_ = -1;
+    }
+    return Status::Ok();
+  }
+  std::string console_log() const override { return ""; }
+
+ private:
+  FakeVmm& vmm_;
+  std::mutex mu_;
+  int pid_;
+  bool reaped_;
+  FakeGuest guest_;
+};
+
+}  // namespace
+
+FakeVmm::FakeVmm(std::string kind) : kind_(std::move(kind)) {}
+
+Result<std::map<std::string, std::string>> FakeVmm::HostCompatibility() {
+  std::lock_guard lock(mu_);
+  return std::map<std::string, std::string>{{"vmm.version", host_version_}, {"host.kernel", "test"}};
+}
+
+void FakeVmm::SetHostVersion(const std::string& v) {
+  std::lock_guard lock(mu_);
+  host_version_ = v;
+}
+
+std::map<std::string, std::string> FakeVmm::identities() const {
+  std::lock_guard lock(mu_);
+  return identities_;
+}
+void FakeVmm::NoteIdentity(const std::string& vm_id, const std::string& hostname) {
+  std::lock_guard lock(mu_);
+  identities_[vm_id] = hostname;
+}
+void FakeVmm::NoteLive(int delta) {
+  int now = live += delta;
+  int prev = max_live.load();
+  while (now > prev && !max_live.compare_exchange_weak(prev, now)) {
+  }
+}
+
+Result<std::unique_ptr<Vm>> FakeVmm::Start(const LaunchSpec& spec, bool restored, bool verify_fails) {
+  util::SpawnOptions o;
+  o.argv = {"sleep", "3600"};
+  auto child = util::Spawn(o);
+  if (!child.ok()) return child.status();
+  if (spec.on_process_started) spec.on_process_started(child->pid);
+  bool dead = false;
+  if (restored && script.kill_after_restore > 0) {
+    script.kill_after_restore--;
+    ::kill(child->pid, SIGKILL);
+    util::WaitFor(child->pid, std::chrono::seconds(5));
+    dead = true;
+  }
+  auto vm = std::make_unique<FakeVm>(*this, spec.vm_id, child->pid, verify_fails, dead);
+  return std::unique_ptr<Vm>(std::move(vm));
+}
+
+Result<std::unique_ptr<Vm>> FakeVmm::ColdBoot(const LaunchSpec& spec) {
+  if (int d = script.build_delay_ms.load(); d > 0) std::this_thread::sleep_for(std::chrono::milliseconds(d));
+  if (script.fail_cold_boots > 0) {
+    script.fail_cold_boots--;
+    return Status::Unavailable("fake: cold boot failed (injected)");
+  }
+  cold_boots++;
+  return Start(spec, false, false);
+}
+
+Result<std::unique_ptr<Vm>> FakeVmm::Restore(const LaunchSpec& spec, const std::string& snapshot_dir) {
+  if (int d = script.restore_delay_ms.load(); d > 0) std::this_thread::sleep_for(std::chrono::milliseconds(d));
+  if (!fs::exists(fs::path(snapshot_dir) / "vmstate.json")) {
+    return Status::Unavailable("fake: snapshot state file missing in " + snapshot_dir);
+  }
+  if (script.fail_restores > 0) {
+    script.fail_restores--;
+    return Status::Unavailable("fake: restore failed (injected)");
+  }
+  bool verify_fails = false;
+  if (script.fail_verifies > 0) {
+    script.fail_verifies--;
+    verify_fails = true;
+  }
+  restores++;
+  return Start(spec, true, verify_fails);
+}
+
+}  // namespace fcwarm::testing

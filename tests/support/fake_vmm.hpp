@@ -1,0 +1,59 @@
+// A scripted VMM test double with failure injection. Used only by tests; never by the library.
+//
+// Each VM is backed by a real host process (`sleep`), so pids, liveness and "the VMM process died" are real.
+// Snapshots are real files (a pseudo memory image + a state file) so checksums and corruption are real.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "fcwarm/vmm.hpp"
+
+namespace fcwarm::testing {
+
+struct FakeScript {
+  std::atomic<int> fail_cold_boots{0};       // next N cold boots fail
+  std::atomic<int> fail_restores{0};         // next N restores fail
+  std::atomic<int> fail_verifies{0};         // next N restored clones report runtime not ready (forever)
+  std::atomic<int> fail_snapshots{0};        // next N snapshots fail (build crashes midway)
+  std::atomic<int> kill_after_restore{0};    // next N restored VMM processes die right after Restore returns
+  std::atomic<int> build_delay_ms{0};        // extra time a cold boot takes before returning
+  std::atomic<int> restore_delay_ms{0};      // extra time a restore takes
+  std::atomic<int> snapshot_bytes{64 * 1024};  // size of the fake memory file
+};
+
+class FakeVmm : public Vmm {
+ public:
+  explicit FakeVmm(std::string kind = "fake");
+  std::string Kind() const override { return kind_; }
+  Result<std::map<std::string, std::string>> HostCompatibility() override;
+  Result<std::unique_ptr<Vm>> ColdBoot(const LaunchSpec& spec) override;
+  Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& snapshot_dir) override;
+
+  FakeScript script;
+  void SetHostVersion(const std::string& v);
+
+  std::atomic<int> cold_boots{0};
+  std::atomic<int> restores{0};
+  std::atomic<int> snapshots{0};
+  std::atomic<int> live{0};  // VM objects alive
+  std::atomic<int> max_live{0};
+
+  // Hostnames set through identity, by vm id.
+  std::map<std::string, std::string> identities() const;
+  void NoteIdentity(const std::string& vm_id, const std::string& hostname);
+  void NoteLive(int delta);
+
+ private:
+  Result<std::unique_ptr<Vm>> Start(const LaunchSpec& spec, bool restored, bool verify_fails);
+  std::string kind_;
+  mutable std::mutex mu_;
+  std::string host_version_ = "1.0";
+  std::map<std::string, std::string> identities_;
+};
+
+}  // namespace fcwarm::testing

@@ -1,0 +1,117 @@
+#include <doctest/doctest.h>
+
+#include <thread>
+#include <vector>
+
+#include "support/test_env.hpp"
+
+using namespace fcwarm;
+using namespace fcwarm::testing;
+
+TEST_CASE("100 concurrent failures cross the threshold once and trigger exactly one rebuild") {
+  TestBed bed([](ServiceOptions& o) { o.health.unhealthy_threshold = 3; });
+  auto img = bed.AddImage();
+  auto snap = bed.BuildSnapshot(img.id);
+  int builds_before = bed.vmm->snapshots;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 100; ++i) {
+    threads.emplace_back([&, i] { CHECK(bed.service->health().RecordFailure(snap.id, "boom " + std::to_string(i)).ok()); });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(bed.service->health().automatic_rebuilds() == 1);
+  auto done = bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20));
+  REQUIRE(done->state == SnapshotState::kReady);
+  CHECK(bed.vmm->snapshots == builds_before + 1);
+  CHECK(done->failure_count == 100);
+  CHECK(done->consecutive_failures == 0);  // reset by the new generation
+  auto health = bed.service->store().ListEvents({.kind = "health", .limit = 100});
+  CHECK(health->size() == 1);
+  CHECK(health->front().outcome == "unhealthy");
+}
+
+TEST_CASE("stats report counts, last error and last use") {
+  TestBed bed([](ServiceOptions& o) { o.health.auto_rebuild = false; });
+  auto img = bed.AddImage();
+  auto snap = bed.BuildSnapshot(img.id);
+  auto& h = bed.service->health();
+  REQUIRE(h.RecordFailure(snap.id, "first").ok());
+  REQUIRE(h.RecordSuccess(snap.id).ok());
+  REQUIRE(h.RecordFailure(snap.id, "second").ok());
+  auto s = h.Stats(snap.id);
+  REQUIRE(s.ok());
+  CHECK(s->success_count == 1);
+  CHECK(s->failure_count == 2);
+  CHECK(s->consecutive_failures == 1);
+  CHECK(s->last_error == "second");
+  CHECK(s->last_used_at.has_value());
+  CHECK(h.Stats("bad/id").status().code() == StatusCode::kInvalidArgument);
+  CHECK(h.RecordFailure(Id::Generate().str(), "x").code() == StatusCode::kNotFound);
+  CHECK(h.RecordSuccess(Id::Generate().str()).code() == StatusCode::kNotFound);
+  CHECK(h.options().unhealthy_threshold == 3);
+}
+
+TEST_CASE("failed builds are retried automatically with capped exponential backoff") {
+  TestBed bed([](ServiceOptions& o) {
+    o.health.rebuild_backoff_initial = std::chrono::milliseconds(50);
+    o.health.rebuild_backoff_max = std::chrono::milliseconds(200);
+  });
+  auto img = bed.AddImage();
+  bed.vmm->script.fail_snapshots = 4;  // the first build and three retries fail, the fourth retry succeeds
+  auto start = std::chrono::steady_clock::now();
+  auto created = bed.service->snapshots().CreateSnapshot(img.id);
+  REQUIRE(created.ok());
+  REQUIRE(Eventually([&] { return bed.service->snapshots().Get(created->id)->state == SnapshotState::kReady; },
+                     std::chrono::seconds(20)));
+  auto elapsed = std::chrono::steady_clock::now() - start;
+  // Delays 50 + 100 + 200 ms (capped) at least.
+  CHECK(elapsed >= std::chrono::milliseconds(350));
+  CHECK(bed.service->health().automatic_rebuilds() == 4);
+  auto builds = bed.service->store().ListEvents({.kind = "build", .limit = 100});
+  REQUIRE(builds->size() == 5);
+  int failed = 0;
+  for (const auto& e : *builds) failed += e.outcome == "failed";
+  CHECK(failed == 4);
+  CHECK(builds->back().outcome == "ready");
+  CHECK(builds->back().reason == "automatic");
+  CHECK(bed.service->snapshots().Get(created->id)->build_failures == 0);
+}
+
+TEST_CASE("incompatible schedules a rebuild without counting a failure; auto_rebuild off schedules nothing") {
+  SUBCASE("on") {
+    TestBed bed;
+    auto img = bed.AddImage();
+    auto snap = bed.BuildSnapshot(img.id);
+    REQUIRE(bed.service->health().RecordIncompatible(snap.id, "vmm.version changed").ok());
+    CHECK(bed.service->health().automatic_rebuilds() == 1);
+    auto s = bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20));
+    CHECK(s->failure_count == 0);
+    CHECK(s->generation == 2);
+  }
+  SUBCASE("off") {
+    TestBed bed([](ServiceOptions& o) { o.health.auto_rebuild = false; });
+    auto img = bed.AddImage();
+    auto snap = bed.BuildSnapshot(img.id);
+    REQUIRE(bed.service->health().RecordIncompatible(snap.id, "x").ok());
+    for (int i = 0; i < 3; ++i) REQUIRE(bed.service->health().RecordFailure(snap.id, "x").ok());
+    CHECK(bed.service->health().automatic_rebuilds() == 0);
+    CHECK(bed.service->snapshots().Get(snap.id)->state == SnapshotState::kUnhealthy);
+    CHECK(bed.service->snapshots().ActiveBuilds() == 0);
+  }
+}
+
+TEST_CASE("automatic rebuilds are single-flight per image") {
+  TestBed bed;
+  auto img = bed.AddImage();
+  auto snap = bed.BuildSnapshot(img.id);
+  bed.vmm->script.build_delay_ms = 300;
+  CHECK(bed.service->snapshots().RequestAutomaticRebuild(snap.id));
+  CHECK_FALSE(bed.service->snapshots().RequestAutomaticRebuild(snap.id));
+  CHECK(bed.service->snapshots().ActiveBuilds() == 1);
+  // A manual rebuild of the same snapshot joins the build in flight.
+  auto again = bed.service->snapshots().Rebuild(snap.id);
+  REQUIRE(again.ok());
+  CHECK(again->state == SnapshotState::kCreating);
+  CHECK(bed.service->snapshots().ActiveBuilds() == 1);
+  auto s = bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20));
+  CHECK(s->generation == 2);
+}
