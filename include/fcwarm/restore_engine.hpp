@@ -68,15 +68,18 @@ class RestoreEngine {
   Result<VmRecord> Get(const std::string& vm_id) const;
   /// \brief Lists VM records, newest first.
   /// \param include_destroyed Include destroyed VMs.
+  /// \return Lists VM records, newest first.
   Result<std::vector<VmRecord>> List(bool include_destroyed) const;
   /// \brief The live VM handle (for guest access), or NotFound when it is not running in this process.
   /// \param vm_id The VM.
+  /// \return The live VM handle (for guest access), or NotFound when it is not running in this process.
   Result<std::shared_ptr<Vm>> Handle(const std::string& vm_id) const;
   /// \brief Mean cold-boot-to-ready time of recent cold boots of an image, in ms (for "time saved").
   /// \param runtime_image_id The image.
   /// \return The mean, or nullopt when no cold boot was measured yet.
   std::optional<double> MeasuredColdBootMs(const std::string& runtime_image_id) const;
   /// \brief The options in force.
+  /// \return The options in force.
   const RestoreOptions& options() const;
 
  private:

@@ -42,48 +42,62 @@ class [[nodiscard]] Status {
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
   /// \brief Success.
+  /// \return Success.
   static Status Ok() { return Status(); }
   /// \brief InvalidArgument with a message.
   /// \param msg The message.
+  /// \return InvalidArgument with a message.
   static Status InvalidArgument(std::string msg) { return {StatusCode::kInvalidArgument, std::move(msg)}; }
   /// \brief NotFound with a message.
   /// \param msg The message.
+  /// \return NotFound with a message.
   static Status NotFound(std::string msg) { return {StatusCode::kNotFound, std::move(msg)}; }
   /// \brief AlreadyExists with a message.
   /// \param msg The message.
+  /// \return AlreadyExists with a message.
   static Status AlreadyExists(std::string msg) { return {StatusCode::kAlreadyExists, std::move(msg)}; }
   /// \brief FailedPrecondition with a message.
   /// \param msg The message.
+  /// \return FailedPrecondition with a message.
   static Status FailedPrecondition(std::string msg) {
     return {StatusCode::kFailedPrecondition, std::move(msg)};
   }
   /// \brief ResourceExhausted with a message.
   /// \param msg The message.
+  /// \return ResourceExhausted with a message.
   static Status ResourceExhausted(std::string msg) {
     return {StatusCode::kResourceExhausted, std::move(msg)};
   }
   /// \brief Unavailable with a message.
   /// \param msg The message.
+  /// \return Unavailable with a message.
   static Status Unavailable(std::string msg) { return {StatusCode::kUnavailable, std::move(msg)}; }
   /// \brief DeadlineExceeded with a message.
   /// \param msg The message.
+  /// \return DeadlineExceeded with a message.
   static Status DeadlineExceeded(std::string msg) {
     return {StatusCode::kDeadlineExceeded, std::move(msg)};
   }
   /// \brief Internal with a message.
   /// \param msg The message.
+  /// \return Internal with a message.
   static Status Internal(std::string msg) { return {StatusCode::kInternal, std::move(msg)}; }
 
   /// \brief True on success.
+  /// \return True on success.
   bool ok() const { return code_ == StatusCode::kOk; }
   /// \brief The code.
+  /// \return The code.
   StatusCode code() const { return code_; }
   /// \brief The message (empty on success).
+  /// \return The message (empty on success).
   const std::string& message() const { return message_; }
   /// \brief "code: message", or "ok".
+  /// \return "code: message", or "ok".
   std::string ToString() const;
   /// \brief A copy whose message is prefixed with context ("context: message").
   /// \param context Text describing the operation that failed.
+  /// \return A copy whose message is prefixed with context ("context: message").
   Status WithContext(std::string_view context) const;
 
  private:
@@ -107,22 +121,31 @@ class [[nodiscard]] Result {
   }
 
   /// \brief True when a value is held.
+  /// \return True when a value is held.
   bool ok() const { return std::holds_alternative<T>(data_); }
   /// \brief The error, or an ok Status when a value is held.
+  /// \return The error, or an ok Status when a value is held.
   Status status() const { return ok() ? Status() : std::get<Status>(data_); }
   /// \brief The value; must only be called when ok().
+  /// \return The value; must only be called when ok().
   T& value() & { return std::get<T>(data_); }
   /// \brief The value; must only be called when ok().
+  /// \return The value; must only be called when ok().
   const T& value() const& { return std::get<T>(data_); }
   /// \brief Moves the value out; must only be called when ok().
+  /// \return Moves the value out; must only be called when ok().
   T&& value() && { return std::get<T>(std::move(data_)); }
   /// \brief Pointer-like access to the value.
+  /// \return Pointer-like access to the value.
   T* operator->() { return &value(); }
   /// \brief Pointer-like access to the value.
+  /// \return Pointer-like access to the value.
   const T* operator->() const { return &value(); }
   /// \brief Dereference to the value.
+  /// \return Dereference to the value.
   T& operator*() & { return value(); }
   /// \brief Dereference to the value.
+  /// \return Dereference to the value.
   const T& operator*() const& { return value(); }
 
  private:

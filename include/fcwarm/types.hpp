@@ -64,18 +64,23 @@ enum class VmState {
 
 /// \brief Stable lower-case name ("creating", ...).
 /// \param v The value.
+/// \return Stable lower-case name ("creating", ...).
 std::string_view ToString(SnapshotState v);
 /// \brief Stable lower-case name ("waiting_runtime", ...).
 /// \param v The value.
+/// \return Stable lower-case name ("waiting_runtime", ...).
 std::string_view ToString(BuildPhase v);
 /// \brief Stable lower-case name ("warm", "cold").
 /// \param v The value.
+/// \return Stable lower-case name ("warm", "cold").
 std::string_view ToString(BootMethod v);
 /// \brief Stable lower-case name ("no_snapshot", ...); kNone is "".
 /// \param v The value.
+/// \return Stable lower-case name ("no_snapshot", ...); kNone is "".
 std::string_view ToString(FallbackReason v);
 /// \brief Stable lower-case name ("running", ...).
 /// \param v The value.
+/// \return Stable lower-case name ("running", ...).
 std::string_view ToString(VmState v);
 
 /// \brief Parses a SnapshotState name.
@@ -131,6 +136,7 @@ struct RuntimeImage {
   RuntimeCheck runtime_check;  ///< Readiness check.
   int64_t created_at = 0;    ///< Creation time, Unix milliseconds.
   /// \brief A path that identifies the image on disk (the rootfs if set, else the initrd, else the kernel).
+  /// \return A path that identifies the image on disk (the rootfs if set, else the initrd, else the kernel).
   std::string path() const;
 };
 

@@ -120,6 +120,7 @@ struct LaunchSpec {
   NetworkIdentity network;  ///< The VM's network identity (index < 0: no network device).
   /// \brief Called with the pid of every host process the backend starts for this VM, right after it starts,
   /// so the core can record it for crash reconciliation. May be empty.
+  /// \return Called with the pid of every host process the backend starts for this VM, right after it starts,
   std::function<void(int pid)> on_process_started;
 };
 
@@ -132,10 +133,13 @@ class Vm {
  public:
   virtual ~Vm() = default;
   /// \brief The main VMM process id, or -1 when it is no longer running.
+  /// \return The main VMM process id, or -1 when it is no longer running.
   virtual int pid() const = 0;
   /// \brief True while the VMM process is alive.
+  /// \return True while the VMM process is alive.
   virtual bool IsAlive() = 0;
   /// \brief The channel to the guest agent. Valid for the lifetime of this object.
+  /// \return The channel to the guest agent. Valid for the lifetime of this object.
   virtual GuestChannel& guest() = 0;
   /// \brief Pauses the vCPUs.
   /// \return Ok, or Unavailable when the VMM does not answer.
@@ -153,6 +157,7 @@ class Vm {
   /// \return Ok, or an error describing what could not be released.
   virtual Status Stop(std::chrono::milliseconds grace) = 0;
   /// \brief Path of the serial console log, or empty.
+  /// \return Path of the serial console log, or empty.
   virtual std::string console_log() const = 0;
 };
 
@@ -163,6 +168,7 @@ class Vmm {
  public:
   virtual ~Vmm() = default;
   /// \brief Backend name as used in RuntimeImage::backend ("qemu", "firecracker", ...).
+  /// \return Backend name as used in RuntimeImage::backend ("qemu", "firecracker", ...).
   virtual std::string Kind() const = 0;
   /// \brief Host facts a snapshot depends on: VMM version, snapshot format version, host kernel, CPU model
   /// digest, accelerator. Part of the compatibility key.
@@ -194,6 +200,7 @@ class VmmRegistry {
   /// \return The backend or nullptr.
   std::shared_ptr<Vmm> Find(std::string_view kind) const;
   /// \brief Names of the registered backends.
+  /// \return Names of the registered backends.
   std::vector<std::string> Kinds() const;
 
  private:
