@@ -30,6 +30,10 @@ struct ServiceOptions {
 class Service {
  public:
   /// \brief Opens the store, reconciles, and starts the components.
+  ///
+  /// One Service owns a store at a time: it holds an exclusive lock on `<store path>.lock` for its lifetime,
+  /// because startup reconciliation kills the VMM processes the store records. A second Service (another
+  /// process, e.g. the CLI while the server runs) gets FailedPrecondition.
   /// \param options Options.
   /// \param vmms Backends (shared with the caller).
   /// \return The service, or the first component's error.
@@ -58,6 +62,7 @@ class Service {
 
  private:
   Service() = default;
+  int lock_fd_ = -1;
   std::shared_ptr<VmmRegistry> vmms_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<ImageRegistry> images_;

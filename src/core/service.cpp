@@ -1,5 +1,11 @@
 #include "fcwarm/service.hpp"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 namespace fcwarm {
@@ -12,6 +18,16 @@ Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shar
     auto parent = std::filesystem::path(options.store.path).parent_path();
     std::error_code ec;
     if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    std::string lock_path = options.store.path + ".lock";
+    s->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (s->lock_fd_ < 0) {
+      return Status::Unavailable("cannot open lock file " + lock_path + ": " + std::strerror(errno));
+    }
+    if (::flock(s->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      return Status::FailedPrecondition("the store '" + options.store.path +
+                                        "' is in use by another fcwarm process (lock " + lock_path +
+                                        "); talk to that process (e.g. the server) instead");
+    }
   }
   auto store = Store::Open(options.store);
   if (!store.ok()) return store.status();
@@ -31,6 +47,7 @@ Service::~Service() {
   snapshots_.reset();
   images_.reset();
   store_.reset();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
 }  // namespace fcwarm

@@ -224,3 +224,14 @@ TEST_CASE("startup reconciliation after a simulated crash") {
   // The stuck snapshot is newer and unhealthy, so this is cold with snapshot_unhealthy.
   CHECK(vm->fallback_reason == FallbackReason::kSnapshotUnhealthy);
 }
+
+TEST_CASE("one Service owns a store at a time") {
+  TestBed bed;
+  auto second = Service::Open(bed.options, bed.vmms);
+  REQUIRE_FALSE(second.ok());
+  CHECK(second.status().code() == StatusCode::kFailedPrecondition);
+  CHECK(second.status().message().find("in use by another fcwarm process") != std::string::npos);
+  bed.service.reset();
+  auto third = Service::Open(bed.options, bed.vmms);
+  CHECK(third.ok());
+}
