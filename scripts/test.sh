@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cmake --preset ci
 cmake --build --preset ci
+cmake --install build/ci --component python   # `import fcwarm` for /usr/bin/python3, and the `fcwarm` CLI
 if [[ -x guest/build-artifacts.sh ]]; then
   FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
     guest/build-artifacts.sh --agent build/ci/guest/agent/fcwarm-agent

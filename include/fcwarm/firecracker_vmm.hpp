@@ -83,9 +83,14 @@ struct FirecrackerOptions {
   /// \brief Prefix of TAP device names; a VM's TAP is `<prefix><NetworkIdentity::index>` (at most 15
   /// characters in total). Default: "fcw".
   std::string tap_prefix = "fcw";
-  /// \brief Prefix of per-clone network namespaces (used on Firecracker < 1.12, which lacks
-  /// `network_overrides`). Default: "fcwarm-".
+  /// \brief Prefix of per-VM network namespaces (a VM without a network identity, and clones on Firecracker
+  /// < 1.12, which lacks `network_overrides`). Default: "fcwarm-".
   std::string netns_prefix = "fcwarm-";
+  /// \brief Give a cold-booted VM without a network identity (NetworkIdentity::index < 0, e.g. a snapshot
+  /// build VM) a network interface anyway, on a TAP inside a private network namespace, so that clones of its
+  /// snapshot have an `eth0` to attach their own TAP to (a device cannot be added after a restore).
+  /// Default: true.
+  bool nic_without_identity = true;
 };
 
 /// \brief What `firecracker --version` and `--snapshot-version` report.

@@ -117,7 +117,9 @@ struct LaunchSpec {
   std::string vm_id;        ///< The VM's id (UUID text; safe as a file name).
   RuntimeImage image;       ///< Kernel, initrd, base disk, boot args, shape.
   std::string work_dir;     ///< Existing empty directory owned by this VM (sockets, logs, overlay disk).
-  NetworkIdentity network;  ///< The VM's network identity (index < 0: no network device).
+  /// \brief The VM's network identity. index < 0: the VM has no identity of its own (a snapshot build VM);
+  /// backends still attach every device a clone will need, since devices cannot be added after a restore.
+  NetworkIdentity network;
   /// \brief Called with the pid of every host process the backend starts for this VM, right after it starts,
   /// so the core can record it for crash reconciliation. May be empty.
   /// \return Called with the pid of every host process the backend starts for this VM, right after it starts,

@@ -66,8 +66,9 @@ TEST_CASE("failed builds are retried automatically with capped exponential backo
   // Delays 50 + 100 + 200 ms (capped) at least.
   CHECK(elapsed >= std::chrono::milliseconds(350));
   CHECK(bed.service->health().automatic_rebuilds() == 4);
+  // The build event is written just after the state flips to ready.
+  REQUIRE(Eventually([&] { return bed.service->store().ListEvents({.kind = "build", .limit = 100})->size() == 5; }));
   auto builds = bed.service->store().ListEvents({.kind = "build", .limit = 100});
-  REQUIRE(builds->size() == 5);
   int failed = 0;
   for (const auto& e : *builds) failed += e.outcome == "failed";
   CHECK(failed == 4);

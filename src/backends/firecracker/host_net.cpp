@@ -1,0 +1,90 @@
+#include "backends/firecracker/host_net.hpp"
+
+#include <net/if.h>
+
+#include <filesystem>
+#include <vector>
+
+#include "util/process.hpp"
+
+namespace fcwarm::firecracker {
+namespace {
+constexpr std::chrono::milliseconds kIpTimeout{10000};
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
+  return s;
+}
+}  // namespace
+
+std::string GatewayCidr(const std::string& gateway, const std::string& guest_ip_cidr) {
+  auto slash = guest_ip_cidr.find('/');
+  if (gateway.empty() || slash == std::string::npos) return "";
+  return gateway + guest_ip_cidr.substr(slash);
+}
+
+bool InterfaceExists(const std::string& name) { return !name.empty() && ::if_nametoindex(name.c_str()) != 0; }
+
+Status HostNet::Ip(const std::vector<std::string>& args, bool in_netns) {
+  std::vector<std::string> argv{ip_};
+  if (in_netns && !plan_.netns.empty()) {
+    argv.push_back("-n");
+    argv.push_back(plan_.netns);
+  }
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = util::Run(argv, kIpTimeout);
+  std::string cmd;
+  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
+  if (!r.ok()) return r.status().WithContext(cmd);
+  if (r->exit_code != 0) {
+    return Status::Unavailable("'" + cmd + "' failed (exit " + std::to_string(r->exit_code) +
+                               "): " + Trim(r->output));
+  }
+  return Status::Ok();
+}
+
+Status HostNet::Create() {
+  if (plan_.tap.empty() || plan_.tap.size() > 15) {
+    return Status::InvalidArgument("TAP name '" + plan_.tap + "' must have 1-15 characters");
+  }
+  Status st;
+  if (!plan_.netns.empty()) {
+    // A namespace left behind by a crashed run is removed first (names are unique among live VMs).
+    (void)Ip({"netns", "del", plan_.netns}, false);
+    st = Ip({"netns", "add", plan_.netns}, false);
+    if (!st.ok()) return st.WithContext("create network namespace");
+    created_ns_ = true;
+    st = Ip({"link", "set", "dev", "lo", "up"}, true);
+  } else if (InterfaceExists(plan_.tap)) {
+    (void)Ip({"link", "del", "dev", plan_.tap}, false);
+  }
+  if (st.ok()) {
+    st = Ip({"tuntap", "add", "dev", plan_.tap, "mode", "tap"}, true);
+    if (st.ok()) created_tap_ = true;
+  }
+  if (st.ok() && !plan_.gateway_cidr.empty())
+    st = Ip({"addr", "add", plan_.gateway_cidr, "dev", plan_.tap}, true);
+  if (st.ok()) st = Ip({"link", "set", "dev", plan_.tap, "up"}, true);
+  if (!st.ok()) {
+    (void)Release();
+    return st.WithContext("create TAP " + plan_.tap);
+  }
+  return Status::Ok();
+}
+
+Status HostNet::Release() {
+  Status result;
+  if (created_ns_) {
+    result = Ip({"netns", "del", plan_.netns}, false);
+    if (result.ok()) created_ns_ = created_tap_ = false;
+  } else if (created_tap_) {
+    result = Ip({"link", "del", "dev", plan_.tap}, false);
+    if (result.ok() || !InterfaceExists(plan_.tap)) {
+      created_tap_ = false;
+      result = Status::Ok();
+    }
+  }
+  return result;
+}
+
+}  // namespace fcwarm::firecracker
