@@ -1,4 +1,5 @@
 // VMM backends and their registry.
+#include "fcwarm/firecracker_vmm.hpp"
 #include "py_common.hpp"
 
 #if __has_include("fcwarm/qemu_vmm.hpp")
@@ -17,6 +18,30 @@ void BindBackends(pyb::module_& m) {
       .def("add", &VmmRegistry::Add, Release(), pyb::arg("vmm"))
       .def("find", &VmmRegistry::Find, Release(), pyb::arg("kind"))
       .def("kinds", &VmmRegistry::Kinds, Release());
+
+  pyb::class_<FirecrackerOptions>(m, "FirecrackerOptions", "Options of the Firecracker backend.")
+      .def(pyb::init<>())
+      .def_readwrite("binary", &FirecrackerOptions::binary)
+      .def_readwrite("api_timeout", &FirecrackerOptions::api_timeout)
+      .def_readwrite("snapshot_timeout", &FirecrackerOptions::snapshot_timeout)
+      .def_readwrite("socket_wait", &FirecrackerOptions::socket_wait)
+      .def_readwrite("kernel_boot_args", &FirecrackerOptions::kernel_boot_args)
+      .def_readwrite("vsock_guest_cid", &FirecrackerOptions::vsock_guest_cid)
+      .def_readwrite("agent_vsock_port", &FirecrackerOptions::agent_vsock_port)
+      .def_readwrite("tap_prefix", &FirecrackerOptions::tap_prefix)
+      .def_readwrite("netns_prefix", &FirecrackerOptions::netns_prefix);
+  m.def(
+      "make_firecracker_vmm",
+      [](const FirecrackerOptions& o) { return std::shared_ptr<Vmm>(MakeFirecrackerVmm(o)); },
+      Release(), pyb::arg("options") = FirecrackerOptions{}, "Creates the Firecracker backend (kind 'firecracker').");
+  m.def(
+      "probe_firecracker",
+      [](const std::string& binary) {
+        auto v = Unwrap(ProbeFirecracker(binary));
+        return std::map<std::string, std::string>{{"version", v.text}, {"snapshot_version", v.snapshot_version}};
+      },
+      Release(), pyb::arg("binary") = "firecracker",
+      "Runs `firecracker --version` and `--snapshot-version`; raises NotFoundError/UnavailableError.");
 }
 
 }  // namespace fcwarm::py

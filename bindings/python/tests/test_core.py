@@ -191,3 +191,16 @@ def test_options_defaults_are_documented_values():
     assert opts.snapshots.max_snapshots_per_image == 2
     opts.restore.full_verify_every = 7
     assert opts.restore.full_verify_every == 7
+
+
+def test_backends_are_exposed():
+    opts = fcwarm.FirecrackerOptions()
+    assert opts.binary == "firecracker" and opts.agent_vsock_port == 52
+    fc = fcwarm.make_firecracker_vmm(opts)
+    assert fc.kind == "firecracker"
+    reg = fcwarm.VmmRegistry()
+    reg.add(fc)
+    assert reg.kinds() == ["firecracker"] and reg.find("firecracker").kind == "firecracker"
+    assert reg.find("nope") is None
+    with pytest.raises(fcwarm.NotFoundError):
+        fcwarm.probe_firecracker("/nonexistent/firecracker")
