@@ -1,0 +1,454 @@
+// The real machine: syscalls, ioctls and rtnetlink. Used only inside the guest (and never by host tests for
+// anything that changes state).
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <linux/neighbour.h>
+#include <linux/netlink.h>
+#include <linux/random.h>
+#include <linux/rtnetlink.h>
+#include <net/if.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "agent_core.hpp"
+
+namespace fcwarm::agent {
+namespace {
+
+std::string Errno(const char* what) { return std::string(what) + ": " + strerror(errno); }
+
+class Fd {
+ public:
+  explicit Fd(int fd = -1) : fd_(fd) {}
+  ~Fd() {
+    if (fd_ >= 0) close(fd_);
+  }
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  int get() const { return fd_; }
+
+ private:
+  int fd_;
+};
+
+// ---- rtnetlink ----
+
+// Builds one netlink message: header, fixed payload, then attributes.
+class NlMsg {
+ public:
+  NlMsg(uint16_t type, uint16_t flags, const void* payload, std::size_t len) : buf_(NLMSG_SPACE(len), 0) {
+    auto* h = reinterpret_cast<nlmsghdr*>(buf_.data());
+    h->nlmsg_type = type;
+    h->nlmsg_flags = flags;
+    memcpy(NLMSG_DATA(h), payload, len);
+    h->nlmsg_len = static_cast<uint32_t>(NLMSG_LENGTH(len));
+  }
+  void Attr(uint16_t type, const void* data, std::size_t len) {
+    std::size_t off = NLMSG_ALIGN(hdr()->nlmsg_len);
+    buf_.resize(off + RTA_SPACE(len), 0);
+    auto* rta = reinterpret_cast<rtattr*>(buf_.data() + off);
+    rta->rta_type = type;
+    rta->rta_len = static_cast<uint16_t>(RTA_LENGTH(len));
+    memcpy(RTA_DATA(rta), data, len);
+    hdr()->nlmsg_len = static_cast<uint32_t>(off + RTA_LENGTH(len));
+  }
+  nlmsghdr* hdr() { return reinterpret_cast<nlmsghdr*>(buf_.data()); }
+
+ private:
+  std::vector<char> buf_;
+};
+
+class Netlink {
+ public:
+  Netlink() : fd_(socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE)) {}
+  bool ok() const { return fd_.get() >= 0; }
+
+  // Sends a request with NLM_F_ACK and waits for the ack. Returns an error string or "".
+  std::string Request(NlMsg& m) {
+    m.hdr()->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;
+    m.hdr()->nlmsg_seq = ++seq_;
+    if (send(fd_.get(), m.hdr(), m.hdr()->nlmsg_len, 0) < 0) return Errno("netlink send");
+    std::string err;
+    bool done = false;
+    auto r = Receive([&](nlmsghdr* h) {
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        auto* e = static_cast<nlmsgerr*>(NLMSG_DATA(h));
+        if (e->error != 0) err = std::string("netlink: ") + strerror(-e->error);
+        done = true;
+      }
+      return !done;
+    });
+    if (!r.empty()) return r;
+    return err;
+  }
+
+  // Sends a dump request and calls `each` for every answer until NLMSG_DONE.
+  template <typename F>
+  std::string Dump(NlMsg& m, F each) {
+    m.hdr()->nlmsg_flags |= NLM_F_REQUEST | NLM_F_DUMP;
+    m.hdr()->nlmsg_seq = ++seq_;
+    if (send(fd_.get(), m.hdr(), m.hdr()->nlmsg_len, 0) < 0) return Errno("netlink send");
+    std::string err;
+    auto r = Receive([&](nlmsghdr* h) {
+      if (h->nlmsg_type == NLMSG_DONE) return false;
+      if (h->nlmsg_type == NLMSG_ERROR) {
+        auto* e = static_cast<nlmsgerr*>(NLMSG_DATA(h));
+        if (e->error != 0) err = std::string("netlink dump: ") + strerror(-e->error);
+        return false;
+      }
+      each(h);
+      return true;
+    });
+    return r.empty() ? err : r;
+  }
+
+ private:
+  // Reads messages for the current sequence number; `handle` returns false to stop.
+  template <typename F>
+  std::string Receive(F handle) {
+    std::vector<char> buf(65536);
+    for (;;) {
+      pollfd p{fd_.get(), POLLIN, 0};
+      int pr = poll(&p, 1, 5000);
+      if (pr == 0) return "netlink: no answer";
+      if (pr < 0) {
+        if (errno == EINTR) continue;
+        return Errno("netlink poll");
+      }
+      ssize_t n = recv(fd_.get(), buf.data(), buf.size(), 0);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Errno("netlink recv");
+      }
+      int len = static_cast<int>(n);
+      for (auto* h = reinterpret_cast<nlmsghdr*>(buf.data()); NLMSG_OK(h, len); h = NLMSG_NEXT(h, len)) {
+        if (h->nlmsg_seq != seq_) continue;
+        if (!handle(h)) return "";
+      }
+    }
+  }
+
+  Fd fd_;
+  uint32_t seq_ = 1000;
+};
+
+std::string IfIndex(const std::string& iface, int& index) {
+  index = static_cast<int>(if_nametoindex(iface.c_str()));
+  if (index == 0) return "no interface " + iface;
+  return "";
+}
+
+std::string SetLinkUp(Netlink& nl, int index, bool up) {
+  ifinfomsg ifi{};
+  ifi.ifi_family = AF_UNSPEC;
+  ifi.ifi_index = index;
+  ifi.ifi_change = IFF_UP;
+  ifi.ifi_flags = up ? IFF_UP : 0;
+  NlMsg m(RTM_NEWLINK, 0, &ifi, sizeof ifi);
+  return nl.Request(m);
+}
+
+}  // namespace
+
+std::string LinuxSystemOps::BootId() {
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string s;
+  std::getline(f, s);
+  return s;
+}
+
+std::chrono::milliseconds LinuxSystemOps::Uptime() {
+  timespec ts{};
+  clock_gettime(CLOCK_BOOTTIME, &ts);
+  return std::chrono::milliseconds(int64_t(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000);
+}
+
+std::string LinuxSystemOps::Hostname() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0) return "";
+  return buf;
+}
+
+bool LinuxSystemOps::PathExists(const std::string& path) {
+  struct stat st;
+  return lstat(path.c_str(), &st) == 0;
+}
+
+OpStatus LinuxSystemOps::SetHostname(const std::string& name) {
+  if (sethostname(name.data(), name.size()) != 0) return OpStatus::Fail(Errno("sethostname"));
+  return OpStatus::Ok();
+}
+
+OpStatus LinuxSystemOps::WriteFile(const std::string& path, const std::string& content) {
+  int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return OpStatus::Fail(Errno(path.c_str()));
+  Fd guard(fd);
+  std::size_t off = 0;
+  while (off < content.size()) {
+    ssize_t w = write(fd, content.data() + off, content.size() - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return OpStatus::Fail(Errno(path.c_str()));
+    }
+    off += static_cast<std::size_t>(w);
+  }
+  return OpStatus::Ok();
+}
+
+OpStatus LinuxSystemOps::SetMac(const std::string& iface, const std::vector<uint8_t>& mac) {
+  int index = 0;
+  if (auto e = IfIndex(iface, index); !e.empty()) return OpStatus::Fail(e);
+  Netlink nl;
+  if (!nl.ok()) return OpStatus::Fail(Errno("netlink socket"));
+  if (auto e = SetLinkUp(nl, index, false); !e.empty()) return OpStatus::Fail("link down: " + e);
+  ifinfomsg ifi{};
+  ifi.ifi_family = AF_UNSPEC;
+  ifi.ifi_index = index;
+  NlMsg m(RTM_NEWLINK, 0, &ifi, sizeof ifi);
+  m.Attr(IFLA_ADDRESS, mac.data(), mac.size());
+  auto e = nl.Request(m);
+  auto up = SetLinkUp(nl, index, true);
+  if (!e.empty()) return OpStatus::Fail("set address: " + e);
+  if (!up.empty()) return OpStatus::Fail("link up: " + up);
+  return OpStatus::Ok();
+}
+
+OpStatus LinuxSystemOps::SetIpv4(const std::string& iface, uint32_t addr_be, int prefix) {
+  int index = 0;
+  if (auto e = IfIndex(iface, index); !e.empty()) return OpStatus::Fail(e);
+  Netlink nl;
+  if (!nl.ok()) return OpStatus::Fail(Errno("netlink socket"));
+  // Collect the interface's IPv4 addresses, then delete them.
+  struct Addr {
+    ifaddrmsg ifa;
+    uint32_t local;
+  };
+  std::vector<Addr> existing;
+  ifaddrmsg q{};
+  q.ifa_family = AF_INET;
+  NlMsg dump(RTM_GETADDR, 0, &q, sizeof q);
+  auto e = nl.Dump(dump, [&](nlmsghdr* h) {
+    if (h->nlmsg_type != RTM_NEWADDR) return;
+    auto* ifa = static_cast<ifaddrmsg*>(NLMSG_DATA(h));
+    if (static_cast<int>(ifa->ifa_index) != index || ifa->ifa_family != AF_INET) return;
+    int len = static_cast<int>(IFA_PAYLOAD(h));
+    Addr a{*ifa, 0};
+    bool have = false;
+    for (auto* rta = IFA_RTA(ifa); RTA_OK(rta, len); rta = RTA_NEXT(rta, len)) {
+      if (rta->rta_type == IFA_LOCAL || (rta->rta_type == IFA_ADDRESS && !have)) {
+        memcpy(&a.local, RTA_DATA(rta), 4);
+        have = true;
+      }
+    }
+    if (have) existing.push_back(a);
+  });
+  if (!e.empty()) return OpStatus::Fail("list addresses: " + e);
+  for (auto& a : existing) {
+    NlMsg del(RTM_DELADDR, 0, &a.ifa, sizeof a.ifa);
+    del.Attr(IFA_LOCAL, &a.local, 4);
+    if (auto d = nl.Request(del); !d.empty()) return OpStatus::Fail("delete address: " + d);
+  }
+  ifaddrmsg ifa{};
+  ifa.ifa_family = AF_INET;
+  ifa.ifa_prefixlen = static_cast<unsigned char>(prefix);
+  ifa.ifa_scope = RT_SCOPE_UNIVERSE;
+  ifa.ifa_index = static_cast<unsigned>(index);
+  NlMsg add(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, &ifa, sizeof ifa);
+  add.Attr(IFA_LOCAL, &addr_be, 4);
+  add.Attr(IFA_ADDRESS, &addr_be, 4);
+  if (prefix < 31) {
+    uint32_t mask = prefix == 0 ? 0 : htonl(~((1u << (32 - prefix)) - 1));
+    uint32_t bcast = addr_be | ~mask;
+    add.Attr(IFA_BROADCAST, &bcast, 4);
+  }
+  if (auto a = nl.Request(add); !a.empty()) return OpStatus::Fail("add address: " + a);
+  if (auto u = SetLinkUp(nl, index, true); !u.empty()) return OpStatus::Fail("link up: " + u);
+  return OpStatus::Ok();
+}
+
+OpStatus LinuxSystemOps::SetDefaultRoute(const std::string& iface, uint32_t gateway_be) {
+  int index = 0;
+  if (auto e = IfIndex(iface, index); !e.empty()) return OpStatus::Fail(e);
+  Netlink nl;
+  if (!nl.ok()) return OpStatus::Fail(Errno("netlink socket"));
+  rtmsg rt{};
+  rt.rtm_family = AF_INET;
+  rt.rtm_dst_len = 0;
+  rt.rtm_table = RT_TABLE_MAIN;
+  rt.rtm_protocol = RTPROT_BOOT;
+  rt.rtm_scope = RT_SCOPE_UNIVERSE;
+  rt.rtm_type = RTN_UNICAST;
+  NlMsg m(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &rt, sizeof rt);
+  m.Attr(RTA_GATEWAY, &gateway_be, 4);
+  uint32_t oif = static_cast<uint32_t>(index);
+  m.Attr(RTA_OIF, &oif, 4);
+  if (auto e = nl.Request(m); !e.empty()) return OpStatus::Fail(e);
+  return OpStatus::Ok();
+}
+
+OpStatus LinuxSystemOps::AddEntropy(const std::string& bytes) {
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) fd = open("/dev/random", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return OpStatus::Fail(Errno("open /dev/urandom"));
+  Fd guard(fd);
+  if (!bytes.empty()) {
+    std::vector<char> buf(sizeof(rand_pool_info) + bytes.size());
+    auto* info = reinterpret_cast<rand_pool_info*>(buf.data());
+    info->entropy_count = static_cast<int>(bytes.size() * 8);
+    info->buf_size = static_cast<int>(bytes.size());
+    memcpy(buf.data() + sizeof(rand_pool_info), bytes.data(), bytes.size());
+    if (ioctl(fd, RNDADDENTROPY, info) != 0) return OpStatus::Fail(Errno("RNDADDENTROPY"));
+  }
+  // ENODATA: the CRNG is not initialized yet. The bytes are in the pool and the kernel seeds the CRNG from
+  // it as soon as enough bits are credited (256), so there is nothing to force.
+  if (ioctl(fd, RNDRESEEDCRNG) != 0 && errno != ENODATA) return OpStatus::Fail(Errno("RNDRESEEDCRNG"));
+  return OpStatus::Ok();
+}
+
+OpStatus LinuxSystemOps::SetWallClock(int64_t ns) {
+  timespec ts{};
+  ts.tv_sec = static_cast<time_t>(ns / 1000000000);
+  ts.tv_nsec = static_cast<long>(ns % 1000000000);
+  if (clock_settime(CLOCK_REALTIME, &ts) != 0) return OpStatus::Fail(Errno("clock_settime"));
+  return OpStatus::Ok();
+}
+
+void LinuxSystemOps::Sync() { sync(); }
+
+OpStatus LinuxSystemOps::FlushNeighbours() {
+  Netlink nl;
+  if (!nl.ok()) return OpStatus::Fail(Errno("netlink socket"));
+  struct Entry {
+    ndmsg nd;
+    std::vector<char> dst;
+  };
+  std::vector<Entry> entries;
+  ndmsg q{};
+  q.ndm_family = AF_UNSPEC;
+  NlMsg dump(RTM_GETNEIGH, 0, &q, sizeof q);
+  auto e = nl.Dump(dump, [&](nlmsghdr* h) {
+    if (h->nlmsg_type != RTM_NEWNEIGH) return;
+    auto* nd = static_cast<ndmsg*>(NLMSG_DATA(h));
+    if (nd->ndm_state & (NUD_PERMANENT | NUD_NOARP)) return;
+    if (nd->ndm_family != AF_INET && nd->ndm_family != AF_INET6) return;
+    int len = static_cast<int>(h->nlmsg_len - NLMSG_LENGTH(sizeof(ndmsg)));
+    for (auto* rta = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(nd) + NLMSG_ALIGN(sizeof(ndmsg)));
+         RTA_OK(rta, len); rta = RTA_NEXT(rta, len)) {
+      if (rta->rta_type == NDA_DST) {
+        auto* p = static_cast<char*>(RTA_DATA(rta));
+        entries.push_back(Entry{*nd, std::vector<char>(p, p + RTA_PAYLOAD(rta))});
+      }
+    }
+  });
+  if (!e.empty()) return OpStatus::Fail(e);
+  for (auto& en : entries) {
+    NlMsg del(RTM_DELNEIGH, 0, &en.nd, sizeof en.nd);
+    del.Attr(NDA_DST, en.dst.data(), en.dst.size());
+    auto d = nl.Request(del);
+    // An entry that vanished meanwhile is fine.
+    if (!d.empty() && d.find(strerror(ENOENT)) == std::string::npos) return OpStatus::Fail(d);
+  }
+  return OpStatus::Ok();
+}
+
+std::vector<std::string> LinuxSystemOps::ListFiles(const std::string& dir) {
+  std::vector<std::string> out;
+  DIR* d = opendir(dir.c_str());
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name == "." || name == "..") continue;
+    std::string path = dir + "/" + name;
+    struct stat st;
+    if (lstat(path.c_str(), &st) == 0 && (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode))) out.push_back(path);
+  }
+  closedir(d);
+  return out;
+}
+
+OpStatus LinuxSystemOps::RemoveFile(const std::string& path) {
+  if (unlink(path.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
+    return OpStatus::Fail(Errno("unlink"));
+  return OpStatus::Ok();
+}
+
+ProcessResult LinuxSystemOps::Run(const ProcessSpec& spec) { return RunProcess(spec); }
+
+std::pair<bool, std::string> LinuxSystemOps::DockerPing(const std::string& socket_path,
+                                                        std::chrono::milliseconds timeout) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (socket_path.size() >= sizeof addr.sun_path) return {false, "socket path too long"};
+  memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  Fd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (fd.get() < 0) return {false, Errno("socket")};
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  auto wait = [&](short events) {
+    for (;;) {
+      auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd.get(), events, 0};
+      int r = poll(&p, 1, static_cast<int>(left.count()));
+      if (r > 0) return true;
+      if (r < 0 && errno != EINTR) return false;
+    }
+  };
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    if (errno != EINPROGRESS && errno != EAGAIN) return {false, Errno(("connect " + socket_path).c_str())};
+    if (!wait(POLLOUT)) return {false, "connect " + socket_path + ": timed out"};
+    int err = 0;
+    socklen_t len = sizeof err;
+    getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) return {false, "connect " + socket_path + ": " + strerror(err)};
+  }
+  // HTTP/1.0: the server closes after the reply and never uses chunked encoding.
+  const std::string req = "GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n";
+  std::size_t off = 0;
+  while (off < req.size()) {
+    ssize_t w = send(fd.get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);
+    if (w > 0) {
+      off += static_cast<std::size_t>(w);
+    } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+      if (!wait(POLLOUT)) return {false, "send: timed out"};
+    } else {
+      return {false, Errno("send")};
+    }
+  }
+  std::string resp;
+  for (;;) {
+    if (!wait(POLLIN)) return {false, "no complete answer within " + std::to_string(timeout.count()) + " ms"};
+    char buf[4096];
+    ssize_t n = recv(fd.get(), buf, sizeof buf, 0);
+    if (n > 0) {
+      resp.append(buf, static_cast<std::size_t>(n));
+      if (resp.size() > 65536) break;
+      continue;
+    }
+    if (n == 0) break;
+    if (errno == EAGAIN || errno == EINTR) continue;
+    return {false, Errno("recv")};
+  }
+  auto line_end = resp.find("\r\n");
+  std::string status = resp.substr(0, line_end);
+  auto body_at = resp.find("\r\n\r\n");
+  std::string body = body_at == std::string::npos ? "" : resp.substr(body_at + 4);
+  bool ok_status = status.rfind("HTTP/1.", 0) == 0 && status.size() >= 12 && status.substr(9, 3) == "200";
+  if (ok_status && body == "OK") return {true, socket_path + ": " + status + ", body OK"};
+  return {false, socket_path + " answered \"" + status + "\" with body \"" + body.substr(0, 64) + "\""};
+}
+
+}  // namespace fcwarm::agent

@@ -1,0 +1,354 @@
+// fcwarm-server: the REST API of fcwarm over HTTP/1.1 (docs/api.md, docs/operations.md).
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "api.hpp"
+#include "containers.hpp"
+#include "fcwarm/firecracker_vmm.hpp"
+#include "fcwarm/service.hpp"
+#include "fcwarm/version.hpp"
+#include "http_server.hpp"
+#include "none_vmm.hpp"
+#include "worker_pool.hpp"
+#if FCWARM_SERVER_WITH_QEMU
+#include "fcwarm/qemu_vmm.hpp"
+#endif
+
+namespace fs = std::filesystem;
+using namespace fcwarm;
+using namespace fcwarm::server;
+
+namespace {
+
+struct Config {
+  std::string bind = "127.0.0.1:18080";
+  std::string data_dir = "/var/lib/fcwarm";
+  std::vector<std::string> backends{"auto"};
+  std::string auth_token;
+  std::string auth_token_file;
+  std::string port_file;
+  std::string log_level = "info";
+  size_t max_body_bytes = 1u << 20;
+  size_t max_header_bytes = 16384;
+  size_t max_url_bytes = 8192;
+  double idle_timeout_s = 60;
+  double request_timeout_s = 30;
+  double shutdown_timeout_s = 30;
+  size_t max_connections = 1024;
+  unsigned workers = 8;
+  unsigned provision_workers = 4;
+  size_t provision_queue = 64;
+  unsigned build_workers = 1;
+  double wait_for_creating_s = 60;
+  // QEMU
+  std::string qemu_binary = "qemu-system-x86_64";
+  std::string qemu_accel = "tcg";
+  std::string qemu_memory_mode = "file";
+  std::string qemu_network = "netns";
+  // Firecracker
+  std::string firecracker_binary = "firecracker";
+  double none_delay_s = 0;
+};
+
+// "host:port", "[v6]:port".
+bool SplitHostPort(const std::string& s, std::string* host, int* port) {
+  std::string h, p;
+  if (!s.empty() && s[0] == '[') {
+    auto close = s.find(']');
+    if (close == std::string::npos || close + 1 >= s.size() || s[close + 1] != ':') return false;
+    h = s.substr(1, close - 1);
+    p = s.substr(close + 2);
+  } else {
+    auto colon = s.rfind(':');
+    if (colon == std::string::npos) return false;
+    h = s.substr(0, colon);
+    p = s.substr(colon + 1);
+  }
+  if (h.empty() || p.empty() || p.size() > 5) return false;
+  int v = 0;
+  for (char c : p) {
+    if (c < '0' || c > '9') return false;
+    v = v * 10 + (c - '0');
+  }
+  if (v > 65535) return false;
+  if (h == "localhost") h = "127.0.0.1";
+  *host = h;
+  *port = v;
+  return true;
+}
+
+bool IsLoopback(const std::string& host) { return host.rfind("127.", 0) == 0 || host == "::1"; }
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\r' || s.back() == ' ' || s.back() == '\t'))
+    s.pop_back();
+  size_t b = 0;
+  while (b < s.size() && (s[b] == ' ' || s[b] == '\t')) ++b;
+  return s.substr(b);
+}
+
+bool WriteFileAtomic(const std::string& path, const std::string& data) {
+  std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    if (!f) return false;
+    f << data;
+    if (!f.flush()) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+std::chrono::milliseconds Ms(double seconds) {
+  return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::signal(SIGPIPE, SIG_IGN);
+  Config cfg;
+  CLI::App app{"fcwarm-server: REST API for warm-booting microVMs (docs/api.md)", "fcwarm-server"};
+  app.set_config("--config", "", "Read options from a TOML/INI file (keys are the long option names)");
+  app.set_version_flag("--version", std::string(fcwarm::Version()));
+  app.add_option("--bind", cfg.bind, "Listen address host:port ([v6]:port); port 0 picks a free port")
+      ->capture_default_str();
+  app.add_option("--data-dir", cfg.data_dir, "State directory: fcwarm.db, snapshots/, vms/, build/")
+      ->capture_default_str();
+  app.add_option(
+         "--backend", cfg.backends,
+         "VMM backend(s): auto (qemu when usable, else none), qemu, firecracker, none (no hypervisor: "
+         "images can be registered, VMs cannot start); repeatable")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "qemu", "firecracker", "none"}));
+  app.add_option("--auth-token", cfg.auth_token, "Bearer token required on every route but /healthz")
+      ->envname("FCWARM_AUTH_TOKEN");
+  app.add_option("--auth-token-file", cfg.auth_token_file, "File holding the bearer token (first line)");
+  app.add_option("--port-file", cfg.port_file, "Write the bound port to this file once listening");
+  app.add_option("--log-level", cfg.log_level, "trace, debug, info, warn, error, off")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}));
+  app.add_option("--max-body-bytes", cfg.max_body_bytes, "Largest request body (413 beyond)")
+      ->capture_default_str();
+  app.add_option("--max-header-bytes", cfg.max_header_bytes, "Largest total of request headers (431 beyond)")
+      ->capture_default_str();
+  app.add_option("--max-url-bytes", cfg.max_url_bytes, "Longest request target (414 beyond)")
+      ->capture_default_str();
+  app.add_option("--idle-timeout", cfg.idle_timeout_s, "Seconds an idle keep-alive connection stays open")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 86400.0));
+  app.add_option("--request-timeout", cfg.request_timeout_s,
+                 "Seconds within which a request must arrive completely (slow clients get 408)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.1, 3600.0));
+  app.add_option("--shutdown-timeout", cfg.shutdown_timeout_s,
+                 "Seconds in-flight requests get after SIGTERM before connections are closed")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--max-connections", cfg.max_connections, "Open connections; further ones get 503")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
+  app.add_option("--workers", cfg.workers, "Threads running API requests")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  app.add_option("--provision-workers", cfg.provision_workers, "Concurrent background container provisions")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  app.add_option("--provision-queue", cfg.provision_queue, "Queued background provisions before 429")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--build-workers", cfg.build_workers, "Concurrent snapshot builds")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--wait-for-creating", cfg.wait_for_creating_s,
+                 "Seconds a container request waits for a snapshot being built before booting cold")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
+  app.add_option("--qemu-binary", cfg.qemu_binary, "QEMU system emulator")->capture_default_str();
+  app.add_option("--qemu-accel", cfg.qemu_accel, "QEMU accelerator: tcg, kvm, auto")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tcg", "kvm", "auto"}));
+  app.add_option("--qemu-memory-mode", cfg.qemu_memory_mode, "QEMU RAM/snapshot mode: file, stream")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"file", "stream"}));
+  app.add_option("--qemu-network", cfg.qemu_network, "QEMU VM network: netns, none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"netns", "none"}));
+  app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
+  app.add_option("--none-delay", cfg.none_delay_s,
+                 "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 600.0));
+  CLI11_PARSE(app, argc, argv);
+
+  auto logger = spdlog::stderr_color_mt("fcwarm");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e%z level=%l thread=%t %v");
+  spdlog::set_level(spdlog::level::from_str(cfg.log_level));
+
+  // ---- validate ------------------------------------------------------------------------------------------
+  ServerOptions so;
+  if (!SplitHostPort(cfg.bind, &so.host, &so.port)) {
+    spdlog::critical("event=config_error msg=\"--bind: '{}' is not host:port\"", cfg.bind);
+    return 2;
+  }
+  std::string token = cfg.auth_token;
+  if (!cfg.auth_token_file.empty()) {
+    std::ifstream f(cfg.auth_token_file);
+    if (!f) {
+      spdlog::critical("event=config_error msg=\"--auth-token-file: cannot read '{}'\"", cfg.auth_token_file);
+      return 2;
+    }
+    std::string line;
+    std::getline(f, line);
+    token = Trim(line);
+    if (token.empty()) {
+      spdlog::critical("event=config_error msg=\"--auth-token-file: '{}' is empty\"", cfg.auth_token_file);
+      return 2;
+    }
+  }
+  if (!token.empty()) {
+    if (token.size() < 16) {
+      spdlog::critical("event=config_error msg=\"the auth token must be at least 16 characters\"");
+      return 2;
+    }
+    for (char c : token) {
+      if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f) {
+        spdlog::critical(
+            "event=config_error msg=\"the auth token must not contain spaces or control characters\"");
+        return 2;
+      }
+    }
+  }
+  if (!IsLoopback(so.host) && token.empty()) {
+    spdlog::critical(
+        "event=config_error msg=\"refusing to listen on non-loopback address {} without --auth-token or "
+        "--auth-token-file\"",
+        so.host);
+    return 2;
+  }
+  so.limits.max_body_bytes = cfg.max_body_bytes;
+  so.limits.max_header_bytes = cfg.max_header_bytes;
+  so.limits.max_url_bytes = cfg.max_url_bytes;
+  so.idle_timeout = Ms(cfg.idle_timeout_s);
+  so.request_timeout = Ms(cfg.request_timeout_s);
+  so.shutdown_timeout = Ms(cfg.shutdown_timeout_s);
+  so.max_connections = cfg.max_connections;
+  so.workers = cfg.workers;
+
+  // ---- backends
+  // --------------------------------------------------------------------------------------------
+  auto vmms = std::make_shared<VmmRegistry>();
+  for (const auto& b : cfg.backends) {
+    if (b == "none") {
+      vmms->Add(MakeNoneVmm(Ms(cfg.none_delay_s)));
+    } else if (b == "qemu" || b == "auto") {
+#if FCWARM_SERVER_WITH_QEMU
+      QemuOptions q;
+      q.qemu_binary = cfg.qemu_binary;
+      q.accelerator = cfg.qemu_accel;
+      q.memory_mode = cfg.qemu_memory_mode == "stream" ? QemuMemoryMode::kStream : QemuMemoryMode::kFile;
+      q.network_mode = cfg.qemu_network == "none" ? QemuNetworkMode::kNone : QemuNetworkMode::kNetns;
+      Status probe = ProbeQemu(q);
+      if (probe.ok()) {
+        vmms->Add(std::shared_ptr<Vmm>(MakeQemuVmm(q)));
+        spdlog::info("event=backend kind=qemu accel={}", q.accelerator);
+      } else if (b == "qemu") {
+        spdlog::critical("event=backend_unavailable kind=qemu error=\"{}\"", probe.ToString());
+        return 2;
+      } else {
+        spdlog::warn("event=backend_unavailable kind=qemu error=\"{}\" fallback=none", probe.ToString());
+        vmms->Add(MakeNoneVmm(Ms(cfg.none_delay_s)));
+      }
+#else
+      if (b == "qemu") {
+        spdlog::critical("event=backend_unavailable kind=qemu error=\"this build has no QEMU backend\"");
+        return 2;
+      }
+      vmms->Add(MakeNoneVmm(Ms(cfg.none_delay_s)));
+#endif
+    } else if (b == "firecracker") {
+      FirecrackerOptions fo;
+      fo.binary = cfg.firecracker_binary;
+      auto v = ProbeFirecracker(fo.binary);
+      if (!v.ok()) {
+        spdlog::critical("event=backend_unavailable kind=firecracker error=\"{}\"", v.status().ToString());
+        return 2;
+      }
+      vmms->Add(std::shared_ptr<Vmm>(MakeFirecrackerVmm(fo)));
+      spdlog::info("event=backend kind=firecracker version={}", v->text);
+    }
+  }
+
+  // ---- library
+  // ---------------------------------------------------------------------------------------------
+  std::error_code ec;
+  fs::create_directories(cfg.data_dir, ec);
+  if (ec) {
+    spdlog::critical("event=config_error msg=\"--data-dir: cannot create '{}': {}\"", cfg.data_dir,
+                     ec.message());
+    return 1;
+  }
+  ::chmod(cfg.data_dir.c_str(), 0700);
+  fs::path data = fs::absolute(cfg.data_dir);
+  ServiceOptions opts;
+  opts.store.path = (data / "fcwarm.db").string();
+  opts.snapshots.root_dir = (data / "snapshots").string();
+  opts.snapshots.build_dir = (data / "build").string();
+  opts.snapshots.build_workers = cfg.build_workers;
+  opts.restore.vm_dir = (data / "vms").string();
+  opts.restore.wait_for_creating = Ms(cfg.wait_for_creating_s);
+  auto service = Service::Open(opts, vmms);
+  if (!service.ok()) {
+    spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());
+    return 1;
+  }
+  std::unique_ptr<Service> svc = std::move(service).value();
+
+  ServerStats stats;
+  auto provisioner = std::make_unique<WorkerPool>("fcw-prov", cfg.provision_workers, cfg.provision_queue);
+  ContainerService containers(
+      *svc, [&](std::function<void()> task) { return provisioner->Submit(std::move(task)); });
+  ApiOptions ao;
+  ao.auth_token = token;
+  Api api(*svc, containers, ao, &stats);
+
+  int exit_code = 0;
+  {
+    HttpServer server(
+        so, [&](const HttpRequest& r) { return api.Handle(r); }, &stats);
+    if (auto st = server.Listen(); !st.ok()) {
+      spdlog::critical("event=listen_failed error=\"{}\"", st.ToString());
+      return 1;
+    }
+    std::string kinds;
+    for (const auto& k : vmms->Kinds()) kinds += (kinds.empty() ? "" : ",") + k;
+    spdlog::info(
+        "event=listening address={} port={} data_dir={} backends={} auth={} version={} "
+        "containers_keep_id={}",
+        so.host, server.port(), data.string(), kinds.empty() ? "-" : kinds, token.empty() ? "off" : "bearer",
+        fcwarm::Version(), ContainerService::CoreAssignsRequestedId());
+    if (!cfg.port_file.empty() && !WriteFileAtomic(cfg.port_file, std::to_string(server.port()) + "\n")) {
+      spdlog::critical("event=config_error msg=\"--port-file: cannot write '{}'\"", cfg.port_file);
+      return 1;
+    }
+    server.Run();
+  }
+  // Background provisions: queued ones are abandoned, running ones finish (the library cannot cancel them).
+  auto dropped = provisioner->Shutdown(false);
+  containers.FailPending("the server shut down before provisioning started");
+  if (!dropped.empty()) spdlog::info("event=provisions_abandoned count={}", dropped.size());
+  provisioner.reset();
+  svc.reset();
+  spdlog::info("event=stopped");
+  if (!cfg.port_file.empty()) ::unlink(cfg.port_file.c_str());
+  return exit_code;
+}

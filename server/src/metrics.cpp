@@ -1,0 +1,204 @@
+#include "metrics.hpp"
+
+#include <cstdio>
+
+#include "fcwarm/version.hpp"
+
+namespace fcwarm::server {
+
+namespace {
+
+std::string Num(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+void Header(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+std::string Escape(const std::string& v) {
+  std::string o;
+  for (char c : v) {
+    if (c == '\\' || c == '"') {
+      o += '\\';
+      o += c;
+    } else if (c == '\n') {
+      o += "\\n";
+    } else {
+      o += c;
+    }
+  }
+  return o;
+}
+
+double TotalMs(const Timings& t) {
+  auto it = t.find("total");
+  if (it != t.end()) return it->second;
+  double sum = 0;
+  for (const auto& [k, v] : t) sum += v;
+  return sum;
+}
+
+}  // namespace
+
+const std::vector<double>& MetricsCollector::Buckets() {
+  static const std::vector<double> b{0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                     2.5,   5,    10,    30,   60,  120,  300};
+  return b;
+}
+
+void MetricsCollector::Histogram::Observe(double seconds) {
+  const auto& b = Buckets();
+  if (counts.empty()) counts.assign(b.size() + 1, 0);
+  size_t i = 0;
+  while (i < b.size() && seconds > b[i]) ++i;
+  ++counts[i];
+  sum += seconds;
+  ++count;
+}
+
+Status MetricsCollector::Fold() {
+  while (true) {
+    EventFilter f;
+    f.after_id = last_event_id_;
+    f.limit = 1000;
+    auto events = service_.store().ListEvents(f);
+    if (!events.ok()) return events.status();
+    for (const auto& e : *events) {
+      last_event_id_ = std::max(last_event_id_, e.id);
+      if (e.kind == "boot") {
+        ++boots_[e.outcome];
+        if (e.outcome == "cold" && !e.reason.empty()) ++fallbacks_[e.reason];
+        double s = TotalMs(e.timings) / 1000.0;
+        if (e.outcome == "warm") warm_.Observe(s);
+        if (e.outcome == "cold") cold_.Observe(s);
+      } else if (e.kind == "build") {
+        ++builds_[e.outcome];
+        if (e.outcome == "ready") build_.Observe(TotalMs(e.timings) / 1000.0);
+      } else if (e.kind == "health") {
+        ++health_[e.outcome];
+      }
+    }
+    if (events->size() < 1000) return Status::Ok();
+  }
+}
+
+Result<std::string> MetricsCollector::Render(const ServerStats* stats) {
+  std::lock_guard lock(mu_);
+  if (auto st = Fold(); !st.ok()) return st;
+  SnapshotFilter sf;
+  sf.include_deleted = true;
+  auto snaps = service_.snapshots().List(sf);
+  if (!snaps.ok()) return snaps.status();
+  auto vms = service_.engine().List(false);
+  if (!vms.ok()) return vms.status();
+
+  std::string out;
+  out.reserve(8192);
+  Header(out, "fcwarm_build_info", "gauge", "Version of fcwarm-server.");
+  out += "fcwarm_build_info{version=\"" + Escape(std::string(Version())) + "\"} 1\n";
+
+  Header(out, "fcwarm_boots_total", "counter",
+         "VM boots by outcome: warm (restored), cold (fallback or no "
+         "snapshot), failed (even the cold boot failed).");
+  for (const char* k : {"warm", "cold", "failed"}) {
+    out += std::string("fcwarm_boots_total{outcome=\"") + k + "\"} " + std::to_string(boots_[k]) + "\n";
+  }
+  Header(out, "fcwarm_warm_restores_total", "counter", "Successful warm restores.");
+  out += "fcwarm_warm_restores_total " + std::to_string(boots_["warm"]) + "\n";
+
+  Header(out, "fcwarm_fallbacks_total", "counter", "Cold boots by fallback reason.");
+  for (auto r : {FallbackReason::kNoSnapshot, FallbackReason::kSnapshotCreating,
+                 FallbackReason::kSnapshotUnhealthy, FallbackReason::kIncompatible, FallbackReason::kCorrupt,
+                 FallbackReason::kRestoreFailed, FallbackReason::kVerifyFailed}) {
+    std::string name(ToString(r));
+    out += "fcwarm_fallbacks_total{reason=\"" + name + "\"} " + std::to_string(fallbacks_[name]) + "\n";
+  }
+
+  auto hist = [&](const char* name, const char* help, const Histogram& h) {
+    Header(out, name, "histogram", help);
+    const auto& b = Buckets();
+    int64_t cum = 0;
+    for (size_t i = 0; i < b.size(); ++i) {
+      cum += h.counts.empty() ? 0 : h.counts[i];
+      out += std::string(name) + "_bucket{le=\"" + Num(b[i]) + "\"} " + std::to_string(cum) + "\n";
+    }
+    out += std::string(name) + "_bucket{le=\"+Inf\"} " + std::to_string(h.count) + "\n";
+    out += std::string(name) + "_sum " + Num(h.sum) + "\n";
+    out += std::string(name) + "_count " + std::to_string(h.count) + "\n";
+  };
+  hist("fcwarm_restore_duration_seconds", "Time from request to a verified VM for warm restores.", warm_);
+  hist("fcwarm_cold_boot_duration_seconds", "Time from request to a verified VM for cold boots.", cold_);
+  hist("fcwarm_snapshot_build_duration_seconds", "Duration of successful snapshot builds.", build_);
+
+  Header(out, "fcwarm_snapshot_builds_total", "counter", "Snapshot builds by outcome.");
+  for (const char* k : {"ready", "failed"}) {
+    out += std::string("fcwarm_snapshot_builds_total{outcome=\"") + k + "\"} " + std::to_string(builds_[k]) +
+           "\n";
+  }
+  Header(out, "fcwarm_snapshot_health_events_total", "counter",
+         "Health transitions: unhealthy (failure threshold crossed), stale (incompatible key).");
+  for (const char* k : {"unhealthy", "stale"}) {
+    out += std::string("fcwarm_snapshot_health_events_total{event=\"") + k + "\"} " +
+           std::to_string(health_[k]) + "\n";
+  }
+
+  std::map<std::string, int64_t> by_state;
+  for (auto s : {SnapshotState::kCreating, SnapshotState::kReady, SnapshotState::kUnhealthy,
+                 SnapshotState::kDeleted}) {
+    by_state[std::string(ToString(s))] = 0;
+  }
+  for (const auto& s : *snaps) ++by_state[std::string(ToString(s.state))];
+  Header(out, "fcwarm_runtime_snapshots", "gauge", "Runtime snapshots by state.");
+  for (const auto& [k, v] : by_state) {
+    out += "fcwarm_runtime_snapshots{state=\"" + k + "\"} " + std::to_string(v) + "\n";
+  }
+  Header(out, "fcwarm_snapshot_builds_active", "gauge", "Snapshot builds queued or running.");
+  out += "fcwarm_snapshot_builds_active " + std::to_string(service_.snapshots().ActiveBuilds()) + "\n";
+
+  std::map<std::string, int64_t> vm_state;
+  for (auto s :
+       {VmState::kStarting, VmState::kRunning, VmState::kStopped, VmState::kFailed, VmState::kLost}) {
+    vm_state[std::string(ToString(s))] = 0;
+  }
+  for (const auto& v : *vms) ++vm_state[std::string(ToString(v.state))];
+  Header(out, "fcwarm_vms", "gauge", "VM records (not destroyed) by state.");
+  for (const auto& [k, v] : vm_state) out += "fcwarm_vms{state=\"" + k + "\"} " + std::to_string(v) + "\n";
+
+  Header(out, "fcwarm_automatic_rebuilds_total", "counter", "Rebuilds the health tracker requested.");
+  out += "fcwarm_automatic_rebuilds_total " + std::to_string(service_.health().automatic_rebuilds()) + "\n";
+
+  if (stats) {
+    Header(out, "fcwarm_http_connections_open", "gauge", "Open client connections.");
+    out += "fcwarm_http_connections_open " + std::to_string(stats->connections_open.load()) + "\n";
+    Header(out, "fcwarm_http_connections_total", "counter", "Accepted client connections.");
+    out += "fcwarm_http_connections_total " + std::to_string(stats->connections_total.load()) + "\n";
+    Header(out, "fcwarm_http_connections_rejected_total", "counter",
+           "Connections refused at the connection cap.");
+    out +=
+        "fcwarm_http_connections_rejected_total " + std::to_string(stats->connections_rejected.load()) + "\n";
+    Header(out, "fcwarm_http_timeouts_total", "counter", "Connections closed by a timeout.");
+    out += "fcwarm_http_timeouts_total{kind=\"idle\"} " + std::to_string(stats->timeouts_idle.load()) + "\n";
+    out += "fcwarm_http_timeouts_total{kind=\"request\"} " + std::to_string(stats->timeouts_request.load()) +
+           "\n";
+    Header(out, "fcwarm_http_responses_total", "counter", "HTTP responses by status code.");
+    for (int s = 100; s < 600; ++s) {
+      int64_t n = stats->responses_by_status[s].load(std::memory_order_relaxed);
+      if (n > 0)
+        out += "fcwarm_http_responses_total{code=\"" + std::to_string(s) + "\"} " + std::to_string(n) + "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace fcwarm::server

@@ -1,0 +1,336 @@
+#include "guest/stream_channel.hpp"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "guest/line_stream.hpp"
+
+namespace fcwarm::guest {
+namespace json = boost::json;
+
+namespace {
+
+constexpr size_t kMaxRequestLine = 65536;  // docs/guest-protocol.md: longer request lines are refused
+constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+std::string B64Encode(std::string_view in) {
+  std::string out;
+  out.reserve((in.size() + 2) / 3 * 4);
+  size_t i = 0;
+  for (; i + 2 < in.size(); i += 3) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
+    out += kB64[(v >> 18) & 63];
+    out += kB64[(v >> 12) & 63];
+    out += kB64[(v >> 6) & 63];
+    out += kB64[v & 63];
+  }
+  if (i + 1 == in.size()) {
+    uint32_t v = uint8_t(in[i]) << 16;
+    out += kB64[(v >> 18) & 63];
+    out += kB64[(v >> 12) & 63];
+    out += "==";
+  } else if (i + 2 == in.size()) {
+    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
+    out += kB64[(v >> 18) & 63];
+    out += kB64[(v >> 12) & 63];
+    out += kB64[(v >> 6) & 63];
+    out += '=';
+  }
+  return out;
+}
+
+Result<std::string> B64Decode(std::string_view in) {
+  auto val = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size() / 4 * 3);
+  uint32_t acc = 0;
+  int bits = 0;
+  for (char c : in) {
+    if (c == '=' || c == '\n' || c == '\r') continue;
+    int v = val(c);
+    if (v < 0) return Status::Unavailable("agent reply: invalid base64");
+    acc = (acc << 6) | static_cast<uint32_t>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out.push_back(static_cast<char>((acc >> bits) & 0xff));
+    }
+  }
+  return out;
+}
+
+std::string Str(const json::object& o, const char* k) {
+  const auto* f = o.if_contains(k);
+  return f && f->is_string() ? std::string(f->as_string()) : std::string();
+}
+
+int64_t Int(const json::object& o, const char* k) {
+  const auto* f = o.if_contains(k);
+  if (!f) return 0;
+  if (f->is_int64()) return f->as_int64();
+  if (f->is_uint64()) return static_cast<int64_t>(f->as_uint64());
+  if (f->is_double()) return static_cast<int64_t>(f->as_double());
+  return 0;
+}
+
+bool Bool(const json::object& o, const char* k) {
+  const auto* f = o.if_contains(k);
+  return f && f->is_bool() && f->as_bool();
+}
+
+Status AgentError(const std::string& code, const std::string& message, const std::string& op) {
+  std::string text = "guest agent " + op + ": " + code + ": " + message;
+  if (code == "timeout") return Status::DeadlineExceeded(text);
+  if (code == "failed") return Status::Unavailable(text);
+  if (code == "unsupported_version" || code == "unknown_op") return Status::FailedPrecondition(text);
+  return Status::InvalidArgument(text);
+}
+
+class StreamGuestChannel final : public GuestChannel {
+ public:
+  StreamGuestChannel(Connector connect, StreamChannelOptions options)
+      : connect_(std::move(connect)), options_(std::move(options)) {}
+
+  Result<GuestInfo> Ping(std::chrono::milliseconds timeout) override {
+    auto r = Call("ping", json::object{}, timeout);
+    if (!r.ok()) return r.status();
+    GuestInfo info;
+    info.agent_version = Str(*r, "agent_version");
+    info.protocol = static_cast<int>(Int(*r, "protocol"));
+    info.boot_id = Str(*r, "boot_id");
+    info.uptime_ms = Int(*r, "uptime_ms");
+    info.hostname = Str(*r, "hostname");
+    return info;
+  }
+
+  Result<IdentityResult> SetIdentity(const IdentityRequest& req, std::chrono::milliseconds timeout) override {
+    json::object a;
+    if (!req.hostname.empty()) a["hostname"] = req.hostname;
+    if (!req.iface.empty()) a["iface"] = req.iface;
+    if (!req.mac.empty()) a["mac"] = req.mac;
+    if (!req.ip_cidr.empty()) a["ip_cidr"] = req.ip_cidr;
+    if (!req.gateway.empty()) a["gateway"] = req.gateway;
+    if (!req.entropy.empty()) a["entropy_b64"] = B64Encode(req.entropy);
+    if (req.wall_clock_ns != 0) a["wall_clock_ns"] = req.wall_clock_ns;
+    auto r = Call("identity", std::move(a), timeout);
+    if (!r.ok()) return r.status();
+    IdentityResult out;
+    out.hostname = Str(*r, "hostname");
+    out.mac = Str(*r, "mac");
+    out.ip_cidr = Str(*r, "ip_cidr");
+    out.entropy_bytes = Int(*r, "entropy_bytes");
+    out.clock_set = Bool(*r, "clock_set");
+    return out;
+  }
+
+  Result<RuntimeReadiness> RuntimeReady(const RuntimeCheck& check,
+                                        std::chrono::milliseconds timeout) override {
+    json::object c{{"kind", check.kind}};
+    // Leave the agent room to answer before the host-side deadline.
+    const int64_t guest_ms = timeout.count() > 1000 ? timeout.count() - 500 : timeout.count();
+    if (check.kind == "file") c["path"] = check.path;
+    if (check.kind == "docker") {
+      c["socket"] = check.path.empty() ? "/var/run/docker.sock" : check.path;
+      c["timeout_ms"] = guest_ms;
+    }
+    if (check.kind == "command") {
+      json::array argv;
+      for (const auto& s : check.argv) argv.emplace_back(s);
+      c["argv"] = std::move(argv);
+      c["timeout_ms"] = guest_ms;
+    }
+    auto r = Call("runtime_ready", json::object{{"check", std::move(c)}}, timeout);
+    if (!r.ok()) return r.status();
+    RuntimeReadiness out;
+    out.ready = Bool(*r, "ready");
+    out.detail = Str(*r, "detail");
+    return out;
+  }
+
+  Status Quiesce(std::chrono::milliseconds timeout) override {
+    auto r = Call("quiesce", json::object{}, timeout);
+    return r.ok() ? Status::Ok() : r.status();
+  }
+
+  Result<ExecResult> Exec(const ExecRequest& req, std::chrono::milliseconds timeout) override {
+    if (req.argv.empty()) return Status::InvalidArgument("exec: argv must not be empty");
+    json::array argv;
+    for (const auto& s : req.argv) argv.emplace_back(s);
+    json::object a{{"argv", std::move(argv)}, {"timeout_ms", static_cast<int64_t>(req.timeout.count())}};
+    if (!req.stdin_data.empty()) a["stdin_b64"] = B64Encode(req.stdin_data);
+    auto r = Call("exec", std::move(a), timeout);
+    if (!r.ok()) return r.status();
+    ExecResult out;
+    out.exit_code = static_cast<int>(Int(*r, "exit_code"));
+    auto so = B64Decode(Str(*r, "stdout_b64"));
+    if (!so.ok()) return so.status();
+    auto se = B64Decode(Str(*r, "stderr_b64"));
+    if (!se.ok()) return se.status();
+    out.stdout_data = std::move(*so);
+    out.stderr_data = std::move(*se);
+    out.truncated = Bool(*r, "truncated");
+    return out;
+  }
+
+ private:
+  Status Fail(const Status& st, const std::string& op) {
+    std::string msg = options_.label + "guest agent " + op + ": " + st.message();
+    if (st.code() != StatusCode::kDeadlineExceeded || !stream_.connected()) {
+      if (options_.diagnose) {
+        std::string extra = options_.diagnose();
+        if (!extra.empty()) msg += " (" + extra + ")";
+      }
+    }
+    return Status(st.code(), msg);
+  }
+
+  Result<json::object> Call(const std::string& op, json::object args, std::chrono::milliseconds timeout) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto deadline = Clock::now() + timeout;
+    if (!options_.persistent) stream_.Close();
+    if (!stream_.connected()) {
+      auto left = std::chrono::milliseconds(MsLeft(deadline));
+      auto fd = connect_(left);
+      if (!fd.ok()) return Fail(fd.status(), op);
+      stream_ = LineStream(*fd);
+    }
+    const int64_t id = next_id_++;
+    args["v"] = kGuestProtocolVersion;
+    args["id"] = id;
+    args["op"] = op;
+    std::string line = json::serialize(args);
+    if (line.size() > kMaxRequestLine) {
+      return Status::InvalidArgument(options_.label + "guest agent " + op + ": request of " +
+                                     std::to_string(line.size()) + " bytes exceeds the protocol's " +
+                                     std::to_string(kMaxRequestLine) + "-byte line limit");
+    }
+    line.push_back('\n');
+    if (auto st = stream_.WriteAll(line, deadline); !st.ok()) {
+      stream_.Close();  // a partial request would corrupt the stream
+      return Fail(st, op);
+    }
+    while (true) {
+      auto reply = stream_.ReadLine(deadline, options_.max_reply_bytes);
+      if (!reply.ok()) {
+        // On a plain timeout the connection stays usable: a late reply is skipped by its id.
+        if (reply.status().code() != StatusCode::kDeadlineExceeded) stream_.Close();
+        return Fail(reply.status(), op);
+      }
+      boost::system::error_code ec;
+      json::value v = json::parse(*reply, ec);
+      if (ec || !v.is_object()) continue;  // noise on the port (e.g. a partial line from before a reconnect)
+      const auto& o = v.as_object();
+      const auto* rid = o.if_contains("id");
+      if (!rid || !(rid->is_int64() || rid->is_uint64()) || Int(o, "id") != id) continue;  // stale reply
+      const auto* ok = o.if_contains("ok");
+      if (ok && ok->is_bool() && ok->as_bool()) {
+        const auto* res = o.if_contains("result");
+        if (res && res->is_object()) return res->as_object();
+        return json::object{};
+      }
+      const auto* err = o.if_contains("error");
+      if (err && err->is_object()) {
+        return AgentError(Str(err->as_object(), "code"), Str(err->as_object(), "message"), op);
+      }
+      return Status::Unavailable(options_.label + "guest agent " + op + ": malformed reply");
+    }
+  }
+
+  Connector connect_;
+  StreamChannelOptions options_;
+  std::mutex mu_;
+  LineStream stream_;
+  int64_t next_id_ = 1;
+};
+
+}  // namespace
+
+Result<int> ConnectUnixStream(const std::string& path, std::chrono::milliseconds timeout) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return Status::InvalidArgument("socket path too long (" + std::to_string(path.size()) +
+                                   " bytes): " + path);
+  }
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  auto deadline = Clock::now() + timeout;
+  auto sleep = std::chrono::milliseconds(1);
+  while (true) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return Status::Unavailable(std::string("socket: ") + std::strerror(errno));
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) return fd;
+    int e = errno;
+    ::close(fd);
+    if (e != ENOENT && e != ECONNREFUSED && e != EAGAIN && e != EINTR) {
+      return Status::Unavailable("connect " + path + ": " + std::strerror(e));
+    }
+    if (Clock::now() + sleep >= deadline) {
+      return Status::Unavailable("connect " + path + ": " + std::strerror(e));
+    }
+    std::this_thread::sleep_for(sleep);
+    sleep = std::min(sleep * 2, std::chrono::milliseconds(20));
+  }
+}
+
+Result<int> ConnectVsockStream(const std::string& uds_path, uint32_t port,
+                               std::chrono::milliseconds timeout) {
+  auto deadline = Clock::now() + timeout;
+  auto fd = ConnectUnixStream(uds_path, timeout);
+  if (!fd.ok()) return fd.status();
+  UniqueFd sock(*fd);
+  const std::string hello = "CONNECT " + std::to_string(port) + "\n";
+  size_t off = 0;
+  while (off < hello.size()) {
+    pollfd p{sock.get(), POLLOUT, 0};
+    int r = ::poll(&p, 1, MsLeft(deadline));
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) return Status::DeadlineExceeded("vsock handshake: " + uds_path + " not writable");
+    ssize_t n = ::send(sock.get(), hello.data() + off, hello.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n < 0) return Status::Unavailable(std::string("vsock handshake: write: ") + std::strerror(errno));
+    off += static_cast<size_t>(n);
+  }
+  // Read the "OK <n>" line byte by byte so nothing of the protocol that follows is consumed here.
+  std::string line;
+  while (true) {
+    pollfd p{sock.get(), POLLIN, 0};
+    int r = ::poll(&p, 1, MsLeft(deadline));
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0)
+      return Status::DeadlineExceeded("vsock handshake: no answer to CONNECT " + std::to_string(port));
+    char c;
+    ssize_t n = ::recv(sock.get(), &c, 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+    if (n <= 0) {
+      return Status::Unavailable("vsock handshake: nothing listening on guest port " + std::to_string(port));
+    }
+    if (c == '\n') break;
+    line.push_back(c);
+    if (line.size() > 64) return Status::Unavailable("vsock handshake: malformed answer");
+  }
+  if (line.rfind("OK ", 0) != 0)
+    return Status::Unavailable("vsock handshake: unexpected answer '" + line + "'");
+  return sock.Release();
+}
+
+std::unique_ptr<GuestChannel> MakeStreamGuestChannel(Connector connect, StreamChannelOptions options) {
+  return std::make_unique<StreamGuestChannel>(std::move(connect), std::move(options));
+}
+
+}  // namespace fcwarm::guest

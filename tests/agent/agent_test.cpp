@@ -1,0 +1,588 @@
+// Host tests of the guest agent's protocol handler (guest/agent/agent_core.hpp). Nothing here changes the
+// host: every side-effecting call goes to RecordingOps, which only records it. Processes (exec, command
+// checks) and Unix-socket reads run for real because they are harmless.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <arpa/inet.h>
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <boost/json.hpp>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "agent_core.hpp"
+
+namespace fa = fcwarm::agent;
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Records every state-changing call; answers reads with fixed values; runs processes and Docker pings for
+// real.
+class RecordingOps final : public fa::SystemOps {
+ public:
+  std::string BootId() override { return "11111111-2222-3333-4444-555555555555"; }
+  std::chrono::milliseconds Uptime() override { return std::chrono::milliseconds(4242); }
+  std::string Hostname() override {
+    std::lock_guard l(mu);
+    return hostname;
+  }
+  bool PathExists(const std::string& path) override { return real.PathExists(path); }
+  fa::OpStatus SetHostname(const std::string& name) override {
+    std::lock_guard l(mu);
+    calls.push_back("hostname " + name);
+    hostname = name;
+    return {};
+  }
+  fa::OpStatus WriteFile(const std::string& path, const std::string& content) override {
+    std::lock_guard l(mu);
+    calls.push_back("write " + path);
+    written[path] = content;
+    return {};
+  }
+  fa::OpStatus SetMac(const std::string& iface, const std::vector<uint8_t>& m) override {
+    std::lock_guard l(mu);
+    calls.push_back("mac " + iface);
+    mac = m;
+    return fail_mac ? fa::OpStatus::Fail("no such device") : fa::OpStatus{};
+  }
+  fa::OpStatus SetIpv4(const std::string& iface, uint32_t addr, int prefix) override {
+    std::lock_guard l(mu);
+    calls.push_back("ip " + iface + " " + std::to_string(prefix));
+    ipv4 = addr;
+    return {};
+  }
+  fa::OpStatus SetDefaultRoute(const std::string& iface, uint32_t gw) override {
+    std::lock_guard l(mu);
+    calls.push_back("route " + iface);
+    gateway = gw;
+    return {};
+  }
+  fa::OpStatus AddEntropy(const std::string& bytes) override {
+    std::lock_guard l(mu);
+    calls.push_back("entropy");
+    entropy = bytes;
+    return {};
+  }
+  fa::OpStatus SetWallClock(int64_t ns) override {
+    std::lock_guard l(mu);
+    calls.push_back("clock");
+    clock_ns = ns;
+    return {};
+  }
+  void Sync() override {
+    std::lock_guard l(mu);
+    calls.push_back("sync");
+  }
+  fa::OpStatus FlushNeighbours() override {
+    std::lock_guard l(mu);
+    calls.push_back("neigh");
+    return {};
+  }
+  std::vector<std::string> ListFiles(const std::string& dir) override { return real.ListFiles(dir); }
+  fa::OpStatus RemoveFile(const std::string& path) override {
+    // Only ever inside the test's temporary root.
+    REQUIRE(path.rfind(root_guard, 0) == 0);
+    return real.RemoveFile(path);
+  }
+  fa::ProcessResult Run(const fa::ProcessSpec& spec) override { return fa::RunProcess(spec); }
+  std::pair<bool, std::string> DockerPing(const std::string& sock, std::chrono::milliseconds t) override {
+    return real.DockerPing(sock, t);
+  }
+
+  std::mutex mu;
+  std::vector<std::string> calls;
+  std::map<std::string, std::string> written;
+  std::string hostname = "host-under-test";
+  std::vector<uint8_t> mac;
+  uint32_t ipv4 = 0, gateway = 0;
+  std::string entropy;
+  int64_t clock_ns = -1;
+  bool fail_mac = false;
+  std::string root_guard = "/nonexistent-root";
+
+ private:
+  fa::LinuxSystemOps real;  // used only for reads, processes and socket reads
+};
+
+// A temporary directory, removed at the end.
+struct TempDir {
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "fcwarm-agent-test.XXXXXX").string();
+    REQUIRE(mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string path;
+};
+
+struct Fixture {
+  RecordingOps ops;
+  fa::AgentContext ctx{&ops, ""};
+  json::object Call(std::string_view line) {
+    std::string reply = fa::HandleRequestLine(line, ctx);
+    CHECK(reply.find('\n') == std::string::npos);
+    std::error_code ec;
+    json::value v = json::parse(reply, ec);
+    REQUIRE_MESSAGE(!ec, reply);
+    REQUIRE(v.is_object());
+    CHECK(v.at("v").as_int64() == 1);
+    return v.as_object();
+  }
+  json::object Ok(std::string_view line) {
+    auto r = Call(line);
+    REQUIRE_MESSAGE(r.at("ok").as_bool(), json::serialize(r));
+    return r.at("result").as_object();
+  }
+  // Returns {code, message}.
+  std::pair<std::string, std::string> Err(std::string_view line) {
+    auto r = Call(line);
+    REQUIRE_MESSAGE(!r.at("ok").as_bool(), json::serialize(r));
+    const auto& e = r.at("error").as_object();
+    return {std::string(e.at("code").as_string()), std::string(e.at("message").as_string())};
+  }
+};
+
+std::string Decode(const json::value& v) {
+  auto d = fa::Base64Decode(v.as_string());
+  REQUIRE(d.has_value());
+  return *d;
+}
+
+// A one-shot HTTP server on a Unix socket that answers every connection with `response`.
+class FakeDocker {
+ public:
+  FakeDocker(const std::string& path, std::string response) : path_(path), response_(std::move(response)) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    REQUIRE(path.size() < sizeof a.sun_path);
+    memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(listen(fd_, 4) == 0);
+    thread_ = std::thread([this] {
+      int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      char buf[1024];
+      std::string req;
+      while (req.find("\r\n\r\n") == std::string::npos) {
+        ssize_t n = read(c, buf, sizeof buf);
+        if (n <= 0) break;
+        req.append(buf, static_cast<size_t>(n));
+      }
+      request = req;
+      ssize_t w = write(c, response_.data(), response_.size());
+      (void)w;
+      close(c);
+    });
+  }
+  ~FakeDocker() {
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    thread_.join();
+  }
+  std::string request;
+
+ private:
+  std::string path_, response_;
+  int fd_ = -1;
+  std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "ping answers version, boot id, uptime and hostname") {
+  auto r = Call(R"({"v":1,"id":7,"op":"ping"})");
+  CHECK(r.at("id").as_int64() == 7);
+  CHECK(r.at("ok").as_bool());
+  auto res = r.at("result").as_object();
+  CHECK(res.at("agent_version").as_string() == "0.1.0");
+  CHECK(res.at("protocol").as_int64() == 1);
+  CHECK(res.at("boot_id").as_string() == "11111111-2222-3333-4444-555555555555");
+  CHECK(res.at("uptime_ms").as_int64() == 4242);
+  CHECK(res.at("hostname").as_string() == "host-under-test");
+}
+
+TEST_CASE_FIXTURE(Fixture, "unknown fields are ignored and large ids are echoed") {
+  auto r = Call(R"({"v":1,"id":18446744073709551615,"op":"ping","extra":{"x":[1,2]}})");
+  CHECK(r.at("ok").as_bool());
+  CHECK(r.at("id").as_uint64() == 18446744073709551615ull);
+}
+
+TEST_CASE_FIXTURE(Fixture, "envelope errors") {
+  SUBCASE("malformed JSON") {
+    auto r = Call(R"({"v":1,"id":1,"op":"ping")");
+    CHECK(r.at("id").is_null());
+    CHECK(r.at("error").at("code").as_string() == "bad_request");
+  }
+  SUBCASE("not an object") { CHECK(Err("[1,2,3]").first == "bad_request"); }
+  SUBCASE("empty line") { CHECK(Err("").first == "bad_request"); }
+  SUBCASE("id missing") {
+    auto r = Call(R"({"v":1,"op":"ping"})");
+    CHECK(r.at("id").is_null());
+    CHECK(r.at("error").at("message").as_string().find("id") != std::string::npos);
+  }
+  SUBCASE("id not an integer") {
+    auto [code, msg] = Err(R"({"v":1,"id":"7","op":"ping"})");
+    CHECK(code == "bad_request");
+    CHECK(msg.find("id") != std::string::npos);
+  }
+  SUBCASE("id is a float") { CHECK(Err(R"({"v":1,"id":1.5,"op":"ping"})").first == "bad_request"); }
+  SUBCASE("wrong version") {
+    auto r = Call(R"({"v":2,"id":3,"op":"ping"})");
+    CHECK(r.at("id").as_int64() == 3);
+    CHECK(r.at("error").at("code").as_string() == "unsupported_version");
+  }
+  SUBCASE("version missing") {
+    auto [code, msg] = Err(R"({"id":3,"op":"ping"})");
+    CHECK(code == "bad_request");
+    CHECK(msg.find("v ") == 0);
+  }
+  SUBCASE("version is a string") {
+    auto [code, msg] = Err(R"({"v":"1","id":3,"op":"ping"})");
+    CHECK(code == "bad_request");
+    CHECK(msg == "v must be an integer");
+  }
+  SUBCASE("op missing") { CHECK(Err(R"({"v":1,"id":3})").second == "op is required"); }
+  SUBCASE("op not a string") { CHECK(Err(R"({"v":1,"id":3,"op":5})").second == "op must be a string"); }
+  SUBCASE("unknown op") {
+    auto [code, msg] = Err(R"({"v":1,"id":3,"op":"reboot"})");
+    CHECK(code == "unknown_op");
+    CHECK(msg.find("reboot") != std::string::npos);
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "hostile input yields an error reply, never a crash") {
+  SUBCASE("binary garbage") {
+    std::string junk;
+    for (int i = 0; i < 4096; ++i) junk.push_back(static_cast<char>((i * 7919 + 13) & 0xff));
+    CHECK(Err(junk).first == "bad_request");
+  }
+  SUBCASE("NUL bytes") { CHECK(Err(std::string("{\"v\":1,\0\"id\":1}", 16)).first == "bad_request"); }
+  SUBCASE("invalid UTF-8 in a string") {
+    CHECK(Err("{\"v\":1,\"id\":1,\"op\":\"p\xff\xfe\"}").first == "bad_request");
+  }
+  SUBCASE("deep nesting") {
+    std::string deep(10000, '[');
+    CHECK(Err(deep).first == "bad_request");
+  }
+  SUBCASE("oversized line") {
+    std::string big = R"({"v":1,"id":1,"op":"ping","pad":")" + std::string(fa::kMaxLineBytes, 'x') + "\"}";
+    auto r = Call(big);
+    CHECK(r.at("id").is_null());
+    CHECK(r.at("error").at("code").as_string() == "too_large");
+  }
+  SUBCASE("huge numbers") { CHECK(Err(R"({"v":1e999,"id":1,"op":"ping"})").first == "bad_request"); }
+}
+
+TEST_CASE("LineAssembler splits lines, strips CR and drops oversized lines") {
+  fa::LineAssembler la(16);
+  auto ev = la.Feed("abc\r\nde");
+  REQUIRE(ev.size() == 1);
+  CHECK(ev[0].line == "abc");
+  ev = la.Feed("f\n");
+  REQUIRE(ev.size() == 1);
+  CHECK(ev[0].line == "def");
+  ev = la.Feed(std::string(10, 'x'));
+  CHECK(ev.empty());
+  ev = la.Feed(std::string(10, 'y'));  // 20 > 16: discarded up to the newline
+  CHECK(ev.empty());
+  ev = la.Feed(std::string(100000, 'z') + "\nok\n");
+  REQUIRE(ev.size() == 2);
+  CHECK(ev[0].too_large);
+  CHECK(!ev[1].too_large);
+  CHECK(ev[1].line == "ok");
+  la.Feed("partial");
+  la.Reset();
+  ev = la.Feed("new\n");
+  REQUIRE(ev.size() == 1);
+  CHECK(ev[0].line == "new");
+  // Exactly the limit is accepted.
+  ev = la.Feed(std::string(16, 'a') + "\n");
+  REQUIRE(ev.size() == 1);
+  CHECK(!ev[0].too_large);
+}
+
+TEST_CASE("TooLargeReply is a valid error reply") {
+  auto v = json::parse(fa::TooLargeReply());
+  CHECK(v.at("ok").as_bool() == false);
+  CHECK(v.at("id").is_null());
+  CHECK(v.at("error").at("code").as_string() == "too_large");
+}
+
+TEST_CASE("base64") {
+  for (const std::string& s : std::vector<std::string>{"", "f", "fo", "foo", "foob", "fooba", "foobar",
+                                                       std::string("\0\xff\x10", 3)}) {
+    auto e = fa::Base64Encode(s);
+    auto d = fa::Base64Decode(e);
+    REQUIRE(d.has_value());
+    CHECK(*d == s);
+  }
+  CHECK(fa::Base64Encode("foobar") == "Zm9vYmFy");
+  CHECK(fa::Base64Encode("fo") == "Zm8=");
+  CHECK(!fa::Base64Decode("Zm8").has_value());
+  CHECK(!fa::Base64Decode("Zm=8").has_value());
+  CHECK(!fa::Base64Decode("Zm8=Zm8=").has_value());
+  CHECK(!fa::Base64Decode("Z!8=").has_value());
+  CHECK(!fa::Base64Decode("Zm9v\n").has_value());
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity applies every field through SystemOps") {
+  TempDir root;
+  fs::create_directories(root.path + "/etc");
+  ctx.root = root.path;
+  auto res =
+      Ok(R"({"v":1,"id":1,"op":"identity","hostname":"clone-1","iface":"eth1","mac":"02:AB:cd:00:00:01",
+                    "ip_cidr":"10.1.2.3/24","gateway":"10.1.2.1","entropy_b64":"AAECAw==",
+                    "wall_clock_ns":1700000000123456789})");
+  std::vector<std::string> expected = {"hostname clone-1",
+                                       "write " + root.path + "/etc/hostname",
+                                       "mac eth1",
+                                       "ip eth1 24",
+                                       "route eth1",
+                                       "entropy",
+                                       "clock"};
+  CHECK(ops.calls == expected);
+  CHECK(ops.written[root.path + "/etc/hostname"] == "clone-1\n");
+  CHECK(ops.mac == std::vector<uint8_t>{0x02, 0xab, 0xcd, 0x00, 0x00, 0x01});
+  CHECK(ops.ipv4 == htonl(0x0a010203));
+  CHECK(ops.gateway == htonl(0x0a010201));
+  CHECK(ops.entropy == std::string("\x00\x01\x02\x03", 4));
+  CHECK(ops.clock_ns == 1700000000123456789);
+  CHECK(res.at("hostname").as_string() == "clone-1");
+  CHECK(res.at("iface").as_string() == "eth1");
+  CHECK(res.at("mac").as_string() == "02:AB:cd:00:00:01");
+  CHECK(res.at("ip_cidr").as_string() == "10.1.2.3/24");
+  CHECK(res.at("entropy_bytes").as_int64() == 4);
+  CHECK(res.at("clock_set").as_bool());
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity with only the wall clock touches nothing else") {
+  auto res = Ok(R"({"v":1,"id":1,"op":"identity","wall_clock_ns":5})");
+  CHECK(ops.calls == std::vector<std::string>{"clock"});
+  CHECK(ops.clock_ns == 5);
+  CHECK(res.at("iface").as_string() == "eth0");
+  CHECK(res.at("mac").is_null());
+  CHECK(res.at("ip_cidr").is_null());
+  CHECK(res.at("entropy_bytes").as_int64() == 0);
+  CHECK(res.at("clock_set").as_bool());
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity validates before changing anything") {
+  struct Case {
+    const char* req;
+    const char* field;
+  };
+  for (auto c : {Case{R"({"v":1,"id":1,"op":"identity","hostname":5})", "hostname"},
+                 Case{R"({"v":1,"id":1,"op":"identity","hostname":"a b"})", "hostname"},
+                 Case{R"({"v":1,"id":1,"op":"identity","iface":"../x"})", "iface"},
+                 Case{R"({"v":1,"id":1,"op":"identity","hostname":"ok","mac":"02:00:00:00:00"})", "mac"},
+                 Case{R"({"v":1,"id":1,"op":"identity","mac":"03:00:00:00:00:01"})", "mac"},
+                 Case{R"({"v":1,"id":1,"op":"identity","ip_cidr":"10.0.0.1"})", "ip_cidr"},
+                 Case{R"({"v":1,"id":1,"op":"identity","ip_cidr":"10.0.0.1/33"})", "ip_cidr"},
+                 Case{R"({"v":1,"id":1,"op":"identity","ip_cidr":"10.0.0.300/8"})", "ip_cidr"},
+                 Case{R"({"v":1,"id":1,"op":"identity","gateway":"gw"})", "gateway"},
+                 Case{R"({"v":1,"id":1,"op":"identity","entropy_b64":"***"})", "entropy_b64"},
+                 Case{R"({"v":1,"id":1,"op":"identity","wall_clock_ns":"now"})", "wall_clock_ns"},
+                 Case{R"({"v":1,"id":1,"op":"identity","wall_clock_ns":1.5})", "wall_clock_ns"},
+                 Case{R"({"v":1,"id":1,"op":"identity","wall_clock_ns":-1})", "wall_clock_ns"}}) {
+    CAPTURE(c.req);
+    auto [code, msg] = Err(c.req);
+    CHECK(code == "bad_request");
+    CHECK(msg.find(c.field) != std::string::npos);
+  }
+  CHECK(ops.calls.empty());
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity reports which step failed") {
+  ops.fail_mac = true;
+  auto [code, msg] = Err(R"({"v":1,"id":1,"op":"identity","mac":"02:00:00:00:00:01","wall_clock_ns":1})");
+  CHECK(code == "failed");
+  CHECK(msg.find("mac") == 0);
+  CHECK(msg.find("no such device") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "runtime_ready checks") {
+  TempDir dir;
+  SUBCASE("none") {
+    CHECK(Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"none"}})").at("ready").as_bool());
+  }
+  SUBCASE("file present and absent") {
+    std::ofstream(dir.path + "/ready") << "x";
+    std::string present =
+        R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"file","path":")" + dir.path + R"(/ready"}})";
+    std::string absent =
+        R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"file","path":")" + dir.path + R"(/nope"}})";
+    CHECK(Ok(present).at("ready").as_bool());
+    auto r = Ok(absent);
+    CHECK(!r.at("ready").as_bool());
+    CHECK(r.at("detail").as_string().find("does not exist") != std::string::npos);
+  }
+  SUBCASE("command") {
+    CHECK(Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"command","argv":["true"]}})")
+              .at("ready")
+              .as_bool());
+    auto r = Ok(
+        R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"command","argv":["sh","-c","echo nope >&2; exit 3"]}})");
+    CHECK(!r.at("ready").as_bool());
+    CHECK(r.at("detail").as_string().find("3") != std::string::npos);
+    r = Ok(
+        R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"command","argv":["sleep","5"],"timeout_ms":100}})");
+    CHECK(!r.at("ready").as_bool());
+    CHECK(r.at("detail").as_string().find("did not exit") != std::string::npos);
+    r = Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"command","argv":["/no/such/binary"]}})");
+    CHECK(!r.at("ready").as_bool());
+  }
+  SUBCASE("docker _ping answered OK") {
+    std::string sock = dir.path + "/docker.sock";
+    FakeDocker d(sock, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK");
+    auto r =
+        Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + sock + R"("}})");
+    CHECK(r.at("ready").as_bool());
+    CHECK(d.request.find("GET /_ping HTTP/1.") == 0);
+  }
+  SUBCASE("docker _ping answered 500") {
+    std::string sock = dir.path + "/docker.sock";
+    FakeDocker d(sock, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom");
+    auto r =
+        Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + sock + R"("}})");
+    CHECK(!r.at("ready").as_bool());
+    CHECK(r.at("detail").as_string().find("500") != std::string::npos);
+  }
+  SUBCASE("docker socket missing") {
+    auto r = Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + dir.path +
+                R"(/none.sock"}})");
+    CHECK(!r.at("ready").as_bool());
+  }
+  SUBCASE("malformed checks") {
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready"})").second == "check is required");
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready","check":"none"})").second == "check must be an object");
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready","check":{}})").second == "check.kind is required");
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"magic"}})").second.find("check.kind") ==
+          0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"file"}})").second ==
+          "check.path is required");
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"file","path":"rel"}})")
+              .second.find("check.path") == 0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"command","argv":"true"}})")
+              .second.find("check.argv") == 0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"command","argv":["a",1]}})")
+              .second.find("check.argv[1]") == 0);
+    CHECK(
+        Err(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"command","argv":["true"],"timeout_ms":"x"}})")
+            .second.find("check.timeout_ms") == 0);
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "quiesce syncs, drops leases and seeds, flushes neighbours") {
+  TempDir root;
+  ctx.root = root.path;
+  ops.root_guard = root.path;
+  fs::create_directories(root.path + "/var/lib/dhcp/keep-dir");
+  fs::create_directories(root.path + "/var/lib/systemd");
+  fs::create_directories(root.path + "/var/lib/urandom");
+  for (auto f : {"/var/lib/dhcp/dhclient.eth0.leases", "/var/lib/dhcp/other.lease",
+                 "/var/lib/systemd/random-seed", "/var/lib/urandom/random-seed"})
+    std::ofstream(root.path + f) << "x";
+  auto r = Ok(R"({"v":1,"id":1,"op":"quiesce"})");
+  CHECK(r.at("synced").as_bool());
+  CHECK(!fs::exists(root.path + "/var/lib/dhcp/dhclient.eth0.leases"));
+  CHECK(!fs::exists(root.path + "/var/lib/dhcp/other.lease"));
+  CHECK(fs::exists(root.path + "/var/lib/dhcp/keep-dir"));
+  CHECK(!fs::exists(root.path + "/var/lib/systemd/random-seed"));
+  CHECK(!fs::exists(root.path + "/var/lib/urandom/random-seed"));
+  CHECK(ops.calls.front() == "sync");
+  CHECK(std::find(ops.calls.begin(), ops.calls.end(), "neigh") != ops.calls.end());
+  // Nothing to remove is fine too.
+  CHECK(Ok(R"({"v":1,"id":2,"op":"quiesce"})").at("synced").as_bool());
+}
+
+TEST_CASE_FIXTURE(Fixture, "exec") {
+  SUBCASE("stdout, stderr and exit code") {
+    auto r = Ok(R"({"v":1,"id":1,"op":"exec","argv":["sh","-c","echo out; echo err >&2; exit 7"]})");
+    CHECK(r.at("exit_code").as_int64() == 7);
+    CHECK(Decode(r.at("stdout_b64")) == "out\n");
+    CHECK(Decode(r.at("stderr_b64")) == "err\n");
+    CHECK(!r.at("truncated").as_bool());
+  }
+  SUBCASE("arguments are not interpreted by a shell") {
+    auto r = Ok(R"({"v":1,"id":1,"op":"exec","argv":["echo","$HOME; rm -rf /",">x"]})");
+    CHECK(Decode(r.at("stdout_b64")) == "$HOME; rm -rf / >x\n");
+  }
+  SUBCASE("stdin") {
+    auto r = Ok(R"({"v":1,"id":1,"op":"exec","argv":["cat"],"stdin_b64":")" +
+                fa::Base64Encode("hello\nworld") + "\"}");
+    CHECK(Decode(r.at("stdout_b64")) == "hello\nworld");
+  }
+  SUBCASE("large stdin") {
+    std::string in(300000, 'q');
+    auto r = Ok(R"({"v":1,"id":1,"op":"exec","argv":["wc","-c"],"stdin_b64":")" +
+                fa::Base64Encode(in.substr(0, 40000)) + "\"}");
+    CHECK(Decode(r.at("stdout_b64")).find("40000") != std::string::npos);
+  }
+  SUBCASE("killed by a signal") {
+    auto r = Ok(R"({"v":1,"id":1,"op":"exec","argv":["sh","-c","kill -9 $$"]})");
+    CHECK(r.at("exit_code").as_int64() == -9);
+  }
+  SUBCASE("output capped at 1 MiB") {
+    auto r = Ok(R"({"v":1,"id":1,"op":"exec","argv":["head","-c","3000000","/dev/zero"]})");
+    CHECK(r.at("exit_code").as_int64() == 0);
+    CHECK(Decode(r.at("stdout_b64")).size() == fa::kMaxStreamBytes);
+    CHECK(r.at("truncated").as_bool());
+  }
+  SUBCASE("timeout kills the process group") {
+    auto t0 = std::chrono::steady_clock::now();
+    auto [code, msg] =
+        Err(R"({"v":1,"id":1,"op":"exec","argv":["sh","-c","sleep 30; echo done"],"timeout_ms":200})");
+    CHECK(code == "timeout");
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  }
+  SUBCASE("missing binary") {
+    auto [code, msg] = Err(R"({"v":1,"id":1,"op":"exec","argv":["/definitely/not/here"]})");
+    CHECK(code == "failed");
+    CHECK(msg.find("No such file") != std::string::npos);
+  }
+  SUBCASE("bad arguments name the field") {
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec"})").second == "argv is required");
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":[]})").second == "argv must not be empty");
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":"ls"})").second.find("argv") == 0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":["ls",{}]})").second.find("argv[1]") == 0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":["ls"],"timeout_ms":0})").second.find("timeout_ms") == 0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":["ls"],"timeout_ms":600001})").second.find("timeout_ms") ==
+          0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":["ls"],"timeout_ms":"1"})").second.find("timeout_ms") == 0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":["cat"],"stdin_b64":"%%%"})").second.find("stdin_b64") ==
+          0);
+    CHECK(Err(R"({"v":1,"id":1,"op":"exec","argv":["cat"],"stdin_b64":7})").second.find("stdin_b64") == 0);
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "concurrent requests") {
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i)
+    threads.emplace_back([&] {
+      for (int j = 0; j < 20; ++j) {
+        std::string reply = fa::HandleRequestLine(R"({"v":1,"id":1,"op":"exec","argv":["echo","x"]})", ctx);
+        if (reply.find("\"ok\":true") != std::string::npos) ++ok;
+      }
+    });
+  for (auto& t : threads) t.join();
+  CHECK(ok == 80);
+}

@@ -1,0 +1,207 @@
+"""Fixtures: start the real fcwarm-server on an ephemeral loopback port and talk HTTP to it."""
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+SERVER_BIN = os.environ.get("FCWARM_SERVER_BIN", "")
+TOKEN = "s3cret-token-0123456789abcdef"
+
+
+class Server:
+    """One fcwarm-server process. `stop()` sends SIGTERM and waits; the fixture kills it if still alive."""
+
+    def __init__(self, *extra, data_dir=None, expect_start=True):
+        if not SERVER_BIN or not os.path.exists(SERVER_BIN):
+            pytest.skip("FCWARM_SERVER_BIN is not set to the fcwarm-server binary")
+        self.tmp = tempfile.TemporaryDirectory(prefix="fcwarm-server-test-")
+        self.dir = self.tmp.name
+        self.data_dir = data_dir or os.path.join(self.dir, "data")
+        self.port_file = os.path.join(self.dir, "port")
+        self.log_path = os.path.join(self.dir, "server.log")
+        self.args = [SERVER_BIN, "--data-dir", self.data_dir, "--port-file", self.port_file, "--log-level", "debug"]
+        if "--bind" not in extra:
+            self.args += ["--bind", "127.0.0.1:0"]
+        if "--backend" not in extra:
+            self.args += ["--backend", "none"]
+        self.args += list(extra)
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = None
+        if expect_start:
+            self._wait_port()
+
+    def _wait_port(self):
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fcwarm-server exited with {self.proc.returncode}:\n{self.read_log()}")
+            try:
+                with open(self.port_file) as f:
+                    text = f.read().strip()
+                if text:
+                    self.port = int(text)
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError("fcwarm-server did not write its port file:\n" + self.read_log())
+
+    def read_log(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait_exit(self, timeout=20):
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        self.tmp.cleanup()
+
+    # ---- HTTP helpers ----------------------------------------------------------------------------------
+
+    def conn(self, timeout=30):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, raw_body=None, conn=None):
+        """Returns (status, headers dict (lower-case names), parsed JSON or text)."""
+        own = conn is None
+        c = conn or self.conn()
+        hdrs = dict(headers or {})
+        data = raw_body
+        if body is not None:
+            data = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        try:
+            c.request(method, path, body=data, headers=hdrs)
+            r = c.getresponse()
+            text = r.read().decode()
+            h = {k.lower(): v for k, v in r.getheaders()}
+            if h.get("content-type", "").startswith("application/json"):
+                return r.status, h, json.loads(text)
+            return r.status, h, text
+        finally:
+            if own:
+                c.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.request("POST", path, body=body, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def raw(self, data, timeout=10, shut_write=False):
+        """Sends raw bytes on a fresh socket and returns everything received until the server closes or
+        `timeout` passes."""
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        try:
+            s.sendall(data)
+            if shut_write:
+                s.shutdown(socket.SHUT_WR)
+            chunks = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    b = s.recv(65536)
+                except socket.timeout:
+                    break
+                except ConnectionResetError:
+                    break
+                if not b:
+                    break
+                chunks.append(b)
+            return b"".join(chunks)
+        finally:
+            s.close()
+
+
+def make_kernel(server, name="vmlinux"):
+    """A regular file to use as a kernel path (the image registry only checks that it exists)."""
+    path = os.path.join(server.dir, name)
+    with open(path, "wb") as f:
+        f.write(b"\x7fELF not really a kernel")
+    return path
+
+
+def create_image(server, name="img", **fields):
+    body = {"name": name, "backend": "none", "kernel_path": fields.pop("kernel_path", None) or make_kernel(server)}
+    body.update(fields)
+    status, _, doc = server.post("/v1/images", body)
+    assert status == 201, doc
+    return doc["item"]
+
+
+def assert_error(resp, status, code, field=None):
+    st, _, doc = resp
+    assert st == status, doc
+    assert isinstance(doc, dict) and "error" in doc, doc
+    assert doc["error"]["code"] == code, doc
+    if field is not None:
+        assert doc["error"]["message"].startswith(field + ":") or f"{field}:" in doc["error"]["message"], doc
+    return doc["error"]["message"]
+
+
+def parse_responses(data):
+    """Splits a byte stream holding HTTP/1.1 responses with Content-Length into (status, headers, body)."""
+    out = []
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        if not sep:
+            break
+        lines = head.decode().split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0"))
+        out.append((status, headers, rest[:n]))
+        data = rest[n:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = Server()
+    yield s
+    s.stop()
+    s.close()
+
+
+@pytest.fixture
+def start_server():
+    started = []
+
+    def start(*extra, **kw):
+        s = Server(*extra, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+        s.close()

@@ -1,0 +1,232 @@
+// Guest channel (src/guest/stream_channel.*) against a scripted agent on a Unix socket: id matching, stale
+// and garbage lines, deadlines, reply cap, reconnects, error mapping, base64. No VM needed (label `unit`).
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <boost/json.hpp>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "guest/stream_channel.hpp"
+
+namespace fs = std::filesystem;
+namespace json = boost::json;
+using namespace fcwarm;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// A fake agent: accepts connections one at a time and answers each request line according to its op.
+class FakeAgent {
+ public:
+  FakeAgent() {
+    path_ = (fs::temp_directory_path() /
+             ("fcw-chan-" + std::to_string(::getpid()) + "-" + std::to_string(counter_++) + ".sock"))
+                .string();
+    ::unlink(path_.c_str());
+    listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path_.c_str(), sizeof(a.sun_path) - 1);
+    REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0);
+    REQUIRE(::listen(listen_fd_, 4) == 0);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~FakeAgent() {
+    stop_ = true;
+    ::shutdown(listen_fd_, SHUT_RDWR);
+    ::close(listen_fd_);
+    thread_.join();
+    ::unlink(path_.c_str());
+  }
+  const std::string& path() const { return path_; }
+  int connections() const { return connections_.load(); }
+
+ private:
+  void Serve() {
+    while (!stop_) {
+      int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (fd < 0) return;
+      ++connections_;
+      std::string buf;
+      char chunk[4096];
+      bool open = true;
+      while (open && !stop_) {
+        ssize_t n = ::recv(fd, chunk, sizeof(chunk), 0);
+        if (n <= 0) break;
+        buf.append(chunk, static_cast<size_t>(n));
+        size_t nl;
+        while ((nl = buf.find('\n')) != std::string::npos) {
+          std::string line = buf.substr(0, nl);
+          buf.erase(0, nl + 1);
+          if (!Answer(fd, line)) {
+            open = false;
+            break;
+          }
+        }
+      }
+      ::close(fd);
+    }
+  }
+
+  static void Send(int fd, const std::string& s) { (void)::send(fd, s.data(), s.size(), MSG_NOSIGNAL); }
+
+  // Returns false to drop the connection.
+  bool Answer(int fd, const std::string& line) {
+    auto v = json::parse(line).as_object();
+    int64_t id = v["id"].as_int64();
+    std::string op(v["op"].as_string());
+    auto ok = [&](json::object result) {
+      Send(fd, json::serialize(json::object{{"v", 1}, {"id", id}, {"ok", true}, {"result", result}}) + "\n");
+    };
+    if (op == "ping") {
+      // Noise first: a stale reply, a garbage line, an error for an unparsable request; then the answer.
+      Send(fd, R"({"v":1,"id":999999,"ok":true,"result":{"hostname":"stale"}})"
+               "\n");
+      Send(fd, "garbage that is not json\n");
+      Send(fd, R"({"v":1,"id":null,"ok":false,"error":{"code":"bad_request","message":"x"}})"
+               "\n");
+      ok({{"agent_version", "0.1.0"},
+          {"protocol", 1},
+          {"boot_id", "b"},
+          {"uptime_ms", 5},
+          {"hostname", "h"}});
+    } else if (op == "exec") {
+      const auto& argv = v["argv"].as_array();
+      std::string first(argv[0].as_string());
+      if (first == "silent") return true;  // never answers
+      if (first == "huge") {
+        Send(fd, std::string(3u << 20, 'x'));  // no newline: an endless line
+        return true;
+      }
+      if (first == "hangup") return false;
+      std::string in = v.contains("stdin_b64") ? std::string(v["stdin_b64"].as_string()) : "";
+      ok({{"exit_code", 3}, {"stdout_b64", in}, {"stderr_b64", "ZXJy"}, {"truncated", false}});
+    } else if (op == "quiesce") {
+      Send(fd, json::serialize(json::object{{"v", 1},
+                                            {"id", id},
+                                            {"ok", false},
+                                            {"error", {{"code", "failed"}, {"message", "sync failed"}}}}) +
+                   "\n");
+    } else if (op == "identity") {
+      ok({{"hostname", v["hostname"]},
+          {"entropy_bytes", v.contains("entropy_b64") ? 3 : 0},
+          {"clock_set", false}});
+    } else {
+      Send(fd,
+           json::serialize(json::object{
+               {"v", 1}, {"id", id}, {"ok", false}, {"error", {{"code", "unknown_op"}, {"message", op}}}}) +
+               "\n");
+    }
+    return true;
+  }
+
+  static inline std::atomic<int> counter_{0};
+  std::string path_;
+  int listen_fd_ = -1;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  std::atomic<int> connections_{0};
+};
+
+std::unique_ptr<GuestChannel> Channel(const FakeAgent& agent, guest::StreamChannelOptions o = {}) {
+  std::string path = agent.path();
+  return guest::MakeStreamGuestChannel(
+      [path](std::chrono::milliseconds t) { return guest::ConnectUnixStream(path, t); }, o);
+}
+
+}  // namespace
+
+TEST_CASE("guest channel: skips stale replies and noise, matches by id, keeps one connection") {
+  FakeAgent agent;
+  auto ch = Channel(agent);
+  for (int i = 0; i < 3; ++i) {
+    auto r = ch->Ping(2s);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    CHECK(r->hostname == "h");
+    CHECK(r->protocol == 1);
+    CHECK(r->uptime_ms == 5);
+  }
+  CHECK(agent.connections() == 1);
+}
+
+TEST_CASE("guest channel: base64 both ways, identity, error mapping") {
+  FakeAgent agent;
+  auto ch = Channel(agent);
+  ExecRequest ex;
+  ex.argv = {"cat"};
+  ex.stdin_data = std::string("\x00\x01\xff binary \n", 12);
+  auto r = ch->Exec(ex, 2s);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  CHECK(r->exit_code == 3);
+  CHECK(r->stdout_data == ex.stdin_data);
+  CHECK(r->stderr_data == "err");
+  IdentityRequest id;
+  id.hostname = "clone-1";
+  id.entropy = "abc";
+  auto ir = ch->SetIdentity(id, 2s);
+  REQUIRE(ir.ok());
+  CHECK(ir->hostname == "clone-1");
+  CHECK(ir->entropy_bytes == 3);
+  auto q = ch->Quiesce(2s);
+  CHECK(q.code() == StatusCode::kUnavailable);
+  CHECK(q.message().find("sync failed") != std::string::npos);
+  RuntimeCheck rc;
+  auto rr = ch->RuntimeReady(rc, 2s);
+  CHECK(rr.status().code() == StatusCode::kFailedPrecondition);  // the fake does not know runtime_ready
+  ExecRequest big;
+  big.argv = {"cat"};
+  big.stdin_data = std::string(70000, 'a');
+  CHECK(ch->Exec(big, 2s).status().code() == StatusCode::kInvalidArgument);
+  ExecRequest none;
+  CHECK(ch->Exec(none, 2s).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("guest channel: deadline, late replies, oversized reply, hang-up and reconnect") {
+  FakeAgent agent;
+  guest::StreamChannelOptions o;
+  o.max_reply_bytes = 1u << 20;
+  o.diagnose = [] { return std::string("diagnosed"); };
+  auto ch = Channel(agent, o);
+  ExecRequest silent;
+  silent.argv = {"silent"};
+  auto t0 = Clock::now();
+  auto r = ch->Exec(silent, 200ms);
+  auto took = Clock::now() - t0;
+  CHECK(r.status().code() == StatusCode::kDeadlineExceeded);
+  CHECK(took >= 190ms);
+  CHECK(took < 1500ms);
+  REQUIRE(ch->Ping(2s).ok());  // same connection, the silent call's id never answered
+
+  ExecRequest huge;
+  huge.argv = {"huge"};
+  auto h = ch->Exec(huge, 5s);
+  CHECK(h.status().code() == StatusCode::kResourceExhausted);
+  CHECK(h.status().message().find("diagnosed") != std::string::npos);
+  REQUIRE(ch->Ping(2s).ok());  // reconnected
+  CHECK(agent.connections() == 2);
+
+  ExecRequest hang;
+  hang.argv = {"hangup"};
+  auto g = ch->Exec(hang, 2s);
+  CHECK(g.status().code() == StatusCode::kUnavailable);
+  REQUIRE(ch->Ping(2s).ok());
+  CHECK(agent.connections() == 3);
+}
+
+TEST_CASE("guest channel: nothing listening is Unavailable within the deadline") {
+  auto ch = guest::MakeStreamGuestChannel([](std::chrono::milliseconds t) {
+    return guest::ConnectUnixStream("/tmp/fcw-no-such-socket.sock", t);
+  });
+  auto t0 = Clock::now();
+  auto r = ch->Ping(150ms);
+  CHECK(r.status().code() == StatusCode::kUnavailable);
+  CHECK(Clock::now() - t0 < 1s);
+}
