@@ -12,7 +12,7 @@ packages=(
   # tests and docs
   doctest-dev doxygen python3-pytest curl jq socat
   # VMs and guest images
-  qemu-system-x86 qemu-utils busybox-static cpio iproute2 e2fsprogs kmod zstd xz-utils gzip
+  qemu-system-x86 qemu-utils busybox-static lz4 cpio iproute2 e2fsprogs kmod zstd xz-utils gzip
 )
 if [[ -n "${FCWARM_EXTRA_PACKAGES:-}" ]]; then
   read -r -a extra <<<"${FCWARM_EXTRA_PACKAGES}"

@@ -7,6 +7,7 @@
 #include "fcwarm/ids.hpp"
 #include "fcwarm/image_registry.hpp"
 #include "fcwarm/options.hpp"
+#include "fcwarm/qemu_vmm.hpp"
 #include "fcwarm/restore_engine.hpp"
 #include "fcwarm/service.hpp"
 #include "fcwarm/snapshot_manager.hpp"

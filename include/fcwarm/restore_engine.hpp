@@ -21,6 +21,9 @@ namespace fcwarm {
 /// \brief A request for a ready VM.
 struct ProvisionRequest {
   std::string runtime_image_id;  ///< The image (required).
+  /// \brief Id for the new VM record (UUID v4 text), or empty to generate one. Lets a caller (e.g. the server)
+  /// know the id before the call returns. A malformed id is InvalidArgument, a used one AlreadyExists.
+  std::string vm_id;
   std::string name;              ///< Optional name (validated like image names).
   /// \brief Overrides RestoreOptions::wait_for_creating for this request.
   std::optional<std::chrono::milliseconds> wait_for_creating;

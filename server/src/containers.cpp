@@ -68,7 +68,9 @@ json::object ContainerService::Render(const VmRecord& vm, const Entry* e, const 
   o["name"] = vm.name;
   o["image"] = vm.runtime_image_id;
   o["runtime_image_id"] = vm.runtime_image_id;
-  o["state"] = ToString(vm.state);
+  // A VM record still `starting` is a container being provisioned (the record exists from the first moment,
+  // since the container id is the VM id).
+  o["state"] = vm.state == VmState::kStarting ? std::string_view("provisioning") : ToString(vm.state);
   o["boot_method"] =
       vm.state == VmState::kStarting ? json::value(nullptr) : json::value(ToString(vm.boot_method));
   if (vm.fallback_reason == FallbackReason::kNone) {

@@ -70,6 +70,9 @@ class RestoreEngine::Impl {
     if (!req.name.empty()) {
       if (auto st = ValidateName("name", req.name); !st.ok()) return st;
     }
+    if (!req.vm_id.empty()) {
+      if (auto p = Id::Parse("vm_id", req.vm_id); !p.ok()) return p.status();
+    }
     if (req.wait_for_creating && (req.wait_for_creating->count() < 0 || *req.wait_for_creating > std::chrono::hours(1))) {
       return Status::InvalidArgument("wait_for_creating: must be between 0 and 3600000 ms");
     }
@@ -80,7 +83,7 @@ class RestoreEngine::Impl {
 
     // The VM record exists from the start so generation pins and addresses hang off it.
     VmRecord rec;
-    rec.id = Id::Generate().str();
+    rec.id = req.vm_id.empty() ? Id::Generate().str() : req.vm_id;
     rec.name = req.name;
     rec.runtime_image_id = image->id;
     rec.hostname = "fcw-" + rec.id.substr(0, 8);
@@ -89,6 +92,9 @@ class RestoreEngine::Impl {
     net.hostname = rec.hostname;
     auto ins = store_.db().Tx([&](SQLite::Database& db) -> Status {
       auto now = static_cast<int64_t>(util::NowMillis());
+      SQLite::Statement dup(db, "SELECT 1 FROM vms WHERE id = ?");
+      dup.bind(1, rec.id);
+      if (dup.executeStep()) return Status::AlreadyExists("vm_id: a VM with id '" + rec.id + "' exists already");
       SQLite::Statement q(db,
                           "INSERT INTO vms(id, name, runtime_image_id, state, boot_method, work_dir, hostname, "
                           "created_at, updated_at) VALUES (?,?,?,'starting','cold',?,?,?,?)");

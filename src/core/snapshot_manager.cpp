@@ -214,22 +214,27 @@ class SnapshotManager::Impl {
   Result<GcReport> CollectGarbage() {
     std::lock_guard gc(gc_mu_);
     GcReport report;
-    auto dirs = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<std::pair<std::string, int64_t>>> {
+    struct Retired {
+      std::string snapshot_id;
+      int64_t number;
+      fs::path dir;
+    };
+    auto dirs = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<Retired>> {
       SQLite::Statement q(db,
                           "SELECT g.snapshot_id, g.number, g.dir FROM generations g WHERE g.status = 'retired' AND "
                           "NOT EXISTS (SELECT 1 FROM vms v WHERE v.snapshot_id = g.snapshot_id AND v.generation = "
                           "g.number AND v.state IN ('starting','running','stopped'))");
-      std::vector<std::pair<std::string, int64_t>> out;
+      std::vector<Retired> out;
       while (q.executeStep()) {
-        out.emplace_back(q.getColumn(0).getString() + "\n" + q.getColumn(2).getString(), q.getColumn(1).getInt64());
+        out.push_back({q.getColumn(0).getString(), q.getColumn(1).getInt64(), q.getColumn(2).getString()});
       }
       return out;
     });
     if (!dirs.ok()) return dirs.status();
-    for (const auto& [key, number] : *dirs) {
-      auto nl = key.find('\n');
-      std::string snapshot_id = key.substr(0, nl);
-      fs::path dir = key.substr(nl + 1);
+    for (const Retired& r : *dirs) {
+      const std::string& snapshot_id = r.snapshot_id;
+      const int64_t number = r.number;
+      const fs::path& dir = r.dir;
       if (!util::IsWithin(opts_.root_dir, dir)) {
         spdlog::error("gc: refusing to remove {} outside the snapshot root", dir.string());
         continue;

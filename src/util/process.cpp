@@ -13,6 +13,10 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
 #include <thread>
 
 extern char** environ;
@@ -45,7 +49,53 @@ int StatusToExitCode(int status) {
 
 }  // namespace
 
+namespace {
+Result<Child> SpawnHere(const SpawnOptions& opts);
+
+// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not when the process does. A VMM
+// started from a short-lived thread (std::async, a shrinking pool) would be killed when that thread ends, so
+// children that must die with the process are forked from one thread that lives as long as the process.
+class SpawnThread {
+ public:
+  SpawnThread() { std::thread([this] { Loop(); }).detach(); }
+  Result<Child> Spawn(const SpawnOptions& opts) {
+    std::packaged_task<Result<Child>()> task([&opts] { return SpawnHere(opts); });
+    auto result = task.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back(std::move(task));
+    }
+    cv_.notify_one();
+    return result.get();
+  }
+
+ private:
+  void Loop() {
+    while (true) {
+      std::packaged_task<Result<Child>()> task;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !queue_.empty(); });
+        task = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      task();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::packaged_task<Result<Child>()>> queue_;
+};
+}  // namespace
+
 Result<Child> Spawn(const SpawnOptions& opts) {
+  if (!opts.die_with_parent) return SpawnHere(opts);
+  static SpawnThread* thread = new SpawnThread();  // never destroyed: its detached thread outlives main()
+  return thread->Spawn(opts);
+}
+
+namespace {
+Result<Child> SpawnHere(const SpawnOptions& opts) {
   if (opts.argv.empty()) return Status::InvalidArgument("spawn: empty argv");
   auto program = ResolveProgram(opts.argv[0]);
   if (!program) return Status::NotFound("spawn: program '" + opts.argv[0] + "' not found in PATH");
@@ -143,6 +193,8 @@ Result<Child> Spawn(const SpawnOptions& opts) {
   child.start_time = ProcessStartTime(pid).value_or(0);
   return child;
 }
+
+}  // namespace
 
 std::optional<int> TryReap(int pid) {
   if (pid <= 0) return std::nullopt;

@@ -30,6 +30,7 @@ struct Child {
 };
 
 /// Starts a process. The error names the program and errno text (exec failures are reported).
+/// With die_with_parent the fork happens on a process-lifetime thread (PR_SET_PDEATHSIG is per thread).
 Result<Child> Spawn(const SpawnOptions& opts);
 
 /// Non-blocking check: returns the exit status (as from waitpid) if the child exited and was reaped.

@@ -297,3 +297,17 @@ TEST_CASE("provision input is validated") {
   CHECK(e.Destroy(Id::Generate().str()).code() == StatusCode::kNotFound);
   CHECK(e.List(true)->empty());
 }
+
+TEST_CASE("a caller-chosen vm id is used, validated and unique") {
+  TestBed bed;
+  auto img = bed.AddImage();
+  auto id = Id::Generate().str();
+  auto vm = bed.service->engine().Provision({.runtime_image_id = img.id, .vm_id = id});
+  REQUIRE(vm.ok());
+  CHECK(vm->id == id);
+  auto again = bed.service->engine().Provision({.runtime_image_id = img.id, .vm_id = id});
+  CHECK(again.status().code() == StatusCode::kAlreadyExists);
+  auto bad = bed.service->engine().Provision({.runtime_image_id = img.id, .vm_id = "../x"});
+  CHECK(bad.status().code() == StatusCode::kInvalidArgument);
+  CHECK(bad.status().message().find("vm_id") == 0);
+}

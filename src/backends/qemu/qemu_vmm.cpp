@@ -23,7 +23,6 @@
 
 #include "backends/qemu/qemu_config.hpp"
 #include "backends/qemu/qmp_client.hpp"
-#include "backends/qemu/stable_spawn.hpp"
 #include "guest/line_stream.hpp"
 #include "guest/stream_channel.hpp"
 #include "net/netns.hpp"
@@ -403,7 +402,7 @@ class QemuVm final : public Vm {
     so.stdout_path = Join(cfg_.work_dir, qemu::kQemuLog);
     so.cwd = cfg_.work_dir;
     if (net_) so.netns = net_->plan().netns;
-    auto child = qemu::SpawnOnStableThread(so);
+    auto child = util::Spawn(so);
     if (!child.ok()) return child.status().WithContext("start QEMU");
     view_->pid.store(child->pid);
     if (on_started_) on_started_(child->pid);
