@@ -27,42 +27,15 @@
 #include "fcwarm/qemu_vmm.hpp"
 #include "net/netns.hpp"
 #include "util/process.hpp"
+#include "vm/vm_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace fcwarm;
+using namespace fcwarm::vmtest;
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-std::string GuestDir() {
-  const char* e = std::getenv("FCWARM_GUEST_DIR");
-  return e && *e ? e : "/var/cache/fcwarm/guest/current";
-}
-
-// Empty when the tier can run, else why not.
-std::string SkipReason() {
-  QemuOptions o;
-  if (auto st = ProbeQemu(o); !st.ok()) return "QEMU unusable: " + st.ToString();
-  std::string g = GuestDir();
-  for (const char* f : {"bzImage", "initramfs.cpio.gz", "disk.ext4"}) {
-    if (!fs::exists(fs::path(g) / f)) {
-      return "guest artifact " + (fs::path(g) / f).string() +
-             " missing (build with guest/build-artifacts.sh, or set FCWARM_GUEST_DIR)";
-    }
-  }
-  return "";
-}
-
-#define SKIP_UNLESS_READY()                   \
-  do {                                        \
-    std::string why = SkipReason();           \
-    if (!why.empty()) {                       \
-      MESSAGE("SKIP: " << why);               \
-      std::printf("SKIP: %s\n", why.c_str()); \
-      return;                                 \
-    }                                         \
-  } while (0)
 
 bool IsRoot() { return ::geteuid() == 0; }
 
@@ -201,29 +174,6 @@ NetworkIdentity Identity(int i) {
   n.mac = mac;
   n.hostname = "clone-" + std::to_string(i);
   return n;
-}
-
-// True when the host reaches `ip`: a TCP connect to a closed port is answered with RST (ECONNREFUSED).
-bool Reachable(const std::string& ip) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(9);
-  ::inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
-  bool ok = false;
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
-    ok = true;
-  } else if (errno == EINPROGRESS) {
-    pollfd p{fd, POLLOUT, 0};
-    if (::poll(&p, 1, 3000) == 1) {
-      int err = 0;
-      socklen_t len = sizeof(err);
-      ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-      ok = err == 0 || err == ECONNREFUSED;
-    }
-  }
-  ::close(fd);
-  return ok;
 }
 
 }  // namespace

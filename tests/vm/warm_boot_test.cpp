@@ -1,0 +1,265 @@
+// The warm-boot core driven end to end against real QEMU VMs (label `vm`): Service + QemuVmm + guest agent.
+// Prints "SKIP: <reason>" and passes when QEMU or the guest artifacts are missing.
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <set>
+#include <thread>
+
+#include "fcwarm/fcwarm.hpp"
+#include "support/test_env.hpp"
+#include "util/process.hpp"
+#include "vm/vm_support.hpp"
+
+using namespace fcwarm;
+using namespace fcwarm::testing;
+using namespace fcwarm::vmtest;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Kills the QEMU of the next `n` restores with SIGKILL while they restore (a test decorator over the real
+// backend: the process is real, the kill is injected).
+class KillingVmm : public Vmm {
+ public:
+  explicit KillingVmm(std::shared_ptr<Vmm> inner) : inner_(std::move(inner)) {}
+  std::string Kind() const override { return inner_->Kind(); }
+  Result<std::map<std::string, std::string>> HostCompatibility() override { return inner_->HostCompatibility(); }
+  Result<std::unique_ptr<Vm>> ColdBoot(const LaunchSpec& spec) override { return inner_->ColdBoot(spec); }
+  Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& dir) override {
+    if (kill_next_restores <= 0) return inner_->Restore(spec, dir);
+    kill_next_restores--;
+    LaunchSpec s = spec;
+    s.on_process_started = [orig = spec.on_process_started, this](int pid) {
+      if (orig) orig(pid);
+      killed_pids.push_back(pid);
+      ::kill(pid, SIGKILL);
+    };
+    return inner_->Restore(s, dir);
+  }
+  std::atomic<int> kill_next_restores{0};
+  std::vector<int> killed_pids;
+
+ private:
+  std::shared_ptr<Vmm> inner_;
+};
+
+struct QemuBed {
+  TempDir dir;
+  std::shared_ptr<KillingVmm> vmm;
+  std::shared_ptr<VmmRegistry> vmms = std::make_shared<VmmRegistry>();
+  std::unique_ptr<Service> svc;
+  RuntimeImage image;
+
+  QemuBed() {
+    vmm = std::make_shared<KillingVmm>(std::shared_ptr<Vmm>(MakeQemuVmm(QemuOptions{})));
+    vmms->Add(vmm);
+    ServiceOptions o;
+    o.store.path = (dir.path() / "fcwarm.db").string();
+    o.snapshots.root_dir = (dir.path() / "snapshots").string();
+    o.snapshots.build_dir = (dir.path() / "build").string();
+    o.restore.vm_dir = (dir.path() / "vms").string();
+    o.health.rebuild_backoff_initial = 100ms;
+    auto s = Service::Open(o, vmms);
+    REQUIRE_MESSAGE(s.ok(), s.status().ToString());
+    svc = std::move(s).value();
+    RuntimeImage img;
+    img.name = "minimal";
+    img.backend = "qemu";
+    img.kernel_path = (fs::path(GuestDir()) / "bzImage").string();
+    img.initrd_path = (fs::path(GuestDir()) / "initramfs.cpio.gz").string();
+    img.rootfs_path = (fs::path(GuestDir()) / "disk.ext4").string();
+    img.shape.memory_mib = 256;
+    img.runtime_check = {"file", "/run/fcwarm-runtime-ready", {}};
+    auto r = svc->images().Register(img);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    image = *r;
+  }
+  ~QemuBed() { svc.reset(); }
+
+  RuntimeSnapshot Build() {
+    auto s = svc->snapshots().CreateSnapshot(image.id);
+    REQUIRE(s.ok());
+    auto done = svc->snapshots().WaitWhileCreating(s->id, 300s);
+    REQUIRE(done.ok());
+    REQUIRE_MESSAGE(done->state == SnapshotState::kReady, done->last_error);
+    return *done;
+  }
+  std::string Exec(const std::string& vm_id, std::vector<std::string> argv) {
+    auto h = svc->engine().Handle(vm_id);
+    REQUIRE(h.ok());
+    ExecRequest req;
+    req.argv = std::move(argv);
+    auto r = (*h)->guest().Exec(req, 20s);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    CHECK(r->exit_code == 0);
+    return r->stdout_data;
+  }
+};
+
+int CountQemuProcesses() {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::ifstream comm(e.path() / "comm");
+    std::string name;
+    if (comm && std::getline(comm, name) && name.rfind("qemu-system", 0) == 0) ++n;
+  }
+  return n;
+}
+
+int CountNetns(const std::string& prefix) {
+  auto r = util::Run({"ip", "netns", "list"}, 10s);
+  if (!r.ok()) return -1;
+  int n = 0;
+  size_t pos = 0;
+  while ((pos = r->output.find(prefix, pos)) != std::string::npos) {
+    if (pos == 0 || r->output[pos - 1] == '\n') ++n;
+    pos += prefix.size();
+  }
+  return n;
+}
+
+int CountLinks(const std::string& prefix) {
+  auto r = util::Run({"ip", "-o", "link", "show"}, 10s);
+  if (!r.ok()) return -1;
+  int n = 0;
+  size_t pos = 0;
+  while ((pos = r->output.find(": " + prefix, pos)) != std::string::npos) {
+    ++n;
+    pos += prefix.size();
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("core+qemu: cold boot, build, 4 concurrent warm restores that are unique and isolated") {
+  SKIP_UNLESS_READY();
+  QemuBed bed;
+  auto snap = bed.Build();
+  CHECK(snap.files.size() >= 3);
+  std::vector<std::future<Result<VmRecord>>> futures;
+  for (int i = 0; i < 4; ++i) {
+    futures.push_back(std::async(std::launch::async, [&, i] {
+      return bed.svc->engine().Provision({.runtime_image_id = bed.image.id, .name = "clone-" + std::to_string(i)});
+    }));
+  }
+  std::vector<VmRecord> vms;
+  for (auto& f : futures) {
+    auto r = f.get();
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    CHECK_MESSAGE(r->boot_method == BootMethod::kWarm, ToString(r->fallback_reason));
+    vms.push_back(*r);
+  }
+  std::set<std::string> hostnames, macs, ips, randoms;
+  for (const auto& vm : vms) {
+    auto h = bed.svc->engine().Handle(vm.id);
+    REQUIRE(h.ok());
+    auto ping = (*h)->guest().Ping(5s);
+    REQUIRE(ping.ok());
+    CHECK(ping->hostname == vm.hostname);
+    hostnames.insert(bed.Exec(vm.id, {"cat", "/proc/sys/kernel/hostname"}));
+    macs.insert(bed.Exec(vm.id, {"cat", "/sys/class/net/eth0/address"}));
+    ips.insert(bed.Exec(vm.id, {"ip", "-4", "-o", "addr", "show", "dev", "eth0"}));
+    auto rnd = bed.Exec(vm.id, {"head", "-c", "32", "/dev/urandom"});
+    CHECK(rnd.size() == 32);
+    randoms.insert(rnd);
+    CHECK_MESSAGE(Reachable(vm.address.substr(0, vm.address.find('/'))), vm.address);
+  }
+  CHECK(hostnames.size() == 4);
+  CHECK(macs.size() == 4);
+  CHECK(ips.size() == 4);
+  CHECK(randoms.size() == 4);
+  // A file written in one clone's disk is absent in the others.
+  bed.Exec(vms[0].id, {"sh", "-c", "echo only-in-clone-0 > /mnt/data/clone-file && sync"});
+  CHECK(bed.Exec(vms[0].id, {"cat", "/mnt/data/clone-file"}) == "only-in-clone-0\n");
+  for (size_t i = 1; i < vms.size(); ++i) {
+    auto h = bed.svc->engine().Handle(vms[i].id);
+    ExecRequest req;
+    req.argv = {"test", "-e", "/mnt/data/clone-file"};
+    auto r = (*h)->guest().Exec(req, 20s);
+    REQUIRE(r.ok());
+    CHECK(r->exit_code != 0);
+  }
+  auto s = bed.svc->snapshots().Get(snap.id);
+  CHECK(s->success_count == 4);
+  for (const auto& vm : vms) REQUIRE(bed.svc->engine().Destroy(vm.id).ok());
+  CHECK(CountEntries(fs::path(bed.dir.path()) / "vms") == 0);
+}
+
+TEST_CASE("core+qemu: a flipped byte is corrupt; three in a row rebuild the snapshot; then warm again") {
+  SKIP_UNLESS_READY();
+  QemuBed bed;
+  auto snap = bed.Build();
+  // The largest file is the guest memory (or the state stream): flip one byte in its middle.
+  auto biggest = std::max_element(snap.files.begin(), snap.files.end(),
+                                  [](const SnapshotFile& a, const SnapshotFile& b) { return a.size < b.size; });
+  fs::path victim = fs::path(snap.generation_dir) / biggest->name;
+  for (int i = 0; i < 3; ++i) {
+    {
+      std::fstream f(victim, std::ios::in | std::ios::out | std::ios::binary);
+      REQUIRE(f);
+      f.seekg(static_cast<std::streamoff>(biggest->size / 2 + i));
+      char c = 0;
+      f.read(&c, 1);
+      c = static_cast<char>(c ^ 0x40);
+      f.seekp(static_cast<std::streamoff>(biggest->size / 2 + i));
+      f.write(&c, 1);
+    }
+    auto vm = bed.svc->engine().Provision({.runtime_image_id = bed.image.id, .wait_for_creating = 0ms});
+    REQUIRE_MESSAGE(vm.ok(), vm.status().ToString());
+    CHECK(vm->boot_method == BootMethod::kCold);
+    CHECK(vm->fallback_reason == FallbackReason::kCorrupt);
+    CHECK(bed.svc->snapshots().Get(snap.id)->failure_count == i + 1);
+    REQUIRE(bed.svc->engine().Destroy(vm->id).ok());
+  }
+  // Unhealthy after three; HealthTracker rebuilt it automatically.
+  CHECK(bed.svc->health().automatic_rebuilds() == 1);
+  auto rebuilt = bed.svc->snapshots().WaitWhileCreating(snap.id, 300s);
+  REQUIRE(rebuilt.ok());
+  REQUIRE_MESSAGE(rebuilt->state == SnapshotState::kReady, rebuilt->last_error);
+  CHECK(rebuilt->generation == 2);
+  auto warm = bed.svc->engine().Provision({.runtime_image_id = bed.image.id});
+  REQUIRE(warm.ok());
+  CHECK(warm->boot_method == BootMethod::kWarm);
+  REQUIRE(bed.svc->engine().Destroy(warm->id).ok());
+  CHECK_FALSE(fs::exists(snap.generation_dir));  // the corrupt generation was collected
+}
+
+TEST_CASE("core+qemu: QEMU killed with SIGKILL during a restore falls back to cold and leaks nothing") {
+  SKIP_UNLESS_READY();
+  QemuBed bed;
+  bed.Build();
+  int qemu_before = CountQemuProcesses();
+  int netns_before = CountNetns("fcw-");
+  int links_before = CountLinks("fcwh");
+  bed.vmm->kill_next_restores = 1;
+  auto vm = bed.svc->engine().Provision({.runtime_image_id = bed.image.id});
+  REQUIRE_MESSAGE(vm.ok(), vm.status().ToString());
+  CHECK(vm->boot_method == BootMethod::kCold);
+  CHECK(vm->fallback_reason == FallbackReason::kRestoreFailed);
+  REQUIRE(bed.vmm->killed_pids.size() == 1);
+  CHECK(::kill(bed.vmm->killed_pids[0], 0) != 0);
+  // Only the cold VM's own resources exist now.
+  CHECK(CountQemuProcesses() == qemu_before + 1);
+  CHECK(CountNetns("fcw-") == netns_before + 1);
+  CHECK(CountLinks("fcwh") == links_before + 1);
+  CHECK(CountEntries(fs::path(bed.dir.path()) / "vms") == 1);
+  REQUIRE(bed.svc->engine().Destroy(vm->id).ok());
+  CHECK(CountQemuProcesses() == qemu_before);
+  CHECK(CountNetns("fcw-") == netns_before);
+  CHECK(CountLinks("fcwh") == links_before);
+  CHECK(CountEntries(fs::path(bed.dir.path()) / "vms") == 0);
+  // No socket or overlay is left anywhere under the data directory but the snapshot's own files.
+  for (const auto& e : fs::recursive_directory_iterator(bed.dir.path())) {
+    if (e.is_socket()) FAIL_CHECK("socket leaked: " << e.path());
+    if (e.path().extension() == ".qcow2" && e.path().string().find("/snapshots/") == std::string::npos) {
+      FAIL_CHECK("overlay leaked: " << e.path());
+    }
+  }
+}
