@@ -56,6 +56,7 @@ struct Config {
   std::string qemu_network = "netns";
   // Firecracker
   std::string firecracker_binary = "firecracker";
+  std::string bootstrap_image_dir;
   double none_delay_s = 0;
 };
 
@@ -112,6 +113,32 @@ std::chrono::milliseconds Ms(double seconds) {
 }
 
 }  // namespace
+
+// Registers the minimal runtime image from the guest artifacts when the store has no image yet (first start).
+void BootstrapImage(Service& svc, const std::string& dir) {
+  auto images = svc.images().List();
+  if (!images.ok() || !images->empty()) return;
+  std::string backend = svc.vmms().Find("qemu") ? "qemu" : "";
+  if (backend.empty()) {
+    spdlog::warn("event=bootstrap_skipped reason=\"no qemu backend\"");
+    return;
+  }
+  fs::path d = fs::absolute(dir);
+  RuntimeImage img;
+  img.name = "minimal";
+  img.backend = backend;
+  img.kernel_path = (d / "bzImage").string();
+  img.initrd_path = (d / "initramfs.cpio.gz").string();
+  img.rootfs_path = (d / "disk.ext4").string();
+  img.shape.memory_mib = 512;
+  img.runtime_check = {"file", "/run/fcwarm-runtime-ready", {}};
+  auto r = svc.images().Register(img);
+  if (r.ok()) {
+    spdlog::info("event=bootstrap_image id={} name=minimal dir={}", r->id, d.string());
+  } else {
+    spdlog::warn("event=bootstrap_failed error=\"{}\"", r.status().ToString());
+  }
+}
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
@@ -182,6 +209,9 @@ int main(int argc, char** argv) {
   app.add_option("--qemu-network", cfg.qemu_network, "QEMU VM network: netns, none")
       ->capture_default_str()
       ->check(CLI::IsMember({"netns", "none"}));
+  app.add_option("--bootstrap-image-dir", cfg.bootstrap_image_dir,
+                 "Guest artifacts (bzImage, initramfs.cpio.gz, disk.ext4) registered as image 'minimal' at startup "
+                 "when no image exists yet");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -312,6 +342,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<Service> svc = std::move(service).value();
+  if (!cfg.bootstrap_image_dir.empty()) BootstrapImage(*svc, cfg.bootstrap_image_dir);
 
   ServerStats stats;
   auto provisioner = std::make_unique<WorkerPool>("fcw-prov", cfg.provision_workers, cfg.provision_queue);

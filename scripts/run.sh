@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine (as root), builds fcwarm and the guest artifacts, starts fcwarm-server on
+# 127.0.0.1:18080 with its embedded SQLite store, runs the demo against it (one cold boot, a snapshot build, a
+# warm restore, with their times) and keeps the server in the foreground until Ctrl-C / SIGTERM.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cmake --preset release -DFCWARM_BUILD_TESTS=OFF
+cmake --build --preset release
+cmake --install build/release --component python   # `import fcwarm` and the `fcwarm` CLI
+guest_dir=$(FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
+  guest/build-artifacts.sh --agent build/release/guest/agent/fcwarm-agent | tail -n 1)
+data_dir="${FCWARM_DATA_DIR:-/var/lib/fcwarm}"
+bind="${FCWARM_BIND:-127.0.0.1:18080}"
+
+build/release/server/fcwarm-server --bind "$bind" --data-dir "$data_dir" --bootstrap-image-dir "$guest_dir" &
+server=$!
+trap 'kill -TERM "$server" 2>/dev/null; wait "$server"' INT TERM
+for _ in $(seq 1 100); do
+  curl -sf "http://$bind/healthz" >/dev/null && break
+  kill -0 "$server" 2>/dev/null || { echo "fcwarm-server exited during startup" >&2; exit 1; }
+  sleep 0.1
+done
+./scripts/demo.sh "http://$bind" || echo "demo failed (the server keeps running)" >&2
+echo
+echo "fcwarm-server is running on http://$bind (data in $data_dir). Try: curl -s http://$bind/v1/runtime-snapshots | jq"
+echo "Ctrl-C stops it."
+wait "$server"
