@@ -13,16 +13,20 @@ guest_dir=$(FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
 data_dir="${FCWARM_DATA_DIR:-/var/lib/fcwarm}"
 bind="${FCWARM_BIND:-127.0.0.1:18080}"
 
-build/release/server/fcwarm-server --bind "$bind" --data-dir "$data_dir" --bootstrap-image-dir "$guest_dir" &
+mkdir -p "$data_dir"
+log="$data_dir/fcwarm-server.log"
+build/release/server/fcwarm-server --bind "$bind" --data-dir "$data_dir" --bootstrap-image-dir "$guest_dir" \
+  >>"$log" 2>&1 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server"' INT TERM
 for _ in $(seq 1 100); do
   curl -sf "http://$bind/healthz" >/dev/null && break
-  kill -0 "$server" 2>/dev/null || { echo "fcwarm-server exited during startup" >&2; exit 1; }
+  kill -0 "$server" 2>/dev/null || { echo "fcwarm-server exited during startup:" >&2; tail -n 20 "$log" >&2; exit 1; }
   sleep 0.1
 done
 ./scripts/demo.sh "http://$bind" || echo "demo failed (the server keeps running)" >&2
 echo
 echo "fcwarm-server is running on http://$bind (data in $data_dir). Try: curl -s http://$bind/v1/runtime-snapshots | jq"
-echo "Ctrl-C stops it."
+echo "Ctrl-C stops it. Its log ($log) follows."
+tail -n 0 -f --pid="$server" "$log" &
 wait "$server"

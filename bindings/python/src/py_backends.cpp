@@ -2,10 +2,7 @@
 #include "fcwarm/firecracker_vmm.hpp"
 #include "py_common.hpp"
 
-#if __has_include("fcwarm/qemu_vmm.hpp")
 #include "fcwarm/qemu_vmm.hpp"
-#define FCWARM_PY_HAVE_QEMU 1
-#endif
 
 namespace fcwarm::py {
 
@@ -18,6 +15,30 @@ void BindBackends(pyb::module_& m) {
       .def("add", &VmmRegistry::Add, Release(), pyb::arg("vmm"))
       .def("find", &VmmRegistry::Find, Release(), pyb::arg("kind"))
       .def("kinds", &VmmRegistry::Kinds, Release());
+
+  pyb::enum_<QemuMemoryMode>(m, "QemuMemoryMode", "Where a QEMU VM's RAM lives across snapshots.")
+      .value("STREAM", QemuMemoryMode::kStream)
+      .value("FILE", QemuMemoryMode::kFile);
+  pyb::enum_<QemuNetworkMode>(m, "QemuNetworkMode", "How a QEMU VM is connected.")
+      .value("NETNS", QemuNetworkMode::kNetns)
+      .value("NONE", QemuNetworkMode::kNone);
+  pyb::class_<QemuOptions>(m, "QemuOptions", "Options of the QEMU backend.")
+      .def(pyb::init<>())
+      .def_readwrite("qemu_binary", &QemuOptions::qemu_binary)
+      .def_readwrite("qemu_img_binary", &QemuOptions::qemu_img_binary)
+      .def_readwrite("accelerator", &QemuOptions::accelerator)
+      .def_readwrite("kernel_boot_args", &QemuOptions::kernel_boot_args)
+      .def_readwrite("tcg_kernel_args", &QemuOptions::tcg_kernel_args)
+      .def_readwrite("memory_mode", &QemuOptions::memory_mode)
+      .def_readwrite("network_mode", &QemuOptions::network_mode)
+      .def_readwrite("restore_timeout", &QemuOptions::restore_timeout)
+      .def_readwrite("verify_state_digest", &QemuOptions::verify_state_digest);
+  m.def(
+      "make_qemu_vmm", [](const QemuOptions& o) { return std::shared_ptr<Vmm>(MakeQemuVmm(o)); }, Release(),
+      pyb::arg("options") = QemuOptions{}, "Creates the QEMU backend (kind 'qemu').");
+  m.def(
+      "probe_qemu", [](const QemuOptions& o) { Check(ProbeQemu(o)); }, Release(), pyb::arg("options") = QemuOptions{},
+      "Raises NotFoundError/UnavailableError unless QEMU can run VMs here with these options.");
 
   pyb::class_<FirecrackerOptions>(m, "FirecrackerOptions", "Options of the Firecracker backend.")
       .def(pyb::init<>())

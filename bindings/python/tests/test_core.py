@@ -204,3 +204,9 @@ def test_backends_are_exposed():
     assert reg.find("nope") is None
     with pytest.raises(fcwarm.NotFoundError):
         fcwarm.probe_firecracker("/nonexistent/firecracker")
+    q = fcwarm.QemuOptions()
+    assert q.accelerator == "tcg" and q.memory_mode == fcwarm.QemuMemoryMode.FILE
+    assert fcwarm.make_qemu_vmm(q).kind == "qemu"
+    q.qemu_binary = "/nonexistent/qemu"
+    with pytest.raises(fcwarm.Error):
+        fcwarm.probe_qemu(q)
