@@ -288,46 +288,6 @@ Result<int> ConnectUnixStream(const std::string& path, std::chrono::milliseconds
   }
 }
 
-Result<int> ConnectVsockStream(const std::string& uds_path, uint32_t port,
-                               std::chrono::milliseconds timeout) {
-  auto deadline = Clock::now() + timeout;
-  auto fd = ConnectUnixStream(uds_path, timeout);
-  if (!fd.ok()) return fd.status();
-  UniqueFd sock(*fd);
-  const std::string hello = "CONNECT " + std::to_string(port) + "\n";
-  size_t off = 0;
-  while (off < hello.size()) {
-    pollfd p{sock.get(), POLLOUT, 0};
-    int r = ::poll(&p, 1, MsLeft(deadline));
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0) return Status::DeadlineExceeded("vsock handshake: " + uds_path + " not writable");
-    ssize_t n = ::send(sock.get(), hello.data() + off, hello.size() - off, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n < 0) return Status::Unavailable(std::string("vsock handshake: write: ") + std::strerror(errno));
-    off += static_cast<size_t>(n);
-  }
-  // Read the "OK <n>" line byte by byte so nothing of the protocol that follows is consumed here.
-  std::string line;
-  while (true) {
-    pollfd p{sock.get(), POLLIN, 0};
-    int r = ::poll(&p, 1, MsLeft(deadline));
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0)
-      return Status::DeadlineExceeded("vsock handshake: no answer to CONNECT " + std::to_string(port));
-    char c;
-    ssize_t n = ::recv(sock.get(), &c, 1, MSG_DONTWAIT);
-    if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0) {
-      return Status::Unavailable("vsock handshake: nothing listening on guest port " + std::to_string(port));
-    }
-    if (c == '\n') break;
-    line.push_back(c);
-    if (line.size() > 64) return Status::Unavailable("vsock handshake: malformed answer");
-  }
-  if (line.rfind("OK ", 0) != 0)
-    return Status::Unavailable("vsock handshake: unexpected answer '" + line + "'");
-  return sock.Release();
-}
 
 std::unique_ptr<GuestChannel> MakeStreamGuestChannel(Connector connect, StreamChannelOptions options) {
   return std::make_unique<StreamGuestChannel>(std::move(connect), std::move(options));

@@ -3,7 +3,7 @@
 //
 // The transport is abstracted as a connector that returns a fresh, connected, blocking or non-blocking stream
 // fd positioned at the start of the protocol: QEMU's virtio-serial chardev socket (ConnectUnixStream) or
-// Firecracker's vsock socket after its "CONNECT <port>\n" / "OK <n>\n" handshake (ConnectVsockStream).
+// Firecracker's vsock socket after its "CONNECT <port>\n" / "OK <n>\n" handshake (firecracker::ConnectVsock).
 #pragma once
 
 #include <chrono>
@@ -37,8 +37,6 @@ struct StreamChannelOptions {
 /// Connects to a Unix stream socket, retrying ENOENT/ECONNREFUSED until `timeout`.
 Result<int> ConnectUnixStream(const std::string& path, std::chrono::milliseconds timeout);
 
-/// Connects to Firecracker's host vsock socket and performs the "CONNECT <port>\n" / "OK <n>\n" handshake.
-Result<int> ConnectVsockStream(const std::string& uds_path, uint32_t port, std::chrono::milliseconds timeout);
 
 /// Makes a GuestChannel over streams from `connect`. Calls are serialized by a mutex; each call has a
 /// deadline (poll-based), replies are matched by id (stale replies of earlier timed-out calls are skipped), a

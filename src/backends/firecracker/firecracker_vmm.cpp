@@ -23,6 +23,7 @@
 #include "backends/firecracker/files.hpp"
 #include "backends/firecracker/host_net.hpp"
 #include "backends/firecracker/vsock.hpp"
+#include "guest/stream_channel.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -236,8 +237,11 @@ class FirecrackerVm : public Vm {
     api_ = std::make_unique<firecracker::ApiClient>(layout_.api_sock);
     std::string vsock = layout_.vsock_host;
     uint32_t port = opts_.agent_vsock_port;
-    guest_ = firecracker::MakeStreamGuestChannel(
-        [vsock, port](std::chrono::milliseconds t) { return firecracker::ConnectVsock(vsock, port, t); });
+    guest::StreamChannelOptions go;
+    go.persistent = false;  // vsock: one connection per request
+    go.label = "vm " + spec.vm_id + ": ";
+    guest_ = guest::MakeStreamGuestChannel(
+        [vsock, port](std::chrono::milliseconds t) { return firecracker::ConnectVsock(vsock, port, t); }, go);
   }
 
   ~FirecrackerVm() override { (void)Stop(1000ms); }

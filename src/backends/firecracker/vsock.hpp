@@ -18,12 +18,4 @@ namespace fcwarm::firecracker {
 /// on the guest port), DeadlineExceeded.
 Result<int> ConnectVsock(const std::string& uds_path, uint32_t port, std::chrono::milliseconds timeout);
 
-/// A function that opens a fresh stream to the guest agent within a deadline (the caller owns the fd).
-using StreamConnector = std::function<Result<int>(std::chrono::milliseconds timeout)>;
-
-/// Interim GuestChannel speaking the agent protocol (docs/guest-protocol.md) over streams opened by
-/// `connect`, one connection per request. To be replaced by the shared stream-socket channel in src/guest/
-/// once it exists (it only needs the connector).
-std::unique_ptr<GuestChannel> MakeStreamGuestChannel(StreamConnector connect);
-
 }  // namespace fcwarm::firecracker
