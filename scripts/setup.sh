@@ -11,6 +11,8 @@ packages=(
   libcurl4-openssl-dev libhttp-parser-dev libcli11-dev libspdlog-dev uuid-dev libxxhash-dev
   # tests and docs
   doctest-dev doxygen python3-pytest curl jq socat
+  # the libFuzzer target over request parsing (scripts/fuzz.sh)
+  clang-14 libclang-rt-14-dev
   # VMs and guest images
   qemu-system-x86 qemu-utils busybox-static lz4 cpio iproute2 e2fsprogs kmod zstd xz-utils gzip
 )

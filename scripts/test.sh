@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine and runs every test tier: unit, server, python, vm (QEMU), docker.
+# Sets up a fresh Debian 12 machine and runs every test tier (unit, server, python, vm with real QEMU VMs,
+# the Firecracker contract tests), then the server fuzzer for 60 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -11,3 +12,4 @@ if [[ -x guest/build-artifacts.sh ]]; then
     guest/build-artifacts.sh --agent build/ci/guest/agent/fcwarm-agent
 fi
 ctest --preset ci
+./scripts/fuzz.sh 60   # libFuzzer over HTTP parsing, routing and JSON decoding, bounded time
