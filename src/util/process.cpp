@@ -196,6 +196,12 @@ Result<Child> SpawnHere(const SpawnOptions& opts) {
 
 }  // namespace
 
+std::string DescribeWaitStatus(int status) {
+  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "signal " + std::to_string(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
 std::optional<int> TryReap(int pid) {
   if (pid <= 0) return std::nullopt;
   int status = 0;

@@ -36,6 +36,9 @@ Result<Child> Spawn(const SpawnOptions& opts);
 /// Non-blocking check: returns the exit status (as from waitpid) if the child exited and was reaped.
 std::optional<int> TryReap(int pid);
 
+/// "exit code N", "signal N" or "status N" for a waitpid() status, for error messages.
+std::string DescribeWaitStatus(int status);
+
 /// Waits up to `timeout` for the child to exit; returns the wait status, or nullopt on timeout.
 std::optional<int> WaitFor(int pid, std::chrono::milliseconds timeout);
 

@@ -53,12 +53,6 @@ constexpr size_t kMaxSunPath = 107;
 
 std::string Join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
-std::string DescribeWait(int status) {
-  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return "signal " + std::to_string(WTERMSIG(status));
-  return "status " + std::to_string(status);
-}
-
 std::optional<std::string> ResolveInPath(const std::string& prog) {
   if (prog.find('/') != std::string::npos) return prog;
   const char* path = std::getenv("PATH");
@@ -259,7 +253,7 @@ class FirecrackerVm : public Vm {
       if (auto st = util::TryReap(uffd_pid_)) {
         // Without its page-fault handler the guest hangs on the next fault: end the VM too.
         spdlog::warn("firecracker vm {}: uffd handler exited ({}); stopping the VM", vm_id_,
-                     DescribeWait(*st));
+                     util::DescribeWaitStatus(*st));
         uffd_pid_ = -1;
         util::TerminateAndReap(pid_, 0ms);
         CheckExitedLocked();
@@ -624,7 +618,7 @@ class FirecrackerVm : public Vm {
           uffd_pid_ = -1;
         }
         std::string tail = firecracker::TailOf(Join(layout_.work_dir, kLogName));
-        return Status::Unavailable("process " + std::to_string(pid) + " exited (" + DescribeWait(*st) +
+        return Status::Unavailable("process " + std::to_string(pid) + " exited (" + util::DescribeWaitStatus(*st) +
                                    ") before the " + what + " " + path + " appeared" +
                                    (tail.empty() ? "" : "; log: " + tail));
       }
@@ -660,7 +654,7 @@ class FirecrackerVm : public Vm {
     if (stopped_) return Status::FailedPrecondition(method + " " + path + ": the VM is stopped");
     if (CheckExitedLocked()) {
       return Status::Unavailable(method + " " + path + ": firecracker has exited (" +
-                                 DescribeWait(exit_status_) + ")");
+                                 util::DescribeWaitStatus(exit_status_) + ")");
     }
     auto r = api_->Call(method, path, json::serialize(body), timeout);
     if (r.ok()) return Status::Ok();
@@ -671,7 +665,7 @@ class FirecrackerVm : public Vm {
     for (int i = 0; i < polls && !CheckExitedLocked(); ++i) std::this_thread::sleep_for(5ms);
     if (exited_) {
       std::string tail = firecracker::TailOf(Join(layout_.work_dir, kLogName));
-      st = Status(st.code(), st.message() + "; firecracker exited (" + DescribeWait(exit_status_) + ")" +
+      st = Status(st.code(), st.message() + "; firecracker exited (" + util::DescribeWaitStatus(exit_status_) + ")" +
                                  (tail.empty() ? "" : "; log: " + tail));
     }
     return st;

@@ -43,12 +43,6 @@ constexpr size_t kMaxSunPath = 107;
 
 std::string Join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
-std::string DescribeWait(int status) {
-  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return "signal " + std::to_string(WTERMSIG(status));
-  return "status " + std::to_string(status);
-}
-
 std::chrono::milliseconds Left(Clock::time_point deadline) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
   return left.count() > 0 ? left : 0ms;
@@ -342,7 +336,7 @@ class QemuVm final : public Vm {
       if (auto s = util::WaitFor(p, 200ms)) exit_status_ = *s;
     }
     if (exit_status_) view_->exited.store(true);
-    if (exit_status_) msg = "QEMU exited with " + DescribeWait(*exit_status_);
+    if (exit_status_) msg = "QEMU exited with " + util::DescribeWaitStatus(*exit_status_);
     std::string err = Tail(Join(cfg_.work_dir, qemu::kQemuLog), 600);
     std::string con = Tail(Join(cfg_.work_dir, qemu::kConsoleLog), 600);
     if (!err.empty()) msg += std::string(msg.empty() ? "" : "; ") + "qemu stderr: " + err;
