@@ -22,16 +22,6 @@ int64_t NowMillis() {
       .count();
 }
 
-// Uses ProvisionRequest::vm_id when the library has it, so a container id is the VM id from the start.
-template <typename R>
-bool TrySetVmId(R& request, const std::string& id) {
-  if constexpr (requires { request.vm_id = id; }) {
-    request.vm_id = id;
-    return true;
-  } else {
-    return false;
-  }
-}
 
 Status ValidateEnvName(const std::string& k) {
   bool ok = !k.empty() && k.size() <= 256 && !(k[0] >= '0' && k[0] <= '9');
@@ -42,24 +32,12 @@ Status ValidateEnvName(const std::string& k) {
   return Status::Ok();
 }
 
-// The library reports a failed provisioning as "... vm '<id>' ..." once the VM record exists. Linking the
-// container to that record keeps it from being listed twice. (With ProvisionRequest::vm_id this is moot.)
-std::string VmIdFromMessage(const std::string& message) {
-  auto pos = message.find("vm '");
-  if (pos == std::string::npos || pos + 4 + 36 > message.size()) return "";
-  std::string id = message.substr(pos + 4, 36);
-  return Id::IsValid(id) ? id : "";
-}
-
 }  // namespace
 
 ContainerService::ContainerService(Service& service, Runner runner)
     : service_(service), runner_(std::move(runner)) {}
 
-bool ContainerService::CoreAssignsRequestedId() {
-  ProvisionRequest r;
-  return TrySetVmId(r, std::string());
-}
+bool ContainerService::CoreAssignsRequestedId() { return true; }
 
 json::object ContainerService::Render(const VmRecord& vm, const Entry* e, const std::string& id) const {
   json::object o;
@@ -161,7 +139,8 @@ Result<json::object> ContainerService::Create(const ContainerSpec& spec, bool* w
 
   if (spec.wait) {
     std::string id = Id::Generate().str();
-    bool own_id = TrySetVmId(req, id);
+    req.vm_id = id;  // the container id is the VM id
+    bool own_id = true;
     auto vm = service_.engine().Provision(req);
     if (!vm.ok()) return vm.status();
     Entry e;
@@ -187,7 +166,7 @@ Result<json::object> ContainerService::Create(const ContainerSpec& spec, bool* w
 
   Entry e;
   e.id = Id::Generate().str();
-  TrySetVmId(req, e.id);
+  req.vm_id = e.id;  // the container id is the VM id from the first moment
   e.name = spec.name;
   e.runtime_image_id = image.id;
   e.command = spec.command;
@@ -213,10 +192,10 @@ Result<json::object> ContainerService::Create(const ContainerSpec& spec, bool* w
       it->second.state = "failed";
       it->second.error = vm.status().message();
       it->second.error_code = std::string(StatusCodeName(vm.status().code()));
-      std::string vm_id = VmIdFromMessage(it->second.error);
-      if (!vm_id.empty()) {
-        it->second.vm_id = vm_id;
-        by_vm_[vm_id] = id;
+      // The VM record exists (state failed) when the failure came after it was created.
+      if (service_.engine().Get(id).ok()) {
+        it->second.vm_id = id;
+        by_vm_[id] = id;
       }
       spdlog::warn("container={} event=provision_failed error=\"{}\"", id, vm.status().ToString());
     }
