@@ -120,3 +120,52 @@ def test_usage_errors_and_version_from_the_command_line():
     assert r.returncode == 2
     r = subprocess.run(base + ["--server", "http://127.0.0.1:9", "image", "ls"], capture_output=True, text=True)
     assert r.returncode == 1 and "cannot reach" in r.stderr
+
+
+def test_cli_over_the_rest_api(tmpdir_path):
+    """`fcwarm --server URL ...` against the real fcwarm-server binary (backend none: VMs cannot start)."""
+    server_bin = os.environ.get("FCWARM_SERVER_BIN", "")
+    if not server_bin or not os.path.exists(server_bin):
+        pytest.skip("fcwarm-server was not built")
+    import time
+
+    port_file = os.path.join(tmpdir_path, "port")
+    proc = subprocess.Popen([server_bin, "--bind", "127.0.0.1:0", "--port-file", port_file, "--data-dir",
+                             os.path.join(tmpdir_path, "srv"), "--backend", "none", "--log-level", "warn"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if os.path.exists(port_file) and open(port_file).read().strip():
+                break
+            time.sleep(0.05)
+        url = "http://127.0.0.1:" + open(port_file).read().strip()
+        kernel = write_file(os.path.join(tmpdir_path, "vmlinux"), b"kernel")
+
+        def run(*argv):
+            out = io.StringIO()
+            return cli.main(["--server", url, *argv], out=out), out.getvalue()
+
+        code, out = run("image", "add", "rest-img", "--kernel", kernel, "--backend", "none", "--memory-mib", "128")
+        assert code == 0, out
+        image_id = out.strip()
+        assert fcwarm.is_valid_id(image_id)
+        code, out = run("--json", "image", "ls")
+        assert code == 0 and json.loads(out)[0]["id"] == image_id
+        code, out = run("--json", "snapshot", "create", "rest-img", "--no-wait")
+        assert code == 0
+        sid = json.loads(out)["id"]
+        code, out = run("--json", "snapshot", "get", sid)
+        assert code == 0 and json.loads(out)["runtime_image_id"] == image_id
+        code, out = run("snapshot", "ls")
+        assert code == 0 and sid in out
+        assert run("snapshot", "get", fcwarm.generate_id())[0] == cli.EXIT_NOT_FOUND
+        assert run("snapshot", "get", "..")[0] in (cli.EXIT_USAGE, cli.EXIT_NOT_FOUND)
+        assert run("container", "get", fcwarm.generate_id())[0] == cli.EXIT_NOT_FOUND
+        assert run("image", "add", "rest-img", "--kernel", kernel, "--backend", "none")[0] == cli.EXIT_CONFLICT
+        code, _ = run("container", "run", "rest-img")  # the `none` backend cannot start VMs: 503
+        assert code == cli.EXIT_FAILURE
+        code, _ = run("snapshot", "rm", sid)
+        assert code == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
