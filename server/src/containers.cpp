@@ -37,7 +37,6 @@ Status ValidateEnvName(const std::string& k) {
 ContainerService::ContainerService(Service& service, Runner runner)
     : service_(service), runner_(std::move(runner)) {}
 
-bool ContainerService::CoreAssignsRequestedId() { return true; }
 
 json::object ContainerService::Render(const VmRecord& vm, const Entry* e, const std::string& id) const {
   json::object o;
@@ -140,11 +139,10 @@ Result<json::object> ContainerService::Create(const ContainerSpec& spec, bool* w
   if (spec.wait) {
     std::string id = Id::Generate().str();
     req.vm_id = id;  // the container id is the VM id
-    bool own_id = true;
     auto vm = service_.engine().Provision(req);
     if (!vm.ok()) return vm.status();
     Entry e;
-    e.id = own_id ? id : vm->id;
+    e.id = id;
     e.name = spec.name;
     e.runtime_image_id = image.id;
     e.command = spec.command;
@@ -222,12 +220,9 @@ Result<json::object> ContainerService::Get(const std::string& id) const {
     }
   }
   if (have && copy.vm_id.empty()) {
-    // Provisioning or failed before a VM record existed; when the library assigns our id the record may
-    // exist.
-    if (CoreAssignsRequestedId()) {
-      auto vm = service_.engine().Get(id);
-      if (vm.ok()) return Render(*vm, &copy, id);
-    }
+    // Still provisioning, or failed: the VM record (container id = VM id) exists once Provision created it.
+    auto vm = service_.engine().Get(id);
+    if (vm.ok()) return Render(*vm, &copy, id);
     return RenderEntry(copy);
   }
   std::string vm_id = have ? copy.vm_id : id;

@@ -44,8 +44,6 @@ class ContainerService {
   void FailPending(const std::string& reason);
   /// Containers still provisioning in the background.
   int Provisioning() const;
-  /// True when the library accepts a caller-chosen VM id (ProvisionRequest::vm_id).
-  static bool CoreAssignsRequestedId();
 
  private:
   struct Entry {

@@ -363,10 +363,9 @@ int main(int argc, char** argv) {
     std::string kinds;
     for (const auto& k : vmms->Kinds()) kinds += (kinds.empty() ? "" : ",") + k;
     spdlog::info(
-        "event=listening address={} port={} data_dir={} backends={} auth={} version={} "
-        "containers_keep_id={}",
+        "event=listening address={} port={} data_dir={} backends={} auth={} version={}",
         so.host, server.port(), data.string(), kinds.empty() ? "-" : kinds, token.empty() ? "off" : "bearer",
-        fcwarm::Version(), ContainerService::CoreAssignsRequestedId());
+        fcwarm::Version());
     if (!cfg.port_file.empty() && !WriteFileAtomic(cfg.port_file, std::to_string(server.port()) + "\n")) {
       spdlog::critical("event=config_error msg=\"--port-file: cannot write '{}'\"", cfg.port_file);
       return 1;
