@@ -44,10 +44,12 @@ void Emit(Store& store, const Event& event) {
   if (!id.ok()) spdlog::error("cannot record event {}: {}", event.kind, id.status().ToString());
 }
 
-Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::chrono::milliseconds poll) {
+Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
+                               const CancelFn& cancelled) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   Status last = Status::DeadlineExceeded("guest agent did not answer within " + std::to_string(timeout.count()) + " ms");
   while (true) {
+    if (cancelled && cancelled()) return Status::Unavailable("cancelled while waiting for the guest agent");
     if (!vm.IsAlive()) return Status::Unavailable("VMM process exited while waiting for the guest agent");
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;
@@ -61,10 +63,11 @@ Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::c
 }
 
 Status WaitForRuntime(Vm& vm, const RuntimeCheck& check, std::chrono::milliseconds timeout,
-                      std::chrono::milliseconds poll) {
+                      std::chrono::milliseconds poll, const CancelFn& cancelled) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string last = "not checked";
   while (true) {
+    if (cancelled && cancelled()) return Status::Unavailable("cancelled while waiting for the runtime");
     if (!vm.IsAlive()) return Status::Unavailable("VMM process exited while waiting for the runtime");
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) break;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <string>
 
@@ -20,11 +21,17 @@ void ForgetProcesses(Store& store, const std::string& owner_id);
 /// Appends an event and logs it; never fails the caller (errors are logged).
 void Emit(Store& store, const Event& event);
 
-/// Polls the guest until the agent answers `ping`, at most `timeout`.
-Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::chrono::milliseconds poll);
-/// Polls the runtime check until it passes, at most `timeout`. Fails fast when the VMM process died.
+/// Returns true when a wait should give up early (e.g. shutdown). May be empty.
+using CancelFn = std::function<bool()>;
+
+/// Polls the guest until the agent answers `ping`, at most `timeout`. Fails fast when the VMM process died;
+/// Unavailable("cancelled") as soon as `cancelled()` is true.
+Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::chrono::milliseconds poll,
+                               const CancelFn& cancelled = {});
+/// Polls the runtime check until it passes, at most `timeout`. Fails fast when the VMM process died;
+/// Unavailable("cancelled") as soon as `cancelled()` is true.
 Status WaitForRuntime(Vm& vm, const RuntimeCheck& check, std::chrono::milliseconds timeout,
-                      std::chrono::milliseconds poll);
+                      std::chrono::milliseconds poll, const CancelFn& cancelled = {});
 
 /// Random bytes from the kernel (getrandom).
 std::string RandomBytes(size_t n);

@@ -57,7 +57,6 @@ class SnapshotManager::Impl {
       cancelled.swap(queue_);
     }
     work_cv_.notify_all();
-    stop_cv_.notify_all();
     state_cv_.notify_all();
     for (auto& t : workers_) t.join();
     for (const auto& job : cancelled) {
@@ -394,20 +393,6 @@ class SnapshotManager::Impl {
     state_cv_.notify_all();
   }
 
-  // Polls `fn` (returns true when done) until the deadline, waking early on shutdown.
-  template <typename F>
-  bool PollUntil(std::chrono::milliseconds timeout, F&& fn) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      if (fn()) return true;
-      std::unique_lock lock(mu_);
-      if (stopping_) throw BuildCancelled{};
-      if (std::chrono::steady_clock::now() >= deadline) return false;
-      stop_cv_.wait_until(lock, std::min(deadline, std::chrono::steady_clock::now() + opts_.poll_interval),
-                          [&] { return stopping_; });
-    }
-  }
-
   BuildOutcome RunBuild(const Job& job) {
     BuildOutcome out;
     out.snapshot_id = job.snapshot_id;
@@ -477,25 +462,15 @@ class SnapshotManager::Impl {
       vm = std::move(booted).value();
 
       enter(BuildPhase::kWaitingRuntime);
-      Status last;
-      bool agent = PollUntil(opts_.agent_timeout, [&] {
-        if (!vm->IsAlive()) throw Status::Unavailable("the build VM's VMM process exited while booting");
-        auto r = vm->guest().Ping(std::chrono::milliseconds(2000));
-        if (!r.ok()) last = r.status();
-        return r.ok();
-      });
-      if (!agent) throw Status::DeadlineExceeded("guest agent did not answer within " +
-                                                 std::to_string(opts_.agent_timeout.count()) + " ms: " + last.message());
-      std::string detail;
-      bool ready = PollUntil(opts_.runtime_timeout, [&] {
-        if (!vm->IsAlive()) throw Status::Unavailable("the build VM's VMM process exited while waiting for the runtime");
-        auto r = vm->guest().RuntimeReady(image->runtime_check, std::chrono::milliseconds(10000));
-        if (r.ok() && r->ready) return true;
-        detail = r.ok() ? r->detail : r.status().message();
-        return false;
-      });
-      if (!ready) throw Status::DeadlineExceeded("runtime check '" + image->runtime_check.kind + "' did not pass within " +
-                                                 std::to_string(opts_.runtime_timeout.count()) + " ms: " + detail);
+      // The same waits RestoreEngine uses, given up on shutdown.
+      auto stopping = [this] { return Stopping(); };
+      auto agent = internal::WaitForAgent(*vm, opts_.agent_timeout, opts_.poll_interval, stopping);
+      if (Stopping()) throw BuildCancelled{};
+      if (!agent.ok()) throw agent.status();
+      auto ready = internal::WaitForRuntime(*vm, image->runtime_check, opts_.runtime_timeout, opts_.poll_interval,
+                                            stopping);
+      if (Stopping()) throw BuildCancelled{};
+      if (!ready.ok()) throw ready;
 
       enter(BuildPhase::kQuiescing);
       if (auto st = vm->guest().Quiesce(std::chrono::milliseconds(30000)); !st.ok()) throw st.WithContext("quiesce");
@@ -770,7 +745,6 @@ class SnapshotManager::Impl {
   mutable std::mutex mu_;
   mutable std::condition_variable work_cv_;
   mutable std::condition_variable state_cv_;
-  std::condition_variable stop_cv_;
   std::deque<Job> queue_;
   std::set<std::string> active_snapshots_;
   std::map<std::string, int> active_images_;
