@@ -384,11 +384,8 @@ class RestoreEngine::Impl {
       timings["runtime_verify"] = util::MsSince(t);
     }
     if (!verify.ok()) {
-      (void)vm->Stop(opts_.stop_grace);
-      vm.reset();
-      internal::ForgetProcesses(store_, "vm:" + rec.id);
+      Discard(std::move(vm), spec);
       (void)health_.RecordFailure(snap.id, "verify failed: " + verify.message());
-      CleanWorkDir(spec);
       Unpin(rec.id);
       return fail(FallbackReason::kVerifyFailed, verify.message());
     }
@@ -415,9 +412,7 @@ class RestoreEngine::Impl {
       timings["runtime_verify"] = util::MsSince(t);
     }
     if (!st.ok()) {
-      (void)vm->Stop(opts_.stop_grace);
-      internal::ForgetProcesses(store_, "vm:" + spec.vm_id);
-      CleanWorkDir(spec);
+      Discard(std::move(vm), spec);
       return st;
     }
     return vm;
@@ -539,6 +534,14 @@ class RestoreEngine::Impl {
       q.exec();
       return Status::Ok();
     });
+  }
+
+  // Stops a VM that failed before it was handed out and leaves its work directory empty for the next attempt.
+  void Discard(std::unique_ptr<Vm> vm, const LaunchSpec& spec) {
+    (void)vm->Stop(opts_.stop_grace);
+    vm.reset();
+    internal::ForgetProcesses(store_, "vm:" + spec.vm_id);
+    CleanWorkDir(spec);
   }
 
   void CleanWorkDir(const LaunchSpec& spec) {
