@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,6 +82,11 @@ class RestoreEngine {
   /// \param runtime_image_id The image.
   /// \return The mean, or nullopt when no cold boot was measured yet.
   std::optional<double> MeasuredColdBootMs(const std::string& runtime_image_id) const;
+  /// \brief Installs a hook called on the provisioning thread right after a warm clone was restored and
+  /// before its identity refresh and runtime verification (fault injection in tests, diagnostics). A hook
+  /// must not destroy the VM; it may use its guest channel. Empty function: no hook.
+  /// \param hook Called with the VM id and the restored VM.
+  void SetAfterRestoreHook(std::function<void(const std::string& vm_id, Vm& vm)> hook);
   /// \brief The options in force.
   /// \return The options in force.
   const RestoreOptions& options() const;

@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "fcwarm/container_manager.hpp"
 #include "fcwarm/health_tracker.hpp"
 #include "fcwarm/image_registry.hpp"
 #include "fcwarm/options.hpp"
@@ -21,6 +22,7 @@ struct ServiceOptions {
   SnapshotManagerOptions snapshots;   ///< Snapshot manager options.
   HealthOptions health;               ///< Health options.
   RestoreOptions restore;             ///< Restore options.
+  ContainerOptions containers;        ///< Container options.
 };
 
 /// \brief Owns and wires the core components in the right order; what the server, the bindings and the CLI
@@ -59,6 +61,9 @@ class Service {
   /// \brief The restore engine.
   /// \return The restore engine.
   RestoreEngine& engine() { return *engine_; }
+  /// \brief The container manager.
+  /// \return The container manager.
+  ContainerManager& containers() { return *containers_; }
 
  private:
   Service() = default;
@@ -69,6 +74,7 @@ class Service {
   std::unique_ptr<SnapshotManager> snapshots_;
   std::unique_ptr<HealthTracker> health_;
   std::unique_ptr<RestoreEngine> engine_;
+  std::unique_ptr<ContainerManager> containers_;
 };
 
 }  // namespace fcwarm

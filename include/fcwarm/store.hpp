@@ -36,7 +36,7 @@ struct EventFilter {
 class Store {
  public:
   /// \brief The schema version this build writes.
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   /// \brief Opens (creating if needed) and migrates the database.
   /// \param options Path and timeouts.

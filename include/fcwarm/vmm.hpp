@@ -70,6 +70,24 @@ struct ExecResult {
   bool truncated = false;      ///< True when an output was capped.
 };
 
+/// \brief One Docker Engine API request, proxied by the guest agent to the guest's Docker socket (the `docker`
+/// op). Docker's API is never exposed on a network interface; this is the only way in.
+struct DockerRequest {
+  std::string method = "GET";  ///< GET, POST, PUT, DELETE or HEAD.
+  /// \brief Request target starting with "/", e.g. "/v1.41/containers/create?name=web". No spaces, CR or LF.
+  std::string path;
+  std::string body;  ///< Request body (JSON text), or empty for none.
+  std::string socket = "/var/run/docker.sock";  ///< The guest's Docker socket (absolute path).
+  std::chrono::milliseconds timeout{30000};     ///< Guest-side deadline for the whole exchange.
+};
+
+/// \brief The Docker daemon's answer to a DockerRequest.
+struct DockerResponse {
+  int status = 0;          ///< HTTP status code.
+  std::string body;        ///< Response body (at most 1 MiB).
+  bool truncated = false;  ///< True when the body was longer and was cut at 1 MiB.
+};
+
 /// \brief Connection to the guest agent of one VM.
 ///
 /// Thread safety: calls on one channel are serialized internally; it may be used from several threads.
@@ -101,6 +119,16 @@ class GuestChannel {
   /// \param timeout Host-side deadline (should exceed the request's guest timeout).
   /// \return The result, or an error.
   virtual Result<ExecResult> Exec(const ExecRequest& request, std::chrono::milliseconds timeout) = 0;
+  /// \brief Proxies one Docker Engine API request to the guest's Docker daemon.
+  /// \param request The request.
+  /// \param timeout Host-side deadline (should exceed the request's guest timeout).
+  /// \return The daemon's answer (any HTTP status), Unavailable when the daemon cannot be reached, or
+  /// FailedPrecondition when this channel has no Docker support (the default implementation).
+  virtual Result<DockerResponse> Docker(const DockerRequest& request, std::chrono::milliseconds timeout) {
+    (void)request;
+    (void)timeout;
+    return Status::FailedPrecondition("this guest channel does not proxy Docker API requests");
+  }
 };
 
 /// \brief The network identity the core allocated to one VM.

@@ -301,6 +301,11 @@ class RestoreEngine::Impl {
 
   const RestoreOptions& options() const { return opts_; }
 
+  void SetAfterRestoreHook(std::function<void(const std::string&, Vm&)> hook) {
+    std::lock_guard lock(mu_);
+    after_restore_hook_ = std::move(hook);
+  }
+
  private:
   // Steps 1-10 of the decision; on failure fills *failure and returns its Status.
   Result<std::unique_ptr<Vm>> TryWarm(const ProvisionRequest& req, const RuntimeImage& image, Vmm& vmm,
@@ -376,6 +381,12 @@ class RestoreEngine::Impl {
       return fail(FallbackReason::kRestoreFailed, restored.status().message());
     }
     std::unique_ptr<Vm> vm = std::move(restored).value();
+    std::function<void(const std::string&, Vm&)> hook;
+    {
+      std::lock_guard lock(mu_);
+      hook = after_restore_hook_;
+    }
+    if (hook) hook(rec.id, *vm);
     // 8. Identity, 9. runtime verification.
     auto verify = MakeUnique(*vm, spec, opts_.restore_agent_timeout, timings);
     if (verify.ok()) {
@@ -610,6 +621,7 @@ class RestoreEngine::Impl {
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Vm>> live_;
   std::map<std::string, std::vector<double>> cold_boots_;
+  std::function<void(const std::string&, Vm&)> after_restore_hook_;
 };
 
 RestoreEngine::RestoreEngine(Store& store, VmmRegistry& vmms, SnapshotManager& snapshots, HealthTracker& health,
@@ -627,5 +639,8 @@ std::optional<double> RestoreEngine::MeasuredColdBootMs(const std::string& id) c
   return impl_->MeasuredColdBootMs(id);
 }
 const RestoreOptions& RestoreEngine::options() const { return impl_->options(); }
+void RestoreEngine::SetAfterRestoreHook(std::function<void(const std::string&, Vm&)> hook) {
+  impl_->SetAfterRestoreHook(std::move(hook));
+}
 
 }  // namespace fcwarm

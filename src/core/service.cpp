@@ -38,10 +38,12 @@ Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shar
   s->snapshots_ = std::move(snaps).value();
   s->health_ = std::make_unique<HealthTracker>(*s->store_, *s->snapshots_, options.health);
   s->engine_ = std::make_unique<RestoreEngine>(*s->store_, *s->vmms_, *s->snapshots_, *s->health_, options.restore);
+  s->containers_ = std::make_unique<ContainerManager>(*s->store_, *s->images_, *s->engine_, options.containers);
   return s;
 }
 
 Service::~Service() {
+  containers_.reset();
   engine_.reset();
   health_.reset();
   snapshots_.reset();

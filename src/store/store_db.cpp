@@ -104,6 +104,33 @@ CREATE TABLE processes (
   PRIMARY KEY (pid, start_time)
 );
 )SQL"},
+      {2, R"SQL(
+CREATE TABLE containers (
+  id               TEXT PRIMARY KEY,
+  name             TEXT NOT NULL DEFAULT '',
+  runtime_image_id TEXT NOT NULL REFERENCES runtime_images(id) ON DELETE CASCADE,
+  runtime          TEXT NOT NULL CHECK (runtime IN ('docker','vm')),
+  image            TEXT NOT NULL DEFAULT '',
+  command          TEXT NOT NULL DEFAULT '[]',
+  env              TEXT NOT NULL DEFAULT '{}',
+  force_cold       INTEGER NOT NULL DEFAULT 0,
+  wait_for_creating_ms INTEGER,
+  state            TEXT NOT NULL CHECK (state IN ('provisioning','running','exited','stopped','failed','lost','destroyed')),
+  started          INTEGER NOT NULL DEFAULT 0,
+  docker_id        TEXT NOT NULL DEFAULT '',
+  exit_code        INTEGER,
+  timings          TEXT NOT NULL DEFAULT '{}',
+  last_error       TEXT NOT NULL DEFAULT '',
+  stdout_data      BLOB,
+  stderr_data      BLOB,
+  logs_truncated   INTEGER NOT NULL DEFAULT 0,
+  created_at       INTEGER NOT NULL,
+  updated_at       INTEGER NOT NULL,
+  started_at       INTEGER,
+  finished_at      INTEGER
+);
+CREATE INDEX containers_by_state ON containers(state);
+)SQL"},
   };
   return kMigrations;
 }

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <thread>
 
+#include <boost/json.hpp>
+
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -14,6 +16,93 @@ namespace fcwarm::testing {
 namespace fs = std::filesystem;
 
 namespace {
+
+// A scripted Docker daemon inside one fake VM (Engine API v1.41 subset: create, start, inspect, logs).
+// Images: busybox:latest (and "busybox"). A container's output is its Cmd joined by spaces on stdout and
+// "done" on stderr; Cmd ["sleep", ...] keeps running, ["exit", "N"] exits with N, anything else exits 0.
+class FakeDocker {
+ public:
+  Result<DockerResponse> Handle(const DockerRequest& r) {
+    namespace json = boost::json;
+    std::lock_guard lock(mu_);
+    const std::string prefix = "/v1.41/containers/";
+    if (r.path.rfind(prefix, 0) != 0) return Reply(404, R"({"message":"page not found"})");
+    std::string rest = r.path.substr(prefix.size());
+    if (r.method == "POST" && rest == "create") {
+      boost::system::error_code ec;
+      auto v = json::parse(r.body, ec);
+      if (ec || !v.is_object()) return Reply(400, R"({"message":"invalid JSON"})");
+      const auto& o = v.as_object();
+      std::string image = o.contains("Image") && o.at("Image").is_string() ? std::string(o.at("Image").as_string()) : "";
+      if (image != "busybox:latest" && image != "busybox") {
+        return Reply(404, json::serialize(json::object{{"message", "No such image: " + image}}));
+      }
+      Container c;
+      if (o.contains("Cmd") && o.at("Cmd").is_array()) {
+        for (const auto& a : o.at("Cmd").as_array()) c.cmd.emplace_back(a.as_string());
+      }
+      char id[65];
+      std::snprintf(id, sizeof id, "%064x", ++next_);
+      containers_[id] = c;
+      return Reply(201, json::serialize(json::object{{"Id", id}, {"Warnings", json::array()}}));
+    }
+    auto slash = rest.find('/');
+    std::string id = rest.substr(0, slash);
+    std::string what = slash == std::string::npos ? "" : rest.substr(slash + 1);
+    auto it = containers_.find(id);
+    if (it == containers_.end()) return Reply(404, R"({"message":"No such container"})");
+    Container& c = it->second;
+    if (r.method == "POST" && what == "start") {
+      if (c.started) return Reply(304, "");
+      c.started = true;
+      if (!c.cmd.empty() && c.cmd[0] == "sleep") {
+        c.status = "running";
+      } else {
+        c.status = "exited";
+        c.exit_code = !c.cmd.empty() && c.cmd[0] == "exit" && c.cmd.size() > 1 ? std::stoi(c.cmd[1]) : 0;
+      }
+      return Reply(204, "");
+    }
+    if (r.method == "GET" && what == "json") {
+      json::object state{{"Status", c.status}, {"ExitCode", c.exit_code}};
+      return Reply(200, json::serialize(json::object{{"Id", id}, {"State", state}}));
+    }
+    if (r.method == "GET" && what.rfind("logs", 0) == 0) {
+      std::string out;
+      for (const auto& a : c.cmd) out += (out.empty() ? "" : " ") + a;
+      out += "\n";
+      return Reply(200, Frame(1, out) + Frame(2, "done\n"));
+    }
+    return Reply(404, R"({"message":"page not found"})");
+  }
+
+ private:
+  struct Container {
+    std::vector<std::string> cmd;
+    bool started = false;
+    std::string status = "created";
+    int exit_code = 0;
+  };
+  static Result<DockerResponse> Reply(int status, std::string body) {
+    DockerResponse d;
+    d.status = status;
+    d.body = std::move(body);
+    return d;
+  }
+  static std::string Frame(char stream, const std::string& payload) {
+    std::string h(8, '\0');
+    h[0] = stream;
+    auto n = static_cast<uint32_t>(payload.size());
+    h[4] = static_cast<char>(n >> 24);
+    h[5] = static_cast<char>(n >> 16);
+    h[6] = static_cast<char>(n >> 8);
+    h[7] = static_cast<char>(n);
+    return h + payload;
+  }
+  std::mutex mu_;
+  std::map<std::string, Container> containers_;
+  unsigned next_ = 0;
+};
 
 class FakeGuest : public GuestChannel {
  public:
@@ -54,6 +143,15 @@ class FakeGuest : public GuestChannel {
     for (const auto& a : r.argv) e.stdout_data += a + " ";
     return e;
   }
+  Result<DockerResponse> Docker(const DockerRequest& r, std::chrono::milliseconds) override {
+    if (!Alive()) return Status::Unavailable("agent socket closed");
+    if (vmm_.script.fail_docker > 0) {
+      --vmm_.script.fail_docker;
+      return Status::Unavailable("guest agent docker: failed: connect /var/run/docker.sock: Connection refused");
+    }
+    ++vmm_.docker_requests;
+    return docker_.Handle(r);
+  }
 
  private:
   bool Alive() const { return alive_(); }
@@ -62,6 +160,7 @@ class FakeGuest : public GuestChannel {
   std::function<bool()> alive_;
   bool verify_fails_;
   std::string hostname_ = "fake-build";
+  FakeDocker docker_;
 };
 
 class FakeVm : public Vm {

@@ -24,6 +24,7 @@ struct FakeScript {
   std::atomic<int> build_delay_ms{0};        // extra time a cold boot takes before returning
   std::atomic<int> restore_delay_ms{0};      // extra time a restore takes
   std::atomic<int> snapshot_bytes{64 * 1024};  // size of the fake memory file
+  std::atomic<int> fail_docker{0};           // next N Docker API requests fail (agent unreachable)
 };
 
 class FakeVmm : public Vmm {
@@ -42,6 +43,7 @@ class FakeVmm : public Vmm {
   std::atomic<int> snapshots{0};
   std::atomic<int> live{0};  // VM objects alive
   std::atomic<int> max_live{0};
+  std::atomic<int> docker_requests{0};  // Docker API requests served by the fake daemons
 
   // Hostnames set through identity, by vm id.
   std::map<std::string, std::string> identities() const;

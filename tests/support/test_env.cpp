@@ -64,13 +64,16 @@ void TestBed::Reopen() {
   service = std::move(s).value();
 }
 
-RuntimeImage TestBed::AddImage(const std::string& name) {
+RuntimeImage TestBed::AddImage(const std::string& name, const std::string& check_kind) {
   RuntimeImage img;
   img.name = name;
   img.backend = "fake";
   img.kernel_path = WriteFile(dir.path() / "images" / name / "vmlinux", "kernel of " + name);
   img.initrd_path = WriteFile(dir.path() / "images" / name / "initrd", "initrd of " + name);
   img.shape.memory_mib = 128;
+  img.runtime_check.kind = check_kind;
+  if (check_kind == "file") img.runtime_check.path = "/run/ready";
+  if (check_kind == "docker") img.runtime_check.path = "/var/run/docker.sock";
   auto r = service->images().Register(img);
   REQUIRE_MESSAGE(r.ok(), r.status().ToString());
   return *r;

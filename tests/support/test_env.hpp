@@ -31,7 +31,8 @@ std::string WriteFile(const std::filesystem::path& path, const std::string& cont
 struct TestBed {
   explicit TestBed(std::function<void(ServiceOptions&)> tweak = {}, std::string db_path = "");
   ~TestBed();
-  RuntimeImage AddImage(const std::string& name = "img");
+  /// Registers an image on the fake backend; `check_kind` "docker" makes it a docker runtime image.
+  RuntimeImage AddImage(const std::string& name = "img", const std::string& check_kind = "none");
   /// Builds a snapshot and waits until it leaves `creating`.
   RuntimeSnapshot BuildSnapshot(const std::string& image_id);
   /// Reopens the service on the same directory (simulates a restart).

@@ -20,7 +20,7 @@ TEST_CASE("migrations run from an empty database and are recorded") {
   CHECK(db.execAndGet("SELECT MAX(version) FROM schema_migrations").getInt() == Store::kSchemaVersion);
   CHECK(db.execAndGet("PRAGMA journal_mode").getString() == "wal");
   for (const char* t : {"runtime_images", "runtime_snapshots", "generations", "vms", "events", "address_allocations",
-                        "processes"}) {
+                        "processes", "containers"}) {
     SQLite::Statement q(db, "SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name=?");
     q.bind(1, t);
     q.executeStep();

@@ -1,0 +1,189 @@
+/// \file
+/// \brief ContainerManager: containers on warm-booted VMs (one VM per container), through the guest agent.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fcwarm/image_registry.hpp"
+#include "fcwarm/restore_engine.hpp"
+#include "fcwarm/status.hpp"
+#include "fcwarm/store.hpp"
+#include "fcwarm/types.hpp"
+
+namespace fcwarm {
+
+/// \brief Lifecycle of a container record.
+enum class ContainerState {
+  kProvisioning,  ///< Recorded; its VM is being started (warm or cold) or its container created.
+  kRunning,       ///< The container process runs (or, for the `vm` runtime without a command, the VM runs).
+  kExited,        ///< The container process exited; `exit_code` is set.
+  kStopped,       ///< Stopped by a caller (its VM is stopped).
+  kFailed,        ///< Provisioning or container start failed; `last_error` says why.
+  kLost,          ///< Its VM was lost (the owning process restarted while it ran).
+  kDestroyed,     ///< Deleted; every resource released. The record keeps its history.
+};
+
+/// \brief Stable lower-case name ("provisioning", "running", ...).
+/// \param v The value.
+/// \return Stable lower-case name ("provisioning", "running", ...).
+std::string_view ToString(ContainerState v);
+/// \brief Parses a ContainerState name.
+/// \param s The name.
+/// \return The value or InvalidArgument.
+Result<ContainerState> ParseContainerState(std::string_view s);
+
+/// \brief What to run.
+struct ContainerRequest {
+  /// \brief The runtime image (the VM), by id or by name. Required.
+  std::string runtime_image;
+  /// \brief Id for the container (UUID v4 text), or empty to generate one. The container's VM has the same id.
+  std::string id;
+  /// \brief Optional name (validated like image names: `[a-z0-9][a-z0-9._-]{0,62}`).
+  std::string name;
+  /// \brief Container image reference inside the runtime, e.g. "busybox:latest". Required for a `docker`
+  /// runtime image (one whose runtime check kind is "docker"); must be empty for other images.
+  std::string image;
+  /// \brief Command (argv). Docker runtime: the container's Cmd (empty: the image's default). Other runtime
+  /// images: run in the VM through the agent's `exec` (at most `exec_timeout`); empty: the VM itself is the
+  /// container.
+  std::vector<std::string> command;
+  /// \brief Environment variables (names `[A-Za-z_][A-Za-z0-9_]*`).
+  std::map<std::string, std::string> env;
+  /// \brief Skip the warm path (forces a cold boot; reason no_snapshot). Default: false.
+  bool force_cold = false;
+  /// \brief Overrides RestoreOptions::wait_for_creating for this request.
+  std::optional<std::chrono::milliseconds> wait_for_creating;
+};
+
+/// \brief A container and the VM it runs in.
+struct ContainerRecord {
+  std::string id;                ///< Id (UUID v4 text); equal to the VM's id.
+  std::string name;              ///< Caller-chosen name, or empty.
+  std::string runtime_image_id;  ///< The runtime image of its VM.
+  /// \brief "docker" (a Docker container inside the VM) or "vm" (the VM is the container; a command runs
+  /// through the agent).
+  std::string runtime;
+  std::string image;                           ///< Container image reference (docker runtime), or empty.
+  std::vector<std::string> command;            ///< Command as requested.
+  std::map<std::string, std::string> env;      ///< Environment as requested.
+  ContainerState state = ContainerState::kProvisioning;  ///< Lifecycle state.
+  std::string docker_id;                       ///< Docker's container id (docker runtime), or empty.
+  std::optional<int> exit_code;                ///< Exit code once exited.
+  /// \brief How its VM was started (meaningful once the VM runs; kCold before).
+  BootMethod boot_method = BootMethod::kCold;
+  FallbackReason fallback_reason = FallbackReason::kNone;  ///< Why its VM was cold-booted, if it was.
+  /// \brief Per-step durations in ms: the VM's steps ("restore" or "cold_boot", "agent", "identity",
+  /// "runtime_verify", ...; the VM's own total as "provision"), then "container_create" and "container_start"
+  /// (docker runtime) or "exec" (vm runtime), and "total" (request to running).
+  Timings timings;
+  std::string snapshot_id;  ///< Snapshot its VM was restored from (warm), else empty.
+  std::string vm_state;     ///< State of its VM ("running", "destroyed", ...), or empty before the VM exists.
+  std::string address;      ///< Guest IP address of its VM, or empty.
+  std::string hostname;     ///< Hostname of its VM.
+  std::string last_error;   ///< Last error, or empty.
+  int64_t created_at = 0;   ///< Unix milliseconds.
+  int64_t updated_at = 0;   ///< Unix milliseconds.
+  std::optional<int64_t> started_at;   ///< When the container process started, Unix milliseconds.
+  std::optional<int64_t> finished_at;  ///< When it exited (or failed), Unix milliseconds.
+};
+
+/// \brief A container's output.
+struct ContainerLogs {
+  std::string stdout_data;  ///< Standard output (capped at 1 MiB).
+  std::string stderr_data;  ///< Standard error (capped at 1 MiB).
+  bool truncated = false;   ///< True when an output was capped.
+};
+
+/// \brief Options of ContainerManager.
+struct ContainerOptions {
+  /// \brief Deadline of one Docker API request through the agent. Default: 60 s.
+  std::chrono::milliseconds docker_timeout{60000};
+  /// \brief Deadline of a `vm`-runtime command. Default: 60 s.
+  std::chrono::milliseconds exec_timeout{60000};
+  /// \brief Docker Engine API version used in request paths. Default: "v1.41" (Docker 20.10).
+  std::string docker_api_version = "v1.41";
+};
+
+/// \brief Creates containers: one VM per container from the RestoreEngine (warm when possible, cold
+/// otherwise; every warm/cold decision stays there), then the container inside it through the guest agent's
+/// Docker API proxy. Records (state, exit code, boot method, fallback reason, per-step timings) live in the
+/// store and survive restarts.
+///
+/// Thread safety: safe for concurrent use; any number of Create() calls may run at once.
+class ContainerManager {
+ public:
+  /// \brief Creates the manager and reconciles: containers left provisioning or running by a previous
+  /// process whose VM no longer runs become `lost`.
+  /// \param store Store; must outlive the manager.
+  /// \param images Image registry; must outlive the manager.
+  /// \param engine Restore engine; must outlive the manager.
+  /// \param options Options.
+  ContainerManager(Store& store, ImageRegistry& images, RestoreEngine& engine, ContainerOptions options);
+  /// \brief Destroys the manager (VMs are stopped by the RestoreEngine).
+  ~ContainerManager();
+  ContainerManager(const ContainerManager&) = delete;
+  ContainerManager& operator=(const ContainerManager&) = delete;
+
+  /// \brief Validates a request and records the container as `provisioning` without starting anything
+  /// (for callers that start it in the background with Start()).
+  /// \param request What to run.
+  /// \return The record; InvalidArgument naming the bad field; NotFound for an unknown runtime image;
+  /// AlreadyExists for a used id.
+  Result<ContainerRecord> Prepare(const ContainerRequest& request);
+  /// \brief Starts a prepared container: provisions its VM, creates and starts the container. Blocks.
+  /// \param id A container in state `provisioning` that was not started yet.
+  /// \return The record (state running or exited); the provisioning or start error (the record then has
+  /// state `failed` and its VM is destroyed); FailedPrecondition when it is not a fresh prepared container.
+  Result<ContainerRecord> Start(const std::string& id);
+  /// \brief Prepare() + Start().
+  /// \param request What to run.
+  /// \return As Prepare() and Start().
+  Result<ContainerRecord> Create(const ContainerRequest& request);
+  /// \brief Marks a prepared container that will never be started as failed (e.g. a queue refused it).
+  /// \param id The container.
+  /// \param reason Recorded as last_error.
+  /// \return Ok; NotFound; FailedPrecondition when it was started already.
+  Status Abandon(const std::string& id, const std::string& reason);
+  /// \brief Gets a container; a running docker container's state is refreshed from the daemon first.
+  /// \param id The container.
+  /// \return The record; InvalidArgument; NotFound.
+  Result<ContainerRecord> Get(const std::string& id);
+  /// \brief Lists containers newest first (running docker containers refreshed).
+  /// \param include_destroyed Include destroyed containers.
+  /// \return The records.
+  Result<std::vector<ContainerRecord>> List(bool include_destroyed);
+  /// \brief Waits until the container is no longer provisioning or running, or the deadline passes.
+  /// \param id The container.
+  /// \param timeout Deadline.
+  /// \return The record (check its state: still running at the deadline is not an error).
+  Result<ContainerRecord> Wait(const std::string& id, std::chrono::milliseconds timeout);
+  /// \brief The container's output: from the daemon while its VM runs, else as captured when it exited.
+  /// \param id The container.
+  /// \return The logs; FailedPrecondition when none exist (still provisioning, or its VM is gone and
+  /// nothing was captured).
+  Result<ContainerLogs> Logs(const std::string& id);
+  /// \brief Stops the container's VM (captures its logs first). Idempotent.
+  /// \param id The container.
+  /// \return The record; FailedPrecondition while provisioning; NotFound.
+  Result<ContainerRecord> Stop(const std::string& id);
+  /// \brief Destroys the container's VM and releases everything; the record stays as `destroyed`.
+  /// \param id The container.
+  /// \return Ok; FailedPrecondition while provisioning; NotFound.
+  Status Destroy(const std::string& id);
+  /// \brief Containers currently provisioning (prepared or starting) in this process.
+  /// \return The count.
+  int Provisioning() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace fcwarm

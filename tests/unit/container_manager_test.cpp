@@ -1,0 +1,271 @@
+// ContainerManager against the FakeVmm and its scripted Docker daemon (tests/support/fake_vmm.cpp). The real
+// Docker daemon inside a real VM is exercised by tests/docker (label `docker`).
+#include <doctest/doctest.h>
+
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "support/test_env.hpp"
+
+using namespace fcwarm;
+using namespace fcwarm::testing;
+
+namespace {
+ContainerRequest Req(const RuntimeImage& img, std::vector<std::string> cmd) {
+  ContainerRequest r;
+  r.runtime_image = img.name;
+  r.image = "busybox:latest";
+  r.command = std::move(cmd);
+  return r;
+}
+}  // namespace
+
+TEST_CASE("docker runtime: warm container runs, exits, logs demultiplexed, timings per step") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  auto snap = bed.BuildSnapshot(img.id);
+  REQUIRE(snap.state == SnapshotState::kReady);
+  auto req = Req(img, {"echo", "hello"});
+  req.env = {{"A", "1"}};
+  req.name = "web";
+  auto c = bed.service->containers().Create(req);
+  REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+  CHECK(c->runtime == "docker");
+  CHECK(c->name == "web");
+  CHECK(c->boot_method == BootMethod::kWarm);
+  CHECK(c->fallback_reason == FallbackReason::kNone);
+  CHECK(c->snapshot_id == snap.id);
+  CHECK(c->docker_id.size() == 64);
+  CHECK(c->vm_state == "running");
+  for (const char* step : {"restore", "identity", "runtime_verify", "provision", "container_create", "container_start", "total"}) {
+    CHECK_MESSAGE(c->timings.count(step) == 1, step);
+  }
+  CHECK(c->timings.at("total") >= c->timings.at("provision"));
+  CHECK(c->started_at.has_value());
+  // The fake container exits right away: Get() refreshes from the daemon.
+  auto w = bed.service->containers().Wait(c->id, std::chrono::seconds(5));
+  REQUIRE(w.ok());
+  CHECK(w->state == ContainerState::kExited);
+  REQUIRE(w->exit_code.has_value());
+  CHECK(*w->exit_code == 0);
+  CHECK(w->finished_at.has_value());
+  auto logs = bed.service->containers().Logs(c->id);
+  REQUIRE_MESSAGE(logs.ok(), logs.status().ToString());
+  CHECK(logs->stdout_data == "echo hello\n");
+  CHECK(logs->stderr_data == "done\n");
+  // Logs survive the VM: captured when the exit was observed.
+  REQUIRE(bed.service->containers().Destroy(c->id).ok());
+  auto gone = bed.service->containers().Get(c->id);
+  REQUIRE(gone.ok());
+  CHECK(gone->state == ContainerState::kDestroyed);
+  CHECK(gone->vm_state == "destroyed");
+  auto kept = bed.service->containers().Logs(c->id);
+  REQUIRE(kept.ok());
+  CHECK(kept->stdout_data == "echo hello\n");
+}
+
+TEST_CASE("docker runtime: exit codes, long-running containers, stop") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  auto failing = bed.service->containers().Create(Req(img, {"exit", "3"}));
+  REQUIRE(failing.ok());
+  CHECK(failing->boot_method == BootMethod::kCold);
+  CHECK(failing->fallback_reason == FallbackReason::kNoSnapshot);
+  auto w = bed.service->containers().Wait(failing->id, std::chrono::seconds(5));
+  REQUIRE(w.ok());
+  CHECK(w->state == ContainerState::kExited);
+  CHECK(w->exit_code == 3);
+
+  auto sleeper = bed.service->containers().Create(Req(img, {"sleep", "1000"}));
+  REQUIRE(sleeper.ok());
+  auto still = bed.service->containers().Wait(sleeper->id, std::chrono::milliseconds(200));
+  REQUIRE(still.ok());
+  CHECK(still->state == ContainerState::kRunning);
+  CHECK_FALSE(still->exit_code.has_value());
+  auto stopped = bed.service->containers().Stop(sleeper->id);
+  REQUIRE(stopped.ok());
+  CHECK(stopped->state == ContainerState::kStopped);
+  CHECK(stopped->vm_state == "stopped");
+  // Logs were captured before the VM stopped.
+  auto logs = bed.service->containers().Logs(sleeper->id);
+  REQUIRE(logs.ok());
+  CHECK(logs->stdout_data == "sleep 1000\n");
+  auto list = bed.service->containers().List(false);
+  REQUIRE(list.ok());
+  CHECK(list->size() == 2);
+  CHECK(list->front().id == sleeper->id);  // newest first
+}
+
+TEST_CASE("docker runtime: an unknown container image fails the container and releases its VM") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  auto req = Req(img, {"true"});
+  req.image = "nginx:latest";
+  auto c = bed.service->containers().Create(req);
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().code() == StatusCode::kNotFound);
+  CHECK(c.status().message().find("No such image: nginx:latest") != std::string::npos);
+  auto list = bed.service->containers().List(true);
+  REQUIRE(list.ok());
+  REQUIRE(list->size() == 1);
+  const auto& rec = list->front();
+  CHECK(rec.state == ContainerState::kFailed);
+  CHECK(rec.last_error.find("No such image") != std::string::npos);
+  CHECK(rec.vm_state == "destroyed");
+  CHECK(rec.timings.count("container_create") == 1);
+  CHECK(bed.vmm->live == 0);
+  auto logs = bed.service->containers().Logs(rec.id);
+  CHECK(logs.status().code() == StatusCode::kFailedPrecondition);
+}
+
+TEST_CASE("docker runtime: the daemon unreachable at create time fails the container, nothing leaks") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  bed.vmm->script.fail_docker = 1;
+  auto c = bed.service->containers().Create(Req(img, {"true"}));
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().message().find("docker create") != std::string::npos);
+  CHECK(bed.vmm->live == 0);
+  auto vms = bed.service->engine().List(false);
+  REQUIRE(vms.ok());
+  CHECK(vms->empty());
+}
+
+TEST_CASE("vm runtime: no command = the VM is the container; a command runs through exec") {
+  TestBed bed;
+  auto img = bed.AddImage("plain", "file");
+  ContainerRequest r;
+  r.runtime_image = img.id;
+  auto vm_only = bed.service->containers().Create(r);
+  REQUIRE_MESSAGE(vm_only.ok(), vm_only.status().ToString());
+  CHECK(vm_only->runtime == "vm");
+  CHECK(vm_only->state == ContainerState::kRunning);
+  CHECK(bed.service->containers().Logs(vm_only->id).status().code() == StatusCode::kFailedPrecondition);
+
+  r.command = {"echo", "hi"};
+  r.env = {{"X", "y"}};
+  auto cmd = bed.service->containers().Create(r);
+  REQUIRE(cmd.ok());
+  CHECK(cmd->state == ContainerState::kExited);
+  CHECK(cmd->exit_code == 0);
+  CHECK(cmd->timings.count("exec") == 1);
+  auto logs = bed.service->containers().Logs(cmd->id);
+  REQUIRE(logs.ok());
+  CHECK(logs->stdout_data == "env X=y echo hi ");  // the fake agent echoes its argv
+}
+
+TEST_CASE("validation names the bad field and records nothing") {
+  TestBed bed;
+  auto dock = bed.AddImage("dock", "docker");
+  auto plain = bed.AddImage("plain");
+  auto& cm = bed.service->containers();
+  auto expect = [&](ContainerRequest r, StatusCode code, const std::string& needle) {
+    auto c = cm.Create(r);
+    REQUIRE_FALSE(c.ok());
+    CHECK(c.status().code() == code);
+    CHECK_MESSAGE(c.status().message().find(needle) != std::string::npos, c.status().message());
+  };
+  expect(ContainerRequest{}, StatusCode::kInvalidArgument, "runtime_image");
+  expect({.runtime_image = "../etc"}, StatusCode::kInvalidArgument, "runtime_image");
+  expect({.runtime_image = "nope"}, StatusCode::kNotFound, "nope");
+  expect({.runtime_image = "dock"}, StatusCode::kInvalidArgument, "image");
+  expect({.runtime_image = "dock", .image = "-rf"}, StatusCode::kInvalidArgument, "image");
+  expect({.runtime_image = "dock", .image = "a b"}, StatusCode::kInvalidArgument, "image");
+  expect({.runtime_image = "dock", .image = "../../x"}, StatusCode::kInvalidArgument, "image");
+  expect({.runtime_image = "plain", .image = "busybox"}, StatusCode::kInvalidArgument, "no container runtime");
+  expect({.runtime_image = "dock", .id = "not-a-uuid", .image = "busybox"}, StatusCode::kInvalidArgument, "id");
+  expect({.runtime_image = "dock", .name = "Bad Name", .image = "busybox"}, StatusCode::kInvalidArgument, "name");
+  expect({.runtime_image = "dock", .image = "busybox", .command = {std::string("a\0b", 3)}},
+         StatusCode::kInvalidArgument, "command[0]");
+  expect({.runtime_image = "dock", .image = "busybox", .env = {{"1X", "v"}}}, StatusCode::kInvalidArgument, "env");
+  expect({.runtime_image = "dock", .image = "busybox", .command = {std::string(40000, 'x')}},
+         StatusCode::kInvalidArgument, "command/env");
+  expect({.runtime_image = "dock", .image = "busybox", .wait_for_creating = std::chrono::milliseconds(-1)},
+         StatusCode::kInvalidArgument, "wait_for_creating");
+  auto list = cm.List(true);
+  REQUIRE(list.ok());
+  CHECK(list->empty());
+  CHECK(cm.Get("not-a-uuid").status().code() == StatusCode::kInvalidArgument);
+  CHECK(cm.Get(Id::Generate().str()).status().code() == StatusCode::kNotFound);
+  (void)dock;
+  (void)plain;
+}
+
+TEST_CASE("prepare/start: ids, double start, abandon, provisioning guards") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  auto& cm = bed.service->containers();
+  std::string id = Id::Generate().str();
+  auto req = Req(img, {"true"});
+  req.id = id;
+  auto p = cm.Prepare(req);
+  REQUIRE(p.ok());
+  CHECK(p->id == id);
+  CHECK(p->state == ContainerState::kProvisioning);
+  CHECK(cm.Provisioning() == 1);
+  CHECK(cm.Prepare(req).status().code() == StatusCode::kAlreadyExists);
+  CHECK(cm.Stop(id).status().code() == StatusCode::kFailedPrecondition);
+  CHECK(cm.Destroy(id).code() == StatusCode::kFailedPrecondition);
+  auto s = cm.Start(id);
+  REQUIRE(s.ok());
+  CHECK(cm.Provisioning() == 0);
+  CHECK(s->id == id);
+  CHECK(cm.Start(id).status().code() == StatusCode::kFailedPrecondition);
+  CHECK(cm.Abandon(id, "x").code() == StatusCode::kFailedPrecondition);
+
+  req.id = "";
+  auto q = cm.Prepare(req);
+  REQUIRE(q.ok());
+  REQUIRE(cm.Abandon(q->id, "queue full").ok());
+  auto a = cm.Get(q->id);
+  REQUIRE(a.ok());
+  CHECK(a->state == ContainerState::kFailed);
+  CHECK(a->last_error == "queue full");
+  CHECK(cm.Start(q->id).status().code() == StatusCode::kFailedPrecondition);
+  CHECK(cm.Provisioning() == 0);
+  CHECK(cm.Destroy(q->id).ok());
+}
+
+TEST_CASE("restart: running containers become lost, unstarted ones failed; records survive") {
+  TempDir keep;
+  std::string db = (keep.path() / "fcwarm.db").string();
+  TestBed bed({}, db);
+  auto img = bed.AddImage("dock", "docker");
+  auto running = bed.service->containers().Create(Req(img, {"sleep", "1"}));
+  REQUIRE(running.ok());
+  auto prepared = bed.service->containers().Prepare(Req(img, {"true"}));
+  REQUIRE(prepared.ok());
+  bed.Reopen();
+  auto r = bed.service->containers().Get(running->id);
+  REQUIRE(r.ok());
+  CHECK(r->state == ContainerState::kLost);
+  CHECK(r->docker_id == running->docker_id);
+  auto p = bed.service->containers().Get(prepared->id);
+  REQUIRE(p.ok());
+  CHECK(p->state == ContainerState::kFailed);
+  CHECK(p->last_error.find("interrupted") != std::string::npos);
+}
+
+TEST_CASE("many concurrent containers get distinct ids, VMs and addresses") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  bed.BuildSnapshot(img.id);
+  std::vector<std::thread> threads;
+  std::mutex mu;
+  std::set<std::string> ids, addrs;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&] {
+      auto c = bed.service->containers().Create(Req(img, {"sleep", "5"}));
+      REQUIRE(c.ok());
+      std::lock_guard lock(mu);
+      ids.insert(c->id);
+      addrs.insert(c->address);
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(ids.size() == 6);
+  CHECK(addrs.size() == 6);
+  for (const auto& id : ids) CHECK(bed.service->containers().Destroy(id).ok());
+  CHECK(bed.vmm->live == 0);
+}
