@@ -49,7 +49,7 @@ struct ContainerRequest {
   std::string name;
   /// \brief Container image reference inside the runtime, e.g. "busybox:latest". Required for a `docker`
   /// runtime image (one whose runtime check kind is "docker"); must be empty for other images.
-  std::string image;
+  std::string container_image;
   /// \brief Command (argv). Docker runtime: the container's Cmd (empty: the image's default). Other runtime
   /// images: run in the VM through the agent's `exec` (at most `exec_timeout`); empty: the VM itself is the
   /// container.
@@ -70,7 +70,7 @@ struct ContainerRecord {
   /// \brief "docker" (a Docker container inside the VM) or "vm" (the VM is the container; a command runs
   /// through the agent).
   std::string runtime;
-  std::string image;                           ///< Container image reference (docker runtime), or empty.
+  std::string container_image;                 ///< Container image reference (docker runtime), or empty.
   std::vector<std::string> command;            ///< Command as requested.
   std::map<std::string, std::string> env;      ///< Environment as requested.
   ContainerState state = ContainerState::kProvisioning;  ///< Lifecycle state.

@@ -58,18 +58,18 @@ Status ValidateEnvName(const std::string& k) {
 
 // A Docker image reference: [registry/]name[:tag][@digest], printable, no spaces, not starting with '-'.
 Status ValidateImageRef(const std::string& ref) {
-  if (ref.empty()) return Status::InvalidArgument("image: is required for a docker runtime image");
-  if (ref.size() > 255) return Status::InvalidArgument("image: longer than 255 characters");
+  if (ref.empty()) return Status::InvalidArgument("container_image: is required for a docker runtime image");
+  if (ref.size() > 255) return Status::InvalidArgument("container_image: longer than 255 characters");
   if (ref[0] == '-' || ref[0] == '/' || ref[0] == '.' || ref[0] == ':') {
-    return Status::InvalidArgument("image: '" + ref.substr(0, 64) + "' is not a valid image reference");
+    return Status::InvalidArgument("container_image: '" + ref.substr(0, 64) + "' is not a valid image reference");
   }
   for (char c : ref) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
               c == '_' || c == '-' || c == '/' || c == ':' || c == '@';
-    if (!ok) return Status::InvalidArgument("image: '" + ref.substr(0, 64) + "' is not a valid image reference");
+    if (!ok) return Status::InvalidArgument("container_image: '" + ref.substr(0, 64) + "' is not a valid image reference");
   }
   if (ref.find("..") != std::string::npos || ref.find("//") != std::string::npos) {
-    return Status::InvalidArgument("image: '" + ref.substr(0, 64) + "' is not a valid image reference");
+    return Status::InvalidArgument("container_image: '" + ref.substr(0, 64) + "' is not a valid image reference");
   }
   return Status::Ok();
 }
@@ -144,7 +144,7 @@ Row ReadRow(SQLite::Statement& q) {
   c.name = q.getColumn(1).getString();
   c.runtime_image_id = q.getColumn(2).getString();
   c.runtime = q.getColumn(3).getString();
-  c.image = q.getColumn(4).getString();
+  c.container_image = q.getColumn(4).getString();
   c.command = ArgvFromJson(q.getColumn(5).getString());
   c.env = util::StringMapFromJson(q.getColumn(6).getString());
   r.force_cold = q.getColumn(7).getInt() != 0;
@@ -241,11 +241,11 @@ class ContainerManager::Impl {
     if (!image.ok()) return image.status();
     std::string runtime = image->runtime_check.kind == "docker" ? "docker" : "vm";
     if (runtime == "docker") {
-      if (auto st = ValidateImageRef(req.image); !st.ok()) return st;
-    } else if (!req.image.empty()) {
-      return Status::InvalidArgument("image: runtime image '" + image->name +
+      if (auto st = ValidateImageRef(req.container_image); !st.ok()) return st;
+    } else if (!req.container_image.empty()) {
+      return Status::InvalidArgument("container_image: runtime image '" + image->name +
                                      "' has no container runtime (its runtime check is '" +
-                                     image->runtime_check.kind + "', not 'docker'); leave image empty");
+                                     image->runtime_check.kind + "', not 'docker'); leave container_image empty");
     }
     if (req.command.size() > kMaxArgs) {
       return Status::InvalidArgument("command: more than " + std::to_string(kMaxArgs) + " arguments");
@@ -286,7 +286,7 @@ class ContainerManager::Impl {
       q.bind(2, req.name);
       q.bind(3, image->id);
       q.bind(4, runtime);
-      q.bind(5, req.image);
+      q.bind(5, req.container_image);
       q.bind(6, ArgvToJson(req.command));
       q.bind(7, util::StringMapToJson(req.env));
       q.bind(8, req.force_cold ? 1 : 0);
@@ -520,7 +520,7 @@ class ContainerManager::Impl {
 
   Status StartDocker(const std::string& id, const ContainerRecord& c, Vm& vm, Timings& timings) {
     json::object spec;
-    spec["Image"] = c.image;
+    spec["Image"] = c.container_image;
     if (!c.command.empty()) {
       json::array cmd;
       for (const auto& a : c.command) cmd.emplace_back(a);

@@ -15,7 +15,7 @@ namespace {
 ContainerRequest Req(const RuntimeImage& img, std::vector<std::string> cmd) {
   ContainerRequest r;
   r.runtime_image = img.name;
-  r.image = "busybox:latest";
+  r.container_image = "busybox:latest";
   r.command = std::move(cmd);
   return r;
 }
@@ -101,7 +101,7 @@ TEST_CASE("docker runtime: an unknown container image fails the container and re
   TestBed bed;
   auto img = bed.AddImage("dock", "docker");
   auto req = Req(img, {"true"});
-  req.image = "nginx:latest";
+  req.container_image = "nginx:latest";
   auto c = bed.service->containers().Create(req);
   REQUIRE_FALSE(c.ok());
   CHECK(c.status().code() == StatusCode::kNotFound);
@@ -169,19 +169,19 @@ TEST_CASE("validation names the bad field and records nothing") {
   expect(ContainerRequest{}, StatusCode::kInvalidArgument, "runtime_image");
   expect({.runtime_image = "../etc"}, StatusCode::kInvalidArgument, "runtime_image");
   expect({.runtime_image = "nope"}, StatusCode::kNotFound, "nope");
-  expect({.runtime_image = "dock"}, StatusCode::kInvalidArgument, "image");
-  expect({.runtime_image = "dock", .image = "-rf"}, StatusCode::kInvalidArgument, "image");
-  expect({.runtime_image = "dock", .image = "a b"}, StatusCode::kInvalidArgument, "image");
-  expect({.runtime_image = "dock", .image = "../../x"}, StatusCode::kInvalidArgument, "image");
-  expect({.runtime_image = "plain", .image = "busybox"}, StatusCode::kInvalidArgument, "no container runtime");
-  expect({.runtime_image = "dock", .id = "not-a-uuid", .image = "busybox"}, StatusCode::kInvalidArgument, "id");
-  expect({.runtime_image = "dock", .name = "Bad Name", .image = "busybox"}, StatusCode::kInvalidArgument, "name");
-  expect({.runtime_image = "dock", .image = "busybox", .command = {std::string("a\0b", 3)}},
+  expect({.runtime_image = "dock"}, StatusCode::kInvalidArgument, "container_image");
+  expect({.runtime_image = "dock", .container_image = "-rf"}, StatusCode::kInvalidArgument, "container_image");
+  expect({.runtime_image = "dock", .container_image = "a b"}, StatusCode::kInvalidArgument, "container_image");
+  expect({.runtime_image = "dock", .container_image = "../../x"}, StatusCode::kInvalidArgument, "container_image");
+  expect({.runtime_image = "plain", .container_image = "busybox"}, StatusCode::kInvalidArgument, "no container runtime");
+  expect({.runtime_image = "dock", .id = "not-a-uuid", .container_image = "busybox"}, StatusCode::kInvalidArgument, "id");
+  expect({.runtime_image = "dock", .name = "Bad Name", .container_image = "busybox"}, StatusCode::kInvalidArgument, "name");
+  expect({.runtime_image = "dock", .container_image = "busybox", .command = {std::string("a\0b", 3)}},
          StatusCode::kInvalidArgument, "command[0]");
-  expect({.runtime_image = "dock", .image = "busybox", .env = {{"1X", "v"}}}, StatusCode::kInvalidArgument, "env");
-  expect({.runtime_image = "dock", .image = "busybox", .command = {std::string(40000, 'x')}},
+  expect({.runtime_image = "dock", .container_image = "busybox", .env = {{"1X", "v"}}}, StatusCode::kInvalidArgument, "env");
+  expect({.runtime_image = "dock", .container_image = "busybox", .command = {std::string(40000, 'x')}},
          StatusCode::kInvalidArgument, "command/env");
-  expect({.runtime_image = "dock", .image = "busybox", .wait_for_creating = std::chrono::milliseconds(-1)},
+  expect({.runtime_image = "dock", .container_image = "busybox", .wait_for_creating = std::chrono::milliseconds(-1)},
          StatusCode::kInvalidArgument, "wait_for_creating");
   auto list = cm.List(true);
   REQUIRE(list.ok());
