@@ -84,8 +84,10 @@ struct ContainerRecord {
   /// (docker runtime) or "exec" (vm runtime), and "total" (request to running).
   Timings timings;
   std::string snapshot_id;  ///< Snapshot its VM was restored from (warm), else empty.
+  int64_t generation = 0;   ///< Snapshot generation its VM maps (warm), else 0.
   std::string vm_state;     ///< State of its VM ("running", "destroyed", ...), or empty before the VM exists.
   std::string address;      ///< Guest IP address of its VM, or empty.
+  std::string mac;          ///< Guest MAC address of its VM, or empty.
   std::string hostname;     ///< Hostname of its VM.
   std::string last_error;   ///< Last error, or empty.
   int64_t created_at = 0;   ///< Unix milliseconds.

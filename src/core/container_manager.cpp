@@ -135,7 +135,7 @@ const char* kSelect =
     "c.stdout_data IS NOT NULL, c.created_at, c.updated_at, c.started_at, c.finished_at, "
     "COALESCE(v.boot_method, 'cold'), COALESCE(v.fallback_reason, ''), COALESCE(v.snapshot_id, ''), "
     "COALESCE(v.state, ''), COALESCE(v.address, ''), COALESCE(v.hostname, ''), COALESCE(v.timings, '{}'), "
-    "COALESCE(v.last_error, '') FROM containers c LEFT JOIN vms v ON v.id = c.id";
+    "COALESCE(v.last_error, ''), COALESCE(v.generation, 0), COALESCE(v.mac, '') FROM containers c LEFT JOIN vms v ON v.id = c.id";
 
 Row ReadRow(SQLite::Statement& q) {
   Row r;
@@ -170,6 +170,8 @@ Row ReadRow(SQLite::Statement& q) {
   c.address = q.getColumn(24).getString();
   c.hostname = q.getColumn(25).getString();
   r.vm_timings = util::TimingsFromJson(q.getColumn(26).getString());
+  c.generation = q.getColumn(28).getInt64();
+  c.mac = q.getColumn(29).getString();
   // Until the container has its own timings (set when it starts or fails), show its VM's progress.
   if (c.timings.empty()) c.timings = r.vm_timings;
   if (c.last_error.empty() && c.state == ContainerState::kFailed) c.last_error = q.getColumn(27).getString();
