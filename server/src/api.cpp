@@ -151,6 +151,8 @@ HttpResponse Api::Dispatch(const HttpRequest& req, const RouteMatch& m, const Ta
     q = CheckQuery(t, {"after", "limit", "kind", "runtime_image_id", "snapshot_id"});
   } else if (m.route == RouteId::kContainers && get) {
     q = CheckQuery(t, {"include_destroyed"});
+  } else if (m.route == RouteId::kContainerWait) {
+    q = CheckQuery(t, {"timeout_ms"});
   } else {
     q = CheckQuery(t, {});
   }
@@ -179,6 +181,10 @@ HttpResponse Api::Dispatch(const HttpRequest& req, const RouteMatch& m, const Ta
       return del ? DeleteContainer(id) : GetContainer(id);
     case RouteId::kContainerStop:
       return StopContainer(req, id);
+    case RouteId::kContainerWait:
+      return WaitContainer(req, t, id);
+    case RouteId::kContainerLogs:
+      return ContainerLogs(id);
     case RouteId::kEvents:
       return ListEvents(t);
   }
@@ -314,17 +320,26 @@ HttpResponse Api::CreateContainer(const HttpRequest& req) {
   auto body = ParseBodyObject(req.body);
   if (!body.ok()) return StatusResponse(body.status());
   ObjectReader r(*body);
-  ContainerSpec spec;
+  ContainerRequest spec;
+  bool wait = false;
   r.RequiredString("name", &spec.name);
-  r.RequiredString("image", &spec.image);
+  r.RequiredString("image", &spec.runtime_image);
+  r.OptionalString("container_image", &spec.container_image);
   r.OptionalStringArray("command", &spec.command, 256);
   r.OptionalStringMap("env", &spec.env, 256);
-  r.OptionalBool("wait", &spec.wait);
+  r.OptionalBool("wait", &wait);
+  r.OptionalBool("force_cold", &spec.force_cold);
   if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);
-  bool waited = false;
-  auto created = containers_.Create(spec, &waited);
-  if (!created.ok()) return StatusResponse(created.status());
-  return JsonResponse(waited ? 201 : 202, *created);
+  // The REST field for the runtime image is "image" (seed-compatible): name the field the caller sent.
+  auto created = containers_.Create(spec, wait);
+  if (!created.ok()) {
+    const auto& st = created.status();
+    if (st.code() == StatusCode::kInvalidArgument && st.message().rfind("runtime_image:", 0) == 0) {
+      return StatusResponse(Status::InvalidArgument("image:" + st.message().substr(14)));
+    }
+    return StatusResponse(st);
+  }
+  return JsonResponse(wait ? 201 : 202, *created);
 }
 
 HttpResponse Api::ListContainers(const Target& t) {
@@ -344,6 +359,21 @@ HttpResponse Api::GetContainer(const std::string& id) {
 HttpResponse Api::StopContainer(const HttpRequest& req, const std::string& id) {
   if (auto st = CheckNoBody(req); !st.ok()) return StatusResponse(st);
   auto c = containers_.Stop(id);
+  if (!c.ok()) return StatusResponse(c.status());
+  return JsonResponse(200, json::object{{"item", std::move(c).value()}});
+}
+
+HttpResponse Api::ContainerLogs(const std::string& id) {
+  auto l = containers_.Logs(id);
+  if (!l.ok()) return StatusResponse(l.status());
+  return JsonResponse(200, std::move(l).value());
+}
+
+HttpResponse Api::WaitContainer(const HttpRequest& req, const Target& t, const std::string& id) {
+  if (auto st = CheckNoBody(req); !st.ok()) return StatusResponse(st);
+  auto timeout = QueryInt(t, "timeout_ms", 30000, 0, 600000);
+  if (!timeout.ok()) return StatusResponse(timeout.status());
+  auto c = containers_.Wait(id, std::chrono::milliseconds(*timeout));
   if (!c.ok()) return StatusResponse(c.status());
   return JsonResponse(200, json::object{{"item", std::move(c).value()}});
 }

@@ -49,6 +49,8 @@ class Api {
   HttpResponse ListContainers(const Target& t);
   HttpResponse GetContainer(const std::string& id);
   HttpResponse StopContainer(const HttpRequest& req, const std::string& id);
+  HttpResponse WaitContainer(const HttpRequest& req, const Target& t, const std::string& id);
+  HttpResponse ContainerLogs(const std::string& id);
   HttpResponse DeleteContainer(const std::string& id);
   HttpResponse ListEvents(const Target& t);
 

@@ -2,364 +2,163 @@
 
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
-#include <chrono>
-#include <set>
-
 #include "codec.hpp"
-#include "fcwarm/ids.hpp"
 
 namespace fcwarm::server {
 namespace json = boost::json;
 
 namespace {
 
-constexpr size_t kMaxRemembered = 10000;
+json::value OptInt(const std::optional<int64_t>& v) { return v ? json::value(*v) : json::value(nullptr); }
 
-int64_t NowMillis() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-
-Status ValidateEnvName(const std::string& k) {
-  bool ok = !k.empty() && k.size() <= 256 && !(k[0] >= '0' && k[0] <= '9');
-  for (char c : k) {
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_');
+// JSON strings must be UTF-8: container output may not be. Invalid bytes become U+FFFD.
+std::string Utf8(const std::string& s) {
+  std::string out;
+  out.reserve(s.size());
+  size_t i = 0;
+  while (i < s.size()) {
+    auto c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    bool ok = n > 0 && i + n <= s.size();
+    for (size_t k = 1; ok && k < n; ++k) ok = (static_cast<unsigned char>(s[i + k]) & 0xc0) == 0x80;
+    if (ok && n == 2) ok = c >= 0xc2;
+    if (ok && n == 3) {
+      auto c1 = static_cast<unsigned char>(s[i + 1]);
+      ok = !(c == 0xe0 && c1 < 0xa0) && !(c == 0xed && c1 >= 0xa0);
+    }
+    if (ok && n == 4) {
+      auto c1 = static_cast<unsigned char>(s[i + 1]);
+      ok = c <= 0xf4 && !(c == 0xf0 && c1 < 0x90) && !(c == 0xf4 && c1 >= 0x90);
+    }
+    if (ok) {
+      out.append(s, i, n);
+      i += n;
+    } else {
+      out += "\xef\xbf\xbd";
+      ++i;
+    }
   }
-  if (!ok) return Status::InvalidArgument("env: '" + k.substr(0, 64) + "' is not a valid variable name");
-  return Status::Ok();
+  return out;
 }
 
 }  // namespace
 
-ContainerService::ContainerService(Service& service, Runner runner)
-    : service_(service), runner_(std::move(runner)) {}
+ContainerService::ContainerService(Service& service, Runner runner) : service_(service), runner_(std::move(runner)) {}
 
-
-json::object ContainerService::Render(const VmRecord& vm, const Entry* e, const std::string& id) const {
+json::object ContainerService::Render(const ContainerRecord& c) {
   json::object o;
-  o["id"] = id;
-  o["vm_id"] = vm.id;
-  o["name"] = vm.name;
-  o["image"] = vm.runtime_image_id;
-  o["runtime_image_id"] = vm.runtime_image_id;
-  // A VM record still `starting` is a container being provisioned (the record exists from the first moment,
-  // since the container id is the VM id).
-  o["state"] = vm.state == VmState::kStarting ? std::string_view("provisioning") : ToString(vm.state);
-  o["boot_method"] =
-      vm.state == VmState::kStarting ? json::value(nullptr) : json::value(ToString(vm.boot_method));
-  if (vm.fallback_reason == FallbackReason::kNone) {
-    o["fallback_reason"] = nullptr;
-  } else {
-    o["fallback_reason"] = ToString(vm.fallback_reason);
-  }
-  o["timings"] = TimingsToJson(vm.timings);
-  o["snapshot_id"] = vm.snapshot_id;
-  o["generation"] = vm.generation;
-  o["address"] = vm.address;
-  o["mac"] = vm.mac;
-  o["hostname"] = vm.hostname;
-  o["last_error"] = vm.last_error;
-  o["created_at"] = vm.created_at;
-  o["updated_at"] = vm.updated_at;
+  o["id"] = c.id;
+  o["vm_id"] = c.vm_state.empty() ? json::value(nullptr) : json::value(c.id);
+  o["name"] = c.name;
+  o["image"] = c.runtime_image_id;
+  o["runtime_image_id"] = c.runtime_image_id;
+  o["container_image"] = c.container_image;
+  o["runtime"] = c.runtime;
+  o["state"] = ToString(c.state);
+  o["exit_code"] = c.exit_code ? json::value(*c.exit_code) : json::value(nullptr);
+  o["docker_id"] = c.docker_id;
+  bool vm_started = !c.vm_state.empty() && c.vm_state != "starting";
+  o["boot_method"] = vm_started && c.state != ContainerState::kProvisioning ? json::value(ToString(c.boot_method))
+                                                                            : json::value(nullptr);
+  o["fallback_reason"] =
+      c.fallback_reason == FallbackReason::kNone ? json::value(nullptr) : json::value(ToString(c.fallback_reason));
+  o["timings"] = TimingsToJson(c.timings);
+  o["snapshot_id"] = c.snapshot_id;
+  o["generation"] = c.generation;
+  o["address"] = c.address;
+  o["mac"] = c.mac;
+  o["hostname"] = c.hostname;
+  o["vm_state"] = c.vm_state;
+  o["last_error"] = c.last_error;
+  o["created_at"] = c.created_at;
+  o["updated_at"] = c.updated_at;
+  o["started_at"] = OptInt(c.started_at);
+  o["finished_at"] = OptInt(c.finished_at);
   json::array cmd;
-  json::object env;
-  if (e) {
-    for (const auto& c : e->command) cmd.emplace_back(c);
-    for (const auto& [k, v] : e->env) env[k] = v;
-  }
+  for (const auto& a : c.command) cmd.emplace_back(a);
   o["command"] = std::move(cmd);
+  json::object env;
+  for (const auto& [k, v] : c.env) env[k] = v;
   o["env"] = std::move(env);
   return o;
 }
 
-json::object ContainerService::RenderEntry(const Entry& e) const {
-  json::object o;
-  o["id"] = e.id;
-  o["vm_id"] = e.vm_id.empty() ? json::value(nullptr) : json::value(e.vm_id);
-  o["name"] = e.name;
-  o["image"] = e.runtime_image_id;
-  o["runtime_image_id"] = e.runtime_image_id;
-  o["state"] = e.state;
-  o["boot_method"] = nullptr;
-  o["fallback_reason"] = nullptr;
-  o["timings"] = json::object();
-  o["snapshot_id"] = "";
-  o["generation"] = 0;
-  o["address"] = "";
-  o["mac"] = "";
-  o["hostname"] = "";
-  o["last_error"] = e.error;
-  o["created_at"] = e.created_at;
-  o["updated_at"] = e.created_at;
-  json::array cmd;
-  for (const auto& c : e.command) cmd.emplace_back(c);
-  json::object env;
-  for (const auto& [k, v] : e.env) env[k] = v;
-  o["command"] = std::move(cmd);
-  o["env"] = std::move(env);
-  return o;
-}
-
-Result<json::object> ContainerService::Create(const ContainerSpec& spec, bool* waited) {
-  *waited = false;
-  if (auto st = ValidateName("name", spec.name); !st.ok()) return st;
-  if (spec.image.empty()) return Status::InvalidArgument("image: is required");
-  for (size_t i = 0; i < spec.command.size(); ++i) {
-    if (spec.command[i].find('\0') != std::string::npos) {
-      return Status::InvalidArgument("command[" + std::to_string(i) + "]: contains a NUL byte");
-    }
+Result<json::object> ContainerService::Create(const ContainerRequest& request, bool wait) {
+  auto& cm = service_.containers();
+  auto prepared = cm.Prepare(request);
+  if (!prepared.ok()) return prepared.status();
+  const std::string id = prepared->id;
+  if (wait) {
+    auto started = cm.Start(id);
+    if (!started.ok()) return started.status();
+    return json::object{{"id", id}, {"item", Render(*started)}};
   }
-  for (const auto& [k, v] : spec.env) {
-    if (auto st = ValidateEnvName(k); !st.ok()) return st;
-    if (v.find('\0') != std::string::npos)
-      return Status::InvalidArgument("env." + k + ": contains a NUL byte");
+  {
+    std::lock_guard lock(mu_);
+    queued_.insert(id);
   }
-  RuntimeImage image;
-  if (Id::IsValid(spec.image)) {
-    auto r = service_.images().Get(spec.image);
-    if (!r.ok()) return r.status();
-    image = std::move(r).value();
-  } else {
-    if (auto st = ValidateName("image", spec.image); !st.ok()) {
-      return Status::InvalidArgument("image: '" + spec.image.substr(0, 64) +
-                                     "' is neither an image id nor a valid image name");
-    }
-    auto r = service_.images().GetByName(spec.image);
-    if (!r.ok()) return r.status();
-    image = std::move(r).value();
-  }
-
-  ProvisionRequest req;
-  req.runtime_image_id = image.id;
-  req.name = spec.name;
-
-  if (spec.wait) {
-    std::string id = Id::Generate().str();
-    req.vm_id = id;  // the container id is the VM id
-    auto vm = service_.engine().Provision(req);
-    if (!vm.ok()) return vm.status();
-    Entry e;
-    e.id = id;
-    e.name = spec.name;
-    e.runtime_image_id = image.id;
-    e.command = spec.command;
-    e.env = spec.env;
-    e.state = "created";
-    e.vm_id = vm->id;
-    e.created_at = vm->created_at;
-    json::object item = Render(*vm, &e, e.id);
+  bool queued = runner_([this, id] {
     {
       std::lock_guard lock(mu_);
-      e.seq = ++seq_;
-      by_vm_[e.vm_id] = e.id;
-      entries_[e.id] = std::move(e);
-      Trim();
+      if (!queued_.erase(id)) return;  // failed by FailPending() already
     }
-    *waited = true;
-    return json::object{{"id", item["id"]}, {"item", std::move(item)}};
-  }
-
-  Entry e;
-  e.id = Id::Generate().str();
-  req.vm_id = e.id;  // the container id is the VM id from the first moment
-  e.name = spec.name;
-  e.runtime_image_id = image.id;
-  e.command = spec.command;
-  e.env = spec.env;
-  e.created_at = NowMillis();
-  json::object item = RenderEntry(e);
-  std::string id = e.id;
-  {
-    std::lock_guard lock(mu_);
-    e.seq = ++seq_;
-    entries_[id] = std::move(e);
-  }
-  bool queued = runner_([this, id, req] {
-    auto vm = service_.engine().Provision(req);
-    std::lock_guard lock(mu_);
-    auto it = entries_.find(id);
-    if (it == entries_.end()) return;
-    if (vm.ok()) {
-      it->second.state = "created";
-      it->second.vm_id = vm->id;
-      by_vm_[vm->id] = id;
-    } else {
-      it->second.state = "failed";
-      it->second.error = vm.status().message();
-      it->second.error_code = std::string(StatusCodeName(vm.status().code()));
-      // The VM record exists (state failed) when the failure came after it was created.
-      if (service_.engine().Get(id).ok()) {
-        it->second.vm_id = id;
-        by_vm_[id] = id;
-      }
-      spdlog::warn("container={} event=provision_failed error=\"{}\"", id, vm.status().ToString());
-    }
-    Trim();
+    auto r = service_.containers().Start(id);
+    if (!r.ok()) spdlog::warn("container={} event=provision_failed error=\"{}\"", id, r.status().ToString());
   });
   if (!queued) {
-    std::lock_guard lock(mu_);
-    entries_.erase(id);
+    {
+      std::lock_guard lock(mu_);
+      queued_.erase(id);
+    }
+    (void)cm.Abandon(id, "too many containers were being provisioned");
     return Status::ResourceExhausted("too many containers are being provisioned; retry later");
   }
-  return json::object{{"id", id}, {"item", std::move(item)}};
+  return json::object{{"id", id}, {"item", Render(*prepared)}};
 }
 
-Result<json::object> ContainerService::Get(const std::string& id) const {
-  if (auto p = Id::Parse("id", id); !p.ok()) return p.status();
-  Entry copy;
-  bool have = false;
-  {
-    std::lock_guard lock(mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) {
-      copy = it->second;
-      have = true;
-    }
-  }
-  if (have && copy.vm_id.empty()) {
-    // Still provisioning, or failed: the VM record (container id = VM id) exists once Provision created it.
-    auto vm = service_.engine().Get(id);
-    if (vm.ok()) return Render(*vm, &copy, id);
-    return RenderEntry(copy);
-  }
-  std::string vm_id = have ? copy.vm_id : id;
-  auto vm = service_.engine().Get(vm_id);
-  if (!vm.ok()) {
-    if (vm.status().code() == StatusCode::kNotFound)
-      return Status::NotFound("container '" + id + "' not found");
-    return vm.status();
-  }
-  if (!have) {
-    std::lock_guard lock(mu_);
-    auto r = by_vm_.find(vm_id);
-    if (r != by_vm_.end() && r->second != id) {
-      auto it = entries_.find(r->second);
-      if (it != entries_.end()) copy = it->second, have = true;
-    }
-  }
-  return Render(*vm, have ? &copy : nullptr, id);
+Result<json::object> ContainerService::Get(const std::string& id) {
+  auto c = service_.containers().Get(id);
+  if (!c.ok()) return c.status();
+  return Render(*c);
 }
 
-Result<json::array> ContainerService::List(bool include_destroyed) const {
-  auto vms = service_.engine().List(include_destroyed);
-  if (!vms.ok()) return vms.status();
-  std::vector<Entry> pending;
-  std::map<std::string, Entry> by_vm;
-  {
-    std::lock_guard lock(mu_);
-    for (const auto& [id, e] : entries_) {
-      if (e.vm_id.empty()) {
-        pending.push_back(e);
-      } else {
-        by_vm[e.vm_id] = e;
-      }
-    }
-  }
-  std::sort(pending.begin(), pending.end(), [](const Entry& a, const Entry& b) { return a.seq > b.seq; });
-  json::array items;
-  std::set<std::string> seen;
-  for (const auto& vm : *vms) {
-    auto it = by_vm.find(vm.id);
-    const Entry* e = it == by_vm.end() ? nullptr : &it->second;
-    seen.insert(vm.id);
-    items.push_back(Render(vm, e, e ? e->id : vm.id));
-  }
+Result<json::array> ContainerService::List(bool include_destroyed) {
+  auto list = service_.containers().List(include_destroyed);
+  if (!list.ok()) return list.status();
   json::array out;
-  for (const auto& e : pending) {
-    if (seen.count(e.id)) continue;  // the library created the record under our id already
-    out.push_back(RenderEntry(e));
-  }
-  for (auto& v : items) out.push_back(std::move(v));
+  for (const auto& c : *list) out.push_back(Render(c));
   return out;
 }
 
 Result<json::object> ContainerService::Stop(const std::string& id) {
-  if (auto p = Id::Parse("id", id); !p.ok()) return p.status();
-  std::string vm_id = id;
-  {
-    std::lock_guard lock(mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) {
-      if (it->second.vm_id.empty()) {
-        if (it->second.state == "provisioning") {
-          return Status::FailedPrecondition("container '" + id + "' is still provisioning");
-        }
-        return Status::FailedPrecondition("container '" + id + "' failed to start: " + it->second.error);
-      }
-      vm_id = it->second.vm_id;
-    }
-  }
-  auto st = service_.engine().Stop(vm_id);
-  if (!st.ok()) {
-    if (st.code() == StatusCode::kNotFound) return Status::NotFound("container '" + id + "' not found");
-    return st;
-  }
-  return Get(id);
+  auto c = service_.containers().Stop(id);
+  if (!c.ok()) return c.status();
+  return Render(*c);
 }
 
-Status ContainerService::Destroy(const std::string& id) {
-  if (auto p = Id::Parse("id", id); !p.ok()) return p.status();
-  std::string vm_id = id;
-  {
-    std::lock_guard lock(mu_);
-    auto it = entries_.find(id);
-    if (it != entries_.end()) {
-      if (it->second.vm_id.empty()) {
-        if (it->second.state == "provisioning") {
-          return Status::FailedPrecondition("container '" + id +
-                                            "' is still provisioning; delete it once it runs");
-        }
-        entries_.erase(it);  // failed before a VM existed: nothing to release
-        return Status::Ok();
-      }
-      vm_id = it->second.vm_id;
-    }
-  }
-  auto st = service_.engine().Destroy(vm_id);
-  if (!st.ok()) {
-    if (st.code() == StatusCode::kNotFound) return Status::NotFound("container '" + id + "' not found");
-    return st;
-  }
-  std::lock_guard lock(mu_);
-  entries_.erase(id);
-  by_vm_.erase(vm_id);
-  return Status::Ok();
+Result<json::object> ContainerService::Wait(const std::string& id, std::chrono::milliseconds timeout) {
+  auto c = service_.containers().Wait(id, timeout);
+  if (!c.ok()) return c.status();
+  return Render(*c);
 }
+
+Result<json::object> ContainerService::Logs(const std::string& id) {
+  auto l = service_.containers().Logs(id);
+  if (!l.ok()) return l.status();
+  return json::object{{"stdout", Utf8(l->stdout_data)}, {"stderr", Utf8(l->stderr_data)}, {"truncated", l->truncated}};
+}
+
+Status ContainerService::Destroy(const std::string& id) { return service_.containers().Destroy(id); }
 
 void ContainerService::FailPending(const std::string& reason) {
-  std::lock_guard lock(mu_);
-  for (auto& [id, e] : entries_) {
-    if (e.state == "provisioning") {
-      e.state = "failed";
-      e.error = reason;
-      e.error_code = "unavailable";
-    }
+  std::set<std::string> ids;
+  {
+    std::lock_guard lock(mu_);
+    ids.swap(queued_);
   }
+  for (const auto& id : ids) (void)service_.containers().Abandon(id, reason);
 }
 
-int ContainerService::Provisioning() const {
-  std::lock_guard lock(mu_);
-  int n = 0;
-  for (const auto& [id, e] : entries_) n += e.state == "provisioning";
-  return n;
-}
-
-void ContainerService::Trim() {
-  if (entries_.size() <= kMaxRemembered) return;
-  // Forget the oldest finished entries; their VMs stay reachable by VM id.
-  std::vector<std::pair<uint64_t, std::string>> done;
-  for (const auto& [id, e] : entries_) {
-    if (e.state != "provisioning") done.emplace_back(e.seq, id);
-  }
-  std::sort(done.begin(), done.end());
-  for (size_t i = 0; i < done.size() && entries_.size() > kMaxRemembered; ++i) {
-    auto it = entries_.find(done[i].second);
-    if (!it->second.vm_id.empty()) by_vm_.erase(it->second.vm_id);
-    entries_.erase(it);
-  }
-}
+int ContainerService::Provisioning() const { return service_.containers().Provisioning(); }
 
 }  // namespace fcwarm::server

@@ -51,6 +51,16 @@ constexpr RouteDef kRoutes[] = {
      RouteId::kContainerStop,
      "POST /v1/containers/{id}/stop",
      true},
+    {"POST",
+     {"v1", "containers", "{}", "wait"},
+     RouteId::kContainerWait,
+     "POST /v1/containers/{id}/wait",
+     true},
+    {"GET",
+     {"v1", "containers", "{}", "logs"},
+     RouteId::kContainerLogs,
+     "GET /v1/containers/{id}/logs",
+     true},
     {"GET", {"v1", "events", nullptr}, RouteId::kEvents, "GET /v1/events", true},
 };
 

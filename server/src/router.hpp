@@ -39,6 +39,8 @@ enum class RouteId {
   kContainers,
   kContainer,
   kContainerStop,
+  kContainerWait,
+  kContainerLogs,
   kEvents,
 };
 

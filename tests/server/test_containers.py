@@ -7,8 +7,9 @@ import uuid
 
 from conftest import assert_error, create_image
 
-ITEM_FIELDS = {"id", "vm_id", "name", "image", "runtime_image_id", "state", "boot_method", "fallback_reason", "timings",
-               "snapshot_id", "generation", "address", "mac", "hostname", "last_error", "created_at", "updated_at",
+ITEM_FIELDS = {"id", "vm_id", "name", "image", "runtime_image_id", "container_image", "runtime", "state", "exit_code",
+               "docker_id", "boot_method", "fallback_reason", "timings", "snapshot_id", "generation", "address", "mac",
+               "hostname", "vm_state", "last_error", "created_at", "updated_at", "started_at", "finished_at",
                "command", "env"}
 
 
@@ -95,3 +96,48 @@ def test_provisioning_container_cannot_be_deleted(start_server):
     assert_error(s.post(f"/v1/containers/{doc['id']}/stop"), 409, "failed_precondition")
     st, _, lst = s.get("/v1/containers")
     assert [i["state"] for i in lst["items"] if i["id"] == doc["id"]] == ["provisioning"]
+
+
+def test_docker_runtime_fields_are_validated(server):
+    dock = create_image(server, "dock-a", runtime_check={"kind": "docker", "path": "/var/run/docker.sock"})
+    plain = create_image(server, "plain-a")
+    assert_error(server.post("/v1/containers", {"name": "d", "image": "dock-a"}), 400, "invalid_argument",
+                 "container_image")
+    for bad in ("-rf", "a b", "../x", "x" * 300, "busy\nbox"):
+        assert_error(server.post("/v1/containers", {"name": "d", "image": "dock-a", "container_image": bad}), 400,
+                     "invalid_argument", "container_image")
+    msg = assert_error(server.post("/v1/containers", {"name": "p", "image": "plain-a", "container_image": "busybox"}),
+                       400, "invalid_argument", "container_image")
+    assert "no container runtime" in msg
+    assert_error(server.post("/v1/containers", {"name": "d", "image": "dock-a", "container_image": "busybox",
+                                                "force_cold": "yes"}), 400, "invalid_argument", "force_cold")
+    # Nothing was recorded by the refused requests.
+    st, _, lst = server.get("/v1/containers?include_destroyed=true")
+    assert st == 200
+    assert [i for i in lst["items"] if i["runtime_image_id"] in (dock["id"], plain["id"])] == []
+    # A valid one is recorded and fails in the background (backend none); its record keeps the request.
+    st, _, doc = server.post("/v1/containers", {"name": "d", "image": "dock-a", "container_image": "busybox:latest",
+                                                "command": ["echo", "hi"], "force_cold": True})
+    assert st == 202, doc
+    assert doc["item"]["runtime"] == "docker" and doc["item"]["container_image"] == "busybox:latest"
+    item = wait_not_provisioning(server, doc["id"])
+    assert item["state"] == "failed" and item["exit_code"] is None and item["docker_id"] == ""
+
+
+def test_logs_and_wait(server):
+    create_image(server, "lw")
+    missing = str(uuid.uuid4())
+    assert_error(server.get(f"/v1/containers/{missing}/logs"), 404, "not_found")
+    assert_error(server.post(f"/v1/containers/{missing}/wait"), 404, "not_found")
+    assert_error(server.get("/v1/containers/not-an-id/logs"), 400, "invalid_argument", "id")
+    st, _, doc = server.post("/v1/containers", {"name": "lw1", "image": "lw"})
+    assert st == 202
+    cid = doc["id"]
+    assert_error(server.post(f"/v1/containers/{cid}/wait?timeout_ms=-1"), 400, "invalid_argument", "timeout_ms")
+    assert_error(server.post(f"/v1/containers/{cid}/wait?timeout_ms=700000"), 400, "invalid_argument", "timeout_ms")
+    assert_error(server.post(f"/v1/containers/{cid}/wait?bogus=1"), 400, "invalid_argument", "bogus")
+    st, _, w = server.post(f"/v1/containers/{cid}/wait?timeout_ms=15000")
+    assert st == 200, w
+    assert w["item"]["state"] == "failed"
+    msg = assert_error(server.get(f"/v1/containers/{cid}/logs"), 409, "failed_precondition")
+    assert cid in msg
