@@ -57,6 +57,7 @@ struct Config {
   // Firecracker
   std::string firecracker_binary = "firecracker";
   std::string bootstrap_image_dir;
+  std::string bootstrap_docker_image_dir;
   double none_delay_s = 0;
 };
 
@@ -114,30 +115,37 @@ std::chrono::milliseconds Ms(double seconds) {
 
 }  // namespace
 
-// Registers the minimal runtime image from the guest artifacts when the store has no image yet (first start).
-void BootstrapImage(Service& svc, const std::string& dir) {
-  auto images = svc.images().List();
-  if (!images.ok() || !images->empty()) return;
-  std::string backend = svc.vmms().Find("qemu") ? "qemu" : "";
-  if (backend.empty()) {
-    spdlog::warn("event=bootstrap_skipped reason=\"no qemu backend\"");
+// Registers a runtime image from guest artifacts unless an image of that name exists (first start).
+// kind "minimal": bzImage + initramfs.cpio.gz + disk.ext4, ready file; kind "docker": the docker runtime image
+// (guest/build-docker-image.sh), ready when dockerd answers _ping.
+void BootstrapImage(Service& svc, const std::string& dir, const std::string& kind) {
+  if (svc.images().GetByName(kind).ok()) return;
+  if (!svc.vmms().Find("qemu")) {
+    spdlog::warn("event=bootstrap_skipped name={} reason=\"no qemu backend\"", kind);
     return;
   }
   fs::path d = fs::absolute(dir);
   RuntimeImage img;
-  img.name = "minimal";
-  img.backend = backend;
+  img.name = kind;
+  img.backend = "qemu";
   img.kernel_path = (d / "bzImage").string();
   img.initrd_path = (d / "initramfs.cpio.gz").string();
-  img.rootfs_path = (d / "disk.ext4").string();
-  img.shape.memory_mib = 512;
-  img.runtime_check = {"file", "/run/fcwarm-runtime-ready", {}};
+  if (kind == "docker") {
+    img.rootfs_path = (d / "docker-rootfs.ext4").string();
+    img.shape.memory_mib = 1024;
+    img.runtime_check = {"docker", "/var/run/docker.sock", {}};
+  } else {
+    img.rootfs_path = (d / "disk.ext4").string();
+    img.shape.memory_mib = 512;
+    img.runtime_check = {"file", "/run/fcwarm-runtime-ready", {}};
+  }
   auto r = svc.images().Register(img);
   if (r.ok()) {
-    spdlog::info("event=bootstrap_image id={} name=minimal dir={}", r->id, d.string());
+    spdlog::info("event=bootstrap_image id={} name={} dir={}", r->id, kind, d.string());
   } else {
-    spdlog::warn("event=bootstrap_failed error=\"{}\"", r.status().ToString());
+    spdlog::warn("event=bootstrap_failed name={} error=\"{}\"", kind, r.status().ToString());
   }
+}
 }
 
 int main(int argc, char** argv) {
@@ -211,7 +219,10 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"netns", "none"}));
   app.add_option("--bootstrap-image-dir", cfg.bootstrap_image_dir,
                  "Guest artifacts (bzImage, initramfs.cpio.gz, disk.ext4) registered as image 'minimal' at startup "
-                 "when no image exists yet");
+                 "unless an image of that name exists");
+  app.add_option("--bootstrap-docker-image-dir", cfg.bootstrap_docker_image_dir,
+                 "Docker runtime image (bzImage, initramfs.cpio.gz, docker-rootfs.ext4; guest/build-docker-image.sh) "
+                 "registered as image 'docker' at startup unless an image of that name exists");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -342,7 +353,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::unique_ptr<Service> svc = std::move(service).value();
-  if (!cfg.bootstrap_image_dir.empty()) BootstrapImage(*svc, cfg.bootstrap_image_dir);
+  if (!cfg.bootstrap_image_dir.empty()) BootstrapImage(*svc, cfg.bootstrap_image_dir, "minimal");
+  if (!cfg.bootstrap_docker_image_dir.empty()) BootstrapImage(*svc, cfg.bootstrap_docker_image_dir, "docker");
 
   ServerStats stats;
   auto provisioner = std::make_unique<WorkerPool>("fcw-prov", cfg.provision_workers, cfg.provision_queue);

@@ -1,0 +1,159 @@
+// Container create -> container running, cold vs warm, through the library (ContainerManager + RestoreEngine +
+// QEMU + the Docker daemon inside the guest), same container image, one run:
+//   - N containers with a cold-booted VM (force_cold), one after the other
+//   - the runtime snapshot build
+//   - N containers with a warm-restored VM
+// Prints p50/p95 of the total and p50 of every step for both paths as Markdown (for docs/benchmarks.md).
+// Usage: container_bench [--image-dir DIR] [--runs N] [--memory-mib M] [--accel tcg|kvm]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "fcwarm/fcwarm.hpp"
+
+using namespace fcwarm;
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
+  return v[std::min(idx, v.size() - 1)];
+}
+
+[[noreturn]] void Die(const std::string& what, const Status& st) {
+  std::fprintf(stderr, "container_bench: %s: %s\n", what.c_str(), st.ToString().c_str());
+  std::exit(1);
+}
+
+// The steps of the table, in order; "vm_start" is cold_boot (cold) or restore (warm).
+const char* kSteps[] = {"vm_start", "agent", "identity", "runtime_verify", "container_create", "container_start", "total"};
+
+struct Series {
+  std::map<std::string, std::vector<double>> steps;
+  int warm = 0;
+};
+
+void RunContainers(Service& svc, const std::string& image, int n, bool cold, Series* out) {
+  for (int i = 0; i < n; ++i) {
+    ContainerRequest r;
+    r.runtime_image = image;
+    r.container_image = "busybox:latest";
+    r.command = {"sh", "-c", "hostname; head -c 16 /dev/urandom | od -An -tx1"};
+    r.force_cold = cold;
+    auto c = svc.containers().Create(r);
+    if (!c.ok()) Die(cold ? "cold container" : "warm container", c.status());
+    auto t = c->timings;
+    t["vm_start"] = t.count("restore") ? t["restore"] : t["cold_boot"];
+    for (const char* s : kSteps) out->steps[s].push_back(t[s]);
+    out->warm += c->boot_method == BootMethod::kWarm;
+    auto done = svc.containers().Wait(c->id, std::chrono::seconds(120));
+    if (!done.ok() || done->state != ContainerState::kExited || done->exit_code != 0) {
+      Die("container did not exit 0", done.ok() ? Status::Internal(done->last_error) : done.status());
+    }
+    std::printf("  %s %2d: total %7.0f ms (vm %6.0f, runtime_verify %6.0f, create %5.0f, start %5.0f)\n",
+                cold ? "cold" : "warm", i + 1, t["total"], t["vm_start"], t["runtime_verify"], t["container_create"],
+                t["container_start"]);
+    std::fflush(stdout);
+    if (auto st = svc.containers().Destroy(c->id); !st.ok()) Die("destroy", st);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string image_dir = "/var/cache/fcwarm/guest/docker-current";
+  int runs = 10;
+  uint32_t memory = 1024;
+  std::string accel = "tcg";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "container_bench: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--image-dir") {
+      image_dir = next();
+    } else if (a == "--runs") {
+      runs = std::atoi(next().c_str());
+    } else if (a == "--memory-mib") {
+      memory = static_cast<uint32_t>(std::atoi(next().c_str()));
+    } else if (a == "--accel") {
+      accel = next();
+    } else {
+      std::fprintf(stderr,
+                   "usage: container_bench [--image-dir DIR] [--runs N] [--memory-mib M] [--accel tcg|kvm]\n");
+      return 2;
+    }
+  }
+  if (runs < 1) runs = 1;
+  spdlog::set_level(spdlog::level::warn);
+
+  fs::path work = fs::temp_directory_path() / ("fcwarm-container-bench-" + std::to_string(::getpid()));
+  fs::create_directories(work);
+  auto vmms = std::make_shared<VmmRegistry>();
+  QemuOptions qo;
+  qo.accelerator = accel;
+  vmms->Add(std::shared_ptr<Vmm>(MakeQemuVmm(qo)));
+  ServiceOptions o;
+  o.store.path = (work / "fcwarm.db").string();
+  o.snapshots.root_dir = (work / "snapshots").string();
+  o.snapshots.build_dir = (work / "build").string();
+  o.restore.vm_dir = (work / "vms").string();
+  auto svc = Service::Open(o, vmms);
+  if (!svc.ok()) Die("open", svc.status());
+  RuntimeImage img;
+  img.name = "docker";
+  img.backend = "qemu";
+  img.kernel_path = (fs::path(image_dir) / "bzImage").string();
+  img.initrd_path = (fs::path(image_dir) / "initramfs.cpio.gz").string();
+  img.rootfs_path = (fs::path(image_dir) / "docker-rootfs.ext4").string();
+  img.shape.memory_mib = memory;
+  img.runtime_check = {"docker", "/var/run/docker.sock", {}};
+  auto reg = (*svc)->images().Register(img);
+  if (!reg.ok()) Die("register image", reg.status());
+
+  std::printf("container_bench: %d cold + %d warm containers, image %s, %u MiB, accel %s\n", runs, runs,
+              image_dir.c_str(), memory, accel.c_str());
+  Series cold, warm;
+  RunContainers(**svc, reg->id, runs, true, &cold);
+  auto t0 = Clock::now();
+  auto s = (*svc)->snapshots().CreateSnapshot(reg->id);
+  if (!s.ok()) Die("snapshot", s.status());
+  auto snap = (*svc)->snapshots().WaitWhileCreating(s->id, std::chrono::minutes(10));
+  if (!snap.ok() || snap->state != SnapshotState::kReady) {
+    Die("snapshot build", snap.ok() ? Status::Internal(snap->last_error) : snap.status());
+  }
+  double build_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  std::printf("  snapshot build: %.0f ms, %.0f MB on disk\n", build_ms, static_cast<double>(snap->disk_bytes) / 1e6);
+  RunContainers(**svc, reg->id, runs, false, &warm);
+
+  std::printf("\n| step (p50, ms) | cold | warm |\n| --- | ---: | ---: |\n");
+  for (const char* step : kSteps) {
+    std::string label = std::string(step) == "vm_start" ? "VM boot (cold) / restore (warm)" : step;
+    std::printf("| %s | %.0f | %.0f |\n", label.c_str(), Percentile(cold.steps[step], 50),
+                Percentile(warm.steps[step], 50));
+  }
+  double c50 = Percentile(cold.steps["total"], 50), w50 = Percentile(warm.steps["total"], 50);
+  std::printf("| total p95 | %.0f | %.0f |\n", Percentile(cold.steps["total"], 95), Percentile(warm.steps["total"], 95));
+  std::printf("\ncreate -> running p50: cold %.0f ms, warm %.0f ms (%.1fx faster); warm boots %d/%d; snapshot build %.0f ms\n",
+              c50, w50, w50 > 0 ? c50 / w50 : 0.0, warm.warm, runs, build_ms);
+  svc->reset();
+  std::error_code ec;
+  fs::remove_all(work, ec);
+  return warm.warm == runs ? 0 : 1;
+}
