@@ -146,7 +146,6 @@ void BootstrapImage(Service& svc, const std::string& dir, const std::string& kin
     spdlog::warn("event=bootstrap_failed name={} error=\"{}\"", kind, r.status().ToString());
   }
 }
-}
 
 int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
