@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Walks a newcomer through warm boot against a running fcwarm-server, with curl and jq:
-# one cold boot, a runtime-snapshot build (with its phases), and a warm restore, with their times.
+# Walks a newcomer through warm boot against a running fcwarm-server, with curl and jq. With the runtime image
+# 'docker' (the Docker daemon inside the VM): a container on a cold-booted VM, the runtime-snapshot build (with
+# its phases), then a container on a warm-restored VM, their output, per-step timings and the speed-up.
+# Without it, the same walk with the 'minimal' image (a VM without a container runtime).
 # Usage: scripts/demo.sh [BASE_URL]   (default http://127.0.0.1:18080; FCWARM_TOKEN for a bearer token)
 set -euo pipefail
 base="${1:-http://127.0.0.1:18080}"
@@ -11,30 +13,50 @@ api() { curl -sS --fail-with-body "${auth[@]}" -H 'Content-Type: application/jso
 echo "== health"
 api "$base/healthz" | jq -c .
 
-image=$(api "$base/v1/images" | jq -r '[.items[] | select(.name == "minimal")][0].id // empty')
+image_id() { api "$base/v1/images" | jq -r --arg n "$1" '[.items[] | select(.name == $n)][0].id // empty'; }
+name=docker
+image=$(image_id docker)
 if [[ -z "$image" ]]; then
-  echo "no image named 'minimal' (start the server with --bootstrap-image-dir)" >&2
+  name=minimal
+  image=$(image_id minimal)
+fi
+if [[ -z "$image" ]]; then
+  echo "no image named 'docker' or 'minimal' (start the server with --bootstrap-docker-image-dir / --bootstrap-image-dir)" >&2
   exit 1
 fi
-echo "== runtime image 'minimal': $image"
+echo "== runtime image '$name': $image"
 
-run_container() {  # name -> prints the container item
-  api -X POST "$base/v1/containers" -d "$(jq -nc --arg n "$1" --arg i "$image" '{name: $n, image: $i, wait: true}')" |
-    jq -c '.item // .'
+stamp=$(date +%s)
+run_container() {  # container name, force_cold -> prints the container item once it runs
+  local body
+  if [[ "$name" == docker ]]; then
+    body=$(jq -nc --arg n "$1" --arg i "$image" --argjson cold "$2" \
+      '{name: $n, image: $i, container_image: "busybox:latest", force_cold: $cold, wait: true,
+        command: ["sh", "-c", "echo hello from $(hostname); head -c 16 /dev/urandom | od -An -tx1"]}')
+  else
+    body=$(jq -nc --arg n "$1" --arg i "$image" --argjson cold "$2" '{name: $n, image: $i, force_cold: $cold, wait: true}')
+  fi
+  api -X POST "$base/v1/containers" -d "$body" | jq -c '.item // .'
 }
 show() {  # item json
-  jq -r '"   boot_method=\(.boot_method)  fallback_reason=\(.fallback_reason // "-")  total=\(.timings.total | floor) ms  (address \(.address), hostname \(.hostname))"' <<<"$1"
+  jq -r '"   boot_method=\(.boot_method)  fallback_reason=\(.fallback_reason // "-")  create -> running: \(.timings.total | floor) ms",
+         "   steps (ms): " + ([.timings | to_entries[] | select(.key != "total") | "\(.key)=\(.value | floor)"] | join("  "))' <<<"$1"
+  if [[ "$name" == docker ]]; then
+    local id
+    id=$(jq -r .id <<<"$1")
+    api -X POST "$base/v1/containers/$id/wait?timeout_ms=60000" | jq -r '"   container \(.item.state), exit code \(.item.exit_code)"'
+    api "$base/v1/containers/$id/logs" | jq -r '.stdout' | sed 's/^/   | /'
+  fi
 }
 
-snap=$(api "$base/v1/runtime-snapshots?runtime_image_id=$image" | jq -r '[.items[] | select(.state == "ready")][0].id // empty')
-stamp=$(date +%s)
-if [[ -z "$snap" ]]; then
-  echo "== 1. a container with no runtime snapshot yet: cold boot"
-  cold=$(run_container "demo-cold-$stamp")
-  show "$cold"
-  api -X DELETE "$base/v1/containers/$(jq -r .id <<<"$cold")" >/dev/null
+echo "== 1. a container on a cold-booted VM"
+cold=$(run_container "demo-cold-$stamp" true)
+show "$cold"
+api -X DELETE "$base/v1/containers/$(jq -r .id <<<"$cold")" >/dev/null
 
-  echo "== 2. build the runtime snapshot"
+snap=$(api "$base/v1/runtime-snapshots?runtime_image_id=$image" | jq -r '[.items[] | select(.state == "ready")][0].id // empty')
+if [[ -z "$snap" ]]; then
+  echo "== 2. build the runtime snapshot (boot once, wait until the runtime answers, snapshot)"
   snap=$(api -X POST "$base/v1/runtime-snapshots" -d "{\"runtime_image_id\": \"$image\"}" | jq -r .id)
   start=$(date +%s%N)
   last=""
@@ -52,15 +74,17 @@ if [[ -z "$snap" ]]; then
     exit 1
   fi
 else
-  echo "== 1-2. runtime snapshot $snap is ready already (delete it to see the cold path again)"
+  echo "== 2. runtime snapshot $snap is ready already"
 fi
 
-echo "== 3. a container restored warm from the snapshot"
-warm=$(run_container "demo-warm-$stamp")
+echo "== 3. a container on a VM restored warm from the snapshot"
+warm=$(run_container "demo-warm-$stamp" false)
 show "$warm"
-echo "   the server log line for it states the time saved against measured cold boots:"
-api "$base/v1/events?kind=boot&limit=1000" | jq -r '.items[-1].message // empty' | sed 's/^/   /' || true
 api -X DELETE "$base/v1/containers/$(jq -r .id <<<"$warm")" >/dev/null
+
+cold_ms=$(jq -r '.timings.total' <<<"$cold")
+warm_ms=$(jq -r '.timings.total' <<<"$warm")
+echo "== warm vs cold: container running after $(printf '%.0f' "$warm_ms") ms warm versus $(printf '%.0f' "$cold_ms") ms cold ($(jq -rn --argjson c "$cold_ms" --argjson w "$warm_ms" '$c / $w * 10 | floor / 10')x faster)"
 
 echo "== snapshots"
 api "$base/v1/runtime-snapshots" | jq -r '.items[] | "   \(.id)  \(.state)  generation \(.generation)  success \(.success_count)  failure \(.failure_count)"'

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Sets up a fresh Debian 12 machine (as root), builds fcwarm and the guest artifacts, starts fcwarm-server on
-# 127.0.0.1:18080 with its embedded SQLite store, runs the demo against it (one cold boot, a snapshot build, a
-# warm restore, with their times) and keeps the server in the foreground until Ctrl-C / SIGTERM.
+# Sets up a fresh Debian 12 machine (as root), builds fcwarm, the guest artifacts and the docker runtime image
+# (Docker daemon inside the VM), starts fcwarm-server on 127.0.0.1:18080 with its embedded SQLite store, runs
+# the demo against it (a container on a cold-booted VM, the snapshot build, a container on a warm-restored VM,
+# with their times) and keeps the server in the foreground until Ctrl-C / SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -10,13 +11,15 @@ cmake --build --preset release
 cmake --install build/release --component python   # `import fcwarm` and the `fcwarm` CLI
 guest_dir=$(FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
   guest/build-artifacts.sh --agent build/release/guest/agent/fcwarm-agent | tail -n 1)
+docker_dir=$(FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
+  guest/build-docker-image.sh --agent build/release/guest/agent/fcwarm-agent | tail -n 1)
 data_dir="${FCWARM_DATA_DIR:-/var/lib/fcwarm}"
 bind="${FCWARM_BIND:-127.0.0.1:18080}"
 
 mkdir -p "$data_dir"
 log="$data_dir/fcwarm-server.log"
 build/release/server/fcwarm-server --bind "$bind" --data-dir "$data_dir" --bootstrap-image-dir "$guest_dir" \
-  >>"$log" 2>&1 &
+  --bootstrap-docker-image-dir "$docker_dir" >>"$log" 2>&1 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server"' INT TERM
 for _ in $(seq 1 100); do
