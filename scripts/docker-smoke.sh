@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Boots the docker runtime image (guest/build-docker-image.sh) under QEMU (TCG, microvm, 1 GiB), waits for the
-# agent's runtime_ready {"kind":"docker"} to say ready, waits for the baked images to be loaded, runs
-#   docker run --rm --network none busybox sh -c 'hostname; head -c 16 /dev/urandom | od -An -tx1'
-# twice through the agent's exec op, prints timings and cleans up (QEMU stopped by PID, temp dir removed).
+# agent's runtime_ready {"kind":"docker"} to say ready (fcwarm-init publishes /var/run/docker.sock only after
+# the baked images are loaded and a pre-warm container ran), checks right then that `docker images` lists
+# busybox, then
+#   1. runs a container through the agent's `docker` op (Docker Engine API over the guest's socket):
+#      POST /v1.41/containers/create, POST .../start, GET .../json until exited, GET .../logs (demultiplexed),
+#      DELETE the container;
+#   2. runs `docker run --rm --network none busybox sh -c 'hostname; head -c 16 /dev/urandom | od -An -tx1'`
+#      N times through the agent's exec op;
+# prints timings and cleans up (QEMU stopped by PID, temp dir removed).
 #
 # usage: scripts/docker-smoke.sh [--image DIR] [--keep] [--runs N]
 #   DIR defaults to ${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}/docker-current
@@ -123,12 +129,81 @@ try:
         time.sleep(0.2)
     print(f"docker-smoke: runtime_ready(docker) ready after {t_ready:.2f}s: {last['result']}", flush=True)
 
-    code, out, err = sh("i=0; while [ ! -e /run/fcwarm-images-loaded ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done; "
-                        "test -e /run/fcwarm-images-loaded && docker images --format '{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}' && docker info --format 'driver={{.Driver}} cgroup={{.CgroupVersion}}/{{.CgroupDriver}} server={{.ServerVersion}}'")
-    t_loaded = time.monotonic() - t0
-    print(f"docker-smoke: images loaded after {t_loaded:.2f}s (exit {code}): " + " | ".join(out.strip().splitlines()) + f" {err.strip()}", flush=True)
-    if code != 0:
-        raise RuntimeError("images not loaded")
+    # No separate wait: runtime_ready means the images are loaded.
+    code, out, err = sh("docker images --format '{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}' && "
+                        "docker info --format 'driver={{.Driver}} cgroup={{.CgroupVersion}}/{{.CgroupDriver}} server={{.ServerVersion}}' && "
+                        "test -e /run/fcwarm-images-loaded && readlink /var/run/docker.sock")
+    print(f"docker-smoke: right after runtime_ready (exit {code}): " + " | ".join(out.strip().splitlines()) + f" {err.strip()}", flush=True)
+    if code != 0 or not any(l.startswith("busybox:latest ") for l in out.splitlines()):
+        raise RuntimeError("busybox:latest not listed by `docker images` right after runtime_ready")
+
+    # ---- the agent's docker op ----
+    def docker(method, path, body=None, timeout_ms=60000):
+        args = dict(method=method, path=path, timeout_ms=timeout_ms)
+        if body is not None:
+            args["body_b64"] = base64.b64encode(json.dumps(body).encode()).decode()
+        r = request("docker", timeout=timeout_ms / 1000 + 10, **args)
+        if not r.get("ok"):
+            raise RuntimeError(f"docker {method} {path}: agent error {r.get('error')}")
+        res = r["result"]
+        return res["status"], base64.b64decode(res["body_b64"]), res["truncated"]
+
+    def demux(raw):
+        """Docker's multiplexed log stream: frames of [stream, 0, 0, 0, size (4 bytes big-endian)] + payload."""
+        streams, off = {1: b"", 2: b""}, 0
+        while off < len(raw):
+            if off + 8 > len(raw):
+                raise RuntimeError(f"log stream: partial frame header at byte {off}")
+            kind, size = raw[off], int.from_bytes(raw[off + 4:off + 8], "big")
+            if kind not in (0, 1, 2) or raw[off + 1:off + 4] != b"\0\0\0" or off + 8 + size > len(raw):
+                raise RuntimeError(f"log stream: bad frame at byte {off}: {raw[off:off + 8]!r}")
+            streams[kind if kind else 1] += raw[off + 8:off + 8 + size]
+            off += 8 + size
+        return streams[1].decode(errors="replace"), streams[2].decode(errors="replace")
+
+    ts = time.monotonic()
+    status, body, _ = docker("POST", "/v1.41/containers/create", {
+        "Image": "busybox:latest",
+        "Cmd": ["sh", "-c", "hostname; head -c 16 /dev/urandom | od -An -tx1"],
+        "HostConfig": {"NetworkMode": "none"}})
+    t_create = time.monotonic() - ts
+    if status != 201:
+        raise RuntimeError(f"containers/create: HTTP {status}: {body[:300]!r}")
+    cid = json.loads(body)["Id"]
+    ts = time.monotonic()
+    status, body, _ = docker("POST", f"/v1.41/containers/{cid}/start")
+    t_start = time.monotonic() - ts
+    if status != 204:
+        raise RuntimeError(f"containers/start: HTTP {status}: {body[:300]!r}")
+    ts = time.monotonic()
+    while True:
+        status, body, _ = docker("GET", f"/v1.41/containers/{cid}/json")
+        if status != 200:
+            raise RuntimeError(f"containers/json: HTTP {status}: {body[:300]!r}")
+        state = json.loads(body)["State"]
+        if state["Status"] == "exited":
+            break
+        if time.monotonic() - ts > 120:
+            raise RuntimeError(f"container still {state['Status']} after 120s")
+        time.sleep(0.05)
+    t_exit = time.monotonic() - ts
+    if state["ExitCode"] != 0:
+        raise RuntimeError(f"container exited with {state['ExitCode']}: {state.get('Error')}")
+    status, body, truncated = docker("GET", f"/v1.41/containers/{cid}/logs?stdout=1&stderr=1")
+    if status != 200 or truncated:
+        raise RuntimeError(f"containers/logs: HTTP {status} truncated={truncated}: {body[:300]!r}")
+    log_out, log_err = demux(body)
+    lines = log_out.strip().splitlines()
+    print(f"docker-smoke: docker op: create {t_create:.2f}s, start {t_start:.2f}s, exited {t_exit:.2f}s after start "
+          f"(exit {state['ExitCode']})\n  logs stdout: {log_out.strip()!r}\n  logs stderr: {log_err.strip()!r}", flush=True)
+    if len(lines) != 2 or lines[0].strip() != cid[:12] or len(lines[1].split()) != 16:
+        raise RuntimeError(f"unexpected container logs: {log_out!r} (container {cid[:12]})")
+    status, body, _ = docker("DELETE", f"/v1.41/containers/{cid}")
+    if status != 204:
+        raise RuntimeError(f"DELETE container: HTTP {status}: {body[:300]!r}")
+    status, body, _ = docker("GET", f"/v1.41/containers/{cid}/json")
+    if status != 404:
+        raise RuntimeError(f"container still there after DELETE: HTTP {status}")
 
     outputs = []
     for i in range(runs):

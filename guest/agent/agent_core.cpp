@@ -264,12 +264,20 @@ json::object OpRuntimeReady(const json::object& req, AgentContext& ctx) {
     ready = ctx.sys->PathExists(path);
     detail = ready ? path + " exists" : path + " does not exist";
   } else if (kind == "docker") {
-    std::string sock = OptString(check, "socket", "check.").value_or("/var/run/docker.sock");
+    std::string sock = OptString(check, "socket", "check.").value_or(std::string(kDefaultDockerSocket));
     if (sock.empty() || sock[0] != '/') throw Failure{"bad_request", "check.socket must be an absolute path"};
     auto timeout = ParseTimeout(check, "check.", 5000);
-    auto [ok, why] = ctx.sys->DockerPing(sock, timeout);
-    ready = ok;
-    detail = why;
+    // Ready when GET /_ping answers 200 with body "OK".
+    HttpExchange x = ctx.sys->UnixHttp(sock, BuildHttpRequest("GET", "/_ping", std::nullopt), timeout, 4096);
+    if (!x.ok()) {
+      detail = x.error;
+    } else {
+      const HttpResponse& r = x.response;
+      ready = r.status == 200 && r.body == "OK";
+      detail = ready
+                   ? sock + ": " + r.status_line + ", body OK"
+                   : sock + " answered \"" + r.status_line + "\" with body \"" + r.body.substr(0, 64) + "\"";
+    }
   } else if (kind == "command") {
     ProcessSpec spec;
     spec.argv = ReqArgv(check, "argv", "check.");
@@ -332,6 +340,40 @@ json::object OpExec(const json::object& req, AgentContext& ctx) {
   return r;
 }
 
+json::object OpDocker(const json::object& req, AgentContext& ctx) {
+  // Validate everything first; every message names its field.
+  std::string method = ReqString(req, "method");
+  if (!ValidHttpMethod(method))
+    throw Failure{"bad_request", "method must be one of GET, POST, PUT, DELETE, HEAD (got \"" +
+                                     Printable(method, 16) + "\")"};
+  std::string path = ReqString(req, "path");
+  if (!ValidHttpTarget(path))
+    throw Failure{"bad_request", "path must start with \"/\" and be at most " +
+                                     std::to_string(kMaxHttpTargetBytes) +
+                                     " bytes of printable ASCII without space or '#'"};
+  std::optional<std::string> body;
+  if (auto b = OptString(req, "body_b64")) {
+    body = Base64Decode(*b);
+    if (!body) throw Failure{"bad_request", "body_b64 is not valid base64"};
+  }
+  std::string sock = OptString(req, "socket").value_or(std::string(kDefaultDockerSocket));
+  // 107: sockaddr_un.sun_path holds 108 bytes including the NUL.
+  if (sock.empty() || sock[0] != '/' || sock.size() > 107 || sock.find('\0') != std::string::npos)
+    throw Failure{"bad_request", "socket must be an absolute path of at most 107 bytes"};
+  auto timeout = ParseTimeout(req, "", kDefaultDockerTimeoutMs);
+
+  HttpExchange x = ctx.sys->UnixHttp(sock, BuildHttpRequest(method, path, body), timeout, kMaxStreamBytes);
+  if (!x.ok()) {
+    std::string what = "docker " + method + " " + Printable(path, 128) + " via " + x.error;
+    throw Failure{x.timed_out ? "timeout" : "failed", Printable(what)};
+  }
+  json::object r;
+  r["status"] = x.response.status;
+  r["body_b64"] = Base64Encode(x.response.body);
+  r["truncated"] = x.response.truncated;
+  return r;
+}
+
 std::string Handle(std::string_view line, AgentContext& ctx) {
   if (line.size() > kMaxLineBytes) return TooLargeReply();
   json::value id = nullptr;
@@ -365,6 +407,8 @@ std::string Handle(std::string_view line, AgentContext& ctx) {
       result = OpQuiesce(req, ctx);
     else if (op == "exec")
       result = OpExec(req, ctx);
+    else if (op == "docker")
+      result = OpDocker(req, ctx);
     else
       throw Failure{"unknown_op", "unknown op: " + Printable(op, 64)};
     return OkReply(id, std::move(result));

@@ -1,8 +1,8 @@
 /// \file agent_core.hpp
 /// \brief Guest agent request handling (protocol v1, docs/guest-protocol.md), independent of the transport.
 ///
-/// Everything that touches the machine (hostname, network, RNG, clock, files, processes) goes through
-/// `SystemOps`, so host tests can run every operation against a recording double.
+/// Everything that touches the machine (hostname, network, RNG, clock, files, processes, sockets) goes
+/// through `SystemOps`, so host tests can run every operation against a recording double.
 #pragma once
 
 #include <chrono>
@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace fcwarm::agent {
@@ -23,6 +24,13 @@ inline constexpr std::size_t kMaxLineBytes = 65536;
 inline constexpr std::size_t kMaxStreamBytes = 1 << 20;
 inline constexpr int64_t kDefaultExecTimeoutMs = 10000;
 inline constexpr int64_t kMaxExecTimeoutMs = 600000;
+/// Default guest-side deadline of the `docker` op.
+inline constexpr int64_t kDefaultDockerTimeoutMs = 30000;
+/// Longest request target (path + query) the `docker` op accepts.
+inline constexpr std::size_t kMaxHttpTargetBytes = 2048;
+/// Longest HTTP response head (status line + headers) UnixHttp accepts.
+inline constexpr std::size_t kMaxHttpHeadBytes = 65536;
+inline constexpr std::string_view kDefaultDockerSocket = "/var/run/docker.sock";
 
 /// \brief Outcome of a system call wrapper: empty `error` means success.
 struct OpStatus {
@@ -50,6 +58,45 @@ struct ProcessResult {
   bool truncated = false;  ///< A stream exceeded max_output.
   std::string error;       ///< Why the process could not be started.
 };
+
+/// \brief An HTTP response read by SystemOps::UnixHttp.
+struct HttpResponse {
+  int status = 0;           ///< Status code of the status line.
+  std::string status_line;  ///< The status line without CRLF, e.g. "HTTP/1.0 404 Not Found".
+  std::vector<std::pair<std::string, std::string>> headers;  ///< In order received; names as sent.
+  std::string body;                                          ///< At most `max_body` bytes (see UnixHttp).
+  bool truncated = false;  ///< The body was longer than `max_body` and was cut there.
+  /// \brief Value of the first header called `name` (ASCII case-insensitive), or nullopt.
+  std::optional<std::string> Header(std::string_view name) const;
+};
+
+/// \brief Outcome of SystemOps::UnixHttp: `response` when `error` is empty.
+struct HttpExchange {
+  /// Empty on success; otherwise starts with the socket path and names the step that failed, e.g.
+  /// "/var/run/docker.sock: connect: No such file or directory".
+  std::string error;
+  bool timed_out = false;  ///< The deadline passed before the response was complete (`error` says where).
+  HttpResponse response;
+  bool ok() const { return error.empty(); }
+};
+
+/// \brief True if `method` is one of GET, POST, PUT, DELETE, HEAD.
+bool ValidHttpMethod(std::string_view method);
+/// \brief True if `target` is an acceptable request target for the `docker` op: starts with "/", at most
+/// kMaxHttpTargetBytes, only printable ASCII other than space and '#'.
+bool ValidHttpTarget(std::string_view target);
+/// \brief Builds an HTTP/1.0 request with `Host: docker`. With a body: `Content-Type: application/json` and
+/// `Content-Length`; without one, POST and PUT still get `Content-Length: 0`.
+/// \param method A valid method (ValidHttpMethod).
+/// \param target A valid target (ValidHttpTarget).
+/// \param body The body, or nullopt for none.
+std::string BuildHttpRequest(std::string_view method, std::string_view target,
+                             const std::optional<std::string>& body);
+/// \brief Parses a response head (status line and header lines, without the blank line that ends it).
+/// \param head The bytes before "\r\n\r\n".
+/// \param out Receives status, status_line and headers.
+/// \return Empty on success, else why the head is unparsable.
+std::string ParseHttpHead(std::string_view head, HttpResponse& out);
 
 /// \brief Runs a process with fork/execvp: own process group, stdin from `spec.stdin_data`, capped
 /// outputs, SIGKILL to the group at the deadline. Never uses a shell.
@@ -96,9 +143,19 @@ class SystemOps {
   virtual OpStatus RemoveFile(const std::string& path) = 0;
   // --- processes and sockets ---
   virtual ProcessResult Run(const ProcessSpec& spec) = 0;
-  /// \brief `GET /_ping` on a Unix socket; returns (ready, detail).
-  virtual std::pair<bool, std::string> DockerPing(const std::string& socket_path,
-                                                  std::chrono::milliseconds timeout) = 0;
+  /// \brief One HTTP exchange on a Unix stream socket (the `docker` op and the docker readiness check).
+  ///
+  /// Connects to `socket_path`, sends `request` as is (an HTTP/1.0 request, see BuildHttpRequest), reads the
+  /// response until EOF or until `Content-Length` body bytes arrived, all within `timeout`. The body is cut
+  /// at `max_body` bytes (reading stops there, `truncated`). A chunked response is an error (an HTTP/1.0
+  /// client never gets one).
+  /// \param socket_path Absolute path of the socket (symlinks are followed).
+  /// \param request The complete request bytes.
+  /// \param timeout Deadline for connect + send + the whole response.
+  /// \param max_body Cap on the returned body.
+  /// \return The response, or an error naming the socket and the step.
+  virtual HttpExchange UnixHttp(const std::string& socket_path, const std::string& request,
+                                std::chrono::milliseconds timeout, std::size_t max_body) = 0;
 };
 
 /// \brief The real Linux implementation (syscalls, netlink, ioctl).
@@ -120,8 +177,8 @@ class LinuxSystemOps final : public SystemOps {
   std::vector<std::string> ListFiles(const std::string& dir) override;
   OpStatus RemoveFile(const std::string& path) override;
   ProcessResult Run(const ProcessSpec& spec) override;
-  std::pair<bool, std::string> DockerPing(const std::string& socket_path,
-                                          std::chrono::milliseconds timeout) override;
+  HttpExchange UnixHttp(const std::string& socket_path, const std::string& request,
+                        std::chrono::milliseconds timeout, std::size_t max_body) override;
 };
 
 /// \brief Everything a request handler needs. `sys` must outlive the context.

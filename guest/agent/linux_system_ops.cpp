@@ -16,11 +16,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "agent_core.hpp"
@@ -387,68 +391,135 @@ OpStatus LinuxSystemOps::RemoveFile(const std::string& path) {
 
 ProcessResult LinuxSystemOps::Run(const ProcessSpec& spec) { return RunProcess(spec); }
 
-std::pair<bool, std::string> LinuxSystemOps::DockerPing(const std::string& socket_path,
-                                                        std::chrono::milliseconds timeout) {
+HttpExchange LinuxSystemOps::UnixHttp(const std::string& socket_path, const std::string& request,
+                                      std::chrono::milliseconds timeout, std::size_t max_body) {
+  using Clock = std::chrono::steady_clock;
+  HttpExchange x;
+  auto fail = [&](std::string why, bool timed_out = false) {
+    x.error = socket_path + ": " + why;
+    x.timed_out = timed_out;
+    x.response = HttpResponse{};
+    return x;
+  };
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (socket_path.size() >= sizeof addr.sun_path) return {false, "socket path too long"};
+  if (socket_path.size() >= sizeof addr.sun_path)
+    return fail("socket path longer than " + std::to_string(sizeof addr.sun_path - 1) + " bytes");
   memcpy(addr.sun_path, socket_path.c_str(), socket_path.size() + 1);
+  const auto deadline = Clock::now() + timeout;
+  auto ms_left = [&] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+  };
   Fd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  if (fd.get() < 0) return {false, Errno("socket")};
-  auto deadline = std::chrono::steady_clock::now() + timeout;
+  if (fd.get() < 0) return fail(Errno("socket"));
+  // Waits until `events` or the deadline; false on timeout. POLLHUP/POLLERR count as ready (the following
+  // call reports what happened).
   auto wait = [&](short events) {
     for (;;) {
-      auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return false;
+      auto left = ms_left();
+      if (left <= 0) return false;
       pollfd p{fd.get(), events, 0};
-      int r = poll(&p, 1, static_cast<int>(left.count()));
+      int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, INT32_MAX)));
       if (r > 0) return true;
-      if (r < 0 && errno != EINTR) return false;
+      if (r < 0 && errno != EINTR) return true;
     }
   };
-  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    if (errno != EINPROGRESS && errno != EAGAIN) return {false, Errno(("connect " + socket_path).c_str())};
-    if (!wait(POLLOUT)) return {false, "connect " + socket_path + ": timed out"};
-    int err = 0;
-    socklen_t len = sizeof err;
-    getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err != 0) return {false, "connect " + socket_path + ": " + strerror(err)};
+  const std::string within = " within " + std::to_string(timeout.count()) + " ms";
+
+  // A non-blocking connect on a Unix socket never returns EINPROGRESS; EAGAIN means the listener's backlog
+  // is full: retry until the deadline.
+  while (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) return fail(Errno("connect"));
+    if (ms_left() <= 0) return fail("connect: backlog full, not accepted" + within, true);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  // HTTP/1.0: the server closes after the reply and never uses chunked encoding.
-  const std::string req = "GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n";
+
   std::size_t off = 0;
-  while (off < req.size()) {
-    ssize_t w = send(fd.get(), req.data() + off, req.size() - off, MSG_NOSIGNAL);
+  while (off < request.size()) {
+    ssize_t w = send(fd.get(), request.data() + off, request.size() - off, MSG_NOSIGNAL);
     if (w > 0) {
       off += static_cast<std::size_t>(w);
     } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-      if (!wait(POLLOUT)) return {false, "send: timed out"};
+      if (!wait(POLLOUT))
+        return fail("send: request not accepted" + within + " (" + std::to_string(off) + " of " +
+                        std::to_string(request.size()) + " bytes sent)",
+                    true);
     } else {
-      return {false, Errno("send")};
+      return fail(Errno("send"));
     }
   }
-  std::string resp;
+
+  const bool head_request = request.compare(0, 5, "HEAD ") == 0;
+  HttpResponse& resp = x.response;
+  std::string head_buf;  // bytes until the end of the response head
+  bool have_head = false;
+  std::optional<uint64_t> content_length;  // body length announced (0 when the response has no body)
+  uint64_t received = 0;                   // body bytes received (counted up to content_length)
+  auto add_body = [&](const char* p, std::size_t n) {
+    if (content_length) n = static_cast<std::size_t>(std::min<uint64_t>(n, *content_length - received));
+    received += n;
+    std::size_t room = max_body - resp.body.size();
+    resp.body.append(p, std::min(n, room));
+    if (n > room || (content_length && *content_length > max_body && resp.body.size() >= max_body))
+      resp.truncated = true;
+  };
+  std::vector<char> buf(65536);
   for (;;) {
-    if (!wait(POLLIN)) return {false, "no complete answer within " + std::to_string(timeout.count()) + " ms"};
-    char buf[4096];
-    ssize_t n = recv(fd.get(), buf, sizeof buf, 0);
-    if (n > 0) {
-      resp.append(buf, static_cast<std::size_t>(n));
-      if (resp.size() > 65536) break;
+    if (have_head && (resp.truncated || (content_length && received >= *content_length))) break;
+    if (!wait(POLLIN)) {
+      std::string got = have_head ? "status " + std::to_string(resp.status) + " and " +
+                                        std::to_string(received) + " body bytes"
+                                  : std::to_string(head_buf.size()) + " bytes";
+      return fail("no complete response" + within + " (got " + got + ")", true);
+    }
+    ssize_t n = recv(fd.get(), buf.data(), buf.size(), 0);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      return fail(Errno("recv"));
+    }
+    if (n == 0) break;  // EOF: an HTTP/1.0 server closes after the response
+    if (have_head) {
+      add_body(buf.data(), static_cast<std::size_t>(n));
       continue;
     }
-    if (n == 0) break;
-    if (errno == EAGAIN || errno == EINTR) continue;
-    return {false, Errno("recv")};
+    head_buf.append(buf.data(), static_cast<std::size_t>(n));
+    auto end = head_buf.find("\r\n\r\n");
+    if (end == std::string::npos) {
+      if (head_buf.size() > kMaxHttpHeadBytes)
+        return fail("unparsable response: no end of the header within " + std::to_string(kMaxHttpHeadBytes) +
+                    " bytes");
+      continue;
+    }
+    if (end > kMaxHttpHeadBytes)
+      return fail("unparsable response: header longer than " + std::to_string(kMaxHttpHeadBytes) + " bytes");
+    if (auto why = ParseHttpHead(std::string_view(head_buf).substr(0, end), resp); !why.empty())
+      return fail("unparsable response: " + why);
+    have_head = true;
+    if (auto te = resp.Header("Transfer-Encoding"); te && *te != "identity")
+      return fail("unsupported response: Transfer-Encoding " + *te +
+                  " (expected none for an HTTP/1.0 request)");
+    if (head_request || resp.status < 200 || resp.status == 204 || resp.status == 304) {
+      content_length = 0;  // no body, whatever Content-Length says
+    } else if (auto cl = resp.Header("Content-Length")) {
+      if (cl->empty() || cl->size() > 18 || cl->find_first_not_of("0123456789") != std::string::npos)
+        return fail("unparsable response: Content-Length \"" + cl->substr(0, 32) + "\"");
+      content_length = std::stoull(*cl);
+    }
+    add_body(head_buf.data() + end + 4, head_buf.size() - end - 4);
+    head_buf.clear();
   }
-  auto line_end = resp.find("\r\n");
-  std::string status = resp.substr(0, line_end);
-  auto body_at = resp.find("\r\n\r\n");
-  std::string body = body_at == std::string::npos ? "" : resp.substr(body_at + 4);
-  bool ok_status = status.rfind("HTTP/1.", 0) == 0 && status.size() >= 12 && status.substr(9, 3) == "200";
-  if (ok_status && body == "OK") return {true, socket_path + ": " + status + ", body OK"};
-  return {false, socket_path + " answered \"" + status + "\" with body \"" + body.substr(0, 64) + "\""};
+  if (!have_head) {
+    if (head_buf.empty()) return fail("connection closed without a response");
+    std::string first = head_buf.substr(0, std::min<std::size_t>(head_buf.find('\n'), 80));
+    for (char& c : first)
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
+    return fail("unparsable response: connection closed inside the header (starts \"" + first + "\")");
+  }
+  if (content_length && received < *content_length && !resp.truncated)
+    return fail("response ended after " + std::to_string(received) + " of " +
+                std::to_string(*content_length) + " body bytes");
+  return x;
 }
 
 }  // namespace fcwarm::agent

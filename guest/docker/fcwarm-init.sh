@@ -2,8 +2,13 @@
 # /sbin/fcwarm-init of the fcwarm docker runtime image (installed by guest/build-docker-image.sh).
 # Runs as PID 1 after the initramfs (guest/docker/initramfs-init.sh) switch_root'ed into /dev/vda.
 # Mounts the pseudo filesystems, loads overlay/veth/bridge, keeps fcwarm-agent running, starts containerd,
-# then dockerd (no iptables, no bridge, overlay2), loads the baked image tarballs with `docker load` once
-# dockerd answers, then touches /run/fcwarm-images-loaded. Timings (guest uptime) go to the console and to
+# then dockerd (no iptables, no bridge, overlay2) on a PRIVATE socket (/run/fcwarm/dockerd.sock). Through that
+# socket it loads the baked image tarballs (`docker load`) and runs one throw-away container (pre-warm: a
+# snapshot then carries runc/containerd-shim/overlay code and data in its page cache), touches
+# /run/fcwarm-images-loaded, and only then publishes the public socket: /var/run/docker.sock becomes a
+# symlink to the private one. So `GET /_ping` answering on /var/run/docker.sock (runtime_ready kind docker)
+# means: daemon up, images loaded, a container has run. If loading or the pre-warm run fails, the socket is
+# never published and /run/fcwarm-docker-failed says why. Timings (guest uptime) go to the console and to
 # /run/fcwarm-timings.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
@@ -49,23 +54,56 @@ i=0
 while [ ! -S /run/containerd/containerd.sock ] && [ "$i" -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 t "containerd socket"
 
+# dockerd listens on a private socket until the images are loaded and a container has run (see above).
+priv=/run/fcwarm/dockerd.sock
+mkdir -p /run/fcwarm
+rm -f /var/run/docker.sock "${priv}"
 dockerd --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
   --storage-driver=overlay2 --containerd=/run/containerd/containerd.sock \
-  -H unix:///var/run/docker.sock >/var/log/dockerd.log 2>&1 &
+  -H "unix://${priv}" >/var/log/dockerd.log 2>&1 &
 i=0
-while [ ! -S /var/run/docker.sock ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
-t "dockerd socket"
+while [ ! -S "${priv}" ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+t "dockerd socket (private)"
 i=0
-until docker version >/dev/null 2>&1 || [ "$i" -ge 600 ]; do sleep 0.2; i=$((i + 1)); done
+until docker -H "unix://${priv}" version >/dev/null 2>&1 || [ "$i" -ge 600 ]; do sleep 0.2; i=$((i + 1)); done
 t "dockerd answers"
 
+failed=""
+fail() {
+  echo "fcwarm-init: FAILED: $1 (/var/run/docker.sock not published)"
+  echo "$1" >>/run/fcwarm-docker-failed
+  failed=1
+}
 for img in /var/lib/fcwarm/images/*.tar; do
   [ -f "$img" ] || continue
-  docker load -i "$img" 2>&1 | sed 's/^/fcwarm-init: /'
+  if out=$(docker -H "unix://${priv}" load -i "$img" 2>&1); then
+    printf '%s\n' "$out" | sed 's/^/fcwarm-init: /'
+  else
+    printf '%s\n' "$out" | sed 's/^/fcwarm-init: /'
+    fail "docker load -i $img failed"
+  fi
 done
-touch /run/fcwarm-images-loaded
 t "images loaded"
-echo "fcwarm-init: ready"
+
+if [ -z "$failed" ]; then
+  # Pre-warm: one container through the whole path (containerd-shim, runc, overlay mount, cgroup).
+  t0=$(up)
+  if out=$(docker -H "unix://${priv}" run --rm --network none busybox:latest true 2>&1); then
+    t1=$(up)
+    t "prewarm container done ($(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')s)"
+  else
+    printf '%s\n' "$out" | sed 's/^/fcwarm-init: /'
+    fail "pre-warm container (docker run --rm --network none busybox:latest true) failed"
+  fi
+fi
+
+if [ -z "$failed" ]; then
+  touch /run/fcwarm-images-loaded
+  # Publish: connect() on /var/run/docker.sock follows the symlink to the private socket.
+  ln -sfn "${priv}" /var/run/docker.sock
+  t "docker socket published"
+  echo "fcwarm-init: ready"
+fi
 
 # PID 1 must never exit; reap orphans.
 while true; do

@@ -19,7 +19,24 @@ namespace json = boost::json;
 
 namespace {
 
-constexpr size_t kMaxRequestLine = 65536;  // docs/guest-protocol.md: longer request lines are refused
+constexpr size_t kMaxRequestLine = 65536;     // docs/guest-protocol.md: longer request lines are refused
+constexpr size_t kMaxDockerPathBytes = 2048;  // docs/guest-protocol.md, op docker
+constexpr int64_t kMaxGuestTimeoutMs = 600000;
+
+bool ValidDockerMethod(const std::string& m) {
+  return m == "GET" || m == "POST" || m == "PUT" || m == "DELETE" || m == "HEAD";
+}
+
+// Starts with "/", at most kMaxDockerPathBytes, printable ASCII without space and '#' (so nothing can end the
+// request line or add a header).
+bool ValidDockerPath(const std::string& p) {
+  if (p.empty() || p[0] != '/' || p.size() > kMaxDockerPathBytes) return false;
+  for (char c : p) {
+    auto u = static_cast<unsigned char>(c);
+    if (u <= 0x20 || u >= 0x7f || c == '#') return false;
+  }
+  return true;
+}
 constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 std::string B64Encode(std::string_view in) {
@@ -188,6 +205,46 @@ class StreamGuestChannel final : public GuestChannel {
     return out;
   }
 
+  Result<DockerResponse> Docker(const DockerRequest& req, std::chrono::milliseconds timeout) override {
+    // The agent validates the same way; checking here gives the caller InvalidArgument naming the field
+    // instead of a round trip.
+    if (!ValidDockerMethod(req.method)) {
+      return Status::InvalidArgument("docker: method must be one of GET, POST, PUT, DELETE, HEAD (got \"" +
+                                     req.method.substr(0, 16) + "\")");
+    }
+    if (!ValidDockerPath(req.path)) {
+      return Status::InvalidArgument("docker: path must start with \"/\" and be at most " +
+                                     std::to_string(kMaxDockerPathBytes) +
+                                     " bytes of printable ASCII without space or '#'");
+    }
+    if (req.socket.empty() || req.socket[0] != '/' || req.socket.size() > 107 ||
+        req.socket.find('\0') != std::string::npos) {
+      return Status::InvalidArgument("docker: socket must be an absolute path of at most 107 bytes");
+    }
+    if (req.timeout.count() < 1 || req.timeout.count() > kMaxGuestTimeoutMs) {
+      return Status::InvalidArgument("docker: timeout must be 1.." + std::to_string(kMaxGuestTimeoutMs) +
+                                     " ms (got " + std::to_string(req.timeout.count()) + ")");
+    }
+    json::object a{{"method", req.method},
+                   {"path", req.path},
+                   {"socket", req.socket},
+                   {"timeout_ms", static_cast<int64_t>(req.timeout.count())}};
+    if (!req.body.empty()) a["body_b64"] = B64Encode(req.body);
+    auto r = Call("docker", std::move(a), timeout);
+    if (!r.ok()) return r.status();
+    const auto* status = r->if_contains("status");
+    if (!status || !(status->is_int64() || status->is_uint64())) {
+      return Status::Unavailable(options_.label + "guest agent docker: reply has no integer status");
+    }
+    DockerResponse out;
+    out.status = static_cast<int>(Int(*r, "status"));
+    auto body = B64Decode(Str(*r, "body_b64"));
+    if (!body.ok()) return body.status();
+    out.body = std::move(*body);
+    out.truncated = Bool(*r, "truncated");
+    return out;
+  }
+
  private:
   Status Fail(const Status& st, const std::string& op) {
     std::string msg = options_.label + "guest agent " + op + ": " + st.message();
@@ -287,7 +344,6 @@ Result<int> ConnectUnixStream(const std::string& path, std::chrono::milliseconds
     sleep = std::min(sleep * 2, std::chrono::milliseconds(20));
   }
 }
-
 
 std::unique_ptr<GuestChannel> MakeStreamGuestChannel(Connector connect, StreamChannelOptions options) {
   return std::make_unique<StreamGuestChannel>(std::move(connect), std::move(options));

@@ -37,7 +37,6 @@ struct StreamChannelOptions {
 /// Connects to a Unix stream socket, retrying ENOENT/ECONNREFUSED until `timeout`.
 Result<int> ConnectUnixStream(const std::string& path, std::chrono::milliseconds timeout);
 
-
 /// Makes a GuestChannel over streams from `connect`. Calls are serialized by a mutex; each call has a
 /// deadline (poll-based), replies are matched by id (stale replies of earlier timed-out calls are skipped), a
 /// failed or timed-out call drops the connection and the next call reconnects.

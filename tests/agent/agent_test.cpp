@@ -30,8 +30,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// Records every state-changing call; answers reads with fixed values; runs processes and Docker pings for
-// real.
+// Records every state-changing call; answers reads with fixed values; runs processes and Unix-socket HTTP
+// exchanges for real (recording the latter too).
 class RecordingOps final : public fa::SystemOps {
  public:
   std::string BootId() override { return "11111111-2222-3333-4444-555555555555"; }
@@ -99,12 +99,23 @@ class RecordingOps final : public fa::SystemOps {
     return real.RemoveFile(path);
   }
   fa::ProcessResult Run(const fa::ProcessSpec& spec) override { return fa::RunProcess(spec); }
-  std::pair<bool, std::string> DockerPing(const std::string& sock, std::chrono::milliseconds t) override {
-    return real.DockerPing(sock, t);
+  fa::HttpExchange UnixHttp(const std::string& sock, const std::string& request, std::chrono::milliseconds t,
+                            std::size_t max_body) override {
+    {
+      std::lock_guard l(mu);
+      http_calls.push_back(HttpCall{sock, request, t, max_body});
+    }
+    return real.UnixHttp(sock, request, t, max_body);
   }
 
+  struct HttpCall {
+    std::string socket, request;
+    std::chrono::milliseconds timeout;
+    std::size_t max_body;
+  };
   std::mutex mu;
   std::vector<std::string> calls;
+  std::vector<HttpCall> http_calls;
   std::map<std::string, std::string> written;
   std::string hostname = "host-under-test";
   std::vector<uint8_t> mac;
@@ -165,45 +176,96 @@ std::string Decode(const json::value& v) {
   return *d;
 }
 
-// A one-shot HTTP server on a Unix socket that answers every connection with `response`.
-class FakeDocker {
+// An HTTP server on a Unix socket for one connection: reads the request (head, then Content-Length body
+// bytes), records it, then behaves as `mode` says. Sends with MSG_NOSIGNAL: the client may hang up early.
+class FakeHttpServer {
  public:
-  FakeDocker(const std::string& path, std::string response) : path_(path), response_(std::move(response)) {
-    fd_ = socket(AF_UNIX, SOCK_STREAM, 0);
+  enum class Mode {
+    kRespondAndClose,     // writes `response`, closes (what an HTTP/1.0 server does)
+    kRespondAndKeepOpen,  // writes `response`, keeps the connection until the client closes it
+    kSilent,              // never answers; waits until the client closes
+  };
+  FakeHttpServer(const std::string& path, std::string response, Mode mode = Mode::kRespondAndClose)
+      : response_(std::move(response)), mode_(mode) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd_ >= 0);
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
     REQUIRE(path.size() < sizeof a.sun_path);
     memcpy(a.sun_path, path.c_str(), path.size() + 1);
     REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
     REQUIRE(listen(fd_, 4) == 0);
-    thread_ = std::thread([this] {
-      int c = accept(fd_, nullptr, nullptr);
-      if (c < 0) return;
-      char buf[1024];
-      std::string req;
-      while (req.find("\r\n\r\n") == std::string::npos) {
-        ssize_t n = read(c, buf, sizeof buf);
-        if (n <= 0) break;
-        req.append(buf, static_cast<size_t>(n));
-      }
-      request = req;
-      ssize_t w = write(c, response_.data(), response_.size());
-      (void)w;
-      close(c);
-    });
+    thread_ = std::thread([this] { Serve(); });
   }
-  ~FakeDocker() {
+  ~FakeHttpServer() {
     shutdown(fd_, SHUT_RDWR);
     close(fd_);
     thread_.join();
   }
-  std::string request;
+  // The request bytes received (head and body).
+  std::string request() {
+    std::lock_guard l(mu_);
+    return request_;
+  }
+  int connections() {
+    std::lock_guard l(mu_);
+    return connections_;
+  }
 
  private:
-  std::string path_, response_;
+  void Serve() {
+    int c = accept(fd_, nullptr, nullptr);
+    if (c < 0) return;
+    std::string req;
+    char buf[4096];
+    std::size_t want = std::string::npos;  // total request size once the head is known
+    while (req.size() < want) {
+      ssize_t n = read(c, buf, sizeof buf);
+      if (n <= 0) break;
+      req.append(buf, static_cast<size_t>(n));
+      auto end = req.find("\r\n\r\n");
+      if (want == std::string::npos && end != std::string::npos) {
+        std::size_t body = 0;
+        auto cl = req.find("\r\nContent-Length: ");
+        if (cl != std::string::npos && cl < end) body = std::stoul(req.substr(cl + 18));
+        want = end + 4 + body;
+      }
+    }
+    {
+      std::lock_guard l(mu_);
+      request_ = req;
+      ++connections_;
+    }
+    if (mode_ != Mode::kSilent) {
+      std::size_t off = 0;
+      while (off < response_.size()) {
+        ssize_t w = send(c, response_.data() + off, response_.size() - off, MSG_NOSIGNAL);
+        if (w <= 0) break;  // the client stopped reading (e.g. after 1 MiB)
+        off += static_cast<size_t>(w);
+      }
+    }
+    if (mode_ != Mode::kRespondAndClose) {
+      while (read(c, buf, sizeof buf) > 0) {
+      }
+    }
+    close(c);
+  }
+
+  std::string response_;
+  Mode mode_;
   int fd_ = -1;
   std::thread thread_;
+  std::mutex mu_;
+  std::string request_;
+  int connections_ = 0;
 };
+
+// A docker op request line.
+std::string DockerReq(const std::string& socket, const std::string& method, const std::string& path,
+                      const std::string& extra = "") {
+  return R"({"v":1,"id":1,"op":"docker","method":")" + method + R"(","path":")" + path + R"(","socket":")" +
+         socket + "\"" + extra + "}";
+}
 
 }  // namespace
 
@@ -451,15 +513,17 @@ TEST_CASE_FIXTURE(Fixture, "runtime_ready checks") {
   }
   SUBCASE("docker _ping answered OK") {
     std::string sock = dir.path + "/docker.sock";
-    FakeDocker d(sock, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK");
+    FakeHttpServer d(sock, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK");
     auto r =
         Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + sock + R"("}})");
     CHECK(r.at("ready").as_bool());
-    CHECK(d.request.find("GET /_ping HTTP/1.") == 0);
+    CHECK(d.request() == "GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n");
+    REQUIRE(ops.http_calls.size() == 1);
+    CHECK(ops.http_calls[0].timeout == std::chrono::milliseconds(5000));
   }
   SUBCASE("docker _ping answered 500") {
     std::string sock = dir.path + "/docker.sock";
-    FakeDocker d(sock, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom");
+    FakeHttpServer d(sock, "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nboom");
     auto r =
         Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + sock + R"("}})");
     CHECK(!r.at("ready").as_bool());
@@ -469,6 +533,24 @@ TEST_CASE_FIXTURE(Fixture, "runtime_ready checks") {
     auto r = Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + dir.path +
                 R"(/none.sock"}})");
     CHECK(!r.at("ready").as_bool());
+    CHECK(r.at("detail").as_string().find(dir.path + "/none.sock: connect") == 0);
+  }
+  SUBCASE("docker _ping through a symlink to the socket") {
+    std::string real_sock = dir.path + "/private.sock";
+    FakeHttpServer d(real_sock, "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nOK");
+    fs::create_symlink(real_sock, dir.path + "/docker.sock");
+    auto r = Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + dir.path +
+                R"(/docker.sock"}})");
+    CHECK(r.at("ready").as_bool());
+    CHECK(d.connections() == 1);
+  }
+  SUBCASE("docker _ping that never answers") {
+    std::string sock = dir.path + "/docker.sock";
+    FakeHttpServer d(sock, "", FakeHttpServer::Mode::kSilent);
+    auto r = Ok(R"({"v":1,"id":1,"op":"runtime_ready","check":{"kind":"docker","socket":")" + sock +
+                R"(","timeout_ms":100}})");
+    CHECK(!r.at("ready").as_bool());
+    CHECK(r.at("detail").as_string().find("no complete response within 100 ms") != std::string::npos);
   }
   SUBCASE("malformed checks") {
     CHECK(Err(R"({"v":1,"id":1,"op":"runtime_ready"})").second == "check is required");
@@ -585,4 +667,229 @@ TEST_CASE_FIXTURE(Fixture, "concurrent requests") {
     });
   for (auto& t : threads) t.join();
   CHECK(ok == 80);
+}
+
+TEST_CASE("HTTP helpers: targets, request building, head parsing") {
+  CHECK(fa::ValidHttpTarget("/v1.41/containers/json?all=1&filters=%7B%7D"));
+  CHECK(fa::ValidHttpTarget("/"));
+  CHECK(fa::ValidHttpTarget("/" + std::string(fa::kMaxHttpTargetBytes - 1, 'a')));
+  CHECK(!fa::ValidHttpTarget("/" + std::string(fa::kMaxHttpTargetBytes, 'a')));
+  CHECK(!fa::ValidHttpTarget(""));
+  CHECK(!fa::ValidHttpTarget("containers/json"));
+  CHECK(!fa::ValidHttpTarget("/a b"));
+  CHECK(!fa::ValidHttpTarget("/a#b"));
+  CHECK(!fa::ValidHttpTarget("/a\r\nX-Injected: 1"));
+  CHECK(!fa::ValidHttpTarget("/a\tb"));
+  CHECK(!fa::ValidHttpTarget("/\xc3\xa9"));
+  for (auto m : {"GET", "POST", "PUT", "DELETE", "HEAD"}) CHECK(fa::ValidHttpMethod(m));
+  for (auto m : {"get", "PATCH", "OPTIONS", "", "GET "}) CHECK(!fa::ValidHttpMethod(m));
+
+  CHECK(fa::BuildHttpRequest("GET", "/_ping", std::nullopt) == "GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n");
+  CHECK(fa::BuildHttpRequest("POST", "/x", std::nullopt) ==
+        "POST /x HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
+  CHECK(fa::BuildHttpRequest("PUT", "/x", std::string("{}")) ==
+        "PUT /x HTTP/1.0\r\nHost: docker\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+
+  fa::HttpResponse r;
+  CHECK(fa::ParseHttpHead("HTTP/1.1 201 Created\r\nContent-Type: application/json\r\ncontent-length:  7 ", r)
+            .empty());
+  CHECK(r.status == 201);
+  CHECK(r.status_line == "HTTP/1.1 201 Created");
+  REQUIRE(r.headers.size() == 2);
+  CHECK(r.Header("CONTENT-LENGTH") == std::optional<std::string>("7"));
+  CHECK(r.Header("content-type") == std::optional<std::string>("application/json"));
+  CHECK(!r.Header("Server").has_value());
+  CHECK(fa::ParseHttpHead("HTTP/1.0 204", r).empty());
+  CHECK(r.status == 204);
+  CHECK(fa::ParseHttpHead("HTTP/1.0 2x4 OK", r).find("status line") != std::string::npos);
+  CHECK(fa::ParseHttpHead("SSH-2.0-OpenSSH", r).find("status line") != std::string::npos);
+  CHECK(fa::ParseHttpHead("HTTP/1.0 099 Low", r).find("status line") != std::string::npos);
+  CHECK(fa::ParseHttpHead("HTTP/1.0 200 OK\r\nno colon here", r).find("header line") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "docker: bad arguments name the field and send nothing") {
+  struct Case {
+    std::string req;
+    std::string prefix;  // the message starts with the field name
+  };
+  const std::string s = R"(,"socket":"/tmp/x.sock")";
+  std::vector<Case> cases = {
+      {R"({"v":1,"id":1,"op":"docker","path":"/_ping"})", "method is required"},
+      {R"({"v":1,"id":1,"op":"docker","method":5,"path":"/_ping"})", "method must be a string"},
+      {R"({"v":1,"id":1,"op":"docker","method":"PATCH","path":"/_ping"})", "method must be one of"},
+      {R"({"v":1,"id":1,"op":"docker","method":"get","path":"/_ping"})", "method must be one of"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET"})", "path is required"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":7})", "path must be a string"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"_ping"})", "path must start with"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/a b"})", "path must start with"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/a#frag"})", "path must start with"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/a\r\nHost: evil"})", "path must start with"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/\u00e9"})", "path must start with"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/)" + std::string(fa::kMaxHttpTargetBytes, 'a') +
+           "\"}",
+       "path must start with"},
+      {R"({"v":1,"id":1,"op":"docker","method":"POST","path":"/x","body_b64":"{}"})",
+       "body_b64 is not valid"},
+      {R"({"v":1,"id":1,"op":"docker","method":"POST","path":"/x","body_b64":5})",
+       "body_b64 must be a string"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/x","socket":"docker.sock"})", "socket must be"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/x","socket":"/)" + std::string(107, 's') +
+           "\"}",
+       "socket must be"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/x","socket":["/a"]})",
+       "socket must be a string"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/x","timeout_ms":0})", "timeout_ms must be in"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/x","timeout_ms":600001})",
+       "timeout_ms must be in"},
+      {R"({"v":1,"id":1,"op":"docker","method":"GET","path":"/x","timeout_ms":"5"})",
+       "timeout_ms must be an"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.req);
+    auto [code, msg] = Err(c.req);
+    CHECK(code == "bad_request");
+    CHECK(msg.rfind(c.prefix, 0) == 0);
+  }
+  CHECK(ops.http_calls.empty());
+}
+
+TEST_CASE_FIXTURE(Fixture, "docker: requests and responses over a real Unix socket") {
+  TempDir dir;
+  const std::string sock = dir.path + "/docker.sock";
+
+  SUBCASE("201 with a JSON body; the request carries the body, Content-Type and Content-Length") {
+    const std::string body = R"({"Image":"busybox:latest","Cmd":["true"]})";
+    const std::string answer = R"({"Id":"4f1c0ffee","Warnings":[]})";
+    FakeHttpServer d(sock,
+                     "HTTP/1.0 201 Created\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n"
+                     "Content-Length: " +
+                         std::to_string(answer.size()) + "\r\n\r\n" + answer);
+    auto r = Ok(DockerReq(sock, "POST", "/v1.41/containers/create?name=web",
+                          R"(,"body_b64":")" + fa::Base64Encode(body) + R"(","timeout_ms":4000)"));
+    CHECK(r.at("status").as_int64() == 201);
+    CHECK(Decode(r.at("body_b64")) == answer);
+    CHECK(!r.at("truncated").as_bool());
+    CHECK(d.request() ==
+          "POST /v1.41/containers/create?name=web HTTP/1.0\r\nHost: docker\r\n"
+          "Content-Type: application/json\r\nContent-Length: " +
+              std::to_string(body.size()) + "\r\n\r\n" + body);
+    REQUIRE(ops.http_calls.size() == 1);
+    CHECK(ops.http_calls[0].socket == sock);
+    CHECK(ops.http_calls[0].timeout == std::chrono::milliseconds(4000));
+    CHECK(ops.http_calls[0].max_body == fa::kMaxStreamBytes);
+  }
+  SUBCASE("404 body without Content-Length, read until EOF; GET carries no body headers") {
+    const std::string answer = R"({"message":"No such container: nope"})"
+                               "\n";
+    FakeHttpServer d(sock, "HTTP/1.0 404 Not Found\r\nContent-Type: application/json\r\n\r\n" + answer);
+    auto r = Ok(DockerReq(sock, "GET", "/v1.41/containers/nope/json"));
+    CHECK(r.at("status").as_int64() == 404);
+    CHECK(Decode(r.at("body_b64")) == answer);
+    CHECK(!r.at("truncated").as_bool());
+    CHECK(d.request() == "GET /v1.41/containers/nope/json HTTP/1.0\r\nHost: docker\r\n\r\n");
+    REQUIRE(ops.http_calls.size() == 1);
+    CHECK(ops.http_calls[0].timeout == std::chrono::milliseconds(fa::kDefaultDockerTimeoutMs));
+  }
+  SUBCASE("POST without a body sends Content-Length: 0; 204 has no body") {
+    FakeHttpServer d(sock, "HTTP/1.0 204 No Content\r\nApi-Version: 1.41\r\n\r\n");
+    auto r = Ok(DockerReq(sock, "POST", "/v1.41/containers/abc/start"));
+    CHECK(r.at("status").as_int64() == 204);
+    CHECK(Decode(r.at("body_b64")).empty());
+    CHECK(d.request() ==
+          "POST /v1.41/containers/abc/start HTTP/1.0\r\nHost: docker\r\nContent-Length: 0\r\n\r\n");
+  }
+  SUBCASE("body over 1 MiB is cut at 1 MiB (with Content-Length)") {
+    std::string big(fa::kMaxStreamBytes + fa::kMaxStreamBytes / 2, 'b');
+    for (std::size_t i = 0; i < big.size(); i += 997) big[i] = static_cast<char>('a' + i % 26);
+    FakeHttpServer d(sock,
+                     "HTTP/1.0 200 OK\r\nContent-Length: " + std::to_string(big.size()) + "\r\n\r\n" + big);
+    auto r = Ok(DockerReq(sock, "GET", "/v1.41/containers/abc/logs?stdout=1"));
+    CHECK(r.at("status").as_int64() == 200);
+    std::string got = Decode(r.at("body_b64"));
+    CHECK(got.size() == fa::kMaxStreamBytes);
+    CHECK(got == big.substr(0, fa::kMaxStreamBytes));
+    CHECK(r.at("truncated").as_bool());
+  }
+  SUBCASE("body over 1 MiB is cut at 1 MiB (until EOF)") {
+    std::string big(fa::kMaxStreamBytes + 1, 'z');
+    FakeHttpServer d(sock, "HTTP/1.0 200 OK\r\n\r\n" + big);
+    auto r = Ok(DockerReq(sock, "GET", "/v1.41/containers/abc/logs?stdout=1"));
+    CHECK(Decode(r.at("body_b64")).size() == fa::kMaxStreamBytes);
+    CHECK(r.at("truncated").as_bool());
+  }
+  SUBCASE("exactly 1 MiB is not truncated") {
+    std::string big(fa::kMaxStreamBytes, 'y');
+    FakeHttpServer d(sock, "HTTP/1.0 200 OK\r\n\r\n" + big);
+    auto r = Ok(DockerReq(sock, "GET", "/x"));
+    CHECK(Decode(r.at("body_b64")).size() == fa::kMaxStreamBytes);
+    CHECK(!r.at("truncated").as_bool());
+  }
+  SUBCASE("Content-Length ends the response even if the server keeps the connection open") {
+    FakeHttpServer d(sock, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+                     FakeHttpServer::Mode::kRespondAndKeepOpen);
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = Ok(DockerReq(sock, "GET", "/x", R"(,"timeout_ms":5000)"));
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
+    CHECK(Decode(r.at("body_b64")) == "hello");
+  }
+  SUBCASE("HEAD: no body whatever Content-Length says") {
+    FakeHttpServer d(sock, "HTTP/1.0 200 OK\r\nContent-Length: 1234\r\n\r\n",
+                     FakeHttpServer::Mode::kRespondAndKeepOpen);
+    auto r = Ok(DockerReq(sock, "HEAD", "/_ping", R"(,"timeout_ms":5000)"));
+    CHECK(r.at("status").as_int64() == 200);
+    CHECK(Decode(r.at("body_b64")).empty());
+    CHECK(d.request() == "HEAD /_ping HTTP/1.0\r\nHost: docker\r\n\r\n");
+  }
+  SUBCASE("a server that never answers: timeout naming the socket") {
+    FakeHttpServer d(sock, "", FakeHttpServer::Mode::kSilent);
+    auto t0 = std::chrono::steady_clock::now();
+    auto [code, msg] = Err(DockerReq(sock, "GET", "/v1.41/info", R"(,"timeout_ms":200)"));
+    auto took = std::chrono::steady_clock::now() - t0;
+    CHECK(code == "timeout");
+    CHECK(msg.find(sock) != std::string::npos);
+    CHECK(msg.find("GET /v1.41/info") != std::string::npos);
+    CHECK(msg.find("no complete response within 200 ms") != std::string::npos);
+    CHECK(took >= std::chrono::milliseconds(190));
+    CHECK(took < std::chrono::seconds(3));
+  }
+  SUBCASE("missing socket: failed, naming the socket") {
+    auto [code, msg] = Err(DockerReq(dir.path + "/absent.sock", "GET", "/_ping"));
+    CHECK(code == "failed");
+    CHECK(msg.find(dir.path + "/absent.sock: connect: No such file or directory") != std::string::npos);
+  }
+  SUBCASE("a socket nobody listens on: failed (connection refused)") {
+    { FakeHttpServer gone(sock, ""); }  // bound, then closed: the path exists, nobody accepts
+    auto [code, msg] = Err(DockerReq(sock, "GET", "/_ping"));
+    CHECK(code == "failed");
+    CHECK(msg.find(sock + ": connect: Connection refused") != std::string::npos);
+  }
+  SUBCASE("unparsable responses are failed") {
+    struct Bad {
+      std::string response, expect;
+    };
+    for (const auto& b :
+         {Bad{"SSH-2.0-OpenSSH_9.2\r\n\r\n", "unparsable response: unparsable status line"},
+          Bad{"garbage without an end", "connection closed inside the header"},
+          Bad{"", "connection closed without a response"},
+          Bad{"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\nonly ten..", "ended after 10 of 100"},
+          Bad{"HTTP/1.0 200 OK\r\nContent-Length: lots\r\n\r\n", "Content-Length \"lots\""},
+          Bad{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+              "Transfer-Encoding chunked"}}) {
+      CAPTURE(b.response);
+      ::unlink(sock.c_str());
+      FakeHttpServer d(sock, b.response);
+      auto [code, msg] = Err(DockerReq(sock, "GET", "/x"));
+      CHECK(code == "failed");
+      CHECK(msg.find(sock) != std::string::npos);
+      CHECK(msg.find(b.expect) != std::string::npos);
+    }
+  }
+  SUBCASE("a response head larger than the limit is failed") {
+    std::string head =
+        "HTTP/1.0 200 OK\r\nX-Pad: " + std::string(fa::kMaxHttpHeadBytes + 10, 'p') + "\r\n\r\n";
+    FakeHttpServer d(sock, head);
+    auto [code, msg] = Err(DockerReq(sock, "GET", "/x"));
+    CHECK(code == "failed");
+    CHECK(msg.find("header") != std::string::npos);
+  }
 }

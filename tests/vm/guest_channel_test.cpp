@@ -1,5 +1,6 @@
 // Guest channel (src/guest/stream_channel.*) against a scripted agent on a Unix socket: id matching, stale
-// and garbage lines, deadlines, reply cap, reconnects, error mapping, base64. No VM needed (label `unit`).
+// and garbage lines, deadlines, reply cap, reconnects, error mapping, base64, the docker op. No VM needed
+// (label `unit`).
 #include <doctest/doctest.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -10,8 +11,10 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "guest/stream_channel.hpp"
 
@@ -48,6 +51,11 @@ class FakeAgent {
   }
   const std::string& path() const { return path_; }
   int connections() const { return connections_.load(); }
+  // The docker op requests received, in order.
+  std::vector<json::object> docker_requests() {
+    std::lock_guard<std::mutex> l(mu_);
+    return docker_requests_;
+  }
 
  private:
   void Serve() {
@@ -115,6 +123,35 @@ class FakeAgent {
                                             {"ok", false},
                                             {"error", {{"code", "failed"}, {"message", "sync failed"}}}}) +
                    "\n");
+    } else if (op == "docker") {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        docker_requests_.push_back(v);
+      }
+      std::string path(v["path"].as_string());
+      auto err = [&](const char* code, const std::string& message) {
+        Send(fd,
+             json::serialize(json::object{
+                 {"v", 1}, {"id", id}, {"ok", false}, {"error", {{"code", code}, {"message", message}}}}) +
+                 "\n");
+      };
+      if (path == "/echo") {
+        ok({{"status", 201},
+            {"body_b64", v.contains("body_b64") ? v["body_b64"] : json::value("")},
+            {"truncated", false}});
+      } else if (path == "/big") {
+        // A 1 MiB body (the agent's cap) is a ~1.4 MB reply line.
+        std::string b64((1u << 20) / 3 * 4 + 4, 'Q');
+        ok({{"status", 200}, {"body_b64", b64}, {"truncated", true}});
+      } else if (path == "/timeout") {
+        err("timeout", "docker GET /timeout via /var/run/docker.sock: no complete response within 5 ms");
+      } else if (path == "/down") {
+        err("failed", "docker GET /down via /var/run/docker.sock: connect: No such file or directory");
+      } else if (path == "/nostatus") {
+        ok({{"body_b64", ""}});
+      } else {
+        ok({{"status", 404}, {"body_b64", "eyJtZXNzYWdlIjoibm8ifQ=="}, {"truncated", false}});
+      }
     } else if (op == "identity") {
       ok({{"hostname", v["hostname"]},
           {"entropy_bytes", v.contains("entropy_b64") ? 3 : 0},
@@ -134,6 +171,8 @@ class FakeAgent {
   std::thread thread_;
   std::atomic<bool> stop_{false};
   std::atomic<int> connections_{0};
+  std::mutex mu_;
+  std::vector<json::object> docker_requests_;
 };
 
 std::unique_ptr<GuestChannel> Channel(const FakeAgent& agent, guest::StreamChannelOptions o = {}) {
@@ -229,4 +268,121 @@ TEST_CASE("guest channel: nothing listening is Unavailable within the deadline")
   auto r = ch->Ping(150ms);
   CHECK(r.status().code() == StatusCode::kUnavailable);
   CHECK(Clock::now() - t0 < 1s);
+}
+
+TEST_CASE("guest channel: docker request fields on the wire and the decoded reply") {
+  FakeAgent agent;
+  auto ch = Channel(agent);
+  DockerRequest req;
+  req.method = "POST";
+  req.path = "/echo";
+  req.body = std::string("{\"Image\":\"busybox\"}\x00\xff", 21);
+  req.socket = "/run/other/docker.sock";
+  req.timeout = 4321ms;
+  auto r = ch->Docker(req, 2s);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  CHECK(r->status == 201);
+  CHECK(r->body == req.body);
+  CHECK(!r->truncated);
+  auto sent = agent.docker_requests();
+  REQUIRE(sent.size() == 1);
+  CHECK(sent[0].at("v").as_int64() == 1);
+  CHECK(sent[0].at("method").as_string() == "POST");
+  CHECK(sent[0].at("path").as_string() == "/echo");
+  CHECK(sent[0].at("socket").as_string() == "/run/other/docker.sock");
+  CHECK(sent[0].at("timeout_ms").as_int64() == 4321);
+  CHECK(sent[0].at("body_b64").as_string() == "eyJJbWFnZSI6ImJ1c3lib3gifQD/");
+
+  // Defaults: GET, the default socket and timeout, no body field at all.
+  DockerRequest get;
+  get.path = "/v1.41/containers/abc/json";
+  auto g = ch->Docker(get, 2s);
+  REQUIRE_MESSAGE(g.ok(), g.status().ToString());
+  CHECK(g->status == 404);  // an HTTP error status is a successful call
+  CHECK(g->body == R"({"message":"no"})");
+  sent = agent.docker_requests();
+  REQUIRE(sent.size() == 2);
+  CHECK(sent[1].at("method").as_string() == "GET");
+  CHECK(sent[1].at("path").as_string() == "/v1.41/containers/abc/json");
+  CHECK(sent[1].at("socket").as_string() == "/var/run/docker.sock");
+  CHECK(sent[1].at("timeout_ms").as_int64() == 30000);
+  CHECK(!sent[1].contains("body_b64"));
+}
+
+TEST_CASE("guest channel: docker reply of 1 MiB fits the default reply cap") {
+  FakeAgent agent;
+  auto ch = Channel(agent);
+  DockerRequest req;
+  req.path = "/big";
+  auto r = ch->Docker(req, 5s);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  CHECK(r->status == 200);
+  CHECK(r->truncated);
+  CHECK(r->body.size() >= (1u << 20));
+  CHECK(r->body.size() <= (1u << 20) + 3);
+}
+
+TEST_CASE("guest channel: docker agent errors map to statuses") {
+  FakeAgent agent;
+  auto ch = Channel(agent);
+  DockerRequest req;
+  req.path = "/timeout";
+  auto t = ch->Docker(req, 2s);
+  CHECK(t.status().code() == StatusCode::kDeadlineExceeded);
+  CHECK(t.status().message().find("no complete response") != std::string::npos);
+  req.path = "/down";
+  auto d = ch->Docker(req, 2s);
+  CHECK(d.status().code() == StatusCode::kUnavailable);
+  CHECK(d.status().message().find("/var/run/docker.sock: connect: No such file or directory") !=
+        std::string::npos);
+  req.path = "/nostatus";
+  auto n = ch->Docker(req, 2s);
+  CHECK(n.status().code() == StatusCode::kUnavailable);
+  CHECK(n.status().message().find("status") != std::string::npos);
+  CHECK(agent.docker_requests().size() == 3);
+}
+
+TEST_CASE("guest channel: docker arguments are validated on the host, naming the field") {
+  FakeAgent agent;
+  auto ch = Channel(agent);
+  struct Case {
+    DockerRequest req;
+    std::string field;
+  };
+  auto with = [](auto change) {
+    DockerRequest r;
+    r.path = "/_ping";
+    change(r);
+    return r;
+  };
+  std::vector<Case> cases = {
+      {with([](DockerRequest& r) { r.method = "PATCH"; }), "method"},
+      {with([](DockerRequest& r) { r.method = "get"; }), "method"},
+      {with([](DockerRequest& r) { r.path = ""; }), "path"},
+      {with([](DockerRequest& r) { r.path = "containers/json"; }), "path"},
+      {with([](DockerRequest& r) { r.path = "/a b"; }), "path"},
+      {with([](DockerRequest& r) { r.path = "/a\r\nX-Evil: 1"; }), "path"},
+      {with([](DockerRequest& r) { r.path = "/a#b"; }), "path"},
+      {with([](DockerRequest& r) { r.path = "/" + std::string(2048, 'a'); }), "path"},
+      {with([](DockerRequest& r) { r.socket = "docker.sock"; }), "socket"},
+      {with([](DockerRequest& r) { r.socket = "/" + std::string(107, 's'); }), "socket"},
+      {with([](DockerRequest& r) { r.timeout = 0ms; }), "timeout"},
+      {with([](DockerRequest& r) { r.timeout = 600001ms; }), "timeout"},
+  };
+  for (const auto& c : cases) {
+    CAPTURE(c.req.path);
+    auto r = ch->Docker(c.req, 2s);
+    CHECK(r.status().code() == StatusCode::kInvalidArgument);
+    CHECK(r.status().message().find("docker: " + c.field) == 0);
+  }
+  // A body that makes the request line exceed the protocol's 64 KiB is refused before sending.
+  auto big = with([](DockerRequest& r) {
+    r.method = "POST";
+    r.body = std::string(60000, 'x');
+  });
+  CHECK(ch->Docker(big, 2s).status().code() == StatusCode::kInvalidArgument);
+  // Exactly the longest path is fine.
+  auto longest = with([](DockerRequest& r) { r.path = "/" + std::string(2047, 'a'); });
+  CHECK(ch->Docker(longest, 2s).ok());
+  CHECK(agent.docker_requests().size() == 1);
 }
