@@ -45,7 +45,7 @@ show() {  # item json
     local id
     id=$(jq -r .id <<<"$1")
     api -X POST "$base/v1/containers/$id/wait?timeout_ms=60000" | jq -r '"   container \(.item.state), exit code \(.item.exit_code)"'
-    api "$base/v1/containers/$id/logs" | jq -r '.stdout' | sed 's/^/   | /'
+    api "$base/v1/containers/$id/logs" | jq -j '.stdout' | sed 's/^/   | /'
   fi
 }
 

@@ -83,8 +83,8 @@ TEST_CASE("8 threads x 1000 mixed operations") {
   CHECK(warm + cold > 0);
   MESSAGE("warm=" << warm << " cold=" << cold);
   // Everything was released: no live VM, no address, no VM directory.
-  bed.service->snapshots().WaitWhileCreating(sa.id, std::chrono::seconds(20));
-  bed.service->snapshots().WaitWhileCreating(sb.id, std::chrono::seconds(20));
+  (void)bed.service->snapshots().WaitWhileCreating(sa.id, std::chrono::seconds(20));
+  (void)bed.service->snapshots().WaitWhileCreating(sb.id, std::chrono::seconds(20));
   CHECK(Eventually([&] { return bed.vmm->live == 0; }));
   CHECK(bed.service->engine().List(false)->empty());
   CHECK(CountEntries(bed.options.restore.vm_dir) == 0);

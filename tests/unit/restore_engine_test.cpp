@@ -239,8 +239,8 @@ TEST_CASE("the consecutive-failure threshold and its reset by a success") {
   auto img = bed.AddImage();
   auto snap = bed.BuildSnapshot(img.id);
   bed.vmm->script.fail_restores = 2;
-  bed.service->engine().Provision({.runtime_image_id = img.id});
-  bed.service->engine().Provision({.runtime_image_id = img.id});
+  (void)bed.service->engine().Provision({.runtime_image_id = img.id});
+  (void)bed.service->engine().Provision({.runtime_image_id = img.id});
   CHECK(bed.service->snapshots().Get(snap.id)->consecutive_failures == 2);
   auto ok = bed.service->engine().Provision({.runtime_image_id = img.id});
   CHECK(ok->boot_method == BootMethod::kWarm);
@@ -249,7 +249,7 @@ TEST_CASE("the consecutive-failure threshold and its reset by a success") {
   CHECK(s->failure_count == 2);
   CHECK(s->state == SnapshotState::kReady);
   bed.vmm->script.fail_restores = 3;
-  for (int i = 0; i < 3; ++i) bed.service->engine().Provision({.runtime_image_id = img.id});
+  for (int i = 0; i < 3; ++i) (void)bed.service->engine().Provision({.runtime_image_id = img.id});
   s = bed.service->snapshots().Get(snap.id);
   CHECK(s->state == SnapshotState::kUnhealthy);
   CHECK(s->consecutive_failures == 3);
@@ -262,7 +262,7 @@ TEST_CASE("unhealthy triggers an automatic rebuild, after which restores are war
   auto img = bed.AddImage();
   auto snap = bed.BuildSnapshot(img.id);
   bed.vmm->script.fail_restores = 3;
-  for (int i = 0; i < 3; ++i) bed.service->engine().Provision({.runtime_image_id = img.id, .wait_for_creating = std::chrono::milliseconds(0)});
+  for (int i = 0; i < 3; ++i) (void)bed.service->engine().Provision({.runtime_image_id = img.id, .wait_for_creating = std::chrono::milliseconds(0)});
   CHECK(bed.service->health().automatic_rebuilds() == 1);
   auto rebuilt = bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20));
   REQUIRE(rebuilt->state == SnapshotState::kReady);
