@@ -1,0 +1,97 @@
+"""Containers with the real Docker daemon through the REST API (ctest label `docker`): the server bootstraps the
+docker runtime image; a container on a cold VM runs busybox and its logs come back; after the snapshot build a
+container on a warm VM does the same, in the background (202 → wait), faster. Skips when QEMU or the image
+(FCWARM_DOCKER_IMAGE_DIR, default /var/cache/fcwarm/guest/docker-current) is missing, unless
+FCWARM_REQUIRE_DOCKER=1."""
+
+import os
+import shutil
+import time
+
+import pytest
+
+IMAGE_DIR = os.environ.get("FCWARM_DOCKER_IMAGE_DIR", "/var/cache/fcwarm/guest/docker-current")
+FILES = ("bzImage", "initramfs.cpio.gz", "docker-rootfs.ext4")
+COMMAND = ["sh", "-c", "echo out-$(hostname); echo err-line >&2; exit 7"]
+
+
+@pytest.fixture
+def docker_server(start_server):
+    missing = [f for f in FILES if not os.path.isfile(os.path.join(IMAGE_DIR, f))]
+    why = None
+    if not shutil.which("qemu-system-x86_64"):
+        why = "qemu-system-x86_64 is not installed"
+    elif missing:
+        why = f"docker runtime image files missing in {IMAGE_DIR}: {missing}"
+    if why:
+        if os.environ.get("FCWARM_REQUIRE_DOCKER") == "1":
+            pytest.fail("FCWARM_REQUIRE_DOCKER=1 but " + why)
+        pytest.skip(why)
+    return start_server("--backend", "qemu", "--bootstrap-docker-image-dir", IMAGE_DIR)
+
+
+def check_ran(s, cid):
+    st, _, doc = s.post(f"/v1/containers/{cid}/wait?timeout_ms=120000")
+    assert st == 200, doc
+    item = doc["item"]
+    assert item["state"] == "exited", item
+    assert item["exit_code"] == 7
+    assert item["finished_at"] >= item["started_at"] > 0
+    st, _, logs = s.get(f"/v1/containers/{cid}/logs")
+    assert st == 200, logs
+    assert logs["stdout"] == f"out-{item['docker_id'][:12]}\n"
+    assert logs["stderr"] == "err-line\n"
+    assert logs["truncated"] is False
+    return item
+
+
+def test_docker_containers_cold_then_warm(docker_server):
+    s = docker_server
+    st, _, imgs = s.get("/v1/images")
+    assert [i["name"] for i in imgs["items"]] == ["docker"]
+    image_id = imgs["items"][0]["id"]
+
+    body = {"name": "cold1", "image": "docker", "container_image": "busybox:latest", "command": COMMAND,
+            "env": {"GREETING": "hi"}, "wait": True}
+    st, _, doc = s.post("/v1/containers", body)
+    assert st == 201, doc
+    cold = doc["item"]
+    assert cold["runtime"] == "docker" and cold["boot_method"] == "cold" and cold["fallback_reason"] == "no_snapshot"
+    for step in ("cold_boot", "runtime_verify", "container_create", "container_start", "total"):
+        assert step in cold["timings"], cold["timings"]
+    check_ran(s, cold["id"])
+    # An image the runtime does not have: 404 naming it, and the container's VM is released.
+    st, _, doc = s.post("/v1/containers", {**body, "name": "nope", "container_image": "nginx:latest"})
+    assert st == 404, doc
+    assert "nginx:latest" in doc["error"]["message"]
+
+    st, _, doc = s.post("/v1/runtime-snapshots", {"runtime_image_id": image_id})
+    assert st == 202, doc
+    snap = doc["id"]
+    deadline = time.monotonic() + 600
+    while True:
+        _, _, sdoc = s.get("/v1/runtime-snapshots/" + snap)
+        if sdoc["item"]["state"] != "creating" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sdoc["item"]["state"] == "ready", sdoc
+
+    st, _, doc = s.post("/v1/containers", {**body, "name": "warm1", "wait": False})
+    assert st == 202, doc
+    assert doc["item"]["state"] == "provisioning" and doc["item"]["boot_method"] is None
+    warm = check_ran(s, doc["id"])
+    assert warm["boot_method"] == "warm" and warm["fallback_reason"] is None and warm["snapshot_id"] == snap
+    assert warm["timings"]["total"] < cold["timings"]["total"]
+    assert warm["env"] == {"GREETING": "hi"} and warm["command"] == COMMAND
+
+    # Logs survive the VM; delete releases it, the record stays.
+    for cid in (cold["id"], warm["id"]):
+        st, _, _ = s.delete(f"/v1/containers/{cid}")
+        assert st == 200
+        st, _, logs = s.get(f"/v1/containers/{cid}/logs")
+        assert st == 200 and logs["stderr"] == "err-line\n"
+    st, _, lst = s.get("/v1/containers?include_destroyed=true")
+    states = {i["name"]: i["state"] for i in lst["items"]}
+    assert states == {"cold1": "destroyed", "warm1": "destroyed", "nope": "failed"}
+    st, _, lst = s.get("/v1/containers?include_destroyed=true")
+    assert all(i["vm_state"] in ("destroyed", "failed") for i in lst["items"]), lst
