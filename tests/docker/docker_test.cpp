@@ -133,7 +133,7 @@ struct DockerBed {
 
 }  // namespace
 
-TEST_CASE("docker runtime: warm containers are unique; a dead dockerd falls back to cold; no snapshot is cold") {
+TEST_CASE("docker runtime: warm containers are unique, a dead dockerd falls back to cold, no snapshot is cold") {
   std::string why = SkipReason();
   if (!why.empty()) {
     if (Required()) FAIL("FCWARM_REQUIRE_DOCKER=1 but: " << why);

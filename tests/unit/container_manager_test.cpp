@@ -132,7 +132,7 @@ TEST_CASE("docker runtime: the daemon unreachable at create time fails the conta
   CHECK(vms->empty());
 }
 
-TEST_CASE("vm runtime: no command = the VM is the container; a command runs through exec") {
+TEST_CASE("vm runtime: no command = the VM is the container, a command runs through exec") {
   TestBed bed;
   auto img = bed.AddImage("plain", "file");
   ContainerRequest r;
@@ -227,7 +227,7 @@ TEST_CASE("prepare/start: ids, double start, abandon, provisioning guards") {
   CHECK(cm.Destroy(q->id).ok());
 }
 
-TEST_CASE("restart: running containers become lost, unstarted ones failed; records survive") {
+TEST_CASE("restart: running containers become lost, unstarted ones failed, records survive") {
   TempDir keep;
   std::string db = (keep.path() / "fcwarm.db").string();
   TestBed bed({}, db);

@@ -77,7 +77,7 @@ TEST_CASE("failed builds are retried automatically with capped exponential backo
   CHECK(bed.service->snapshots().Get(created->id)->build_failures == 0);
 }
 
-TEST_CASE("incompatible schedules a rebuild without counting a failure; auto_rebuild off schedules nothing") {
+TEST_CASE("incompatible schedules a rebuild without counting a failure, auto_rebuild off schedules nothing") {
   SUBCASE("on") {
     TestBed bed;
     auto img = bed.AddImage();

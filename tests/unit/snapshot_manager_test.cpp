@@ -114,7 +114,7 @@ TEST_CASE("bad snapshot input is refused and nothing is written") {
   CHECK(CountEntries(bed.options.snapshots.root_dir) == 0);
 }
 
-TEST_CASE("rebuild makes a new generation and collects the old one; delete is soft") {
+TEST_CASE("rebuild makes a new generation and collects the old one, delete is soft") {
   TestBed bed;
   auto img = bed.AddImage();
   auto snap = bed.BuildSnapshot(img.id);

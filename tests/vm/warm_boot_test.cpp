@@ -192,7 +192,7 @@ TEST_CASE("core+qemu: cold boot, build, 4 concurrent warm restores that are uniq
   CHECK(CountEntries(fs::path(bed.dir.path()) / "vms") == 0);
 }
 
-TEST_CASE("core+qemu: a flipped byte is corrupt; three in a row rebuild the snapshot; then warm again") {
+TEST_CASE("core+qemu: a flipped byte is corrupt, three in a row rebuild the snapshot, then warm again") {
   SKIP_UNLESS_READY();
   QemuBed bed;
   auto snap = bed.Build();
