@@ -20,10 +20,20 @@ void BindTesting(pyb::module_& m) {
                     [](FakeVmm& f, int v) { f.script.fail_snapshots = v; })
       .def_property("build_delay_ms", [](FakeVmm& f) { return f.script.build_delay_ms.load(); },
                     [](FakeVmm& f, int v) { f.script.build_delay_ms = v; })
+      .def_property("restore_delay_ms", [](FakeVmm& f) { return f.script.restore_delay_ms.load(); },
+                    [](FakeVmm& f, int v) { f.script.restore_delay_ms = v; })
+      .def_property("kill_after_restore", [](FakeVmm& f) { return f.script.kill_after_restore.load(); },
+                    [](FakeVmm& f, int v) { f.script.kill_after_restore = v; })
+      .def_property("fail_docker", [](FakeVmm& f) { return f.script.fail_docker.load(); },
+                    [](FakeVmm& f, int v) { f.script.fail_docker = v; },
+                    "The next N Docker API requests fail (the guest's daemon cannot be reached).")
       .def("set_host_version", &FakeVmm::SetHostVersion, pyb::arg("version"))
       .def_property_readonly("cold_boots", [](FakeVmm& f) { return f.cold_boots.load(); })
       .def_property_readonly("restores", [](FakeVmm& f) { return f.restores.load(); })
-      .def_property_readonly("live", [](FakeVmm& f) { return f.live.load(); });
+      .def_property_readonly("live", [](FakeVmm& f) { return f.live.load(); })
+      .def_property_readonly("max_live", [](FakeVmm& f) { return f.max_live.load(); })
+      .def_property_readonly("docker_requests", [](FakeVmm& f) { return f.docker_requests.load(); },
+                             "Docker API requests served by the fake guests' daemons.");
 }
 
 }  // namespace fcwarm::py

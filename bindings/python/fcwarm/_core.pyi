@@ -1,7 +1,7 @@
 """Type stubs of fcwarm._core (the C++ library's bindings)."""
 import datetime
 import enum
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union, overload
 
 _Duration = Union[datetime.timedelta, float]
 
@@ -207,11 +207,18 @@ class RestoreOptions:
     stop_grace: datetime.timedelta
     fallback_to_cold: bool
 
+class ContainerOptions:
+    docker_timeout: datetime.timedelta
+    exec_timeout: datetime.timedelta
+    docker_api_version: str
+    def __init__(self) -> None: ...
+
 class ServiceOptions:
     store: StoreOptions
     snapshots: SnapshotManagerOptions
     health: HealthOptions
     restore: RestoreOptions
+    containers: ContainerOptions
 
 class Store:
     schema_version: int
@@ -301,12 +308,33 @@ class ExecResult:
     stderr: bytes
     truncated: bool
 
+class DockerRequest:
+    method: str
+    path: str
+    body: str
+    socket: str
+    timeout: datetime.timedelta
+    def __init__(self, method: str = "GET", path: str = "", body: Union[str, bytes] = "",
+                 socket: str = "/var/run/docker.sock", timeout: _Duration = ...) -> None: ...
+
+class DockerResponse:
+    status: int
+    body: bytes
+    truncated: bool
+    text: str
+    def json(self) -> object: ...
+
 class Vm:
     pid: int
     console_log: str
     def is_alive(self) -> bool: ...
     def ping(self, timeout: _Duration = ...) -> Dict[str, str]: ...
     def exec(self, argv: List[str], timeout: _Duration = ...) -> ExecResult: ...
+    @overload
+    def docker(self, request: DockerRequest) -> DockerResponse: ...
+    @overload
+    def docker(self, method: str, path: str, body: Optional[Union[str, bytes]] = None, *,
+               socket: str = "/var/run/docker.sock", timeout: _Duration = ...) -> DockerResponse: ...
 
 class RestoreEngine:
     def provision(self, runtime_image_id: str, name: str = "", wait_for_creating: Optional[_Duration] = None,
@@ -317,6 +345,93 @@ class RestoreEngine:
     def list(self, include_destroyed: bool = False) -> List[VmRecord]: ...
     def handle(self, vm_id: str) -> Vm: ...
     def measured_cold_boot_ms(self, runtime_image_id: str) -> Optional[float]: ...
+    def set_after_restore_hook(self, hook: Optional[Callable[[str, Vm], None]]) -> None: ...
+
+class ContainerState(_Labeled):
+    PROVISIONING: ContainerState
+    RUNNING: ContainerState
+    EXITED: ContainerState
+    STOPPED: ContainerState
+    FAILED: ContainerState
+    LOST: ContainerState
+    DESTROYED: ContainerState
+    @property
+    def finished(self) -> bool: ...
+    @staticmethod
+    def parse(name: str) -> ContainerState: ...
+
+class ContainerRequest:
+    runtime_image: str
+    id: str
+    name: str
+    container_image: str
+    command: List[str]
+    env: Dict[str, str]
+    force_cold: bool
+    wait_for_creating: Optional[datetime.timedelta]
+    def __init__(self, runtime_image: str, *, container_image: Optional[str] = None,
+                 command: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
+                 name: Optional[str] = None, id: Optional[str] = None, force_cold: bool = False,
+                 wait_for_creating: Optional[_Duration] = None) -> None: ...
+
+class ContainerRecord:
+    id: str
+    vm_id: str
+    name: str
+    runtime_image_id: str
+    runtime: str
+    container_image: str
+    command: List[str]
+    env: Dict[str, str]
+    state: ContainerState
+    docker_id: str
+    exit_code: Optional[int]
+    boot_method: BootMethod
+    fallback_reason: FallbackReason
+    timings: Dict[str, float]
+    snapshot_id: str
+    generation: int
+    vm_state: str
+    address: str
+    mac: str
+    hostname: str
+    last_error: str
+    created_at: int
+    updated_at: int
+    started_at: Optional[int]
+    finished_at: Optional[int]
+
+class ContainerLogs:
+    stdout: bytes
+    stderr: bytes
+    stdout_text: str
+    stderr_text: str
+    truncated: bool
+
+class ContainerManager:
+    @overload
+    def prepare(self, request: ContainerRequest) -> ContainerRecord: ...
+    @overload
+    def prepare(self, runtime_image: str, *, container_image: Optional[str] = None,
+                command: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
+                name: Optional[str] = None, id: Optional[str] = None, force_cold: bool = False,
+                wait_for_creating: Optional[_Duration] = None) -> ContainerRecord: ...
+    def start(self, id: str) -> ContainerRecord: ...
+    @overload
+    def create(self, request: ContainerRequest) -> ContainerRecord: ...
+    @overload
+    def create(self, runtime_image: str, *, container_image: Optional[str] = None,
+               command: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
+               name: Optional[str] = None, id: Optional[str] = None, force_cold: bool = False,
+               wait_for_creating: Optional[_Duration] = None) -> ContainerRecord: ...
+    def abandon(self, id: str, reason: str) -> None: ...
+    def get(self, id: str) -> ContainerRecord: ...
+    def list(self, include_destroyed: bool = False) -> List[ContainerRecord]: ...
+    def wait(self, id: str, timeout: Optional[_Duration] = 30.0) -> ContainerRecord: ...
+    def logs(self, id: str) -> ContainerLogs: ...
+    def stop(self, id: str) -> ContainerRecord: ...
+    def destroy(self, id: str) -> None: ...
+    def provisioning(self) -> int: ...
 
 class Service:
     @staticmethod
@@ -327,3 +442,4 @@ class Service:
     snapshots: SnapshotManager
     health: HealthTracker
     engine: RestoreEngine
+    containers: ContainerManager

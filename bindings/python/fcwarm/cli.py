@@ -8,7 +8,9 @@ Exit codes: 0 success, 1 failure, 2 usage error or invalid argument, 3 not found
 
 import argparse
 import json
+import math
 import os
+import secrets
 import sys
 import time
 import urllib.error
@@ -37,6 +39,12 @@ def _plain(value):
     """Converts library objects to JSON-able dicts (same field names as the REST API)."""
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
+    from . import _core
+
+    if isinstance(value, _core.ContainerRecord):
+        return _container_item(value)
+    if isinstance(value, _core.ContainerLogs):
+        return {"stdout": value.stdout_text, "stderr": value.stderr_text, "truncated": value.truncated}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -52,6 +60,42 @@ def _plain(value):
             continue
         out[name] = _plain(attr)
     return out
+
+
+def _container_item(c):
+    """A ContainerRecord in the REST API's shape (GET /v1/containers/{id})."""
+    from . import _core
+
+    vm_started = c.vm_state not in ("", "starting")
+    provisioning = c.state == _core.ContainerState.PROVISIONING
+    return {
+        "id": c.id,
+        "vm_id": c.id if c.vm_state else None,
+        "name": c.name,
+        "image": c.runtime_image_id,
+        "runtime_image_id": c.runtime_image_id,
+        "container_image": c.container_image,
+        "runtime": c.runtime,
+        "state": c.state.label,
+        "exit_code": c.exit_code,
+        "docker_id": c.docker_id,
+        "boot_method": c.boot_method.label if vm_started and not provisioning else None,
+        "fallback_reason": None if c.fallback_reason == _core.FallbackReason.NONE else c.fallback_reason.label,
+        "timings": dict(c.timings),
+        "snapshot_id": c.snapshot_id,
+        "generation": c.generation,
+        "address": c.address,
+        "mac": c.mac,
+        "hostname": c.hostname,
+        "vm_state": c.vm_state,
+        "last_error": c.last_error,
+        "created_at": c.created_at,
+        "updated_at": c.updated_at,
+        "started_at": c.started_at,
+        "finished_at": c.finished_at,
+        "command": list(c.command),
+        "env": dict(c.env),
+    }
 
 
 # ---- backends -----------------------------------------------------------------------------------------------
@@ -83,6 +127,7 @@ class LocalBackend:
             self.svc = fcwarm.open_service(data_dir, vmms)
         except fcwarm.ConflictError as e:
             raise CliError(f"{e} (use --server to talk to the running server)", EXIT_CONFLICT)
+        self._started = []
 
     def _image_id(self, ref):
         if self.fcwarm.is_valid_id(ref):
@@ -119,17 +164,46 @@ class LocalBackend:
     def snapshot_rm(self, sid):
         self.svc.snapshots.delete(sid)
 
-    def container_run(self, image_ref, name):
-        return _plain(self.svc.engine.provision(self._image_id(image_ref), name=name or ""))
+    def container_run(self, spec):
+        rec = self.svc.containers.create(spec["image"], container_image=spec["container_image"] or None,
+                                         command=spec["command"], env=spec["env"], name=spec["name"] or None,
+                                         force_cold=spec["force_cold"])
+        self._started.append(rec.id)
+        # Get refreshes a docker container from its daemon: one that exited already is recorded with its output.
+        return _plain(self.svc.containers.get(rec.id))
 
-    def container_ls(self):
-        return [_plain(v) for v in self.svc.engine.list(False)]
+    def container_ls(self, include_destroyed):
+        return [_plain(c) for c in self.svc.containers.list(include_destroyed)]
 
     def container_get(self, cid):
-        return _plain(self.svc.engine.get(cid))
+        return _plain(self.svc.containers.get(cid))
+
+    def container_wait(self, cid, timeout):
+        return _plain(self.svc.containers.wait(cid, timeout))
+
+    def container_logs(self, cid):
+        return _plain(self.svc.containers.logs(cid))
+
+    def container_stop(self, cid):
+        return _plain(self.svc.containers.stop(cid))
 
     def container_rm(self, cid):
-        self.svc.engine.destroy(cid)
+        self.svc.containers.destroy(cid)
+
+    def close(self):
+        """A container's VM is a child of this process and cannot outlive it: stop the containers this command
+        started that still run, so that they are recorded as stopped, with their output, instead of being found
+        lost by the next command."""
+        for cid in self._started:
+            try:
+                if self.svc.containers.get(cid).state == self.fcwarm.ContainerState.RUNNING:
+                    self.svc.containers.stop(cid)
+                    print(f"fcwarm: container {cid} stopped: in library mode a container lives only as long as "
+                          "the command that started it (use --wait, or --server for long-running containers)",
+                          file=sys.stderr)
+            except self.fcwarm.Error as e:
+                print(f"fcwarm: warning: could not stop container {cid}: {e}", file=sys.stderr)
+        self._started = []
 
 
 class RestBackend:
@@ -209,18 +283,55 @@ class RestBackend:
     def snapshot_rm(self, sid):
         self._call("DELETE", f"/v1/runtime-snapshots/{urllib.parse.quote(sid, safe='')}")
 
-    def container_run(self, image_ref, name):
-        body = {"name": name or "c" + str(int(time.time() * 1000)), "image": image_ref, "wait": True}
+    # The server caps one wait request at 600 s (timeout_ms 0..600000).
+    MAX_WAIT_MS = 600000
+
+    def container_run(self, spec):
+        # The REST API requires a name; the server answers once the container runs ("wait": true).
+        body = {"name": spec["name"] or "c-" + secrets.token_hex(4), "image": spec["image"], "wait": True}
+        if spec["container_image"]:
+            body["container_image"] = spec["container_image"]
+        if spec["command"]:
+            body["command"] = list(spec["command"])
+        if spec["env"]:
+            body["env"] = dict(spec["env"])
+        if spec["force_cold"]:
+            body["force_cold"] = True
         return self._call("POST", "/v1/containers", body)["item"]
 
-    def container_ls(self):
-        return self._call("GET", "/v1/containers")["items"]
+    def _container_path(self, cid, suffix=""):
+        return f"/v1/containers/{urllib.parse.quote(cid, safe='')}{suffix}"
+
+    def container_ls(self, include_destroyed):
+        q = {"include_destroyed": "true"} if include_destroyed else None
+        return self._call("GET", "/v1/containers", query=q)["items"]
 
     def container_get(self, cid):
-        return self._call("GET", f"/v1/containers/{urllib.parse.quote(cid, safe='')}")["item"]
+        return self._call("GET", self._container_path(cid))["item"]
+
+    def container_wait(self, cid, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left_ms = self.MAX_WAIT_MS
+            if deadline is not None:
+                left_ms = max(0, min(self.MAX_WAIT_MS, int((deadline - time.monotonic()) * 1000)))
+            item = self._call("POST", self._container_path(cid, "/wait"), query={"timeout_ms": str(left_ms)})["item"]
+            if item["state"] not in ("provisioning", "running"):
+                return item
+            if deadline is not None and time.monotonic() >= deadline:
+                return item
+
+    def container_logs(self, cid):
+        return self._call("GET", self._container_path(cid, "/logs"))
+
+    def container_stop(self, cid):
+        return self._call("POST", self._container_path(cid, "/stop"))["item"]
 
     def container_rm(self, cid):
-        self._call("DELETE", f"/v1/containers/{urllib.parse.quote(cid, safe='')}")
+        self._call("DELETE", self._container_path(cid))
+
+    def close(self):
+        pass
 
 
 # ---- output -------------------------------------------------------------------------------------------------
@@ -320,25 +431,84 @@ def _parser():
         s = snap.add_parser(name, help=helptext)
         s.add_argument("snapshot")
 
-    cont = sub.add_parser("container", help="containers (VMs of a runtime image)").add_subparsers(dest="cmd", required=True)
-    run = cont.add_parser("run", help="start a container: warm from the snapshot when possible")
-    run.add_argument("image")
+    cont = sub.add_parser("container", help="containers, each in its own VM of a runtime image").add_subparsers(
+        dest="cmd", required=True)
+    run = cont.add_parser(
+        "run", help="start a container: its VM warm from the snapshot when possible",
+        usage="fcwarm container run IMAGE [--name N] [--container-image REF] [--env K=V ...] [--force-cold] "
+              "[--wait [--timeout S]] [-- COMMAND [ARG ...]]",
+        description="Starts a container in a new VM of runtime image IMAGE (id or name). A docker runtime image "
+                    "needs --container-image; the command after `--` is the container's command (docker) or "
+                    "runs in the VM (other images). No shell is involved.")
+    run.add_argument("image", help="runtime image id or name")
+    run.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     run.add_argument("--name", default="")
-    cont.add_parser("ls", help="list containers")
-    for name, helptext in (("get", "show a container"), ("rm", "destroy a container")):
+    run.add_argument("--container-image", default="", help="container image inside the runtime, e.g. busybox:latest")
+    run.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                     help="environment variable (repeatable); a bare K takes its value from this environment")
+    run.add_argument("--force-cold", action="store_true", help="skip the warm path (cold boot)")
+    run.add_argument("--wait", action="store_true",
+                     help="wait for the container to exit, print its output and exit 0 only if it exited 0")
+    run.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="with --wait: give up after S seconds (default: no limit)")
+    ls = cont.add_parser("ls", help="list containers")
+    ls.add_argument("--all", action="store_true", help="include destroyed containers")
+    for name, helptext in (("get", "show a container"), ("rm", "destroy a container"),
+                           ("logs", "print a container's output (stdout, and stderr on stderr)"),
+                           ("stop", "stop a container (its output is kept)")):
         s = cont.add_parser(name, help=helptext)
         s.add_argument("container")
+    w = cont.add_parser("wait", help="wait until a container exits (or the timeout passes)")
+    w.add_argument("container")
+    w.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds (default 30)")
     return p
+
+
+def _split_trailing_command(argv):
+    """`container run ... -- CMD ARGS`: everything after the first `--` is the command, verbatim (argparse alone
+    mis-parses options placed between IMAGE and `--`). Other commands keep argparse's own handling of `--`."""
+    if "--" not in argv:
+        return argv, None
+    i = argv.index("--")
+    head = argv[:i]
+    if any(head[j] == "container" and head[j + 1] == "run" for j in range(len(head) - 1)):
+        return head, argv[i + 1:]
+    return argv, None
+
+
+def _parse_env(items):
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not name:
+            raise CliError(f"--env '{item}': expected NAME=VALUE", EXIT_USAGE)
+        if not sep:
+            if name not in os.environ:
+                raise CliError(f"--env {name}: expected NAME=VALUE ({name} is not set in this environment)",
+                               EXIT_USAGE)
+            value = os.environ[name]
+        env[name] = value
+    return env
+
+
+def _check_timeout(value, option="--timeout"):
+    if value is not None and (not math.isfinite(value) or value < 0):
+        raise CliError(f"{option}: must be a number of seconds >= 0, not {value}", EXIT_USAGE)
+    return value
 
 
 def main(argv=None, out=None, vmms=None):
     """Runs the CLI; returns the exit code. `vmms` overrides the backends of library mode (for embedding)."""
     out = out or sys.stdout
     parser = _parser()
+    argv, trailing = _split_trailing_command(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else EXIT_OK
+    if trailing is not None:
+        # `run IMAGE CMD -- ARGS`: the command started before `--`, which then belongs to it.
+        args.command = args.command + ["--"] + trailing if args.command else trailing
     if args.version:
         import fcwarm
 
@@ -364,6 +534,13 @@ def main(argv=None, out=None, vmms=None):
 
 def _run(args, out, vmms):
     backend = RestBackend(args.server, args.token) if args.server else LocalBackend(args.data_dir, vmms)
+    try:
+        return _dispatch(backend, args, out)
+    finally:
+        backend.close()
+
+
+def _dispatch(backend, args, out):
     emit = (lambda obj: print(json.dumps(obj, indent=2, sort_keys=True), file=out)) if args.json else None
     group, cmd = args.group, args.cmd
 
@@ -411,21 +588,79 @@ def _run(args, out, vmms):
             emit({"ok": True}) if emit else print("deleted", file=out)
     elif group == "container":
         if cmd == "run":
-            item = backend.container_run(args.image, args.name)
-            if emit:
-                emit(item)
-            else:
-                _table([item], ["id", "state", "boot_method", "fallback_reason", "timings"], out)
+            return _container_run(backend, args, out, emit)
         elif cmd == "ls":
-            items = backend.container_ls()
-            emit(items) if emit else _table(items, ["id", "name", "state", "boot_method", "fallback_reason"], out)
+            items = backend.container_ls(args.all)
+            emit(items) if emit else _table(
+                items, ["id", "name", "runtime", "state", "exit_code", "boot_method", "fallback_reason"], out)
         elif cmd == "get":
             item = backend.container_get(args.container)
             emit(item) if emit else _show(item, out)
+        elif cmd == "wait":
+            timeout = _check_timeout(args.timeout)
+            item = backend.container_wait(args.container, timeout)
+            emit(item) if emit else _table([item], ["id", "state", "exit_code", "last_error"], out)
+            if item["state"] in ("provisioning", "running"):
+                raise CliError(f"container {item['id']} is still {item['state']} after {timeout:g} s")
+        elif cmd == "logs":
+            logs = backend.container_logs(args.container)
+            if emit:
+                emit(logs)
+            else:
+                _print_logs(logs, out)
+        elif cmd == "stop":
+            item = backend.container_stop(args.container)
+            emit(item) if emit else _table([item], ["id", "state", "exit_code"], out)
         elif cmd == "rm":
             backend.container_rm(args.container)
             emit({"ok": True}) if emit else print("destroyed", file=out)
     return EXIT_OK
+
+
+def _print_logs(logs, out):
+    out.write(logs["stdout"])
+    out.flush()
+    sys.stderr.write(logs["stderr"])
+    sys.stderr.flush()
+    if logs.get("truncated"):
+        print("fcwarm: (output truncated at 1 MiB per stream)", file=sys.stderr)
+
+
+def _container_run(backend, args, out, emit):
+    timeout = _check_timeout(args.timeout)
+    if timeout is not None and not args.wait:
+        raise CliError("--timeout applies to --wait only", EXIT_USAGE)
+    spec = {"image": args.image, "name": args.name, "container_image": args.container_image,
+            "command": list(args.command), "env": _parse_env(args.env), "force_cold": args.force_cold}
+    item = backend.container_run(spec)
+    if not args.wait:
+        if emit:
+            emit(item)
+        else:
+            _table([item], ["id", "state", "boot_method", "fallback_reason", "timings"], out)
+        return EXIT_OK
+    item = backend.container_wait(item["id"], timeout)
+    state = item["state"]
+    logs = None
+    if state not in ("provisioning", "failed"):
+        from .errors import Error
+
+        try:
+            logs = backend.container_logs(item["id"])
+        except (CliError, Error):
+            logs = None  # e.g. a `vm` container without a command has no output
+    if emit:
+        emit({"item": item, "logs": logs})
+    elif logs is not None:
+        _print_logs(logs, out)
+    if state == "exited" and item.get("exit_code") == 0:
+        return EXIT_OK
+    if state == "exited":
+        raise CliError(f"container {item['id']} exited with code {item.get('exit_code')}")
+    if state in ("provisioning", "running"):
+        raise CliError(f"container {item['id']} is still {state} after {timeout:g} s")
+    detail = f": {item['last_error']}" if item.get("last_error") else ""
+    raise CliError(f"container {item['id']} is {state}{detail}")
 
 
 def _choose_image(backend, out):

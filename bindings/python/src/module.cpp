@@ -45,6 +45,7 @@ PYBIND11_MODULE(_core, m) {
   BindSnapshotManager(m);
   BindHealthTracker(m);
   BindRestoreEngine(m);
+  BindContainers(m);
   BindService(m);
 #ifdef FCWARM_PY_TESTING
   BindTesting(m);

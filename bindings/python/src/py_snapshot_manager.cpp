@@ -3,16 +3,6 @@
 
 namespace fcwarm::py {
 
-namespace {
-// Holds a Python callable; destroys it with the GIL held, whatever thread drops the last reference.
-std::shared_ptr<pyb::function> HoldCallable(pyb::function fn) {
-  return std::shared_ptr<pyb::function>(new pyb::function(std::move(fn)), [](pyb::function* f) {
-    pyb::gil_scoped_acquire gil;
-    delete f;
-  });
-}
-}  // namespace
-
 void BindSnapshotManager(pyb::module_& m) {
   pyb::class_<SnapshotManager>(m, "SnapshotManager", "Builds, lists, rebuilds and deletes runtime snapshots.")
       .def("create", [](SnapshotManager& s, const std::string& image_id) { return Unwrap(s.CreateSnapshot(image_id)); },

@@ -243,7 +243,8 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("store", &ServiceOptions::store)
       .def_readwrite("snapshots", &ServiceOptions::snapshots)
       .def_readwrite("health", &ServiceOptions::health)
-      .def_readwrite("restore", &ServiceOptions::restore);
+      .def_readwrite("restore", &ServiceOptions::restore)
+      .def_readwrite("containers", &ServiceOptions::containers);
 
   pyb::class_<Store>(m, "Store", "The SQLite store (obtain it from Service.store).")
       .def_property_readonly("schema_version", &Store::SchemaVersion)

@@ -210,3 +210,44 @@ def test_backends_are_exposed():
     q.qemu_binary = "/nonexistent/qemu"
     with pytest.raises(fcwarm.Error):
         fcwarm.probe_qemu(q)
+
+
+_CLOSE_WHILE_LISTENER_RUNS = r"""
+import gc, os, sys, threading, time
+import fcwarm
+
+base = sys.argv[1]
+fake = fcwarm.testing.FakeVmm()
+vmms = fcwarm.VmmRegistry()
+vmms.add(fake)
+svc = fcwarm.open_service(base, vmms)
+kernel = os.path.join(base, "vmlinux")
+with open(kernel, "wb") as f:
+    f.write(b"kernel")
+img = svc.images.register(fcwarm.RuntimeImage(name="img", backend="fake", kernel_path=kernel, memory_mib=128))
+entered = threading.Event()
+
+def listener(outcome):
+    entered.set()
+    time.sleep(0.5)  # still running on the build worker when the Service goes away
+
+token = svc.snapshots.add_build_listener(listener)
+svc.snapshots.create(img.id)
+assert entered.wait(20)
+svc.snapshots.remove_build_listener(token)  # the worker may now hold the last reference to the callable
+svc = None  # Python destroys the Service with the GIL held; its destructor joins the build worker
+gc.collect()
+print("closed")
+"""
+
+
+def test_service_closes_while_a_listener_runs(tmpdir_path):
+    """Destroying a Service joins its build workers; one that still runs a Python listener needs the GIL, so the
+    bindings release it while the Service is destroyed (this used to deadlock)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", _CLOSE_WHILE_LISTENER_RUNS, tmpdir_path], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("closed")

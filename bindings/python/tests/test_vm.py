@@ -45,6 +45,13 @@ def test_warm_restore_through_qemu(tmpdir_path):
         out = handle.exec(["cat", "/proc/sys/kernel/hostname"])
         assert out.stdout.decode().strip() == vm.hostname
         svc.engine.destroy(vm.id)
+        # A `vm`-runtime container: a warm clone runs the command through the agent (argv, no shell).
+        rec = svc.containers.create(image.id, command=["cat", "/proc/sys/kernel/hostname"], name="py-cat")
+        assert rec.boot_method == fcwarm.BootMethod.WARM, rec.fallback_reason
+        assert rec.state == fcwarm.ContainerState.EXITED and rec.exit_code == 0, rec.last_error
+        assert svc.containers.logs(rec.id).stdout_text.strip() == rec.hostname
+        svc.containers.destroy(rec.id)
+        assert svc.containers.get(rec.id).state == fcwarm.ContainerState.DESTROYED
     finally:
         svc = None
         import gc

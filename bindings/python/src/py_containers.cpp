@@ -1,0 +1,227 @@
+// ContainerManager: containers on warm-booted VMs, their records, logs, requests and options.
+#include <Python.h>
+
+#include <algorithm>
+#include <optional>
+
+#include "py_common.hpp"
+
+namespace fcwarm::py {
+
+namespace {
+
+using std::chrono::milliseconds;
+
+bool Finished(ContainerState s) { return s != ContainerState::kProvisioning && s != ContainerState::kRunning; }
+
+// A ContainerRequest from keyword arguments, type-checked with errors naming the field. Values are checked by
+// the library (InvalidArgumentError naming the field).
+ContainerRequest MakeRequest(const pyb::object& runtime_image, const pyb::object& container_image,
+                             const pyb::object& command, const pyb::object& env, const pyb::object& name,
+                             const pyb::object& id, bool force_cold, const pyb::object& wait_for_creating) {
+  ContainerRequest r;
+  r.runtime_image = ToStr(runtime_image, "runtime_image", false);
+  r.container_image = ToStr(container_image, "container_image", true);
+  r.command = ToArgv(command, "command");
+  r.env = ToStringMap(env, "env");
+  r.name = ToStr(name, "name", true);
+  r.id = ToStr(id, "id", true);
+  r.force_cold = force_cold;
+  if (!wait_for_creating.is_none()) r.wait_for_creating = ToMillis(wait_for_creating, "wait_for_creating");
+  return r;
+}
+
+std::string Repr(const ContainerRecord& c) {
+  std::string out = "<fcwarm.ContainerRecord " + c.id + " " + c.runtime + " " + std::string(ToString(c.state));
+  if (c.exit_code) out += " exit_code=" + std::to_string(*c.exit_code);
+  if (!c.vm_state.empty() && c.state != ContainerState::kProvisioning) out += " " + std::string(ToString(c.boot_method));
+  if (c.fallback_reason != FallbackReason::kNone) out += " (" + std::string(ToString(c.fallback_reason)) + ")";
+  return out + ">";
+}
+
+pyb::object Decode(const std::string& s) { return pyb::bytes(s).attr("decode")("utf-8", "replace"); }
+
+}  // namespace
+
+void BindContainers(pyb::module_& m) {
+  pyb::enum_<ContainerState> state(m, "ContainerState", "Lifecycle of a container record.");
+  state.value("PROVISIONING", ContainerState::kProvisioning)
+      .value("RUNNING", ContainerState::kRunning)
+      .value("EXITED", ContainerState::kExited)
+      .value("STOPPED", ContainerState::kStopped)
+      .value("FAILED", ContainerState::kFailed)
+      .value("LOST", ContainerState::kLost)
+      .value("DESTROYED", ContainerState::kDestroyed);
+  state.attr("__str__") = pyb::cpp_function([](ContainerState v) { return std::string(ToString(v)); },
+                                            pyb::name("__str__"), pyb::is_method(state));
+  state.def_property_readonly("label", [](ContainerState v) { return std::string(ToString(v)); },
+                              "Stable lower-case name.");
+  state.def_property_readonly("finished", &Finished,
+                              "True once the container no longer provisions or runs (exited, stopped, failed, "
+                              "lost or destroyed).");
+  state.def_static(
+      "parse", [](const std::string& name) { return Unwrap(ParseContainerState(name)); }, pyb::arg("name"),
+      "The state named `name` (\"running\", ...); InvalidArgumentError for an unknown name.");
+
+  pyb::class_<ContainerOptions>(m, "ContainerOptions", "Options of the container manager.")
+      .def(pyb::init<>())
+      .def_readwrite("docker_timeout", &ContainerOptions::docker_timeout)
+      .def_readwrite("exec_timeout", &ContainerOptions::exec_timeout)
+      .def_readwrite("docker_api_version", &ContainerOptions::docker_api_version);
+
+  pyb::class_<ContainerRequest>(m, "ContainerRequest", "What to run (ContainerManager.prepare / create).")
+      .def(pyb::init(&MakeRequest), pyb::arg("runtime_image"), pyb::kw_only(),
+           pyb::arg("container_image") = pyb::none(), pyb::arg("command") = pyb::none(),
+           pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(), pyb::arg("id") = pyb::none(),
+           pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none())
+      .def_readwrite("runtime_image", &ContainerRequest::runtime_image)
+      .def_readwrite("id", &ContainerRequest::id)
+      .def_readwrite("name", &ContainerRequest::name)
+      .def_readwrite("container_image", &ContainerRequest::container_image)
+      .def_readwrite("command", &ContainerRequest::command, "The argv (assign a new list; a copy is returned).")
+      .def_readwrite("env", &ContainerRequest::env, "The environment (assign a new dict; a copy is returned).")
+      .def_readwrite("force_cold", &ContainerRequest::force_cold)
+      .def_readwrite("wait_for_creating", &ContainerRequest::wait_for_creating)
+      .def("__repr__", [](const ContainerRequest& r) {
+        return "<fcwarm.ContainerRequest " + r.runtime_image +
+               (r.container_image.empty() ? "" : " " + r.container_image) + ">";
+      });
+
+  pyb::class_<ContainerRecord>(m, "ContainerRecord", "A container and the VM it runs in.")
+      .def_readonly("id", &ContainerRecord::id)
+      .def_property_readonly("vm_id", [](const ContainerRecord& c) { return c.id; },
+                             "Id of its VM (a container's VM has the container's id).")
+      .def_readonly("name", &ContainerRecord::name)
+      .def_readonly("runtime_image_id", &ContainerRecord::runtime_image_id)
+      .def_readonly("runtime", &ContainerRecord::runtime, "\"docker\" or \"vm\".")
+      .def_readonly("container_image", &ContainerRecord::container_image)
+      .def_readonly("command", &ContainerRecord::command)
+      .def_readonly("env", &ContainerRecord::env)
+      .def_readonly("state", &ContainerRecord::state)
+      .def_readonly("docker_id", &ContainerRecord::docker_id)
+      .def_readonly("exit_code", &ContainerRecord::exit_code, "Exit code once exited, else None.")
+      .def_readonly("boot_method", &ContainerRecord::boot_method)
+      .def_readonly("fallback_reason", &ContainerRecord::fallback_reason)
+      .def_readonly("timings", &ContainerRecord::timings, "Per-step durations in ms.")
+      .def_readonly("snapshot_id", &ContainerRecord::snapshot_id)
+      .def_readonly("generation", &ContainerRecord::generation)
+      .def_readonly("vm_state", &ContainerRecord::vm_state)
+      .def_readonly("address", &ContainerRecord::address)
+      .def_readonly("mac", &ContainerRecord::mac)
+      .def_readonly("hostname", &ContainerRecord::hostname)
+      .def_readonly("last_error", &ContainerRecord::last_error)
+      .def_readonly("created_at", &ContainerRecord::created_at)
+      .def_readonly("updated_at", &ContainerRecord::updated_at)
+      .def_readonly("started_at", &ContainerRecord::started_at)
+      .def_readonly("finished_at", &ContainerRecord::finished_at)
+      .def("__repr__", &Repr);
+
+  pyb::class_<ContainerLogs>(m, "ContainerLogs", "A container's output (bytes; each stream capped at 1 MiB).")
+      .def_property_readonly("stdout", [](const ContainerLogs& l) { return pyb::bytes(l.stdout_data); })
+      .def_property_readonly("stderr", [](const ContainerLogs& l) { return pyb::bytes(l.stderr_data); })
+      .def_property_readonly("stdout_text", [](const ContainerLogs& l) { return Decode(l.stdout_data); },
+                             "stdout decoded as UTF-8 (invalid bytes replaced).")
+      .def_property_readonly("stderr_text", [](const ContainerLogs& l) { return Decode(l.stderr_data); },
+                             "stderr decoded as UTF-8 (invalid bytes replaced).")
+      .def_readonly("truncated", &ContainerLogs::truncated)
+      .def("__repr__", [](const ContainerLogs& l) {
+        return "<fcwarm.ContainerLogs stdout=" + std::to_string(l.stdout_data.size()) +
+               " bytes stderr=" + std::to_string(l.stderr_data.size()) + " bytes" +
+               (l.truncated ? " truncated" : "") + ">";
+      });
+
+  const char* create_doc =
+      "Provisions the container's VM (warm when possible, cold otherwise), creates and starts the container, "
+      "and returns its record (state RUNNING or EXITED). Blocks; the GIL is released.";
+  const char* prepare_doc =
+      "Validates the request and records the container as PROVISIONING without starting anything; start it "
+      "with start(id) (e.g. on a worker thread) or give it up with abandon(id, reason).";
+
+  pyb::class_<ContainerManager>(m, "ContainerManager",
+                                "Containers on warm-booted VMs: one VM per container, from the restore engine.")
+      .def(
+          "prepare",
+          [](ContainerManager& c, const ContainerRequest& r) { return Unwrap(c.Prepare(r)); }, Release(),
+          pyb::arg("request"), prepare_doc)
+      .def(
+          "prepare",
+          [](ContainerManager& c, const pyb::object& runtime_image, const pyb::object& container_image,
+             const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
+             bool force_cold, const pyb::object& wait_for_creating) {
+            auto r = MakeRequest(runtime_image, container_image, command, env, name, id, force_cold,
+                                 wait_for_creating);
+            pyb::gil_scoped_release release;
+            return Unwrap(c.Prepare(r));
+          },
+          pyb::arg("runtime_image"), pyb::kw_only(), pyb::arg("container_image") = pyb::none(),
+          pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
+          pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
+          prepare_doc)
+      .def("start", [](ContainerManager& c, const std::string& id) { return Unwrap(c.Start(id)); }, Release(),
+           pyb::arg("id"), "Starts a prepared container; blocks like create().")
+      .def(
+          "create", [](ContainerManager& c, const ContainerRequest& r) { return Unwrap(c.Create(r)); }, Release(),
+          pyb::arg("request"), create_doc)
+      .def(
+          "create",
+          [](ContainerManager& c, const pyb::object& runtime_image, const pyb::object& container_image,
+             const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
+             bool force_cold, const pyb::object& wait_for_creating) {
+            auto r = MakeRequest(runtime_image, container_image, command, env, name, id, force_cold,
+                                 wait_for_creating);
+            pyb::gil_scoped_release release;
+            return Unwrap(c.Create(r));
+          },
+          pyb::arg("runtime_image"), pyb::kw_only(), pyb::arg("container_image") = pyb::none(),
+          pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
+          pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
+          create_doc)
+      .def("abandon",
+           [](ContainerManager& c, const std::string& id, const std::string& reason) { Check(c.Abandon(id, reason)); },
+           Release(), pyb::arg("id"), pyb::arg("reason"),
+           "Marks a prepared, never started container as FAILED with `reason` as its last_error.")
+      .def("get", [](ContainerManager& c, const std::string& id) { return Unwrap(c.Get(id)); }, Release(),
+           pyb::arg("id"), "The record; a running docker container's state is refreshed from its daemon first.")
+      .def("list", [](ContainerManager& c, bool d) { return Unwrap(c.List(d)); }, Release(),
+           pyb::arg("include_destroyed") = false, "Containers, newest first.")
+      .def(
+          "wait",
+          [](ContainerManager& c, const std::string& id, const pyb::object& timeout) {
+            using Clock = std::chrono::steady_clock;
+            std::optional<Clock::time_point> deadline;
+            if (!timeout.is_none()) deadline = Clock::now() + ToMillis(timeout, "timeout");
+            // Waits in short slices so that Ctrl-C (KeyboardInterrupt) is honoured while waiting.
+            constexpr milliseconds kSlice(250);
+            while (true) {
+              milliseconds slice = kSlice;
+              if (deadline) {
+                auto left = std::chrono::duration_cast<milliseconds>(*deadline - Clock::now());
+                slice = std::clamp(left, milliseconds(0), kSlice);
+              }
+              std::optional<Result<ContainerRecord>> r;
+              {
+                pyb::gil_scoped_release release;
+                r.emplace(c.Wait(id, slice));
+              }
+              ContainerRecord rec = Unwrap(std::move(*r));
+              if (Finished(rec.state) || (deadline && Clock::now() >= *deadline)) return rec;
+              if (PyErr_CheckSignals() != 0) throw pyb::error_already_set();
+            }
+          },
+          pyb::arg("id"), pyb::arg("timeout") = 30.0,
+          "Waits until the container no longer provisions or runs, at most `timeout` (seconds or a timedelta; "
+          "None: no deadline), and returns its record. Still running at the deadline is not an error: check "
+          "record.state.")
+      .def("logs", [](ContainerManager& c, const std::string& id) { return Unwrap(c.Logs(id)); }, Release(),
+           pyb::arg("id"),
+           "Its output: from the daemon while its VM runs, else as captured when it exited or was stopped. "
+           "ConflictError when there is none (still provisioning, or nothing was captured).")
+      .def("stop", [](ContainerManager& c, const std::string& id) { return Unwrap(c.Stop(id)); }, Release(),
+           pyb::arg("id"), "Stops its VM (capturing the output first); idempotent. Returns the record.")
+      .def("destroy", [](ContainerManager& c, const std::string& id) { Check(c.Destroy(id)); }, Release(),
+           pyb::arg("id"), "Destroys its VM and releases everything; the record stays as DESTROYED.")
+      .def("provisioning", &ContainerManager::Provisioning, Release(),
+           "How many containers are prepared or starting in this process.");
+}
+
+}  // namespace fcwarm::py
