@@ -17,6 +17,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "bench_util.hpp"
 #include "fcwarm/fcwarm.hpp"
 
 using namespace fcwarm;
@@ -25,12 +26,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(idx, v.size() - 1)];
-}
+using bench::Percentile;
 
 [[noreturn]] void Die(const std::string& what, const Status& st) {
   std::fprintf(stderr, "container_bench: %s: %s\n", what.c_str(), st.ToString().c_str());
@@ -116,15 +112,10 @@ int main(int argc, char** argv) {
   o.restore.vm_dir = (work / "vms").string();
   auto svc = Service::Open(o, vmms);
   if (!svc.ok()) Die("open", svc.status());
-  RuntimeImage img;
-  img.name = "docker";
-  img.backend = "qemu";
-  img.kernel_path = (fs::path(image_dir) / "bzImage").string();
-  img.initrd_path = (fs::path(image_dir) / "initramfs.cpio.gz").string();
-  img.rootfs_path = (fs::path(image_dir) / "docker-rootfs.ext4").string();
-  img.shape.memory_mib = memory;
-  img.runtime_check = {"docker", "/var/run/docker.sock", {}};
-  auto reg = (*svc)->images().Register(img);
+  auto img = RuntimeImageFromArtifacts("docker", image_dir);
+  if (!img.ok()) Die("image", img.status());
+  img->shape.memory_mib = memory;
+  auto reg = (*svc)->images().Register(*img);
   if (!reg.ok()) Die("register image", reg.status());
 
   std::printf("container_bench: %d cold + %d warm containers, image %s, %u MiB, accel %s\n", runs, runs,

@@ -16,6 +16,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "bench_util.hpp"
 #include "fcwarm/fcwarm.hpp"
 
 using namespace fcwarm;
@@ -24,12 +25,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  size_t idx = static_cast<size_t>(p / 100.0 * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(idx, v.size() - 1)];
-}
+using bench::Percentile;
 
 // PSS of a process in kB.
 long PssKb(int pid) {

@@ -13,6 +13,19 @@
 
 namespace fcwarm {
 
+/// \brief The runtime image for guest artifacts built by this project's scripts (not yet registered).
+///
+/// Kind "minimal": `guest/build-artifacts.sh` output (bzImage, initramfs.cpio.gz, disk.ext4; 512 MiB; ready
+/// when `/run/fcwarm-runtime-ready` exists). Kind "docker": `guest/build-docker-image.sh` output (bzImage,
+/// initramfs.cpio.gz, docker-rootfs.ext4; 1024 MiB; ready when dockerd answers `_ping` on
+/// `/var/run/docker.sock`). The image is named after its kind; paths are made absolute.
+/// \param kind "minimal" or "docker".
+/// \param dir The artifact directory.
+/// \param backend The backend that runs it. Default: "qemu".
+/// \return The image; InvalidArgument for an unknown kind; NotFound naming a missing file.
+Result<RuntimeImage> RuntimeImageFromArtifacts(const std::string& kind, const std::string& dir,
+                                               const std::string& backend = "qemu");
+
 /// \brief Registers, lists and removes runtime images. Validates every field before anything is written.
 ///
 /// Thread safety: safe for concurrent use.

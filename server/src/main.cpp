@@ -124,24 +124,14 @@ void BootstrapImage(Service& svc, const std::string& dir, const std::string& kin
     spdlog::warn("event=bootstrap_skipped name={} reason=\"no qemu backend\"", kind);
     return;
   }
-  fs::path d = fs::absolute(dir);
-  RuntimeImage img;
-  img.name = kind;
-  img.backend = "qemu";
-  img.kernel_path = (d / "bzImage").string();
-  img.initrd_path = (d / "initramfs.cpio.gz").string();
-  if (kind == "docker") {
-    img.rootfs_path = (d / "docker-rootfs.ext4").string();
-    img.shape.memory_mib = 1024;
-    img.runtime_check = {"docker", "/var/run/docker.sock", {}};
-  } else {
-    img.rootfs_path = (d / "disk.ext4").string();
-    img.shape.memory_mib = 512;
-    img.runtime_check = {"file", "/run/fcwarm-runtime-ready", {}};
+  auto img = RuntimeImageFromArtifacts(kind, dir);
+  if (!img.ok()) {
+    spdlog::warn("event=bootstrap_failed name={} error=\"{}\"", kind, img.status().ToString());
+    return;
   }
-  auto r = svc.images().Register(img);
+  auto r = svc.images().Register(*img);
   if (r.ok()) {
-    spdlog::info("event=bootstrap_image id={} name={} dir={}", r->id, kind, d.string());
+    spdlog::info("event=bootstrap_image id={} name={} dir={}", r->id, kind, dir);
   } else {
     spdlog::warn("event=bootstrap_failed name={} error=\"{}\"", kind, r.status().ToString());
   }

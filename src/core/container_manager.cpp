@@ -568,6 +568,10 @@ class ContainerManager::Impl {
       return Status::Unavailable("docker start: HTTP " + std::to_string(started->status) + ": " +
                                  DockerMessage(*started));
     }
+    return MarkRunning(id);
+  }
+
+  Status MarkRunning(const std::string& id) {
     return store_.db().With([&](SQLite::Database& db) -> Status {
       auto now = util::NowMillis();
       SQLite::Statement q(db,
@@ -581,18 +585,8 @@ class ContainerManager::Impl {
   }
 
   Status StartVm(const std::string& id, const ContainerRecord& c, Vm& vm, Timings& timings) {
+    if (c.command.empty()) return MarkRunning(id);
     auto now = util::NowMillis();
-    if (c.command.empty()) {
-      return store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db,
-                            "UPDATE containers SET state = 'running', started_at = ?, updated_at = ? WHERE id = ?");
-        q.bind(1, now);
-        q.bind(2, now);
-        q.bind(3, id);
-        q.exec();
-        return Status::Ok();
-      });
-    }
     ExecRequest er;
     if (c.env.empty()) {
       er.argv = c.command;

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <boost/json.hpp>
+#include <filesystem>
 
 #include "fcwarm/ids.hpp"
 #include "store/store_db.hpp"
@@ -179,6 +180,36 @@ Status ImageRegistry::Remove(const std::string& id) {
     del.exec();
     return Status::Ok();
   });
+}
+
+Result<RuntimeImage> RuntimeImageFromArtifacts(const std::string& kind, const std::string& dir,
+                                               const std::string& backend) {
+  if (kind != "minimal" && kind != "docker") {
+    return Status::InvalidArgument("kind: must be 'minimal' or 'docker', not '" + kind.substr(0, 64) + "'");
+  }
+  std::error_code ec;
+  std::filesystem::path d = std::filesystem::absolute(dir, ec);
+  if (ec || dir.empty()) return Status::InvalidArgument("dir: '" + dir + "' is not a usable directory");
+  RuntimeImage img;
+  img.name = kind;
+  img.backend = backend;
+  img.kernel_path = (d / "bzImage").string();
+  img.initrd_path = (d / "initramfs.cpio.gz").string();
+  if (kind == "docker") {
+    img.rootfs_path = (d / "docker-rootfs.ext4").string();
+    img.shape.memory_mib = 1024;
+    img.runtime_check = {"docker", "/var/run/docker.sock", {}};
+  } else {
+    img.rootfs_path = (d / "disk.ext4").string();
+    img.shape.memory_mib = 512;
+    img.runtime_check = {"file", "/run/fcwarm-runtime-ready", {}};
+  }
+  for (const auto& p : {img.kernel_path, img.initrd_path, img.rootfs_path}) {
+    if (!std::filesystem::is_regular_file(p, ec)) {
+      return Status::NotFound(kind + " guest artifact " + p + " is missing");
+    }
+  }
+  return img;
 }
 
 }  // namespace fcwarm

@@ -91,15 +91,9 @@ struct DockerBed {
     auto s = Service::Open(o, vmms);
     REQUIRE_MESSAGE(s.ok(), s.status().ToString());
     svc = std::move(s).value();
-    RuntimeImage img;
-    img.name = "docker";
-    img.backend = "qemu";
-    img.kernel_path = (fs::path(DockerImageDir()) / "bzImage").string();
-    img.initrd_path = (fs::path(DockerImageDir()) / "initramfs.cpio.gz").string();
-    img.rootfs_path = (fs::path(DockerImageDir()) / "docker-rootfs.ext4").string();
-    img.shape.memory_mib = 1024;
-    img.runtime_check = {"docker", "/var/run/docker.sock", {}};
-    auto r = svc->images().Register(img);
+    auto img = RuntimeImageFromArtifacts("docker", DockerImageDir());
+    REQUIRE_MESSAGE(img.ok(), img.status().ToString());
+    auto r = svc->images().Register(*img);
     REQUIRE_MESSAGE(r.ok(), r.status().ToString());
     image = *r;
   }

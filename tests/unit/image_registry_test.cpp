@@ -94,3 +94,22 @@ TEST_CASE("an image with snapshots cannot be removed") {
   REQUIRE(bed.service->snapshots().Delete(snap.id).ok());
   CHECK(bed.service->images().Remove(img.id).ok());
 }
+
+TEST_CASE("RuntimeImageFromArtifacts describes the project's guest artifacts and names what is missing") {
+  TempDir d;
+  CHECK(RuntimeImageFromArtifacts("bogus", d.str()).status().code() == StatusCode::kInvalidArgument);
+  auto missing = RuntimeImageFromArtifacts("docker", d.str());
+  REQUIRE_FALSE(missing.ok());
+  CHECK(missing.status().code() == StatusCode::kNotFound);
+  CHECK(missing.status().message().find("bzImage") != std::string::npos);
+  for (const char* f : {"bzImage", "initramfs.cpio.gz", "docker-rootfs.ext4"}) WriteFile(d.path() / f, "x");
+  auto docker = RuntimeImageFromArtifacts("docker", d.str());
+  REQUIRE_MESSAGE(docker.ok(), docker.status().ToString());
+  CHECK(docker->name == "docker");
+  CHECK(docker->runtime_check.kind == "docker");
+  CHECK(docker->shape.memory_mib == 1024);
+  CHECK(docker->rootfs_path == (d.path() / "docker-rootfs.ext4").string());
+  auto minimal = RuntimeImageFromArtifacts("minimal", d.str());
+  REQUIRE_FALSE(minimal.ok());
+  CHECK(minimal.status().message().find("disk.ext4") != std::string::npos);
+}
