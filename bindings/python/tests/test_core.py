@@ -251,3 +251,15 @@ def test_service_closes_while_a_listener_runs(tmpdir_path):
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("closed")
+
+
+def test_runtime_image_from_artifacts(tmp_path):
+    with pytest.raises(fcwarm.InvalidArgumentError, match="kind"):
+        fcwarm.runtime_image_from_artifacts("bogus", str(tmp_path))
+    with pytest.raises(fcwarm.NotFoundError, match="bzImage"):
+        fcwarm.runtime_image_from_artifacts("docker", str(tmp_path))
+    for f in ("bzImage", "initramfs.cpio.gz", "docker-rootfs.ext4"):
+        (tmp_path / f).write_bytes(b"x")
+    img = fcwarm.runtime_image_from_artifacts("docker", str(tmp_path))
+    assert img.name == "docker" and img.runtime_check.kind == "docker" and img.shape.memory_mib == 1024
+    assert img.rootfs_path == str(tmp_path / "docker-rootfs.ext4")
