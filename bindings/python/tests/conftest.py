@@ -6,6 +6,7 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm: needs qemu-system-x86_64 and the guest artifacts")
+    config.addinivalue_line("markers", "docker: needs qemu-system-x86_64 and the docker runtime image")
 
 
 @pytest.fixture
