@@ -9,10 +9,13 @@ cd "$(dirname "$0")/.."
 cmake --preset release -DFCWARM_BUILD_TESTS=OFF
 cmake --build --preset release
 cmake --install build/release --component python   # `import fcwarm` and the `fcwarm` CLI
-guest_dir=$(FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
-  guest/build-artifacts.sh --agent build/release/guest/agent/fcwarm-agent | tail -n 1)
-docker_dir=$(FCWARM_GUEST_DIR="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}" \
-  guest/build-docker-image.sh --agent build/release/guest/agent/fcwarm-agent | tail -n 1)
+guest_base="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}"
+FCWARM_GUEST_DIR="$guest_base" guest/build-artifacts.sh --agent build/release/guest/agent/fcwarm-agent >/dev/null
+FCWARM_GUEST_DIR="$guest_base" guest/build-docker-image.sh --agent build/release/guest/agent/fcwarm-agent >/dev/null
+# Images are registered through the stable `current` links: after a rebuild of the artifacts the image's files
+# change, its snapshots no longer match (`incompatible`) and are rebuilt, instead of pointing at a stale build.
+guest_dir="$guest_base/current"
+docker_dir="$guest_base/docker-current"
 data_dir="${FCWARM_DATA_DIR:-/var/lib/fcwarm}"
 bind="${FCWARM_BIND:-127.0.0.1:18080}"
 
