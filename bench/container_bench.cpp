@@ -105,12 +105,7 @@ int main(int argc, char** argv) {
   QemuOptions qo;
   qo.accelerator = accel;
   vmms->Add(std::shared_ptr<Vmm>(MakeQemuVmm(qo)));
-  ServiceOptions o;
-  o.store.path = (work / "fcwarm.db").string();
-  o.snapshots.root_dir = (work / "snapshots").string();
-  o.snapshots.build_dir = (work / "build").string();
-  o.restore.vm_dir = (work / "vms").string();
-  auto svc = Service::Open(o, vmms);
+  auto svc = Service::Open(ServiceOptions::UnderDirectory(work.string()), vmms);
   if (!svc.ok()) Die("open", svc.status());
   auto img = RuntimeImageFromArtifacts("docker", image_dir);
   if (!img.ok()) Die("image", img.status());

@@ -96,12 +96,7 @@ int main(int argc, char** argv) {
   auto vmms = std::make_shared<VmmRegistry>();
   vmms->Add(qemu);
   fs::path dir = fs::temp_directory_path() / ("fcwarm-bench-" + Id::Generate().str().substr(0, 8));
-  ServiceOptions o;
-  o.store.path = (dir / "fcwarm.db").string();
-  o.snapshots.root_dir = (dir / "snapshots").string();
-  o.snapshots.build_dir = (dir / "build").string();
-  o.restore.vm_dir = (dir / "vms").string();
-  auto svc_r = Service::Open(o, vmms);
+  auto svc_r = Service::Open(ServiceOptions::UnderDirectory(dir.string()), vmms);
   if (!svc_r.ok()) Die("open", svc_r.status());
   auto& svc = **svc_r;
   RuntimeImage img;

@@ -46,11 +46,7 @@ int main(int argc, char** argv) {
   auto dir = std::filesystem::temp_directory_path() / ("fcwarm-consumer-" + std::to_string(::getpid()));
   auto vmms = std::make_shared<fcwarm::VmmRegistry>();
   vmms->Add(std::shared_ptr<fcwarm::Vmm>(fcwarm::MakeQemuVmm(fcwarm::QemuOptions{})));
-  fcwarm::ServiceOptions o;
-  o.store.path = (dir / "fcwarm.db").string();
-  o.snapshots.root_dir = (dir / "snapshots").string();
-  o.snapshots.build_dir = (dir / "build").string();
-  o.restore.vm_dir = (dir / "vms").string();
+  auto o = fcwarm::ServiceOptions::UnderDirectory(dir.string());
   int rc = 0;
   {
     auto svc = fcwarm::Service::Open(o, vmms);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "fcwarm/container_manager.hpp"
 #include "fcwarm/health_tracker.hpp"
@@ -23,6 +24,12 @@ struct ServiceOptions {
   HealthOptions health;               ///< Health options.
   RestoreOptions restore;             ///< Restore options.
   ContainerOptions containers;        ///< Container options.
+
+  /// \brief Default options with every file under one directory: `<dir>/fcwarm.db`, `<dir>/snapshots`,
+  /// `<dir>/build`, `<dir>/vms` (the layout of `fcwarm-server --data-dir` and `fcwarm.open_service`).
+  /// \param data_dir The directory (made absolute).
+  /// \return The options.
+  static ServiceOptions UnderDirectory(const std::string& data_dir);
 };
 
 /// \brief Owns and wires the core components in the right order; what the server, the bindings and the CLI

@@ -328,13 +328,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   ::chmod(cfg.data_dir.c_str(), 0700);
-  fs::path data = fs::absolute(cfg.data_dir);
-  ServiceOptions opts;
-  opts.store.path = (data / "fcwarm.db").string();
-  opts.snapshots.root_dir = (data / "snapshots").string();
-  opts.snapshots.build_dir = (data / "build").string();
+  ServiceOptions opts = ServiceOptions::UnderDirectory(cfg.data_dir);
   opts.snapshots.build_workers = cfg.build_workers;
-  opts.restore.vm_dir = (data / "vms").string();
   opts.restore.wait_for_creating = Ms(cfg.wait_for_creating_s);
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
@@ -365,7 +360,7 @@ int main(int argc, char** argv) {
     for (const auto& k : vmms->Kinds()) kinds += (kinds.empty() ? "" : ",") + k;
     spdlog::info(
         "event=listening address={} port={} data_dir={} backends={} auth={} version={}",
-        so.host, server.port(), data.string(), kinds.empty() ? "-" : kinds, token.empty() ? "off" : "bearer",
+        so.host, server.port(), fs::absolute(cfg.data_dir).string(), kinds.empty() ? "-" : kinds, token.empty() ? "off" : "bearer",
         fcwarm::Version());
     if (!cfg.port_file.empty() && !WriteFileAtomic(cfg.port_file, std::to_string(server.port()) + "\n")) {
       spdlog::critical("event=config_error msg=\"--port-file: cannot write '{}'\"", cfg.port_file);

@@ -10,6 +10,18 @@
 
 namespace fcwarm {
 
+ServiceOptions ServiceOptions::UnderDirectory(const std::string& data_dir) {
+  std::error_code ec;
+  std::filesystem::path d = std::filesystem::absolute(data_dir, ec);
+  if (ec) d = data_dir;
+  ServiceOptions o;
+  o.store.path = (d / "fcwarm.db").string();
+  o.snapshots.root_dir = (d / "snapshots").string();
+  o.snapshots.build_dir = (d / "build").string();
+  o.restore.vm_dir = (d / "vms").string();
+  return o;
+}
+
 Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shared_ptr<VmmRegistry> vmms) {
   if (!vmms) return Status::InvalidArgument("vmms: must not be null");
   std::unique_ptr<Service> s(new Service());

@@ -80,11 +80,7 @@ struct DockerBed {
 
   DockerBed() {
     vmms->Add(std::shared_ptr<Vmm>(MakeQemuVmm(QemuOptions{})));
-    ServiceOptions o;
-    o.store.path = (dir.path() / "fcwarm.db").string();
-    o.snapshots.root_dir = (dir.path() / "snapshots").string();
-    o.snapshots.build_dir = (dir.path() / "build").string();
-    o.restore.vm_dir = (dir.path() / "vms").string();
+    auto o = ServiceOptions::UnderDirectory(dir.str());
     // A restored clone's dockerd answers at once; a dead one should not hold the fallback up for long.
     o.restore.restore_runtime_timeout = 5s;
     o.health.auto_rebuild = false;

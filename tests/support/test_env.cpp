@@ -32,16 +32,14 @@ TestBed::TestBed(std::function<void(ServiceOptions&)> tweak, std::string db_path
   vmm = std::make_shared<FakeVmm>();
   vmms = std::make_shared<VmmRegistry>();
   vmms->Add(vmm);
-  options.store.path = db_path.empty() ? (dir.path() / "fcwarm.db").string() : db_path;
-  options.snapshots.root_dir = (dir.path() / "snapshots").string();
-  options.snapshots.build_dir = (dir.path() / "build").string();
+  options = ServiceOptions::UnderDirectory(dir.str());
+  if (!db_path.empty()) options.store.path = db_path;
   options.snapshots.agent_timeout = std::chrono::seconds(5);
   options.snapshots.runtime_timeout = std::chrono::seconds(5);
   options.snapshots.poll_interval = std::chrono::milliseconds(5);
   options.snapshots.stop_grace = std::chrono::milliseconds(0);
   options.health.rebuild_backoff_initial = std::chrono::milliseconds(20);
   options.health.rebuild_backoff_max = std::chrono::milliseconds(200);
-  options.restore.vm_dir = (dir.path() / "vms").string();
   options.restore.wait_for_creating = std::chrono::seconds(5);
   options.restore.restore_agent_timeout = std::chrono::seconds(2);
   options.restore.cold_agent_timeout = std::chrono::seconds(5);

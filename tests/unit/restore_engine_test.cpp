@@ -311,3 +311,14 @@ TEST_CASE("a caller-chosen vm id is used, validated and unique") {
   CHECK(bad.status().code() == StatusCode::kInvalidArgument);
   CHECK(bad.status().message().find("vm_id") == 0);
 }
+
+TEST_CASE("ServiceOptions::UnderDirectory puts every file under one absolute directory") {
+  auto o = ServiceOptions::UnderDirectory("/srv/fcw");
+  CHECK(o.store.path == "/srv/fcw/fcwarm.db");
+  CHECK(o.snapshots.root_dir == "/srv/fcw/snapshots");
+  CHECK(o.snapshots.build_dir == "/srv/fcw/build");
+  CHECK(o.restore.vm_dir == "/srv/fcw/vms");
+  auto rel = ServiceOptions::UnderDirectory("data");
+  CHECK(rel.store.path == (fs::current_path() / "data" / "fcwarm.db").string());
+  CHECK(rel.restore.wait_for_creating == RestoreOptions{}.wait_for_creating);  // everything else default
+}

@@ -59,11 +59,7 @@ struct QemuBed {
   QemuBed() {
     vmm = std::make_shared<KillingVmm>(std::shared_ptr<Vmm>(MakeQemuVmm(QemuOptions{})));
     vmms->Add(vmm);
-    ServiceOptions o;
-    o.store.path = (dir.path() / "fcwarm.db").string();
-    o.snapshots.root_dir = (dir.path() / "snapshots").string();
-    o.snapshots.build_dir = (dir.path() / "build").string();
-    o.restore.vm_dir = (dir.path() / "vms").string();
+    auto o = ServiceOptions::UnderDirectory(dir.str());
     o.health.rebuild_backoff_initial = 100ms;
     auto s = Service::Open(o, vmms);
     REQUIRE_MESSAGE(s.ok(), s.status().ToString());

@@ -25,14 +25,7 @@ __version__ = _core.__version__
 
 def service_options(data_dir):
     """ServiceOptions with every path under ``data_dir`` (db, snapshots, build, vms)."""
-    import os
-
-    opts = _core.ServiceOptions()
-    opts.store.path = os.path.join(data_dir, "fcwarm.db")
-    opts.snapshots.root_dir = os.path.join(data_dir, "snapshots")
-    opts.snapshots.build_dir = os.path.join(data_dir, "build")
-    opts.restore.vm_dir = os.path.join(data_dir, "vms")
-    return opts
+    return _core.ServiceOptions.under_directory(str(data_dir))
 
 
 def open_service(data_dir, vmms=None, options=None):

@@ -219,6 +219,8 @@ class ServiceOptions:
     health: HealthOptions
     restore: RestoreOptions
     containers: ContainerOptions
+    @staticmethod
+    def under_directory(data_dir: str) -> ServiceOptions: ...
 
 class Store:
     schema_version: int

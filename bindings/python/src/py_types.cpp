@@ -244,7 +244,9 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("snapshots", &ServiceOptions::snapshots)
       .def_readwrite("health", &ServiceOptions::health)
       .def_readwrite("restore", &ServiceOptions::restore)
-      .def_readwrite("containers", &ServiceOptions::containers);
+      .def_readwrite("containers", &ServiceOptions::containers)
+      .def_static("under_directory", &ServiceOptions::UnderDirectory, pyb::arg("data_dir"),
+                  "Default options with every file under data_dir: fcwarm.db, snapshots/, build/, vms/.");
 
   pyb::class_<Store>(m, "Store", "The SQLite store (obtain it from Service.store).")
       .def_property_readonly("schema_version", &Store::SchemaVersion)
