@@ -18,6 +18,15 @@
 
 namespace fcwarm::py {
 
+/// Gives an enum bound with pybind11 the stable lower-case name (fcwarm::ToString) as `str()` and `.label`,
+/// instead of pybind11's default "Type.NAME" text.
+template <typename E>
+void AddStr(pybind11::enum_<E>& e) {
+  e.attr("__str__") = pybind11::cpp_function([](E v) { return std::string(ToString(v)); }, pybind11::name("__str__"),
+                                             pybind11::is_method(e));
+  e.def_property_readonly("label", [](E v) { return std::string(ToString(v)); }, "Stable lower-case name.");
+}
+
 namespace pyb = pybind11;
 
 /// A C++ exception carrying a non-ok Status; translated to fcwarm.errors.* in Python.

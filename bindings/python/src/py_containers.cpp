@@ -39,6 +39,28 @@ std::string Repr(const ContainerRecord& c) {
   return out + ">";
 }
 
+// Defines `name` twice: taking a ContainerRequest, and taking its fields as keyword arguments (type-checked
+// with errors naming the field). Both call `Method` with the GIL released.
+template <Result<ContainerRecord> (ContainerManager::*Method)(const ContainerRequest&)>
+void DefRequestMethod(pyb::class_<ContainerManager>& cls, const char* name, const char* doc) {
+  cls.def(
+      name, [](ContainerManager& c, const ContainerRequest& r) { return Unwrap((c.*Method)(r)); }, Release(),
+      pyb::arg("request"), doc);
+  cls.def(
+      name,
+      [](ContainerManager& c, const pyb::object& runtime_image, const pyb::object& container_image,
+         const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
+         bool force_cold, const pyb::object& wait_for_creating) {
+        auto r = MakeRequest(runtime_image, container_image, command, env, name, id, force_cold, wait_for_creating);
+        pyb::gil_scoped_release release;
+        return Unwrap((c.*Method)(r));
+      },
+      pyb::arg("runtime_image"), pyb::kw_only(), pyb::arg("container_image") = pyb::none(),
+      pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
+      pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
+      doc);
+}
+
 pyb::object Decode(const std::string& s) { return pyb::bytes(s).attr("decode")("utf-8", "replace"); }
 
 }  // namespace
@@ -52,10 +74,7 @@ void BindContainers(pyb::module_& m) {
       .value("FAILED", ContainerState::kFailed)
       .value("LOST", ContainerState::kLost)
       .value("DESTROYED", ContainerState::kDestroyed);
-  state.attr("__str__") = pyb::cpp_function([](ContainerState v) { return std::string(ToString(v)); },
-                                            pyb::name("__str__"), pyb::is_method(state));
-  state.def_property_readonly("label", [](ContainerState v) { return std::string(ToString(v)); },
-                              "Stable lower-case name.");
+  AddStr(state);
   state.def_property_readonly("finished", &Finished,
                               "True once the container no longer provisions or runs (exited, stopped, failed, "
                               "lost or destroyed).");
@@ -137,45 +156,13 @@ void BindContainers(pyb::module_& m) {
       "Validates the request and records the container as PROVISIONING without starting anything; start it "
       "with start(id) (e.g. on a worker thread) or give it up with abandon(id, reason).";
 
-  pyb::class_<ContainerManager>(m, "ContainerManager",
-                                "Containers on warm-booted VMs: one VM per container, from the restore engine.")
-      .def(
-          "prepare",
-          [](ContainerManager& c, const ContainerRequest& r) { return Unwrap(c.Prepare(r)); }, Release(),
-          pyb::arg("request"), prepare_doc)
-      .def(
-          "prepare",
-          [](ContainerManager& c, const pyb::object& runtime_image, const pyb::object& container_image,
-             const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
-             bool force_cold, const pyb::object& wait_for_creating) {
-            auto r = MakeRequest(runtime_image, container_image, command, env, name, id, force_cold,
-                                 wait_for_creating);
-            pyb::gil_scoped_release release;
-            return Unwrap(c.Prepare(r));
-          },
-          pyb::arg("runtime_image"), pyb::kw_only(), pyb::arg("container_image") = pyb::none(),
-          pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
-          pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
-          prepare_doc)
+  pyb::class_<ContainerManager> manager(m, "ContainerManager",
+                                        "Containers on warm-booted VMs: one VM per container, from the restore engine.");
+  DefRequestMethod<&ContainerManager::Prepare>(manager, "prepare", prepare_doc);
+  DefRequestMethod<&ContainerManager::Create>(manager, "create", create_doc);
+  manager
       .def("start", [](ContainerManager& c, const std::string& id) { return Unwrap(c.Start(id)); }, Release(),
            pyb::arg("id"), "Starts a prepared container; blocks like create().")
-      .def(
-          "create", [](ContainerManager& c, const ContainerRequest& r) { return Unwrap(c.Create(r)); }, Release(),
-          pyb::arg("request"), create_doc)
-      .def(
-          "create",
-          [](ContainerManager& c, const pyb::object& runtime_image, const pyb::object& container_image,
-             const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
-             bool force_cold, const pyb::object& wait_for_creating) {
-            auto r = MakeRequest(runtime_image, container_image, command, env, name, id, force_cold,
-                                 wait_for_creating);
-            pyb::gil_scoped_release release;
-            return Unwrap(c.Create(r));
-          },
-          pyb::arg("runtime_image"), pyb::kw_only(), pyb::arg("container_image") = pyb::none(),
-          pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
-          pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
-          create_doc)
       .def("abandon",
            [](ContainerManager& c, const std::string& id, const std::string& reason) { Check(c.Abandon(id, reason)); },
            Release(), pyb::arg("id"), pyb::arg("reason"),

@@ -4,14 +4,6 @@
 namespace fcwarm::py {
 
 namespace {
-template <typename E>
-void AddStr(pyb::enum_<E>& e) {
-  // Replaces pybind11's default "Type.NAME" text with the stable lower-case name.
-  e.attr("__str__") = pyb::cpp_function([](E v) { return std::string(ToString(v)); }, pyb::name("__str__"),
-                                        pyb::is_method(e));
-  e.def_property_readonly("label", [](E v) { return std::string(ToString(v)); }, "Stable lower-case name.");
-}
-
 std::string Repr(const std::string& type, const std::string& id, const std::string& extra) {
   return "<fcwarm." + type + " " + id + (extra.empty() ? "" : " " + extra) + ">";
 }
