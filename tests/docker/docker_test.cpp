@@ -40,16 +40,6 @@ bool Required() {
   return e && std::string(e) == "1";
 }
 
-int CountQemuProcesses() {
-  int n = 0;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    std::ifstream comm(e.path() / "comm");
-    std::string name;
-    if (comm && std::getline(comm, name) && name.rfind("qemu-system", 0) == 0) ++n;
-  }
-  return n;
-}
-
 bool ProcessGone(int pid) {
   if (pid <= 0) return true;
   if (::kill(pid, 0) != 0) return errno == ESRCH;

@@ -102,4 +102,14 @@ int CountEntries(const fs::path& dir) {
   return n;
 }
 
+int CountQemuProcesses() {
+  int n = 0;
+  for (const auto& e : fs::directory_iterator("/proc")) {
+    std::ifstream comm(e.path() / "comm");
+    std::string name;
+    if (comm && std::getline(comm, name) && name.rfind("qemu-system", 0) == 0) ++n;
+  }
+  return n;
+}
+
 }  // namespace fcwarm::testing

@@ -48,6 +48,9 @@ struct TestBed {
 /// Polls `pred` until true or `timeout`; returns its last value.
 bool Eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
+/// Number of processes on this host whose name starts with "qemu-system" (any owner).
+int CountQemuProcesses();
+
 /// Number of entries in a directory (0 if missing).
 int CountEntries(const std::filesystem::path& dir);
 

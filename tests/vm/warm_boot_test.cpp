@@ -98,16 +98,6 @@ struct QemuBed {
   }
 };
 
-int CountQemuProcesses() {
-  int n = 0;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    std::ifstream comm(e.path() / "comm");
-    std::string name;
-    if (comm && std::getline(comm, name) && name.rfind("qemu-system", 0) == 0) ++n;
-  }
-  return n;
-}
-
 int CountNetns(const std::string& prefix) {
   auto r = util::Run({"ip", "netns", "list"}, 10s);
   if (!r.ok()) return -1;
