@@ -484,7 +484,8 @@ class ContainerManager::Impl {
       return Status::FailedPrecondition("container '" + id + "' is still provisioning");
     }
     Refresh(*row);
-    CaptureLogs(row->rec);
+    // An exited container's output was kept when its exit was seen; fetch it only if that did not happen.
+    if (row->rec.state == ContainerState::kRunning || !row->has_logs) CaptureLogs(row->rec);
     if (auto st = engine_.Stop(id); !st.ok() && st.code() != StatusCode::kNotFound) return st;
     if (row->rec.state == ContainerState::kRunning) SetState(id, ContainerState::kStopped, "");
     return Get(id);
@@ -653,7 +654,10 @@ class ContainerManager::Impl {
       q.exec();
       return Status::Ok();
     });
-    if (logs.ok()) StoreLogs(c.id, *logs);
+    if (logs.ok()) {
+      StoreLogs(c.id, *logs);
+      row.has_logs = true;
+    }
     c.state = ContainerState::kExited;
     c.exit_code = code;
     c.finished_at = now;

@@ -76,6 +76,15 @@ TEST_CASE("docker runtime: exit codes, long-running containers, stop") {
   REQUIRE(w.ok());
   CHECK(w->state == ContainerState::kExited);
   CHECK(w->exit_code == 3);
+  // Its output was kept when the exit was seen: stopping its VM asks the daemon nothing more.
+  const int requests = bed.vmm->docker_requests;
+  auto stopped_exited = bed.service->containers().Stop(failing->id);
+  REQUIRE(stopped_exited.ok());
+  CHECK(stopped_exited->state == ContainerState::kExited);
+  CHECK(bed.vmm->docker_requests == requests);
+  auto kept = bed.service->containers().Logs(failing->id);
+  REQUIRE(kept.ok());
+  CHECK(kept->stdout_data == "exit 3\n");
 
   auto sleeper = bed.service->containers().Create(Req(img, {"sleep", "1000"}));
   REQUIRE(sleeper.ok());
