@@ -101,15 +101,17 @@ int RequestParser::OnMessageBegin(http_parser* p) {
   return 0;
 }
 
+int RequestParser::AppendLimited(std::string* dst, const char* at, size_t len, size_t limit, int status,
+                                 const char* code, const char* what) {
+  if (dst->size() + len > limit) return Fail(status, code, std::string(what) + std::to_string(limit) + " bytes");
+  dst->append(at, len);
+  return 0;
+}
+
 int RequestParser::OnUrl(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<RequestParser*>(p->data);
-  if (self->current_.target.size() + len > self->limits_.max_url_bytes) {
-    return self->Fail(
-        414, "uri_too_long",
-        "the request target is longer than " + std::to_string(self->limits_.max_url_bytes) + " bytes");
-  }
-  self->current_.target.append(at, len);
-  return 0;
+  return self->AppendLimited(&self->current_.target, at, len, self->limits_.max_url_bytes, 414, "uri_too_long",
+                             "the request target is longer than ");
 }
 
 void RequestParser::FinishHeader() {
@@ -182,13 +184,8 @@ int RequestParser::OnHeadersComplete(http_parser* p) {
 
 int RequestParser::OnBody(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<RequestParser*>(p->data);
-  if (self->current_.body.size() + len > self->limits_.max_body_bytes) {
-    return self->Fail(
-        413, "payload_too_large",
-        "the request body is larger than " + std::to_string(self->limits_.max_body_bytes) + " bytes");
-  }
-  self->current_.body.append(at, len);
-  return 0;
+  return self->AppendLimited(&self->current_.body, at, len, self->limits_.max_body_bytes, 413, "payload_too_large",
+                             "the request body is larger than ");
 }
 
 int RequestParser::OnMessageComplete(http_parser* p) {

@@ -55,6 +55,9 @@ class RequestParser {
   static int OnBody(http_parser* p, const char* at, size_t len);
   static int OnMessageComplete(http_parser* p);
   int Fail(int status, std::string code, std::string message);
+  // Appends a chunk to `dst` unless that would exceed `limit`; then fails with `status`/`code`, naming `what`.
+  int AppendLimited(std::string* dst, const char* at, size_t len, size_t limit, int status, const char* code,
+                    const char* what);
   void FinishHeader();
   void SetErrorFromParser();
 
