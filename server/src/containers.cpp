@@ -159,6 +159,4 @@ void ContainerService::FailPending(const std::string& reason) {
   for (const auto& id : ids) (void)service_.containers().Abandon(id, reason);
 }
 
-int ContainerService::Provisioning() const { return service_.containers().Provisioning(); }
-
 }  // namespace fcwarm::server

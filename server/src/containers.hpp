@@ -36,8 +36,6 @@ class ContainerService {
   Status Destroy(const std::string& id);
   /// Marks containers whose background task never ran as failed (used at shutdown).
   void FailPending(const std::string& reason);
-  /// Containers still provisioning in this process.
-  int Provisioning() const;
 
   /// The JSON item of a container (the REST representation).
   static boost::json::object Render(const ContainerRecord& c);
