@@ -155,6 +155,18 @@ def create_image(server, name="img", **fields):
     return doc["item"]
 
 
+def poll_item(server, path, leave_state, timeout, interval=0.05):
+    """GETs `path` until its item's state is no longer `leave_state` or `timeout` seconds passed; returns the
+    item (the caller asserts the state it expects)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st, _, doc = server.get(path)
+        assert st == 200, doc
+        if doc["item"]["state"] != leave_state or time.monotonic() > deadline:
+            return doc["item"]
+        time.sleep(interval)
+
+
 def assert_error(resp, status, code, field=None):
     st, _, doc = resp
     assert st == status, doc

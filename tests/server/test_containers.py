@@ -2,10 +2,9 @@
 
 With --backend none every VM start fails, so provisioning ends `failed` (background) or 503 (wait=true)."""
 
-import time
 import uuid
 
-from conftest import assert_error, create_image
+from conftest import assert_error, create_image, poll_item
 
 ITEM_FIELDS = {"id", "vm_id", "name", "image", "runtime_image_id", "container_image", "runtime", "state", "exit_code",
                "docker_id", "boot_method", "fallback_reason", "timings", "snapshot_id", "generation", "address", "mac",
@@ -14,13 +13,7 @@ ITEM_FIELDS = {"id", "vm_id", "name", "image", "runtime_image_id", "container_im
 
 
 def wait_not_provisioning(server, cid, timeout=15):
-    deadline = time.monotonic() + timeout
-    while True:
-        st, _, doc = server.get("/v1/containers/" + cid)
-        assert st == 200, doc
-        if doc["item"]["state"] != "provisioning" or time.monotonic() > deadline:
-            return doc["item"]
-        time.sleep(0.05)
+    return poll_item(server, "/v1/containers/" + cid, "provisioning", timeout)
 
 
 def test_background_provisioning_reports_failure(server):

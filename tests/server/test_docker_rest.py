@@ -6,9 +6,10 @@ FCWARM_REQUIRE_DOCKER=1."""
 
 import os
 import shutil
-import time
 
 import pytest
+
+from conftest import poll_item
 
 IMAGE_DIR = os.environ.get("FCWARM_DOCKER_IMAGE_DIR", "/var/cache/fcwarm/guest/docker-current")
 FILES = ("bzImage", "initramfs.cpio.gz", "docker-rootfs.ext4")
@@ -68,13 +69,8 @@ def test_docker_containers_cold_then_warm(docker_server):
     st, _, doc = s.post("/v1/runtime-snapshots", {"runtime_image_id": image_id})
     assert st == 202, doc
     snap = doc["id"]
-    deadline = time.monotonic() + 600
-    while True:
-        _, _, sdoc = s.get("/v1/runtime-snapshots/" + snap)
-        if sdoc["item"]["state"] != "creating" or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert sdoc["item"]["state"] == "ready", sdoc
+    item = poll_item(s, "/v1/runtime-snapshots/" + snap, "creating", 600, interval=0.5)
+    assert item["state"] == "ready", item
 
     st, _, doc = s.post("/v1/containers", {**body, "name": "warm1", "wait": False})
     assert st == 202, doc

@@ -5,9 +5,10 @@ fallback_reason "no_snapshot". Skips when QEMU or the guest artifacts (FCWARM_GU
 
 import os
 import shutil
-import time
 
 import pytest
+
+from conftest import poll_item
 
 GUEST = os.environ.get("FCWARM_GUEST_DIR", "/var/cache/fcwarm/guest/current")
 FILES = ("bzImage", "initramfs.cpio.gz", "disk.ext4")
@@ -36,13 +37,8 @@ def test_quickstart_warm_then_cold(qemu_server):
     st, _, doc = s.post("/v1/runtime-snapshots", {"runtime_image_id": image_id})
     assert st == 202, doc
     snap = doc["id"]
-    deadline = time.monotonic() + 300
-    while True:
-        _, _, doc = s.get("/v1/runtime-snapshots/" + snap)
-        if doc["item"]["state"] != "creating" or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert doc["item"]["state"] == "ready", doc
+    item = poll_item(s, "/v1/runtime-snapshots/" + snap, "creating", 300, interval=0.5)
+    assert item["state"] == "ready", item
 
     st, _, doc = s.post("/v1/containers", {"name": "c1", "image": "busybox", "wait": True})
     assert st == 201, doc
@@ -56,15 +52,10 @@ def test_quickstart_warm_then_cold(qemu_server):
     st, _, doc = s.post("/v1/containers", {"name": "c2", "image": "busybox"})
     assert st == 202
     cid = doc["id"]
-    deadline = time.monotonic() + 300
-    while True:
-        _, _, doc = s.get("/v1/containers/" + cid)
-        if doc["item"]["state"] != "provisioning" or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    assert doc["item"]["state"] == "running", doc
-    assert doc["item"]["boot_method"] == "cold"
-    assert doc["item"]["fallback_reason"] == "no_snapshot"
+    item = poll_item(s, "/v1/containers/" + cid, "provisioning", 300, interval=0.5)
+    assert item["state"] == "running", item
+    assert item["boot_method"] == "cold"
+    assert item["fallback_reason"] == "no_snapshot"
 
     _, _, text = s.get("/metrics")
     assert 'fcwarm_boots_total{outcome="warm"} 1' in text
