@@ -1,19 +1,73 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine and runs every test tier (unit, server, python, vm with real QEMU VMs,
 # docker with the Docker daemon inside QEMU VMs, the Firecracker contract tests), then the server fuzzer for 60 s.
+# Ends with a one-line-per-stage summary (scripts/ci_summary.py). A failing ctest stage still lets the fuzzer
+# run and report; the exit status is non-zero when any stage failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
-cmake --preset ci
-cmake --build --preset ci
-cmake --install build/ci --component python   # `import fcwarm` for /usr/bin/python3, and the `fcwarm` CLI
+report_dir=build/ci-report
+rm -rf "$report_dir"
+mkdir -p "$report_dir"
+stages="$report_dir/stages.tsv"
+: >"$stages"
+failed=0
+
+# stage NAME CMD...: runs CMD, records its outcome and duration.
+stage() {
+  local name=$1
+  shift
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  if ((rc == 0)); then
+    printf '%s\tok\t%s\n' "$name" $((SECONDS - start)) >>"$stages"
+  else
+    printf '%s\tFAILED (exit %s)\t%s\n' "$name" "$rc" $((SECONDS - start)) >>"$stages"
+    failed=1
+  fi
+  return "$rc"
+}
+
+summary() {
+  local rc=$?
+  if [[ -x /usr/bin/python3 ]]; then
+    /usr/bin/python3 scripts/ci_summary.py --stages "$stages" --build build/ci --junit "$PWD/$report_dir/ctest.xml" \
+      --fuzz-log "$report_dir/fuzz.log" || true
+  else
+    cat "$stages"
+  fi
+  if ((rc != 0 || failed != 0)); then
+    echo "result: FAILED"
+    exit 1
+  fi
+  echo "result: ok"
+}
+trap summary EXIT
+
+build_all() {
+  cmake --preset ci && cmake --build --preset ci &&
+    cmake --install build/ci --component python # `import fcwarm` for /usr/bin/python3, and the `fcwarm` CLI
+}
+
 # Guest artifacts under the base dir /var/cache/fcwarm/guest (tests read <base>/current, <base>/docker-current).
 guest_base=/var/cache/fcwarm/guest
-FCWARM_GUEST_DIR=$guest_base guest/build-artifacts.sh --agent build/ci/guest/agent/fcwarm-agent
+guest_artifacts() {
+  FCWARM_GUEST_DIR=$guest_base guest/build-artifacts.sh --agent build/ci/guest/agent/fcwarm-agent
+}
 # The docker runtime image (debootstrap + docker.io from the Debian mirror; cached by content key).
-FCWARM_DOCKER_IMAGE_DIR=$(FCWARM_GUEST_DIR=$guest_base guest/build-docker-image.sh \
-  --agent build/ci/guest/agent/fcwarm-agent | tail -n 1)
-export FCWARM_DOCKER_IMAGE_DIR
-export FCWARM_REQUIRE_DOCKER=1   # the docker tier must run here, not skip
-ctest --preset ci
-./scripts/fuzz.sh 60   # libFuzzer over HTTP parsing, routing and JSON decoding, bounded time
+docker_image() {
+  local out
+  out=$(FCWARM_GUEST_DIR=$guest_base guest/build-docker-image.sh --agent build/ci/guest/agent/fcwarm-agent) || return
+  FCWARM_DOCKER_IMAGE_DIR=$(tail -n 1 <<<"$out")
+  export FCWARM_DOCKER_IMAGE_DIR
+  [[ -d "$FCWARM_DOCKER_IMAGE_DIR" ]]
+}
+
+stage setup ./scripts/setup.sh
+stage build build_all
+stage guest-artifacts guest_artifacts
+stage docker-image docker_image
+export FCWARM_REQUIRE_DOCKER=1 # the docker tier must run here, not skip
+stage ctest ctest --preset ci --output-junit "$PWD/$report_dir/ctest.xml" || true
+# libFuzzer over HTTP parsing, routing and JSON decoding, bounded time; runs even when ctest failed.
+fuzz() { ./scripts/fuzz.sh 60 2>&1 | tee "$report_dir/fuzz.log"; }
+stage fuzz fuzz || true

@@ -179,6 +179,11 @@ class ContainerManager {
   /// \param id The container.
   /// \return Ok; FailedPrecondition while provisioning; NotFound.
   Status Destroy(const std::string& id);
+  /// \brief An upper bound of how long Start() (and Create()) can take before it returns: the VM's
+  /// RestoreEngine::ProvisionDeadline() plus the container's own create and start requests. A client waiting
+  /// for a create derives its deadline from this, so a slow step ends in the library's error, not a timeout.
+  /// \return The bound.
+  std::chrono::milliseconds StartDeadline() const;
   /// \brief Containers currently provisioning (prepared or starting) in this process.
   /// \return The count.
   int Provisioning() const;

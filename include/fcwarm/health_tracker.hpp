@@ -29,6 +29,10 @@ struct HealthStats {
 /// image, with capped exponential backoff between failed builds. An incompatible key schedules a rebuild
 /// without counting a failure.
 ///
+/// Outcomes belong to the generation the clone was restored from. An outcome of a generation that is no longer
+/// the snapshot's current one (a rebuild published a newer one meanwhile) never changes the current generation's
+/// health: it is logged and ignored here (the restore's own event keeps it).
+///
 /// Thread safety: safe for concurrent use; counts are updated atomically in the store, so N concurrent failures
 /// cross the threshold exactly once.
 class HealthTracker {
@@ -43,15 +47,20 @@ class HealthTracker {
   HealthTracker(const HealthTracker&) = delete;
   HealthTracker& operator=(const HealthTracker&) = delete;
 
-  /// \brief Records a successful warm restore: resets consecutive failures, sets last_used_at.
+  /// \brief Records a successful warm restore of \p generation: resets consecutive failures, sets last_used_at.
   /// \param snapshot_id The snapshot.
-  /// \return Ok; NotFound.
-  Status RecordSuccess(const std::string& snapshot_id);
-  /// \brief Records a failed warm restore; may mark the snapshot unhealthy and trigger a rebuild.
+  /// \param generation The generation the clone was restored from; a retired one changes nothing.
+  /// \return Ok (also for a retired generation); InvalidArgument; NotFound.
+  Status RecordSuccess(const std::string& snapshot_id, int64_t generation);
+  /// \brief Records a failed warm restore of \p generation; may mark the snapshot unhealthy and trigger a rebuild.
   /// \param snapshot_id The snapshot.
+  /// \param generation The generation the clone was restored from; a retired one changes nothing.
   /// \param error What failed.
-  /// \return Ok; NotFound.
-  Status RecordFailure(const std::string& snapshot_id, const std::string& error);
+  /// \return Ok (also for a retired generation); InvalidArgument; NotFound.
+  Status RecordFailure(const std::string& snapshot_id, int64_t generation, const std::string& error);
+  /// \brief Outcomes ignored so far because their generation was no longer current.
+  /// \return The count since construction.
+  int64_t stale_outcomes() const;
   /// \brief Records that the snapshot's key no longer matches the host: schedules a rebuild, counts nothing.
   /// \param snapshot_id The snapshot.
   /// \param detail Which components differ.

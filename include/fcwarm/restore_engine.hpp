@@ -87,6 +87,11 @@ class RestoreEngine {
   /// must not destroy the VM; it may use its guest channel. Empty function: no hook.
   /// \param hook Called with the VM id and the restored VM.
   void SetAfterRestoreHook(std::function<void(const std::string& vm_id, Vm& vm)> hook);
+  /// \brief An upper bound of how long Provision() can take before it returns a VM or its own error: the
+  /// wait for a building snapshot, the warm path's and the cold path's deadlines, plus an allowance for the VMM
+  /// process operations. Clients that wait on a provisioning request derive their deadline from it.
+  /// \return The bound.
+  std::chrono::milliseconds ProvisionDeadline() const;
   /// \brief The options in force.
   /// \return The options in force.
   const RestoreOptions& options() const;

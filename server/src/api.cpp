@@ -199,7 +199,11 @@ HttpResponse Api::Version() {
   return JsonResponse(200, json::object{{"version", std::string(fcwarm::Version())},
                                         {"api", "v1"},
                                         {"backends", std::move(backends)},
-                                        {"schema_version", service_.store().SchemaVersion()}});
+                                        {"schema_version", service_.store().SchemaVersion()},
+                                        {"limits", json::object{
+                                            {"provision_ms", service_.engine().ProvisionDeadline().count()},
+                                            {"container_start_ms", service_.containers().StartDeadline().count()},
+                                        }}});
 }
 
 HttpResponse Api::Metrics() {

@@ -504,6 +504,14 @@ class ContainerManager::Impl {
     return Status::Ok();
   }
 
+  std::chrono::milliseconds StartDeadline() const {
+    // The VM, then either two Docker requests (create, start) or one command, each with its channel margin.
+    constexpr std::chrono::milliseconds kChannelMargin{5000};
+    auto docker = 2 * (opts_.docker_timeout + kChannelMargin);
+    auto exec = opts_.exec_timeout + kChannelMargin;
+    return engine_.ProvisionDeadline() + std::max(docker, exec);
+  }
+
   int Provisioning() const {
     std::lock_guard lock(mu_);
     return static_cast<int>(provisioning_.size());
@@ -793,5 +801,6 @@ Result<ContainerLogs> ContainerManager::Logs(const std::string& id) { return imp
 Result<ContainerRecord> ContainerManager::Stop(const std::string& id) { return impl_->Stop(id); }
 Status ContainerManager::Destroy(const std::string& id) { return impl_->Destroy(id); }
 int ContainerManager::Provisioning() const { return impl_->Provisioning(); }
+std::chrono::milliseconds ContainerManager::StartDeadline() const { return impl_->StartDeadline(); }
 
 }  // namespace fcwarm

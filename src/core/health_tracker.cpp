@@ -31,34 +31,48 @@ class HealthTracker::Impl {
     timer_.join();
   }
 
-  Status RecordSuccess(const std::string& id) {
+  Status RecordSuccess(const std::string& id, int64_t generation) {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
-    return store_.db().With([&](SQLite::Database& db) -> Status {
+    bool stale = false;
+    auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
       SQLite::Statement q(db,
                           "UPDATE runtime_snapshots SET success_count = success_count + 1, consecutive_failures = 0, "
-                          "last_used_at = ?, updated_at = ? WHERE id = ?");
+                          "last_used_at = ?, updated_at = ? WHERE id = ? AND generation = ?");
       auto now = static_cast<int64_t>(util::NowMillis());
       q.bind(1, now);
       q.bind(2, now);
       q.bind(3, id);
-      if (q.exec() != 1) return Status::NotFound("runtime snapshot '" + id + "' not found");
+      q.bind(4, generation);
+      if (q.exec() == 1) return Status::Ok();
+      auto current = CurrentGeneration(db, id);
+      if (!current.ok()) return current.status();
+      stale = true;
       return Status::Ok();
     });
+    if (st.ok() && stale) NoteStale(id, generation, "success");
+    return st;
   }
 
-  Status RecordFailure(const std::string& id, const std::string& error) {
+  Status RecordFailure(const std::string& id, int64_t generation, const std::string& error) {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
     bool crossed = false;
+    bool stale = false;
     int64_t consecutive = 0;
     std::string image_id;
     auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
       SQLite::Statement q(db,
                           "UPDATE runtime_snapshots SET failure_count = failure_count + 1, consecutive_failures = "
-                          "consecutive_failures + 1, last_error = ?, updated_at = ? WHERE id = ?");
+                          "consecutive_failures + 1, last_error = ?, updated_at = ? WHERE id = ? AND generation = ?");
       q.bind(1, error);
       q.bind(2, static_cast<int64_t>(util::NowMillis()));
       q.bind(3, id);
-      if (q.exec() != 1) return Status::NotFound("runtime snapshot '" + id + "' not found");
+      q.bind(4, generation);
+      if (q.exec() != 1) {
+        auto current = CurrentGeneration(db, id);
+        if (!current.ok()) return current.status();
+        stale = true;
+        return Status::Ok();
+      }
       auto snap = detail::StoreDb::SnapshotById(db, id);
       if (!snap.ok()) return snap.status();
       consecutive = snap->consecutive_failures;
@@ -81,6 +95,7 @@ class HealthTracker::Impl {
       return Status::Ok();
     });
     if (!st.ok()) return st;
+    if (stale) NoteStale(id, generation, "failure (" + error + ")");
     if (crossed) {
       spdlog::warn("snapshot {}: unhealthy after {} consecutive failures (last: {})", id, consecutive, error);
       if (opts_.auto_rebuild) TriggerRebuild(id);
@@ -118,6 +133,7 @@ class HealthTracker::Impl {
   }
 
   int64_t automatic_rebuilds() const { return rebuilds_.load(); }
+  int64_t stale_outcomes() const { return stale_.load(); }
   int pending() const {
     std::lock_guard lock(mu_);
     return static_cast<int>(pending_.size());
@@ -125,6 +141,20 @@ class HealthTracker::Impl {
   const HealthOptions& options() const { return opts_; }
 
  private:
+  // The snapshot's current generation; NotFound when the snapshot does not exist.
+  static Result<int64_t> CurrentGeneration(SQLite::Database& db, const std::string& id) {
+    SQLite::Statement q(db, "SELECT generation FROM runtime_snapshots WHERE id = ?");
+    q.bind(1, id);
+    if (!q.executeStep()) return Status::NotFound("runtime snapshot '" + id + "' not found");
+    return q.getColumn("generation").getInt64();
+  }
+
+  void NoteStale(const std::string& id, int64_t generation, const std::string& what) {
+    stale_++;
+    spdlog::info("snapshot {}: {} of retired generation {} does not count against the current one", id, what,
+                 generation);
+  }
+
   void TriggerRebuild(const std::string& id) {
     {
       std::lock_guard lock(mu_);
@@ -193,19 +223,25 @@ class HealthTracker::Impl {
   std::map<std::string, std::chrono::steady_clock::time_point> pending_;
   bool stopping_ = false;
   std::atomic<int64_t> rebuilds_{0};
+  std::atomic<int64_t> stale_{0};
   std::thread timer_;
 };
 
 HealthTracker::HealthTracker(Store& store, SnapshotManager& snapshots, HealthOptions options)
     : impl_(std::make_unique<Impl>(store, snapshots, options)) {}
 HealthTracker::~HealthTracker() = default;
-Status HealthTracker::RecordSuccess(const std::string& id) { return impl_->RecordSuccess(id); }
-Status HealthTracker::RecordFailure(const std::string& id, const std::string& e) { return impl_->RecordFailure(id, e); }
+Status HealthTracker::RecordSuccess(const std::string& id, int64_t generation) {
+  return impl_->RecordSuccess(id, generation);
+}
+Status HealthTracker::RecordFailure(const std::string& id, int64_t generation, const std::string& e) {
+  return impl_->RecordFailure(id, generation, e);
+}
 Status HealthTracker::RecordIncompatible(const std::string& id, const std::string& d) {
   return impl_->RecordIncompatible(id, d);
 }
 Result<HealthStats> HealthTracker::Stats(const std::string& id) const { return impl_->Stats(id); }
 int64_t HealthTracker::automatic_rebuilds() const { return impl_->automatic_rebuilds(); }
+int64_t HealthTracker::stale_outcomes() const { return impl_->stale_outcomes(); }
 int HealthTracker::pending_retries() const { return impl_->pending(); }
 const HealthOptions& HealthTracker::options() const { return impl_->options(); }
 

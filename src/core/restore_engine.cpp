@@ -358,7 +358,7 @@ class RestoreEngine::Impl {
     auto verified = VerifyFiles(snap);
     timings["verify_checksums"] = util::MsSince(t);
     if (!verified.ok()) {
-      (void)health_.RecordFailure(snap.id, "corrupt: " + verified.message());
+      (void)health_.RecordFailure(snap.id, snap.generation, "corrupt: " + verified.message());
       Unpin(rec.id);
       return fail(FallbackReason::kCorrupt, "runtime snapshot '" + snap.id + "' is corrupt: " + verified.message());
     }
@@ -375,7 +375,7 @@ class RestoreEngine::Impl {
     auto restored = vmm.Restore(spec, snap.generation_dir);
     timings["restore"] = util::MsSince(t);
     if (!restored.ok()) {
-      (void)health_.RecordFailure(snap.id, "restore failed: " + restored.status().message());
+      (void)health_.RecordFailure(snap.id, snap.generation, "restore failed: " + restored.status().message());
       CleanWorkDir(spec);
       Unpin(rec.id);
       return fail(FallbackReason::kRestoreFailed, restored.status().message());
@@ -396,12 +396,12 @@ class RestoreEngine::Impl {
     }
     if (!verify.ok()) {
       Discard(std::move(vm), spec);
-      (void)health_.RecordFailure(snap.id, "verify failed: " + verify.message());
+      (void)health_.RecordFailure(snap.id, snap.generation, "verify failed: " + verify.message());
       Unpin(rec.id);
       return fail(FallbackReason::kVerifyFailed, verify.message());
     }
     // 10. Success.
-    (void)health_.RecordSuccess(snap.id);
+    (void)health_.RecordSuccess(snap.id, snap.generation);
     return vm;
   }
 
@@ -633,6 +633,15 @@ Result<VmRecord> RestoreEngine::Provision(const ProvisionRequest& request) { ret
 Status RestoreEngine::Stop(const std::string& id) { return impl_->Stop(id); }
 Status RestoreEngine::Destroy(const std::string& id) { return impl_->Destroy(id); }
 Result<VmRecord> RestoreEngine::Get(const std::string& id) const { return impl_->Get(id); }
+std::chrono::milliseconds RestoreEngine::ProvisionDeadline() const {
+  // Each path: its agent deadline, the identity exchange, its runtime deadline, and the VMM's own operation
+  // (a restore or a boot, bounded by the backend's timeouts) within kVmmAllowance.
+  constexpr std::chrono::milliseconds kIdentity{10000};
+  constexpr std::chrono::milliseconds kVmmAllowance{120000};
+  const auto& o = impl_->options();
+  return o.wait_for_creating + (o.restore_agent_timeout + kIdentity + o.restore_runtime_timeout + kVmmAllowance) +
+         (o.cold_agent_timeout + kIdentity + o.cold_runtime_timeout + kVmmAllowance);
+}
 Result<std::vector<VmRecord>> RestoreEngine::List(bool d) const { return impl_->List(d); }
 Result<std::shared_ptr<Vm>> RestoreEngine::Handle(const std::string& id) const { return impl_->Handle(id); }
 std::optional<double> RestoreEngine::MeasuredColdBootMs(const std::string& id) const {

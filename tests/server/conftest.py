@@ -35,6 +35,7 @@ class Server:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
         self.port = None
+        self._client_timeout = None
         if expect_start:
             self._wait_port()
 
@@ -81,8 +82,30 @@ class Server:
 
     # ---- HTTP helpers ----------------------------------------------------------------------------------
 
-    def conn(self, timeout=30):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+    def client_timeout(self):
+        """Seconds a client waits for any answer: derived from the server's own deadlines (GET /v1/version
+        .limits.container_start_ms, the longest a `"wait": true` create can take before the server answers with
+        its own error), so a slow machine ends in the server's clear error, never in a socket timeout."""
+        if self._client_timeout is None:
+            hdrs = {}
+            if "--auth-token" in self.args:
+                hdrs["Authorization"] = "Bearer " + self.args[self.args.index("--auth-token") + 1]
+            elif "--auth-token-file" in self.args:
+                with open(self.args[self.args.index("--auth-token-file") + 1]) as f:
+                    hdrs["Authorization"] = "Bearer " + f.read().strip()
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                c.request("GET", "/v1/version", headers=hdrs)
+                r = c.getresponse()
+                doc = json.loads(r.read().decode())
+            finally:
+                c.close()
+            assert r.status == 200, doc
+            self._client_timeout = doc["limits"]["container_start_ms"] / 1000 + 30
+        return self._client_timeout
+
+    def conn(self, timeout=None):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout or self.client_timeout())
 
     def request(self, method, path, body=None, headers=None, raw_body=None, conn=None):
         """Returns (status, headers dict (lower-case names), parsed JSON or text)."""

@@ -25,6 +25,19 @@ def test_version(server):
     assert re.fullmatch(r"\d+\.\d+\.\d+", doc["version"])
     assert doc["api"] == "v1"
     assert doc["backends"] == ["none"]
+    # The deadlines clients derive their own from: defaults 60 s wait-for-creating + warm and cold paths.
+    limits = doc["limits"]
+    assert limits["provision_ms"] >= 60000 + 120000 + 300000
+    assert limits["container_start_ms"] > limits["provision_ms"]
+
+
+def test_version_limits_follow_the_options(start_server):
+    s = start_server("--wait-for-creating", "1")
+    st, _, doc = s.get("/v1/version")
+    assert st == 200
+    default_server = start_server()
+    st, _, ref = default_server.get("/v1/version")
+    assert ref["limits"]["provision_ms"] - doc["limits"]["provision_ms"] == 59000
 
 
 def test_unknown_route_404(server):

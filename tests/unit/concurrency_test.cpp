@@ -49,7 +49,7 @@ TEST_CASE("8 threads x 1000 mixed operations") {
             break;
           case 2:
             if (rng() % 20 == 0) (void)bed.service->snapshots().Rebuild(snap.id);
-            else (void)bed.service->health().RecordSuccess(snap.id);
+            else (void)bed.service->health().RecordSuccess(snap.id, snap.generation);
             break;
           case 3:
             if (!bed.service->snapshots().List({}).ok()) errors++;

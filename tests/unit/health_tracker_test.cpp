@@ -1,5 +1,7 @@
 #include <doctest/doctest.h>
 
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -12,21 +14,81 @@ TEST_CASE("100 concurrent failures cross the threshold once and trigger exactly 
   TestBed bed([](ServiceOptions& o) { o.health.unhealthy_threshold = 3; });
   auto img = bed.AddImage();
   auto snap = bed.BuildSnapshot(img.id);
+  REQUIRE(snap.generation == 1);
   int builds_before = bed.vmm->snapshots;
   std::vector<std::thread> threads;
   for (int i = 0; i < 100; ++i) {
-    threads.emplace_back([&, i] { CHECK(bed.service->health().RecordFailure(snap.id, "boom " + std::to_string(i)).ok()); });
+    threads.emplace_back([&, i] {
+      CHECK(bed.service->health().RecordFailure(snap.id, snap.generation, "boom " + std::to_string(i)).ok());
+    });
   }
   for (auto& t : threads) t.join();
-  CHECK(bed.service->health().automatic_rebuilds() == 1);
   auto done = bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20));
   REQUIRE(done->state == SnapshotState::kReady);
+  CHECK(done->generation == 2);
+  CHECK(bed.service->health().automatic_rebuilds() == 1);
   CHECK(bed.vmm->snapshots == builds_before + 1);
-  CHECK(done->failure_count == 100);
-  CHECK(done->consecutive_failures == 0);  // reset by the new generation
+  // Every failure either counted against generation 1 or was ignored as belonging to a retired generation.
+  CHECK(done->failure_count + bed.service->health().stale_outcomes() == 100);
+  CHECK(done->consecutive_failures == 0);  // reset by the new generation, and nothing of generation 1 counts
   auto health = bed.service->store().ListEvents({.kind = "health", .limit = 100});
   CHECK(health->size() == 1);
   CHECK(health->front().outcome == "unhealthy");
+}
+
+// The race of a burst of failures with the rebuild it triggers, made deterministic: the failing threads of
+// generation 1 are held until the rebuild has published generation 2, then all report. Before outcomes carried
+// their generation, these late failures made the fresh generation 2 unhealthy and queued a second rebuild.
+TEST_CASE("failures of a retired generation never make the new generation unhealthy") {
+  TestBed bed([](ServiceOptions& o) { o.health.unhealthy_threshold = 3; });
+  auto img = bed.AddImage();
+  auto snap = bed.BuildSnapshot(img.id);
+  const int64_t gen1 = snap.generation;
+  auto& health = bed.service->health();
+  // Three clones of generation 1 fail: the threshold is crossed and the automatic rebuild starts.
+  for (int i = 0; i < 3; ++i) REQUIRE(health.RecordFailure(snap.id, gen1, "early " + std::to_string(i)).ok());
+  CHECK(health.automatic_rebuilds() == 1);
+  // The held threads: restored from generation 1, they report only once generation 2 is published.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool published = false;
+  std::vector<std::thread> late;
+  for (int i = 0; i < 50; ++i) {
+    late.emplace_back([&, i] {
+      std::unique_lock lock(mu);
+      cv.wait(lock, [&] { return published; });
+      lock.unlock();
+      CHECK(health.RecordFailure(snap.id, gen1, "late " + std::to_string(i)).ok());
+    });
+  }
+  auto rebuilt = bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20));
+  REQUIRE(rebuilt.ok());
+  REQUIRE(rebuilt->state == SnapshotState::kReady);
+  REQUIRE(rebuilt->generation == gen1 + 1);
+  {
+    std::lock_guard lock(mu);
+    published = true;
+  }
+  cv.notify_all();
+  for (auto& t : late) t.join();
+  auto after = bed.service->snapshots().Get(snap.id);
+  REQUIRE(after.ok());
+  CHECK(after->state == SnapshotState::kReady);
+  CHECK(after->consecutive_failures == 0);
+  CHECK(after->failure_count == 3);
+  CHECK(after->last_error.empty());  // cleared by the publish of generation 2, untouched since
+  CHECK(health.stale_outcomes() == 50);
+  CHECK(health.automatic_rebuilds() == 1);
+  CHECK(bed.service->snapshots().ActiveBuilds() == 0);
+  // A success of the retired generation does not count either; one of the current generation does.
+  REQUIRE(health.RecordSuccess(snap.id, gen1).ok());
+  CHECK(bed.service->snapshots().Get(snap.id)->success_count == 0);
+  REQUIRE(health.RecordSuccess(snap.id, gen1 + 1).ok());
+  CHECK(bed.service->snapshots().Get(snap.id)->success_count == 1);
+  // Failures of the current generation still count.
+  for (int i = 0; i < 3; ++i) REQUIRE(health.RecordFailure(snap.id, gen1 + 1, "now").ok());
+  CHECK(health.automatic_rebuilds() == 2);
+  CHECK(bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20))->generation == gen1 + 2);
 }
 
 TEST_CASE("stats report counts, last error and last use") {
@@ -34,9 +96,9 @@ TEST_CASE("stats report counts, last error and last use") {
   auto img = bed.AddImage();
   auto snap = bed.BuildSnapshot(img.id);
   auto& h = bed.service->health();
-  REQUIRE(h.RecordFailure(snap.id, "first").ok());
-  REQUIRE(h.RecordSuccess(snap.id).ok());
-  REQUIRE(h.RecordFailure(snap.id, "second").ok());
+  REQUIRE(h.RecordFailure(snap.id, snap.generation, "first").ok());
+  REQUIRE(h.RecordSuccess(snap.id, snap.generation).ok());
+  REQUIRE(h.RecordFailure(snap.id, snap.generation, "second").ok());
   auto s = h.Stats(snap.id);
   REQUIRE(s.ok());
   CHECK(s->success_count == 1);
@@ -45,8 +107,9 @@ TEST_CASE("stats report counts, last error and last use") {
   CHECK(s->last_error == "second");
   CHECK(s->last_used_at.has_value());
   CHECK(h.Stats("bad/id").status().code() == StatusCode::kInvalidArgument);
-  CHECK(h.RecordFailure(Id::Generate().str(), "x").code() == StatusCode::kNotFound);
-  CHECK(h.RecordSuccess(Id::Generate().str()).code() == StatusCode::kNotFound);
+  CHECK(h.RecordFailure(Id::Generate().str(), 1, "x").code() == StatusCode::kNotFound);
+  CHECK(h.RecordSuccess(Id::Generate().str(), 1).code() == StatusCode::kNotFound);
+  CHECK(h.RecordFailure("../x", 1, "x").code() == StatusCode::kInvalidArgument);
   CHECK(h.options().unhealthy_threshold == 3);
 }
 
@@ -93,7 +156,7 @@ TEST_CASE("incompatible schedules a rebuild without counting a failure, auto_reb
     auto img = bed.AddImage();
     auto snap = bed.BuildSnapshot(img.id);
     REQUIRE(bed.service->health().RecordIncompatible(snap.id, "x").ok());
-    for (int i = 0; i < 3; ++i) REQUIRE(bed.service->health().RecordFailure(snap.id, "x").ok());
+    for (int i = 0; i < 3; ++i) REQUIRE(bed.service->health().RecordFailure(snap.id, snap.generation, "x").ok());
     CHECK(bed.service->health().automatic_rebuilds() == 0);
     CHECK(bed.service->snapshots().Get(snap.id)->state == SnapshotState::kUnhealthy);
     CHECK(bed.service->snapshots().ActiveBuilds() == 0);

@@ -95,9 +95,13 @@ def test_snapshot_lifecycle_and_warm_restore(fake_service):
 
     stats = svc.health.stats(snap.id)
     assert stats.success_count == 1 and stats.last_used_at is not None
-    svc.health.record_failure(snap.id, "test failure")
+    gen = svc.snapshots.get(snap.id).generation
+    svc.health.record_failure(snap.id, gen, "test failure")
     assert svc.health.stats(snap.id).consecutive_failures == 1
-    svc.health.record_success(snap.id)
+    svc.health.record_failure(snap.id, gen - 1, "a retired generation's failure")
+    assert svc.health.stats(snap.id).consecutive_failures == 1
+    assert svc.health.stale_outcomes == 1
+    svc.health.record_success(snap.id, gen)
     assert svc.health.stats(snap.id).consecutive_failures == 0
 
     events = svc.store.events(kind="boot")
