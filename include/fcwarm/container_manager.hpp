@@ -31,11 +31,11 @@ enum class ContainerState {
 };
 
 /// \brief Stable lower-case name ("provisioning", "running", ...).
-/// \param v The value.
-/// \return Stable lower-case name ("provisioning", "running", ...).
 std::string_view ToString(ContainerState v);
+/// \brief True for the states a container never leaves by itself (exited, stopped, failed, lost, destroyed):
+/// its process is not running and will not start. Provisioning and running are not terminal.
+bool IsTerminal(ContainerState v);
 /// \brief Parses a ContainerState name.
-/// \param s The name.
 /// \return The value or InvalidArgument.
 Result<ContainerState> ParseContainerState(std::string_view s);
 
@@ -182,7 +182,6 @@ class ContainerManager {
   /// \brief An upper bound of how long Start() (and Create()) can take before it returns: the VM's
   /// RestoreEngine::ProvisionDeadline() plus the container's own create and start requests. A client waiting
   /// for a create derives its deadline from this, so a slow step ends in the library's error, not a timeout.
-  /// \return The bound.
   std::chrono::milliseconds StartDeadline() const;
   /// \brief Containers currently provisioning (prepared or starting) in this process.
   /// \return The count.

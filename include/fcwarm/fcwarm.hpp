@@ -2,6 +2,7 @@
 /// \brief Umbrella header: the whole public API of libfcwarm.
 #pragma once
 
+#include "fcwarm/backends.hpp"
 #include "fcwarm/container_manager.hpp"
 #include "fcwarm/firecracker_vmm.hpp"
 #include "fcwarm/health_tracker.hpp"

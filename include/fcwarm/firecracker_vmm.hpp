@@ -103,7 +103,6 @@ struct FirecrackerVersion {
   /// \brief True when this version is at least `maj`.`min`.
   /// \param maj Major version to compare with.
   /// \param min Minor version to compare with.
-  /// \return True when this version is at least `maj`.`min`.
   bool AtLeast(int maj, int min) const { return major > maj || (major == maj && minor >= min); }
 };
 

@@ -71,13 +71,10 @@ class HealthTracker {
   /// \return The stats; InvalidArgument; NotFound.
   Result<HealthStats> Stats(const std::string& snapshot_id) const;
   /// \brief Automatic rebuilds requested so far (scheduled, not merely considered).
-  /// \return Automatic rebuilds requested so far (scheduled, not merely considered).
   int64_t automatic_rebuilds() const;
   /// \brief Delayed rebuilds waiting for their backoff to expire.
-  /// \return Delayed rebuilds waiting for their backoff to expire.
   int pending_retries() const;
   /// \brief The options in force.
-  /// \return The options in force.
   const HealthOptions& options() const;
 
  private:

@@ -23,15 +23,12 @@ class Id {
   /// \return The Id, or InvalidArgument naming `field`.
   static Result<Id> Parse(std::string_view field, std::string_view text);
   /// \brief Generates a fresh random version 4 UUID.
-  /// \return Generates a fresh random version 4 UUID.
   static Id Generate();
   /// \brief True when `text` is a valid id.
   /// \param text The candidate id.
-  /// \return True when `text` is a valid id.
   static bool IsValid(std::string_view text);
 
   /// \brief The canonical text.
-  /// \return The canonical text.
   const std::string& str() const { return text_; }
   /// \brief Equality on the text.
   friend bool operator==(const Id&, const Id&) = default;

@@ -50,7 +50,6 @@ class ImageRegistry {
   /// \return The image; InvalidArgument; NotFound.
   Result<RuntimeImage> GetByName(const std::string& name) const;
   /// \brief Lists images, newest first.
-  /// \return Lists images, newest first.
   Result<std::vector<RuntimeImage>> List() const;
   /// \brief Removes an image that has no non-deleted snapshot and no live VM.
   /// \param id The id text.

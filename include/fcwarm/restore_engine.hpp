@@ -72,11 +72,9 @@ class RestoreEngine {
   Result<VmRecord> Get(const std::string& vm_id) const;
   /// \brief Lists VM records, newest first.
   /// \param include_destroyed Include destroyed VMs.
-  /// \return Lists VM records, newest first.
   Result<std::vector<VmRecord>> List(bool include_destroyed) const;
   /// \brief The live VM handle (for guest access), or NotFound when it is not running in this process.
   /// \param vm_id The VM.
-  /// \return The live VM handle (for guest access), or NotFound when it is not running in this process.
   Result<std::shared_ptr<Vm>> Handle(const std::string& vm_id) const;
   /// \brief Mean cold-boot-to-ready time of recent cold boots of an image, in ms (for "time saved").
   /// \param runtime_image_id The image.
@@ -90,10 +88,8 @@ class RestoreEngine {
   /// \brief An upper bound of how long Provision() can take before it returns a VM or its own error: the
   /// wait for a building snapshot, the warm path's and the cold path's deadlines, plus an allowance for the VMM
   /// process operations. Clients that wait on a provisioning request derive their deadline from it.
-  /// \return The bound.
   std::chrono::milliseconds ProvisionDeadline() const;
   /// \brief The options in force.
-  /// \return The options in force.
   const RestoreOptions& options() const;
 
  private:

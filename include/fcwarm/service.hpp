@@ -51,25 +51,18 @@ class Service {
   ~Service();
 
   /// \brief The store.
-  /// \return The store.
   Store& store() { return *store_; }
   /// \brief The backends.
-  /// \return The backends.
   VmmRegistry& vmms() { return *vmms_; }
   /// \brief The image registry.
-  /// \return The image registry.
   ImageRegistry& images() { return *images_; }
   /// \brief The snapshot manager.
-  /// \return The snapshot manager.
   SnapshotManager& snapshots() { return *snapshots_; }
   /// \brief The health tracker.
-  /// \return The health tracker.
   HealthTracker& health() { return *health_; }
   /// \brief The restore engine.
-  /// \return The restore engine.
   RestoreEngine& engine() { return *engine_; }
   /// \brief The container manager.
-  /// \return The container manager.
   ContainerManager& containers() { return *containers_; }
 
  private:

@@ -104,7 +104,6 @@ class SnapshotManager {
   /// \return What was removed.
   Result<GcReport> CollectGarbage();
   /// \brief What the startup reconciliation did.
-  /// \return What the startup reconciliation did.
   const ReconcileReport& reconcile_report() const;
   /// \brief Registers a build listener.
   /// \param listener Called after every build, on a worker thread.
@@ -129,10 +128,8 @@ class SnapshotManager {
   Result<std::pair<std::string, std::map<std::string, std::string>>> CompatibilityKeyFor(
       const RuntimeImage& image) const;
   /// \brief Number of builds queued or running.
-  /// \return Number of builds queued or running.
   int ActiveBuilds() const;
   /// \brief The options in force.
-  /// \return The options in force.
   const SnapshotManagerOptions& options() const;
 
  private:

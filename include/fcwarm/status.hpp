@@ -8,10 +8,11 @@
 #include <string_view>
 #include <utility>
 #include <variant>
+#include <vector>
 
 namespace fcwarm {
 
-/// \brief Error categories. One table maps them to HTTP statuses and Python exceptions for every adapter.
+/// \brief Error categories. StatusTable() maps each to its name, HTTP status, Python exception and CLI exit code.
 enum class StatusCode {
   kOk = 0,                  ///< Success.
   kInvalidArgument = 1,     ///< Caller input is malformed (HTTP 400, Python ValueError).
@@ -24,10 +25,15 @@ enum class StatusCode {
   kInternal = 8,            ///< A bug or an unexpected failure (HTTP 500).
 };
 
-/// \brief Stable lower-case name of a code, e.g. "not_found"; used in JSON errors.
-/// \param code The code to name.
-/// \return A static string.
-std::string_view StatusCodeName(StatusCode code);
+/// \brief How every adapter renders one StatusCode: the single source for REST, Python and the CLI.
+struct StatusCodeInfo {
+  StatusCode code;                    ///< The code.
+  std::string_view name;              ///< Stable lower-case name used in JSON errors, e.g. "not_found".
+  int http_status;                    ///< HTTP status of a REST error response.
+  std::string_view python_exception;  ///< Class in `fcwarm.errors` the Python package raises ("" for kOk).
+  int cli_exit_code;                  ///< Exit code of the `fcwarm` command-line tool.
+};
+
 
 /// \brief The outcome of an operation: a code and a human-readable message naming what was wrong.
 ///
@@ -42,62 +48,40 @@ class [[nodiscard]] Status {
   Status(StatusCode code, std::string message) : code_(code), message_(std::move(message)) {}
 
   /// \brief Success.
-  /// \return Success.
   static Status Ok() { return Status(); }
   /// \brief InvalidArgument with a message.
-  /// \param msg The message.
-  /// \return InvalidArgument with a message.
   static Status InvalidArgument(std::string msg) { return {StatusCode::kInvalidArgument, std::move(msg)}; }
   /// \brief NotFound with a message.
-  /// \param msg The message.
-  /// \return NotFound with a message.
   static Status NotFound(std::string msg) { return {StatusCode::kNotFound, std::move(msg)}; }
   /// \brief AlreadyExists with a message.
-  /// \param msg The message.
-  /// \return AlreadyExists with a message.
   static Status AlreadyExists(std::string msg) { return {StatusCode::kAlreadyExists, std::move(msg)}; }
   /// \brief FailedPrecondition with a message.
-  /// \param msg The message.
-  /// \return FailedPrecondition with a message.
   static Status FailedPrecondition(std::string msg) {
     return {StatusCode::kFailedPrecondition, std::move(msg)};
   }
   /// \brief ResourceExhausted with a message.
-  /// \param msg The message.
-  /// \return ResourceExhausted with a message.
   static Status ResourceExhausted(std::string msg) {
     return {StatusCode::kResourceExhausted, std::move(msg)};
   }
   /// \brief Unavailable with a message.
-  /// \param msg The message.
-  /// \return Unavailable with a message.
   static Status Unavailable(std::string msg) { return {StatusCode::kUnavailable, std::move(msg)}; }
   /// \brief DeadlineExceeded with a message.
-  /// \param msg The message.
-  /// \return DeadlineExceeded with a message.
   static Status DeadlineExceeded(std::string msg) {
     return {StatusCode::kDeadlineExceeded, std::move(msg)};
   }
   /// \brief Internal with a message.
-  /// \param msg The message.
-  /// \return Internal with a message.
   static Status Internal(std::string msg) { return {StatusCode::kInternal, std::move(msg)}; }
 
   /// \brief True on success.
-  /// \return True on success.
   bool ok() const { return code_ == StatusCode::kOk; }
   /// \brief The code.
-  /// \return The code.
   StatusCode code() const { return code_; }
   /// \brief The message (empty on success).
-  /// \return The message (empty on success).
   const std::string& message() const { return message_; }
   /// \brief "code: message", or "ok".
-  /// \return "code: message", or "ok".
   std::string ToString() const;
   /// \brief A copy whose message is prefixed with context ("context: message").
   /// \param context Text describing the operation that failed.
-  /// \return A copy whose message is prefixed with context ("context: message").
   Status WithContext(std::string_view context) const;
 
  private:
@@ -112,7 +96,6 @@ template <typename T>
 class [[nodiscard]] Result {
  public:
   /// \brief Holds a value.
-  /// \param value The value.
   Result(T value) : data_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
   /// \brief Holds an error; `status` must not be ok.
   /// \param status The error.
@@ -121,35 +104,36 @@ class [[nodiscard]] Result {
   }
 
   /// \brief True when a value is held.
-  /// \return True when a value is held.
   bool ok() const { return std::holds_alternative<T>(data_); }
   /// \brief The error, or an ok Status when a value is held.
-  /// \return The error, or an ok Status when a value is held.
   Status status() const { return ok() ? Status() : std::get<Status>(data_); }
   /// \brief The value; must only be called when ok().
-  /// \return The value; must only be called when ok().
   T& value() & { return std::get<T>(data_); }
   /// \brief The value; must only be called when ok().
-  /// \return The value; must only be called when ok().
   const T& value() const& { return std::get<T>(data_); }
   /// \brief Moves the value out; must only be called when ok().
-  /// \return Moves the value out; must only be called when ok().
   T&& value() && { return std::get<T>(std::move(data_)); }
   /// \brief Pointer-like access to the value.
-  /// \return Pointer-like access to the value.
   T* operator->() { return &value(); }
   /// \brief Pointer-like access to the value.
-  /// \return Pointer-like access to the value.
   const T* operator->() const { return &value(); }
   /// \brief Dereference to the value.
-  /// \return Dereference to the value.
   T& operator*() & { return value(); }
   /// \brief Dereference to the value.
-  /// \return Dereference to the value.
   const T& operator*() const& { return value(); }
 
  private:
   std::variant<T, Status> data_;
 };
+
+/// \brief The whole table, one row per StatusCode in enum order.
+const std::vector<StatusCodeInfo>& StatusTable();
+/// \brief The row of one code.
+const StatusCodeInfo& StatusInfo(StatusCode code);
+/// \brief Stable lower-case name of a code, e.g. "not_found" (StatusInfo(code).name).
+std::string_view StatusCodeName(StatusCode code);
+/// \brief The code with a given name.
+/// \return The code; InvalidArgument for an unknown name.
+Result<StatusCode> ParseStatusCode(std::string_view name);
 
 }  // namespace fcwarm

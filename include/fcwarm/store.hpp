@@ -47,10 +47,8 @@ class Store {
   Store& operator=(const Store&) = delete;
 
   /// \brief The schema version stored in the database.
-  /// \return The schema version stored in the database.
   int SchemaVersion() const;
   /// \brief The database path.
-  /// \return The database path.
   const std::string& path() const;
   /// \brief Lists events.
   /// \param filter Which events.
@@ -62,7 +60,6 @@ class Store {
   Result<int64_t> AppendEvent(const Event& event);
 
   /// \brief Internal access for the library's own classes; not a stable API.
-  /// \return Internal access for the library's own classes; not a stable API.
   detail::StoreDb& db() const { return *db_; }
 
  private:

@@ -62,45 +62,46 @@ enum class VmState {
   kLost,       ///< Found running-but-unowned at startup (the previous process crashed).
 };
 
+/// \brief What an Event is about.
+enum class EventKind {
+  kBoot,       ///< A warm/cold decision for a VM.
+  kBuild,      ///< A snapshot build finished (ready or failed).
+  kHealth,     ///< A snapshot's health changed (unhealthy, stale).
+  kGc,         ///< Snapshot files were collected.
+  kReconcile,  ///< Startup reconciliation changed a record.
+  kSnapshot,   ///< A snapshot was deleted or otherwise changed by a caller.
+};
+
 /// \brief Stable lower-case name ("creating", ...).
-/// \param v The value.
-/// \return Stable lower-case name ("creating", ...).
 std::string_view ToString(SnapshotState v);
 /// \brief Stable lower-case name ("waiting_runtime", ...).
-/// \param v The value.
-/// \return Stable lower-case name ("waiting_runtime", ...).
 std::string_view ToString(BuildPhase v);
 /// \brief Stable lower-case name ("warm", "cold").
-/// \param v The value.
-/// \return Stable lower-case name ("warm", "cold").
 std::string_view ToString(BootMethod v);
 /// \brief Stable lower-case name ("no_snapshot", ...); kNone is "".
-/// \param v The value.
-/// \return Stable lower-case name ("no_snapshot", ...); kNone is "".
 std::string_view ToString(FallbackReason v);
 /// \brief Stable lower-case name ("running", ...).
-/// \param v The value.
-/// \return Stable lower-case name ("running", ...).
 std::string_view ToString(VmState v);
 
+/// \brief Stable lower-case name ("boot", "build", "health", "gc", "reconcile", "snapshot").
+std::string_view ToString(EventKind v);
+/// \brief Parses an EventKind name.
+/// \return The value or InvalidArgument naming the allowed kinds.
+Result<EventKind> ParseEventKind(std::string_view s);
+
 /// \brief Parses a SnapshotState name.
-/// \param s The name.
 /// \return The value or InvalidArgument.
 Result<SnapshotState> ParseSnapshotState(std::string_view s);
 /// \brief Parses a BuildPhase name.
-/// \param s The name.
 /// \return The value or InvalidArgument.
 Result<BuildPhase> ParseBuildPhase(std::string_view s);
 /// \brief Parses a BootMethod name.
-/// \param s The name.
 /// \return The value or InvalidArgument.
 Result<BootMethod> ParseBootMethod(std::string_view s);
 /// \brief Parses a FallbackReason name ("" is kNone).
-/// \param s The name.
 /// \return The value or InvalidArgument.
 Result<FallbackReason> ParseFallbackReason(std::string_view s);
 /// \brief Parses a VmState name.
-/// \param s The name.
 /// \return The value or InvalidArgument.
 Result<VmState> ParseVmState(std::string_view s);
 
@@ -136,7 +137,6 @@ struct RuntimeImage {
   RuntimeCheck runtime_check;  ///< Readiness check.
   int64_t created_at = 0;    ///< Creation time, Unix milliseconds.
   /// \brief A path that identifies the image on disk (the rootfs if set, else the initrd, else the kernel).
-  /// \return A path that identifies the image on disk (the rootfs if set, else the initrd, else the kernel).
   std::string path() const;
 };
 
@@ -200,7 +200,7 @@ struct VmRecord {
 struct Event {
   int64_t id = 0;               ///< Monotonic id.
   int64_t time = 0;             ///< Unix milliseconds.
-  std::string kind;             ///< "boot", "build", "health", "gc", "reconcile".
+  std::string kind;             ///< ToString() of an EventKind: "boot", "build", "health", "gc", ...
   std::string runtime_image_id; ///< Related image, or empty.
   std::string snapshot_id;      ///< Related snapshot, or empty.
   std::string vm_id;            ///< Related VM, or empty.

@@ -7,7 +7,6 @@
 namespace fcwarm {
 
 /// \brief The library version, "major.minor.patch".
-/// \return The library version, "major.minor.patch".
 std::string_view Version();
 
 }  // namespace fcwarm

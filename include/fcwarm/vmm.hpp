@@ -150,7 +150,6 @@ struct LaunchSpec {
   NetworkIdentity network;
   /// \brief Called with the pid of every host process the backend starts for this VM, right after it starts,
   /// so the core can record it for crash reconciliation. May be empty.
-  /// \return Called with the pid of every host process the backend starts for this VM, right after it starts,
   std::function<void(int pid)> on_process_started;
 };
 
@@ -163,13 +162,10 @@ class Vm {
  public:
   virtual ~Vm() = default;
   /// \brief The main VMM process id, or -1 when it is no longer running.
-  /// \return The main VMM process id, or -1 when it is no longer running.
   virtual int pid() const = 0;
   /// \brief True while the VMM process is alive.
-  /// \return True while the VMM process is alive.
   virtual bool IsAlive() = 0;
   /// \brief The channel to the guest agent. Valid for the lifetime of this object.
-  /// \return The channel to the guest agent. Valid for the lifetime of this object.
   virtual GuestChannel& guest() = 0;
   /// \brief Pauses the vCPUs.
   /// \return Ok, or Unavailable when the VMM does not answer.
@@ -187,7 +183,6 @@ class Vm {
   /// \return Ok, or an error describing what could not be released.
   virtual Status Stop(std::chrono::milliseconds grace) = 0;
   /// \brief Path of the serial console log, or empty.
-  /// \return Path of the serial console log, or empty.
   virtual std::string console_log() const = 0;
 };
 
@@ -198,7 +193,6 @@ class Vmm {
  public:
   virtual ~Vmm() = default;
   /// \brief Backend name as used in RuntimeImage::backend ("qemu", "firecracker", ...).
-  /// \return Backend name as used in RuntimeImage::backend ("qemu", "firecracker", ...).
   virtual std::string Kind() const = 0;
   /// \brief Host facts a snapshot depends on: VMM version, snapshot format version, host kernel, CPU model
   /// digest, accelerator. Part of the compatibility key.
@@ -230,7 +224,6 @@ class VmmRegistry {
   /// \return The backend or nullptr.
   std::shared_ptr<Vmm> Find(std::string_view kind) const;
   /// \brief Names of the registered backends.
-  /// \return Names of the registered backends.
   std::vector<std::string> Kinds() const;
 
  private:

@@ -399,10 +399,9 @@ HttpResponse Api::ListEvents(const Target& t) {
   f.after_id = *after;
   f.limit = *limit;
   if (auto it = t.query.find("kind"); it != t.query.end()) {
-    static const std::set<std::string> kinds{"boot", "build", "health", "gc", "reconcile", "snapshot"};
-    if (!kinds.count(it->second))
-      return Invalid("kind: must be one of boot, build, health, gc, reconcile, snapshot");
-    f.kind = it->second;
+    auto kind = ParseEventKind(it->second);
+    if (!kind.ok()) return StatusResponse(kind.status());
+    f.kind = std::string(ToString(*kind));
   }
   if (auto it = t.query.find("runtime_image_id"); it != t.query.end()) {
     if (auto id = Id::Parse("runtime_image_id", it->second); !id.ok()) return StatusResponse(id.status());

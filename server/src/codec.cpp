@@ -3,29 +3,7 @@
 namespace fcwarm::server {
 namespace json = boost::json;
 
-int HttpStatusFor(StatusCode code) {
-  switch (code) {
-    case StatusCode::kOk:
-      return 200;
-    case StatusCode::kInvalidArgument:
-      return 400;
-    case StatusCode::kNotFound:
-      return 404;
-    case StatusCode::kAlreadyExists:
-      return 409;
-    case StatusCode::kFailedPrecondition:
-      return 409;
-    case StatusCode::kResourceExhausted:
-      return 429;
-    case StatusCode::kUnavailable:
-      return 503;
-    case StatusCode::kDeadlineExceeded:
-      return 504;
-    case StatusCode::kInternal:
-      return 500;
-  }
-  return 500;
-}
+int HttpStatusFor(StatusCode code) { return StatusInfo(code).http_status; }
 
 json::object TimingsToJson(const Timings& t) {
   json::object o;

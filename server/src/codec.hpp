@@ -17,7 +17,7 @@
 
 namespace fcwarm::server {
 
-/// HTTP status of a library error code (the one mapping table of the project).
+/// HTTP status of a library error code (the library's StatusTable()).
 int HttpStatusFor(StatusCode code);
 
 boost::json::object SnapshotToJson(const RuntimeSnapshot& s);

@@ -13,15 +13,12 @@
 
 #include "api.hpp"
 #include "containers.hpp"
-#include "fcwarm/firecracker_vmm.hpp"
+#include "fcwarm/backends.hpp"
 #include "fcwarm/service.hpp"
 #include "fcwarm/version.hpp"
 #include "http_server.hpp"
 #include "none_vmm.hpp"
 #include "worker_pool.hpp"
-#if FCWARM_SERVER_WITH_QEMU
-#include "fcwarm/qemu_vmm.hpp"
-#endif
 
 namespace fs = std::filesystem;
 using namespace fcwarm;
@@ -276,47 +273,43 @@ int main(int argc, char** argv) {
 
   // ---- backends
   // --------------------------------------------------------------------------------------------
-  auto vmms = std::make_shared<VmmRegistry>();
+  // The server's own VM-less "none" backend is added here; every other name (and "auto") is the library's
+  // decision (SelectBackends), with "none" as the fallback of "auto".
+  BackendSelection selection;
+  selection.backends.clear();
+  selection.qemu.qemu_binary = cfg.qemu_binary;
+  selection.qemu.accelerator = cfg.qemu_accel;
+  selection.qemu.memory_mode = cfg.qemu_memory_mode == "stream" ? QemuMemoryMode::kStream : QemuMemoryMode::kFile;
+  selection.qemu.network_mode = cfg.qemu_network == "none" ? QemuNetworkMode::kNone : QemuNetworkMode::kNetns;
+  selection.firecracker.binary = cfg.firecracker_binary;
+  const auto none_delay = Ms(cfg.none_delay_s);
+  selection.auto_fallback = [none_delay] { return std::shared_ptr<Vmm>(MakeNoneVmm(none_delay)); };
+  bool want_none = false;
   for (const auto& b : cfg.backends) {
     if (b == "none") {
-      vmms->Add(MakeNoneVmm(Ms(cfg.none_delay_s)));
-    } else if (b == "qemu" || b == "auto") {
-#if FCWARM_SERVER_WITH_QEMU
-      QemuOptions q;
-      q.qemu_binary = cfg.qemu_binary;
-      q.accelerator = cfg.qemu_accel;
-      q.memory_mode = cfg.qemu_memory_mode == "stream" ? QemuMemoryMode::kStream : QemuMemoryMode::kFile;
-      q.network_mode = cfg.qemu_network == "none" ? QemuNetworkMode::kNone : QemuNetworkMode::kNetns;
-      Status probe = ProbeQemu(q);
-      if (probe.ok()) {
-        vmms->Add(std::shared_ptr<Vmm>(MakeQemuVmm(q)));
-        spdlog::info("event=backend kind=qemu accel={}", q.accelerator);
-      } else if (b == "qemu") {
-        spdlog::critical("event=backend_unavailable kind=qemu error=\"{}\"", probe.ToString());
-        return 2;
-      } else {
-        spdlog::warn("event=backend_unavailable kind=qemu error=\"{}\" fallback=none", probe.ToString());
-        vmms->Add(MakeNoneVmm(Ms(cfg.none_delay_s)));
-      }
-#else
-      if (b == "qemu") {
-        spdlog::critical("event=backend_unavailable kind=qemu error=\"this build has no QEMU backend\"");
-        return 2;
-      }
-      vmms->Add(MakeNoneVmm(Ms(cfg.none_delay_s)));
-#endif
-    } else if (b == "firecracker") {
-      FirecrackerOptions fo;
-      fo.binary = cfg.firecracker_binary;
-      auto v = ProbeFirecracker(fo.binary);
-      if (!v.ok()) {
-        spdlog::critical("event=backend_unavailable kind=firecracker error=\"{}\"", v.status().ToString());
-        return 2;
-      }
-      vmms->Add(std::shared_ptr<Vmm>(MakeFirecrackerVmm(fo)));
-      spdlog::info("event=backend kind=firecracker version={}", v->text);
+      want_none = true;
+    } else {
+      selection.backends.push_back(b);
     }
   }
+  std::shared_ptr<VmmRegistry> vmms = std::make_shared<VmmRegistry>();
+  if (!selection.backends.empty()) {
+    auto selected = SelectBackends(selection);
+    if (!selected.ok()) {
+      spdlog::critical("event=backend_unavailable error=\"{}\"", selected.status().ToString());
+      return 2;
+    }
+    for (const auto& c : selected->choices) {
+      if (c.kind.empty() || c.kind != c.requested) {
+        spdlog::warn("event=backend_unavailable requested={} detail=\"{}\" fallback={}", c.requested, c.detail,
+                     c.kind.empty() ? "nothing" : c.kind);
+      } else {
+        spdlog::info("event=backend kind={} detail=\"{}\"", c.kind, c.detail);
+      }
+    }
+    vmms = selected->registry;
+  }
+  if (want_none) vmms->Add(MakeNoneVmm(none_delay));
 
   // ---- library
   // ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <array>
 #include <cctype>
 
+#include "fcwarm/container_manager.hpp"
 #include "fcwarm/ids.hpp"
 #include "fcwarm/status.hpp"
 #include "fcwarm/types.hpp"
@@ -11,19 +12,36 @@
 
 namespace fcwarm {
 
-std::string_view StatusCodeName(StatusCode code) {
-  switch (code) {
-    case StatusCode::kOk: return "ok";
-    case StatusCode::kInvalidArgument: return "invalid_argument";
-    case StatusCode::kNotFound: return "not_found";
-    case StatusCode::kAlreadyExists: return "already_exists";
-    case StatusCode::kFailedPrecondition: return "failed_precondition";
-    case StatusCode::kResourceExhausted: return "resource_exhausted";
-    case StatusCode::kUnavailable: return "unavailable";
-    case StatusCode::kDeadlineExceeded: return "deadline_exceeded";
-    case StatusCode::kInternal: return "internal";
+const std::vector<StatusCodeInfo>& StatusTable() {
+  // code, name, HTTP status, Python exception (fcwarm.errors), CLI exit code (0 ok, 1 failure, 2 usage,
+  // 3 not found, 4 conflict).
+  static const std::vector<StatusCodeInfo> kTable = {
+      {StatusCode::kOk, "ok", 200, "", 0},
+      {StatusCode::kInvalidArgument, "invalid_argument", 400, "InvalidArgumentError", 2},
+      {StatusCode::kNotFound, "not_found", 404, "NotFoundError", 3},
+      {StatusCode::kAlreadyExists, "already_exists", 409, "ConflictError", 4},
+      {StatusCode::kFailedPrecondition, "failed_precondition", 409, "ConflictError", 4},
+      {StatusCode::kResourceExhausted, "resource_exhausted", 429, "ConflictError", 4},
+      {StatusCode::kUnavailable, "unavailable", 503, "UnavailableError", 1},
+      {StatusCode::kDeadlineExceeded, "deadline_exceeded", 504, "UnavailableError", 1},
+      {StatusCode::kInternal, "internal", 500, "Error", 1},
+  };
+  return kTable;
+}
+
+const StatusCodeInfo& StatusInfo(StatusCode code) {
+  const auto& table = StatusTable();
+  auto i = static_cast<size_t>(code);
+  return i < table.size() ? table[i] : table.back();
+}
+
+std::string_view StatusCodeName(StatusCode code) { return StatusInfo(code).name; }
+
+Result<StatusCode> ParseStatusCode(std::string_view name) {
+  for (const auto& row : StatusTable()) {
+    if (row.name == name) return row.code;
   }
-  return "internal";
+  return Status::InvalidArgument("unknown status code name '" + std::string(name.substr(0, 64)) + "'");
 }
 
 std::string Status::ToString() const {
@@ -160,6 +178,14 @@ constexpr std::array<std::pair<VmState, std::string_view>, 6> kVmStates{{
     {VmState::kFailed, "failed"},
     {VmState::kLost, "lost"},
 }};
+constexpr std::array<std::pair<EventKind, std::string_view>, 6> kEventKinds{{
+    {EventKind::kBoot, "boot"},
+    {EventKind::kBuild, "build"},
+    {EventKind::kHealth, "health"},
+    {EventKind::kGc, "gc"},
+    {EventKind::kReconcile, "reconcile"},
+    {EventKind::kSnapshot, "snapshot"},
+}};
 
 template <typename E, size_t N>
 std::string_view NameOf(E v, const std::array<std::pair<E, std::string_view>, N>& t) {
@@ -174,11 +200,15 @@ std::string_view ToString(BuildPhase v) { return NameOf(v, kPhases); }
 std::string_view ToString(BootMethod v) { return NameOf(v, kBootMethods); }
 std::string_view ToString(FallbackReason v) { return NameOf(v, kReasons); }
 std::string_view ToString(VmState v) { return NameOf(v, kVmStates); }
+std::string_view ToString(EventKind v) { return NameOf(v, kEventKinds); }
+Result<EventKind> ParseEventKind(std::string_view s) { return ParseEnum("kind", s, kEventKinds); }
 Result<SnapshotState> ParseSnapshotState(std::string_view s) { return ParseEnum("state", s, kSnapshotStates); }
 Result<BuildPhase> ParseBuildPhase(std::string_view s) { return ParseEnum("phase", s, kPhases); }
 Result<BootMethod> ParseBootMethod(std::string_view s) { return ParseEnum("boot_method", s, kBootMethods); }
 Result<FallbackReason> ParseFallbackReason(std::string_view s) { return ParseEnum("fallback_reason", s, kReasons); }
 Result<VmState> ParseVmState(std::string_view s) { return ParseEnum("vm state", s, kVmStates); }
+
+bool IsTerminal(ContainerState v) { return v != ContainerState::kProvisioning && v != ContainerState::kRunning; }
 
 std::string RuntimeImage::path() const {
   if (!rootfs_path.empty()) return rootfs_path;

@@ -121,8 +121,8 @@ TEST_CASE("docker runtime: warm containers are unique, a dead dockerd falls back
     std::printf("SKIP: %s\n", why.c_str());
     return;
   }
-  const int qemu_before = CountQemuProcesses();
   DockerBed bed;
+  const int qemu_before = CountQemuProcesses(bed.dir.str());
   auto& cm = bed.svc->containers();
 
   // 1. The docker runtime snapshot: built once dockerd answers _ping (images loaded, container path warmed).
@@ -155,7 +155,7 @@ TEST_CASE("docker runtime: warm containers are unique, a dead dockerd falls back
   CHECK(vm_hostnames.size() == 3);
   CHECK(addresses.size() == 3);
   for (const auto& id : ids) REQUIRE(cm.Destroy(id).ok());
-  CHECK(CountQemuProcesses() == qemu_before);
+  CHECK(CountQemuProcesses(bed.dir.str()) == qemu_before);
 
   // 3. dockerd killed inside the next restored clone before verification: that container falls back to cold,
   // the failure is counted against the snapshot, and the failed clone leaves nothing behind.
@@ -191,9 +191,9 @@ TEST_CASE("docker runtime: warm containers are unique, a dead dockerd falls back
   CHECK(boots->front().vm_id == fallback.id);
   CHECK(boots->front().reason == "verify_failed");
   // Exactly one VMM process per live VM: the failed clone's QEMU is gone, the cold VM's runs.
-  CHECK(CountQemuProcesses() == qemu_before + 1);
+  CHECK(CountQemuProcesses(bed.dir.str()) == qemu_before + 1);
   REQUIRE(cm.Destroy(fallback.id).ok());
-  CHECK(CountQemuProcesses() == qemu_before);
+  CHECK(CountQemuProcesses(bed.dir.str()) == qemu_before);
 
   // 4. Snapshot deleted: the next container is cold (no_snapshot) and still runs.
   REQUIRE(bed.svc->snapshots().Delete(snap->id).ok());
@@ -204,7 +204,7 @@ TEST_CASE("docker runtime: warm containers are unique, a dead dockerd falls back
   REQUIRE(cm.Destroy(cold.id).ok());
 
   // Nothing leaks: no VMM process, no VM directory, no address, no recorded process.
-  CHECK(CountQemuProcesses() == qemu_before);
+  CHECK(CountQemuProcesses(bed.dir.str()) == qemu_before);
   int vm_dirs = 0;
   for ([[maybe_unused]] const auto& e : fs::directory_iterator(bed.dir.path() / "vms")) ++vm_dirs;
   CHECK(vm_dirs == 0);

@@ -102,12 +102,16 @@ int CountEntries(const fs::path& dir) {
   return n;
 }
 
-int CountQemuProcesses() {
+int CountQemuProcesses(const std::string& under) {
   int n = 0;
-  for (const auto& e : fs::directory_iterator("/proc")) {
-    std::ifstream comm(e.path() / "comm");
+  std::error_code ec;
+  for (auto it = fs::directory_iterator("/proc", ec); !ec && it != fs::directory_iterator(); it.increment(ec)) {
+    std::ifstream comm(it->path() / "comm");
     std::string name;
-    if (comm && std::getline(comm, name) && name.rfind("qemu-system", 0) == 0) ++n;
+    if (!comm || !std::getline(comm, name) || name.rfind("qemu-system", 0) != 0) continue;
+    std::ifstream cmdline(it->path() / "cmdline", std::ios::binary);
+    std::string args((std::istreambuf_iterator<char>(cmdline)), std::istreambuf_iterator<char>());
+    if (args.find(under) != std::string::npos) ++n;
   }
   return n;
 }

@@ -48,8 +48,10 @@ struct TestBed {
 /// Polls `pred` until true or `timeout`; returns its last value.
 bool Eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = std::chrono::seconds(10));
 
-/// Number of processes on this host whose name starts with "qemu-system" (any owner).
-int CountQemuProcesses();
+/// Number of "qemu-system*" processes on this host whose command line mentions `under` (a test bed's data
+/// directory: every VM's sockets and disks live below it). Scoped so that VMs of other tests or programs
+/// running on the same machine do not count.
+int CountQemuProcesses(const std::string& under);
 
 /// Number of entries in a directory (0 if missing).
 int CountEntries(const std::filesystem::path& dir);

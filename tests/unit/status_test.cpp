@@ -1,5 +1,10 @@
 #include <doctest/doctest.h>
 
+#include <set>
+#include <string>
+#include <vector>
+
+#include "fcwarm/container_manager.hpp"
 #include "fcwarm/status.hpp"
 #include "fcwarm/types.hpp"
 
@@ -15,6 +20,40 @@ TEST_CASE("Status carries code and message") {
   CHECK(nf.ToString() == "not_found: thing 'x' not found");
   CHECK(nf.WithContext("lookup").message() == "lookup: thing 'x' not found");
   CHECK(StatusCodeName(StatusCode::kFailedPrecondition) == "failed_precondition");
+}
+
+TEST_CASE("one status table: every code once, in enum order, names round-trip") {
+  const auto& table = StatusTable();
+  REQUIRE(table.size() == 9);
+  std::set<std::string_view> names;
+  for (size_t i = 0; i < table.size(); ++i) {
+    CHECK(static_cast<size_t>(table[i].code) == i);
+    CHECK(names.insert(table[i].name).second);
+    CHECK(&StatusInfo(table[i].code) == &table[i]);
+    auto parsed = ParseStatusCode(table[i].name);
+    REQUIRE(parsed.ok());
+    CHECK(*parsed == table[i].code);
+    if (table[i].code == StatusCode::kOk) {
+      CHECK(table[i].python_exception.empty());
+      CHECK(table[i].cli_exit_code == 0);
+    } else {
+      CHECK_FALSE(table[i].python_exception.empty());
+      CHECK(table[i].cli_exit_code != 0);
+      CHECK(table[i].http_status >= 400);
+    }
+  }
+  CHECK(ParseStatusCode("nope").status().code() == StatusCode::kInvalidArgument);
+  // The adapters' contract (REST status, Python exception class, CLI exit code).
+  CHECK(StatusInfo(StatusCode::kInvalidArgument).http_status == 400);
+  CHECK(StatusInfo(StatusCode::kInvalidArgument).python_exception == "InvalidArgumentError");
+  CHECK(StatusInfo(StatusCode::kInvalidArgument).cli_exit_code == 2);
+  CHECK(StatusInfo(StatusCode::kNotFound).http_status == 404);
+  CHECK(StatusInfo(StatusCode::kNotFound).python_exception == "NotFoundError");
+  CHECK(StatusInfo(StatusCode::kNotFound).cli_exit_code == 3);
+  CHECK(StatusInfo(StatusCode::kResourceExhausted).http_status == 429);
+  CHECK(StatusInfo(StatusCode::kResourceExhausted).cli_exit_code == 4);
+  CHECK(StatusInfo(StatusCode::kUnavailable).python_exception == "UnavailableError");
+  CHECK(StatusInfo(StatusCode::kInternal).http_status == 500);
 }
 
 TEST_CASE("Result holds a value or an error") {
@@ -43,4 +82,27 @@ TEST_CASE("enum names round-trip and unknown names are refused") {
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().message().find("state") != std::string::npos);
   CHECK(bad.status().message().find("creating, ready, unhealthy, deleted") != std::string::npos);
+}
+
+TEST_CASE("event kinds round-trip, and the names are the ones the store and REST use") {
+  std::vector<std::string> names;
+  for (auto k : {EventKind::kBoot, EventKind::kBuild, EventKind::kHealth, EventKind::kGc, EventKind::kReconcile,
+                 EventKind::kSnapshot}) {
+    CHECK(ParseEventKind(ToString(k)).value() == k);
+    names.emplace_back(ToString(k));
+  }
+  CHECK(names == std::vector<std::string>{"boot", "build", "health", "gc", "reconcile", "snapshot"});
+  auto bad = ParseEventKind("boots");
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().code() == StatusCode::kInvalidArgument);
+  CHECK(bad.status().message() == "kind: 'boots' is not one of boot, build, health, gc, reconcile, snapshot");
+}
+
+TEST_CASE("IsTerminal: only provisioning and running containers can still change by themselves") {
+  CHECK_FALSE(IsTerminal(ContainerState::kProvisioning));
+  CHECK_FALSE(IsTerminal(ContainerState::kRunning));
+  for (auto s : {ContainerState::kExited, ContainerState::kStopped, ContainerState::kFailed, ContainerState::kLost,
+                 ContainerState::kDestroyed}) {
+    CHECK(IsTerminal(s));
+  }
 }

@@ -2,6 +2,9 @@
 // Prints "SKIP: <reason>" and passes when QEMU or the guest artifacts are missing.
 #include <doctest/doctest.h>
 #include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
 
 #include <atomic>
 #include <filesystem>
@@ -49,15 +52,30 @@ class KillingVmm : public Vmm {
   std::shared_ptr<Vmm> inner_;
 };
 
+// Per-bed prefixes of network namespaces and veth names, so that leak checks count only this bed's devices
+// (not those of VMs another test or program runs on the machine at the same time).
+std::string BedPrefix() {
+  static std::atomic<unsigned> n{0};
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "t%03x", (static_cast<unsigned>(::getpid()) * 7 + n++) & 0xfff);
+  return buf;
+}
+
 struct QemuBed {
   TempDir dir;
+  std::string prefix = BedPrefix();
+  std::string netns_prefix = prefix + "-";  // "tXXX-" + 10 hex digits
+  std::string veth_prefix = prefix + "h";   // "tXXXh" + 10 hex digits = 15 characters, the kernel's limit
   std::shared_ptr<KillingVmm> vmm;
   std::shared_ptr<VmmRegistry> vmms = std::make_shared<VmmRegistry>();
   std::unique_ptr<Service> svc;
   RuntimeImage image;
 
   QemuBed() {
-    vmm = std::make_shared<KillingVmm>(std::shared_ptr<Vmm>(MakeQemuVmm(QemuOptions{})));
+    QemuOptions q;
+    q.netns_prefix = netns_prefix;
+    q.veth_prefix = veth_prefix;
+    vmm = std::make_shared<KillingVmm>(std::shared_ptr<Vmm>(MakeQemuVmm(q)));
     vmms->Add(vmm);
     auto o = ServiceOptions::UnderDirectory(dir.str());
     o.health.rebuild_backoff_initial = 100ms;
@@ -221,9 +239,9 @@ TEST_CASE("core+qemu: QEMU killed with SIGKILL during a restore falls back to co
   SKIP_UNLESS_READY();
   QemuBed bed;
   bed.Build();
-  int qemu_before = CountQemuProcesses();
-  int netns_before = CountNetns("fcw-");
-  int links_before = CountLinks("fcwh");
+  int qemu_before = CountQemuProcesses(bed.dir.str());
+  int netns_before = CountNetns(bed.netns_prefix);
+  int links_before = CountLinks(bed.veth_prefix);
   bed.vmm->kill_next_restores = 1;
   auto vm = bed.svc->engine().Provision({.runtime_image_id = bed.image.id});
   REQUIRE_MESSAGE(vm.ok(), vm.status().ToString());
@@ -232,14 +250,14 @@ TEST_CASE("core+qemu: QEMU killed with SIGKILL during a restore falls back to co
   REQUIRE(bed.vmm->killed_pids.size() == 1);
   CHECK(::kill(bed.vmm->killed_pids[0], 0) != 0);
   // Only the cold VM's own resources exist now.
-  CHECK(CountQemuProcesses() == qemu_before + 1);
-  CHECK(CountNetns("fcw-") == netns_before + 1);
-  CHECK(CountLinks("fcwh") == links_before + 1);
+  CHECK(CountQemuProcesses(bed.dir.str()) == qemu_before + 1);
+  CHECK(CountNetns(bed.netns_prefix) == netns_before + 1);
+  CHECK(CountLinks(bed.veth_prefix) == links_before + 1);
   CHECK(CountEntries(fs::path(bed.dir.path()) / "vms") == 1);
   REQUIRE(bed.svc->engine().Destroy(vm->id).ok());
-  CHECK(CountQemuProcesses() == qemu_before);
-  CHECK(CountNetns("fcw-") == netns_before);
-  CHECK(CountLinks("fcwh") == links_before);
+  CHECK(CountQemuProcesses(bed.dir.str()) == qemu_before);
+  CHECK(CountNetns(bed.netns_prefix) == netns_before);
+  CHECK(CountLinks(bed.veth_prefix) == links_before);
   CHECK(CountEntries(fs::path(bed.dir.path()) / "vms") == 0);
   // No socket or overlay is left anywhere under the data directory but the snapshot's own files.
   for (const auto& e : fs::recursive_directory_iterator(bed.dir.path())) {

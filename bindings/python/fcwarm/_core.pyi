@@ -9,6 +9,8 @@ __version__: str
 GUEST_PROTOCOL_VERSION: int
 SCHEMA_VERSION: int
 
+def status_table() -> List[Dict[str, Union[str, int]]]: ...
+
 class _Labeled(enum.Enum):
     @property
     def label(self) -> str: ...
@@ -257,6 +259,13 @@ class QemuOptions:
     restore_timeout: datetime.timedelta
     verify_state_digest: bool
 
+class BackendChoice:
+    requested: str
+    kind: str
+    detail: str
+
+def select_backends(backends: Sequence[str] = ..., qemu: QemuOptions = ...,
+                    firecracker: FirecrackerOptions = ...) -> "tuple[VmmRegistry, List[BackendChoice]]": ...
 def make_qemu_vmm(options: QemuOptions = ...) -> Vmm: ...
 def probe_qemu(options: QemuOptions = ...) -> None: ...
 

@@ -29,8 +29,15 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
-_CODE_TO_EXIT = {"invalid_argument": EXIT_USAGE, "not_found": EXIT_NOT_FOUND, "already_exists": EXIT_CONFLICT,
-                 "failed_precondition": EXIT_CONFLICT, "resource_exhausted": EXIT_CONFLICT}
+def _exit_code_for(code):
+    """The CLI exit code of a library error code name (the library's status table; REST errors carry the same
+    names)."""
+    from . import _core
+
+    for row in _core.status_table():
+        if row["name"] == code:
+            return row["cli_exit_code"]
+    return EXIT_FAILURE
 
 
 # ---- value conversion ---------------------------------------------------------------------------------------
@@ -101,16 +108,10 @@ def _container_item(c):
 # ---- backends -----------------------------------------------------------------------------------------------
 
 def default_vmms():
-    """The backends this host can run: QEMU when qemu-system-x86_64 works here."""
-    import fcwarm
+    """The backends this host can run: the library's `auto` selection (QEMU when it can run here)."""
+    from . import _core
 
-    vmms = fcwarm.VmmRegistry()
-    maker = getattr(fcwarm, "make_qemu_vmm", None)
-    if maker is not None:
-        try:
-            vmms.add(maker())
-        except fcwarm.Error:
-            pass
+    vmms, _choices = _core.select_backends(["auto"])
     return vmms
 
 
@@ -234,7 +235,7 @@ class RestBackend:
                 code, message = err.get("code", "internal"), err.get("message", "")
             except Exception:  # noqa: BLE001 - a non-JSON error page
                 code, message = "internal", f"HTTP {e.code}"
-            raise CliError(message, _CODE_TO_EXIT.get(code, EXIT_FAILURE))
+            raise CliError(message, _exit_code_for(code))
         except urllib.error.URLError as e:
             raise CliError(f"cannot reach {self.base}: {e.reason}")
 
@@ -524,7 +525,7 @@ def main(argv=None, out=None, vmms=None):
             return _run(args, out, vmms)
         except fcwarm.Error as e:
             code = getattr(e, "code", "internal")
-            raise CliError(str(e), _CODE_TO_EXIT.get(code, EXIT_FAILURE))
+            raise CliError(str(e), _exit_code_for(code))
     except CliError as e:
         print(f"fcwarm: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -7,20 +7,11 @@ namespace {
 void TranslateStatus(const StatusError& e) {
   pyb::gil_scoped_acquire gil;
   auto errors = pyb::module_::import("fcwarm.errors");
-  const char* cls = "Error";
-  switch (e.status().code()) {
-    case StatusCode::kInvalidArgument: cls = "InvalidArgumentError"; break;
-    case StatusCode::kNotFound: cls = "NotFoundError"; break;
-    case StatusCode::kAlreadyExists:
-    case StatusCode::kFailedPrecondition:
-    case StatusCode::kResourceExhausted: cls = "ConflictError"; break;
-    case StatusCode::kUnavailable:
-    case StatusCode::kDeadlineExceeded: cls = "UnavailableError"; break;
-    default: cls = "Error"; break;
-  }
+  const auto& info = StatusInfo(e.status().code());
+  const char* cls = info.python_exception.empty() ? "Error" : info.python_exception.data();
   pyb::object type = errors.attr(cls);
   pyb::object exc = type(e.status().message());
-  exc.attr("code") = std::string(StatusCodeName(e.status().code()));
+  exc.attr("code") = std::string(info.name);
   PyErr_SetObject(type.ptr(), exc.ptr());
 }
 
@@ -39,6 +30,22 @@ PYBIND11_MODULE(_core, m) {
       TranslateStatus(e);
     }
   });
+  m.def(
+      "status_table",
+      [] {
+        pyb::list rows;
+        for (const auto& r : fcwarm::StatusTable()) {
+          pyb::dict d;
+          d["name"] = std::string(r.name);
+          d["http_status"] = r.http_status;
+          d["python_exception"] = std::string(r.python_exception);
+          d["cli_exit_code"] = r.cli_exit_code;
+          rows.append(d);
+        }
+        return rows;
+      },
+      "The library's one status table: for each error code name, its HTTP status, Python exception class "
+      "(in fcwarm.errors) and CLI exit code.");
   BindTypes(m);
   BindBackends(m);
   BindImageRegistry(m);

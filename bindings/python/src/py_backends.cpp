@@ -1,8 +1,6 @@
-// VMM backends and their registry.
-#include "fcwarm/firecracker_vmm.hpp"
+// VMM backends, their registry and the library's backend selection.
+#include "fcwarm/backends.hpp"
 #include "py_common.hpp"
-
-#include "fcwarm/qemu_vmm.hpp"
 
 namespace fcwarm::py {
 
@@ -63,6 +61,30 @@ void BindBackends(pyb::module_& m) {
       },
       Release(), pyb::arg("binary") = "firecracker",
       "Runs `firecracker --version` and `--snapshot-version`; raises NotFoundError/UnavailableError.");
+
+  pyb::class_<BackendChoice>(m, "BackendChoice", "One decision of select_backends().")
+      .def_readonly("requested", &BackendChoice::requested)
+      .def_readonly("kind", &BackendChoice::kind)
+      .def_readonly("detail", &BackendChoice::detail)
+      .def("__repr__", [](const BackendChoice& c) {
+        return "<fcwarm.BackendChoice " + c.requested + " -> " + (c.kind.empty() ? "nothing" : c.kind) + ": " +
+               c.detail + ">";
+      });
+  m.def(
+      "select_backends",
+      [](const std::vector<std::string>& backends, const QemuOptions& q, const FirecrackerOptions& f) {
+        BackendSelection sel;
+        sel.backends = backends;
+        sel.qemu = q;
+        sel.firecracker = f;
+        auto r = Unwrap(SelectBackends(sel));
+        return std::make_pair(r.registry, r.choices);
+      },
+      Release(), pyb::arg("backends") = std::vector<std::string>{"auto"}, pyb::arg("qemu") = QemuOptions{},
+      pyb::arg("firecracker") = FirecrackerOptions{},
+      "The library's backend selection: returns (VmmRegistry, [BackendChoice]). 'auto' registers QEMU when it "
+      "can run here (else nothing, and the choice says why); a backend named explicitly must work "
+      "(NotFoundError/UnavailableError otherwise).");
 }
 
 }  // namespace fcwarm::py

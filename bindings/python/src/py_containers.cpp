@@ -12,8 +12,6 @@ namespace {
 
 using std::chrono::milliseconds;
 
-bool Finished(ContainerState s) { return s != ContainerState::kProvisioning && s != ContainerState::kRunning; }
-
 // A ContainerRequest from keyword arguments, type-checked with errors naming the field. Values are checked by
 // the library (InvalidArgumentError naming the field).
 ContainerRequest MakeRequest(const pyb::object& runtime_image, const pyb::object& container_image,
@@ -75,7 +73,7 @@ void BindContainers(pyb::module_& m) {
       .value("LOST", ContainerState::kLost)
       .value("DESTROYED", ContainerState::kDestroyed);
   AddStr(state);
-  state.def_property_readonly("finished", &Finished,
+  state.def_property_readonly("finished", &IsTerminal,
                               "True once the container no longer provisions or runs (exited, stopped, failed, "
                               "lost or destroyed).");
   state.def_static(
@@ -191,7 +189,7 @@ void BindContainers(pyb::module_& m) {
                 r.emplace(c.Wait(id, slice));
               }
               ContainerRecord rec = Unwrap(std::move(*r));
-              if (Finished(rec.state) || (deadline && Clock::now() >= *deadline)) return rec;
+              if (IsTerminal(rec.state) || (deadline && Clock::now() >= *deadline)) return rec;
               if (PyErr_CheckSignals() != 0) throw pyb::error_already_set();
             }
           },

@@ -22,6 +22,26 @@ def test_version_and_constants():
     assert not fcwarm.is_valid_id("../x")
 
 
+def test_status_table_drives_exceptions_and_cli_exit_codes():
+    from fcwarm import cli, errors
+
+    table = fcwarm.status_table()
+    names = [row["name"] for row in table]
+    assert names[0] == "ok" and len(names) == len(set(names)) == 9
+    for row in table:
+        if row["name"] == "ok":
+            continue
+        cls = getattr(errors, row["python_exception"])
+        assert issubclass(cls, fcwarm.Error)
+        assert cli._exit_code_for(row["name"]) == row["cli_exit_code"]
+    by_name = {row["name"]: row for row in table}
+    assert by_name["invalid_argument"]["python_exception"] == "InvalidArgumentError"
+    assert by_name["invalid_argument"]["http_status"] == 400
+    assert by_name["not_found"]["cli_exit_code"] == cli.EXIT_NOT_FOUND
+    assert by_name["failed_precondition"]["cli_exit_code"] == cli.EXIT_CONFLICT
+    assert cli._exit_code_for("no_such_code") == cli.EXIT_FAILURE
+
+
 def test_image_registry(fake_service):
     svc, _, base = fake_service
     img = add_image(svc, base)
@@ -195,6 +215,30 @@ def test_options_defaults_are_documented_values():
     assert opts.snapshots.max_snapshots_per_image == 2
     opts.restore.full_verify_every = 7
     assert opts.restore.full_verify_every == 7
+
+
+def test_select_backends_is_the_library_decision():
+    import shutil
+
+    vmms, choices = fcwarm.select_backends(["auto"])
+    assert [c.requested for c in choices] == ["auto"]
+    if shutil.which("qemu-system-x86_64"):
+        assert choices[0].kind == "qemu" and vmms.kinds() == ["qemu"]
+    # "auto" never fails: a QEMU that cannot run registers nothing and says why.
+    bad = fcwarm.QemuOptions()
+    bad.qemu_binary = "/nonexistent/qemu-system-x86_64"
+    vmms, choices = fcwarm.select_backends(["auto"], qemu=bad)
+    assert vmms.kinds() == [] and choices[0].kind == ""
+    assert "/nonexistent/qemu-system-x86_64" in choices[0].detail
+    # Named explicitly, it must work.
+    with pytest.raises(fcwarm.NotFoundError) as e:
+        fcwarm.select_backends(["qemu"], qemu=bad)
+    assert "backend qemu" in str(e.value)
+    with pytest.raises(fcwarm.InvalidArgumentError) as e:
+        fcwarm.select_backends(["xen"])
+    assert "xen" in str(e.value)
+    with pytest.raises(fcwarm.InvalidArgumentError):
+        fcwarm.select_backends([])
 
 
 def test_backends_are_exposed():
