@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 failure, 2 usage error or invalid argument, 3 not found
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -371,7 +372,10 @@ class _View:
     def __init__(self, out, as_json):
         self.out = out
         self.json = as_json
-        self.console = _console(out)
+
+    @functools.cached_property
+    def console(self):
+        return _console(self.out)  # rich is imported only for human output
 
     def emit(self, obj):
         print(json.dumps(obj, indent=2, sort_keys=True), file=self.out)
@@ -407,7 +411,7 @@ class _View:
     def _grid(self, header, rows):
         from rich.table import Table
 
-        # Columns two spaces apart, no borders: the plain text a pipe or a test reads is the same as before rich.
+        # Columns two spaces apart, no borders, upper-case headers: the layout scripts and tests read from a pipe.
         table = Table(box=None, show_header=header is not None, show_edge=False, pad_edge=False,
                       padding=(0, 1), header_style="bold", highlight=False)
         for title in header or [""] * len(rows[0]):
