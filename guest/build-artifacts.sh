@@ -2,16 +2,18 @@
 # Builds the fcwarm guest artifacts from Debian packages only:
 #   bzImage            the Debian cloud kernel (vmlinuz from linux-image-<ver>-cloud-amd64)
 #   vmlinux            the ELF kernel extracted from bzImage (Firecracker needs it)
-#   initramfs.cpio.gz  busybox-static + virtio/vsock modules + fcwarm-agent + /init (guest/init.sh)
+#   initramfs.cpio.gz  busybox-static + virtio/vsock modules + fcwarm-agent + /init (guest/init.sh) +
+#                      /lib/fcwarm/common.sh (guest/common.sh)
 #   disk.ext4          64 MiB ext4 data disk with a marker file (the VM's /dev/vda base image)
 #   manifest.json      files, sizes, sha256, kernel version, key
 #
 # usage: guest/build-artifacts.sh --agent PATH_TO_BUILT_AGENT [--out DIR]
 #
 # Output goes to ${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}/<key>/ (or DIR/<key>/ with --out), where key is a
-# digest of the kernel package version, the busybox version, the agent binary and these scripts. `current`
-# in the same directory is an atomically replaced symlink to the newest build. A run with nothing changed does
-# nothing. The last line on stdout is the artifact directory.
+# digest of the kernel package version, the busybox version, the agent binary and the guest files it uses
+# (this script, init.sh, common.sh, kernel-cmdline, extract_vmlinux.py). `current` in the same directory is an
+# atomically replaced symlink to the newest build. A run with nothing changed does nothing. The last line on
+# stdout is the artifact directory.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,8 +23,6 @@ readonly DISK_SIZE="64M"
 readonly DISK_MARKER="fcwarm-disk-marker"
 readonly MODULES=(virtio_mmio virtio_blk virtio_net virtio_console vsock vmw_vsock_virtio_transport_common
   vmw_vsock_virtio_transport)
-# Kernel command line that the smoke test and the QEMU backend use (recorded in the manifest).
-readonly CMDLINE="console=ttyS0 panic=-1 tsc_early_khz=2100000"
 
 log() { printf 'build-artifacts: %s\n' "$*" >&2; }
 die() {
@@ -111,8 +111,8 @@ kernel_pkg_version="$(apt-cache policy "${kernel_pkg}" | sed -n 's/^ *Candidate:
 kver="${kernel_pkg#linux-image-}"
 busybox_version="$(dpkg-query -W -f='${Version}' busybox-static)"
 agent_sha="$(sha256sum "${agent}" | cut -d' ' -f1)"
-scripts_sha="$(cat "${SCRIPT_DIR}/build-artifacts.sh" "${SCRIPT_DIR}/init.sh" "${SCRIPT_DIR}/extract_vmlinux.py" |
-  sha256sum | cut -d' ' -f1)"
+scripts_sha="$(cat "${SCRIPT_DIR}/build-artifacts.sh" "${SCRIPT_DIR}/init.sh" "${SCRIPT_DIR}/common.sh" \
+  "${SCRIPT_DIR}/kernel-cmdline" "${SCRIPT_DIR}/extract_vmlinux.py" | sha256sum | cut -d' ' -f1)"
 key="$(printf 'kernel=%s=%s\nbusybox=%s\nagent=%s\nscripts=%s\n' "${kernel_pkg}" "${kernel_pkg_version}" \
   "${busybox_version}" "${agent_sha}" "${scripts_sha}" | sha256sum | cut -c1-16)"
 out="${base}/${key}"
@@ -243,6 +243,7 @@ while IFS= read -r applet; do
 done < <(/bin/busybox --list-full)
 install -m 0755 "${agent}" "${root}/sbin/fcwarm-agent"
 install -m 0755 "${SCRIPT_DIR}/init.sh" "${root}/init"
+install -D -m 0644 "${SCRIPT_DIR}/common.sh" "${root}/lib/fcwarm/common.sh"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"${root}/etc/passwd"
 printf 'root:x:0:\ntty:x:5:\n' >"${root}/etc/group"
 printf 'fcwarm-guest\n' >"${root}/etc/hostname"
@@ -257,12 +258,14 @@ printf 'fcwarm data disk %s\n' "${key}" >"${disk_content}/${DISK_MARKER}"
 mkfs.ext4 -q -F -L fcwarm-data -d "${disk_content}" -E root_owner=0:0 "${stage}/disk.ext4" "${DISK_SIZE}" >&2
 
 # ---- manifest and publish ------------------------------------------------------------------------------
+# The kernel command line QEMU passes under TCG (base + tcg of guest/kernel-cmdline).
+cmdline="$(sed -n 's/^\(base\|tcg\): *//p' "${SCRIPT_DIR}/kernel-cmdline" | paste -sd' ')"
 manifest_args=()
 for f in bzImage vmlinux initramfs.cpio.gz disk.ext4; do
   manifest_args+=("${f}" "$(stat -c %s "${stage}/${f}")" "$(sha256sum "${stage}/${f}" | cut -d' ' -f1)")
 done
 /usr/bin/python3 - "${stage}/manifest.json" "${key}" "${kernel_pkg}" "${kernel_pkg_version}" "${kver}" \
-  "${busybox_version}" "${agent_sha}" "${scripts_sha}" "${CMDLINE}" "${DISK_MARKER}" "${manifest_args[@]}" <<'PY'
+  "${busybox_version}" "${agent_sha}" "${scripts_sha}" "${cmdline}" "${DISK_MARKER}" "${manifest_args[@]}" <<'PY'
 import json, sys
 (path, key, kpkg, kpkgver, kver, bbver, agent_sha, scripts_sha, cmdline, marker), rest = sys.argv[1:11], sys.argv[11:]
 files = {rest[i]: {"size": int(rest[i + 1]), "sha256": rest[i + 2]} for i in range(0, len(rest), 3)}

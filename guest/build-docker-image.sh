@@ -2,6 +2,7 @@
 # Builds the fcwarm "docker runtime image" from Debian packages only (issue 7, part 1):
 #   docker-rootfs.ext4   debootstrap --variant=minbase bookworm + docker.io (+ containerd, runc) + kmod +
 #                        the kernel's modules + /sbin/fcwarm-agent + /sbin/fcwarm-init (guest/docker/fcwarm-init.sh)
+#                        + /lib/fcwarm/common.sh (guest/common.sh)
 #                        + /var/lib/fcwarm/images/busybox.tar (docker-load format, built here from busybox-static)
 #   initramfs.cpio.gz    the minimal artifacts' initramfs with /init replaced by guest/docker/initramfs-init.sh
 #                        (loads virtio modules, mounts /dev/vda, switch_root into /sbin/fcwarm-init)
@@ -18,7 +19,6 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly SCRIPT_DIR
 readonly SUITE="bookworm"
-readonly CMDLINE="console=ttyS0 panic=-1 tsc_early_khz=2100000"
 
 log() { printf 'build-docker-image: %s\n' "$*" >&2; }
 die() {
@@ -74,7 +74,8 @@ key="$({
   sha256sum <"${agent}"
   sha256sum <"${minimal}/bzImage"
   sha256sum <"${minimal}/initramfs.cpio.gz"
-  cat "${SCRIPT_DIR}/build-docker-image.sh" "${SCRIPT_DIR}/docker/fcwarm-init.sh" "${SCRIPT_DIR}/docker/initramfs-init.sh"
+  cat "${SCRIPT_DIR}/build-docker-image.sh" "${SCRIPT_DIR}/docker/fcwarm-init.sh" "${SCRIPT_DIR}/docker/initramfs-init.sh" \
+    "${SCRIPT_DIR}/common.sh" "${SCRIPT_DIR}/kernel-cmdline"
 } | sha256sum | cut -c1-16)"
 out="${base}/docker-${key}"
 mkdir -p "${base}"
@@ -134,6 +135,7 @@ depmod -b "${root}" -F "${stage}/kernel/boot/System.map-${kver}" "${kver}"
 # ---- agent + init ------------------------------------------------------------------------------------------
 install -m 0755 "${agent}" "${root}/sbin/fcwarm-agent"
 install -m 0755 "${SCRIPT_DIR}/docker/fcwarm-init.sh" "${root}/sbin/fcwarm-init"
+install -D -m 0644 "${SCRIPT_DIR}/common.sh" "${root}/lib/fcwarm/common.sh"
 echo fcwarm-docker >"${root}/etc/hostname"
 mkdir -p "${root}/etc/docker"
 echo '{"log-driver": "json-file"}' >"${root}/etc/docker/daemon.json"
@@ -199,7 +201,9 @@ mkfs.ext4 -q -F -L fcwarm-docker -E root_owner=0:0 -d "${root}" "${stage}/docker
 log "docker-rootfs.ext4: ${used_mb} MB used, ${size_mb} MiB image ($(elapsed "${ta}")s)"
 rm -rf "${root}" "${stage}/kernel" "${stage}/bb" "${img}" "${ir}" "${stage}"/*.deb
 
-python3 - "${stage}" "${key}" "${kver}" "${docker_ver}" "${containerd_ver}" "${bb_ver}" "${CMDLINE}" "${used_mb}" <<'EOF'
+# The kernel command line QEMU passes under TCG (base + tcg of guest/kernel-cmdline), for the manifest.
+cmdline="$(sed -n 's/^\(base\|tcg\): *//p' "${SCRIPT_DIR}/kernel-cmdline" | paste -sd' ')"
+python3 - "${stage}" "${key}" "${kver}" "${docker_ver}" "${containerd_ver}" "${bb_ver}" "${cmdline}" "${used_mb}" <<'EOF'
 import hashlib, json, os, sys
 stage, key, kver, dv, cv, bv, cmdline, used = sys.argv[1:9]
 files = {}

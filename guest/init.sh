@@ -1,9 +1,11 @@
 #!/bin/sh
 # /init of the fcwarm guest initramfs (busybox). Installed by guest/build-artifacts.sh.
 # Mounts the pseudo filesystems, loads the virtio/vsock modules, mounts /dev/vda at /mnt/data when present,
-# keeps fcwarm-agent running, marks the runtime ready and prints "fcwarm-init: ready" on the console.
+# keeps fcwarm-agent running (fcwarm_start_agent from guest/common.sh), marks the runtime ready and prints
+# "fcwarm-init: ready" on the console.
 export PATH=/sbin:/bin:/usr/sbin:/usr/bin
 umask 022
+. /lib/fcwarm/common.sh
 
 mount -t proc -o nosuid,nodev,noexec proc /proc
 mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
@@ -49,14 +51,7 @@ if [ -b /dev/vda ]; then
   fi
 fi
 
-# fcwarm-agent, restarted whenever it exits.
-(
-  while true; do
-    /sbin/fcwarm-agent
-    echo "fcwarm-init: fcwarm-agent exited with $?, restarting in 1s"
-    sleep 1
-  done
-) &
+fcwarm_start_agent
 
 touch /run/fcwarm-runtime-ready
 echo "fcwarm-init: uptime $(cut -d' ' -f1 /proc/uptime)s"

@@ -11,6 +11,8 @@ packages=(
   libcurl4-openssl-dev libhttp-parser-dev libcli11-dev libspdlog-dev uuid-dev libxxhash-dev
   # tests and docs
   doctest-dev doxygen python3-pytest curl jq socat
+  # the fcwarm CLI (tables, progress bars)
+  python3-rich
   # the libFuzzer target over request parsing (scripts/fuzz.sh)
   clang-14 libclang-rt-14-dev
   # VMs and guest images

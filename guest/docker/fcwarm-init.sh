@@ -1,8 +1,9 @@
 #!/bin/sh
 # /sbin/fcwarm-init of the fcwarm docker runtime image (installed by guest/build-docker-image.sh).
 # Runs as PID 1 after the initramfs (guest/docker/initramfs-init.sh) switch_root'ed into /dev/vda.
-# Mounts the pseudo filesystems, loads overlay/veth/bridge, keeps fcwarm-agent running, starts containerd,
-# then dockerd (no iptables, no bridge, overlay2) on a PRIVATE socket (/run/fcwarm/dockerd.sock). Through that
+# Mounts the pseudo filesystems, loads overlay/veth/bridge, keeps fcwarm-agent running (fcwarm_start_agent from
+# guest/common.sh), starts containerd, then dockerd (no iptables, no bridge, overlay2) on a PRIVATE socket
+# (/run/fcwarm/dockerd.sock). Through that
 # socket it loads the baked image tarballs (`docker load`) and runs one throw-away container (pre-warm: a
 # snapshot then carries runc/containerd-shim/overlay code and data in its page cache), touches
 # /run/fcwarm-images-loaded, and only then publishes the public socket: /var/run/docker.sock becomes a
@@ -12,6 +13,7 @@
 # /run/fcwarm-timings.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
+. /lib/fcwarm/common.sh
 
 up() { cut -d' ' -f1 /proc/uptime; }
 mounted() { grep -q " $1 " /proc/mounts 2>/dev/null; }
@@ -38,14 +40,7 @@ ip link set lo up 2>/dev/null
 hostname fcwarm-docker
 echo fcwarm-docker >/etc/hostname 2>/dev/null
 
-# fcwarm-agent, restarted whenever it exits (it finds the virtio-serial port itself).
-(
-  while true; do
-    /sbin/fcwarm-agent
-    echo "fcwarm-init: fcwarm-agent exited with $?, restarting in 1s"
-    sleep 1
-  done
-) &
+fcwarm_start_agent
 t "agent started"
 
 mkdir -p /run/containerd /var/lib/containerd

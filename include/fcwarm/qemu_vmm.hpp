@@ -33,6 +33,12 @@ enum class QemuNetworkMode {
   kNone,
 };
 
+/// \brief Default of QemuOptions::kernel_boot_args: the `base:` line of guest/kernel-cmdline, the one source of
+/// the guest kernel command line (copied into the library when the build is configured).
+extern const char kQemuKernelBootArgs[];
+/// \brief Default of QemuOptions::tcg_kernel_args: the `tcg:` line of guest/kernel-cmdline.
+extern const char kQemuTcgKernelArgs[];
+
 /// \brief Options of the QEMU backend. Every field has a default that works on a plain Debian 12 host.
 struct QemuOptions {
   /// \brief The QEMU system emulator (searched in PATH when it has no '/'). Default: "qemu-system-x86_64".
@@ -48,11 +54,11 @@ struct QemuOptions {
   /// \brief `-cpu` model; empty picks "host" under kvm and QEMU's default model under tcg. Default: empty.
   std::string cpu_model;
   /// \brief Kernel command line placed before RuntimeImage::boot_args.
-  /// Default: "console=ttyS0 reboot=t panic=-1 quiet".
-  std::string kernel_boot_args = "console=ttyS0 reboot=t panic=-1 quiet";
+  /// Default: kQemuKernelBootArgs (guest/kernel-cmdline, `base:`).
+  std::string kernel_boot_args = kQemuKernelBootArgs;
   /// \brief Kernel arguments appended only when the accelerator resolves to tcg (TSC calibration otherwise
-  /// hangs some boots). Default: "tsc_early_khz=2100000".
-  std::string tcg_kernel_args = "tsc_early_khz=2100000";
+  /// hangs some boots). Default: kQemuTcgKernelArgs (guest/kernel-cmdline, `tcg:`).
+  std::string tcg_kernel_args = kQemuTcgKernelArgs;
   /// \brief Memory mode of VMs and snapshots. A snapshot remembers its mode; Restore() follows the snapshot.
   /// Default: kFile (faster restores, clones share clean pages; see docs/qemu-backend.md).
   QemuMemoryMode memory_mode = QemuMemoryMode::kFile;

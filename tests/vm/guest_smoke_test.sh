@@ -5,7 +5,9 @@
 # usage: tests/vm/guest_smoke_test.sh [--agent PATH_TO_BUILT_AGENT] [--mode stream|shared-ram|both]
 #   --agent  (re)build the artifacts for this agent binary first (guest/build-artifacts.sh, cached by content);
 #            without it, ${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}/current is used.
-# Exit status: 0 pass, 1 fail, 77 skipped (no QEMU, or no artifacts and no --agent).
+# The smoke test (scripts/guest-smoke.py) drives the VMs through the fcwarm Python package: ctest points PYTHONPATH
+# at the build tree's package; run by hand, the installed one is used.
+# Exit status: 0 pass, 1 fail, 77 skipped (no QEMU, no fcwarm package, or no artifacts and no --agent).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 agent=""
@@ -21,6 +23,10 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! command -v qemu-img >/de
   printf 'SKIP: qemu-system-x86_64/qemu-img not installed\n'
   exit 77
 fi
+if ! /usr/bin/python3 -c 'import fcwarm; fcwarm.make_qemu_vmm' 2>/dev/null; then
+  printf 'SKIP: the fcwarm Python package (with the QEMU backend) is not importable (PYTHONPATH=%s)\n' "${PYTHONPATH:-}"
+  exit 77
+fi
 if [[ -n "${agent}" ]]; then
   artifacts="$("${repo}/guest/build-artifacts.sh" --agent "${agent}" | tail -n 1)"
 else
@@ -30,7 +36,7 @@ else
     exit 77
   fi
 fi
-if "${repo}/scripts/guest-smoke.sh" --artifacts "${artifacts}" --mode "${mode}"; then
+if /usr/bin/python3 "${repo}/scripts/guest-smoke.py" --artifacts "${artifacts}" --mode "${mode}"; then
   printf '1 passed, 0 failed\n'
 else
   printf '0 passed, 1 failed\n'

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 failure, 2 usage error or invalid argument, 3 not found
 """
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -337,15 +338,23 @@ class RestBackend:
 
 # ---- output -------------------------------------------------------------------------------------------------
 
-def _table(rows, columns, out):
-    if not rows:
-        print("(none)", file=out)
-        return
-    cells = [[str(_field(r, c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip(), file=out)
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
+def _console(out, terminal=None):
+    """A rich Console writing to `out`. On a terminal: colours and the terminal's width. Anywhere else (a pipe, a
+    file, a StringIO): no colour or control codes whatever FORCE_COLOR says, and no width limit, so that table
+    rows are never wrapped or cut."""
+    from rich.console import Console
+
+    if terminal is None:
+        terminal = out.isatty()
+    return Console(file=out, force_terminal=terminal, no_color=not terminal or None, highlight=False,
+                   width=None if terminal else 1 << 20)
+
+
+def _text(value):
+    """A cell as literal text: rich must not read '[...]' as markup or ':name:' as an emoji."""
+    from rich.text import Text
+
+    return Text(str(value))
 
 
 def _field(row, column):
@@ -357,35 +366,239 @@ def _field(row, column):
     return value
 
 
-def _show(obj, out):
-    width = max((len(k) for k in obj), default=0)
-    for key in sorted(obj):
-        value = obj[key]
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value, sort_keys=True)
-        print(f"{key.ljust(width)}  {value}", file=out)
+class _View:
+    """Where a command's result goes: JSON with `--json` (sorted keys, two-space indent: scripts depend on the
+    bytes), rich tables otherwise."""
+
+    def __init__(self, out, as_json):
+        self.out = out
+        self.json = as_json
+
+    @functools.cached_property
+    def console(self):
+        return _console(self.out)  # rich is imported only for human output
+
+    def emit(self, obj):
+        print(json.dumps(obj, indent=2, sort_keys=True), file=self.out)
+
+    def message(self, obj, text):
+        """`obj` as JSON, or the one-line `text`."""
+        self.emit(obj) if self.json else print(text, file=self.out)
+
+    def table(self, rows, columns, obj=None):
+        """`rows` (dicts) as a table of `columns` (upper-case headers, "-" for null), or `obj` (default: the
+        rows) as JSON."""
+        if self.json:
+            self.emit(rows if obj is None else obj)
+        elif not rows:
+            print("(none)", file=self.out)
+        else:
+            self._print(self._grid([_text(c.upper()) for c in columns],
+                                   [[_text(_field(r, c)) for c in columns] for r in rows]))
+
+    def show(self, obj):
+        """One object: a key/value list sorted by key (nested values as JSON), or the object as JSON."""
+        if self.json:
+            self.emit(obj)
+            return
+        rows = []
+        for key in sorted(obj):
+            value = obj[key]
+            if isinstance(value, (dict, list)):
+                value = json.dumps(value, sort_keys=True)
+            rows.append([_text(key), _text(value)])
+        self._print(self._grid(None, rows))
+
+    def _grid(self, header, rows):
+        from rich.table import Table
+
+        # Columns two spaces apart, no borders, upper-case headers: the layout scripts and tests read from a pipe.
+        table = Table(box=None, show_header=header is not None, show_edge=False, pad_edge=False,
+                      padding=(0, 1), header_style="bold", highlight=False)
+        for title in header or [""] * len(rows[0]):
+            table.add_column(title, no_wrap=True, overflow="ignore")
+        for row in rows:
+            table.add_row(*row)
+        return table
+
+    def _print(self, table):
+        if self.console.is_terminal:
+            self.console.print(table)
+            return
+        # rich pads every cell to its column's width; a pipe gets the lines without trailing blanks.
+        with self.console.capture() as captured:
+            self.console.print(table)
+        for line in captured.get().splitlines():
+            print(line.rstrip(), file=self.out)
 
 
-def _progress(backend, snap, out, interactive_tty):
-    """Polls the snapshot and draws a bar over the build phases until it leaves `creating`."""
-    last = None
-    while True:
-        if snap["state"] != "creating":
-            break
-        phase = snap.get("phase", "queued")
-        idx = PHASES.index(phase) if phase in PHASES else 0
-        bar = "#" * (idx + 1) + "." * (len(PHASES) - idx - 1)
-        line = f"[{bar}] {phase}"
-        if interactive_tty:
-            print("\r" + line.ljust(40), end="", file=out, flush=True)
-        elif line != last:
-            print(line, file=out, flush=True)
-        last = line
-        time.sleep(0.2)
-        snap = backend.snapshot_get(snap["id"])
-    if interactive_tty:
-        print("\r" + f"[{'#' * len(PHASES)}] {snap['state']}".ljust(40), file=out)
+def _progress(backend, snap, out, terminal):
+    """Polls the snapshot until it leaves `creating`: a rich progress bar over the build phases on a terminal,
+    one line per phase otherwise (logs, pipes, `--json` on stderr)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = _console(out, terminal)
+    columns = (TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not terminal) as bar:
+        task = bar.add_task("queued", total=len(PHASES))
+        last = None
+        while snap["state"] == "creating":
+            phase = snap.get("phase", "queued")
+            if phase != last:
+                step = PHASES.index(phase) + 1 if phase in PHASES else 1
+                bar.update(task, completed=step, description=phase)
+                if not terminal:
+                    print(f"snapshot {snap['id']}: {phase} ({step}/{len(PHASES)})", file=out, flush=True)
+                last = phase
+            time.sleep(0.2)
+            snap = backend.snapshot_get(snap["id"])
+        bar.update(task, completed=len(PHASES), description=snap["state"])
     return snap
+
+
+# ---- commands -----------------------------------------------------------------------------------------------
+# Each command is `fn(backend, args, view)`, attached to its sub-parser with set_defaults(func=fn); it returns the
+# exit code (None: success) or raises CliError.
+
+_IMAGE_FIELDS = ("name", "backend", "kernel_path", "initrd_path", "rootfs_path", "boot_args", "vcpus", "memory_mib",
+                 "check_kind", "check_path", "check_argv")
+
+
+def _image_add(backend, args, view):
+    item = backend.image_add({k: getattr(args, k) for k in _IMAGE_FIELDS})
+    view.message(item, item["id"])
+
+
+def _image_ls(backend, args, view):
+    view.table(backend.image_ls(), ["id", "name", "backend", "path"])
+
+
+def _image_get(backend, args, view):
+    view.show(backend.image_get(args.image))
+
+
+def _image_rm(backend, args, view):
+    backend.image_rm(args.image)
+    view.message({"ok": True}, "removed")
+
+
+def _snapshot_create(backend, args, view):
+    image = _choose_image(backend, view.out) if args.interactive else args.image
+    if not image:
+        raise CliError("snapshot create: name an image, or use -i to choose one", EXIT_USAGE)
+    snap = backend.snapshot_create(image)
+    if not args.no_wait:
+        # With --json the progress goes to stderr, as lines: stdout carries only the JSON.
+        snap = _progress(backend, snap, sys.stderr if view.json else view.out,
+                         view.out.isatty() and not view.json)
+    view.show(snap)
+    return EXIT_FAILURE if snap["state"] == "unhealthy" else EXIT_OK
+
+
+def _snapshot_ls(backend, args, view):
+    view.table(backend.snapshot_ls(args.image, args.all),
+               ["id", "runtime_image_id", "state", "phase", "generation", "success_count", "failure_count"])
+
+
+def _snapshot_get(backend, args, view):
+    view.show(backend.snapshot_get(args.snapshot))
+
+
+def _snapshot_rebuild(backend, args, view):
+    view.message(backend.snapshot_rebuild(args.snapshot), f"rebuild of {args.snapshot} queued")
+
+
+def _snapshot_rm(backend, args, view):
+    backend.snapshot_rm(args.snapshot)
+    view.message({"ok": True}, "deleted")
+
+
+def _container_ls(backend, args, view):
+    view.table(backend.container_ls(args.all),
+               ["id", "name", "runtime", "state", "exit_code", "boot_method", "fallback_reason"])
+
+
+def _container_get(backend, args, view):
+    view.show(backend.container_get(args.container))
+
+
+def _container_wait(backend, args, view):
+    timeout = _check_timeout(args.timeout)
+    item = backend.container_wait(args.container, timeout)
+    view.table([item], ["id", "state", "exit_code", "last_error"], item)
+    if item["state"] in ("provisioning", "running"):
+        raise CliError(f"container {item['id']} is still {item['state']} after {timeout:g} s")
+
+
+def _container_logs(backend, args, view):
+    logs = backend.container_logs(args.container)
+    view.emit(logs) if view.json else _print_logs(logs, view.out)
+
+
+def _container_stop(backend, args, view):
+    item = backend.container_stop(args.container)
+    view.table([item], ["id", "state", "exit_code"], item)
+
+
+def _container_rm(backend, args, view):
+    backend.container_rm(args.container)
+    view.message({"ok": True}, "destroyed")
+
+
+def _print_logs(logs, out):
+    out.write(logs["stdout"])
+    out.flush()
+    sys.stderr.write(logs["stderr"])
+    sys.stderr.flush()
+    if logs.get("truncated"):
+        print("fcwarm: (output truncated at 1 MiB per stream)", file=sys.stderr)
+
+
+def _container_run(backend, args, view):
+    timeout = _check_timeout(args.timeout)
+    if timeout is not None and not args.wait:
+        raise CliError("--timeout applies to --wait only", EXIT_USAGE)
+    spec = {"image": args.image, "name": args.name, "container_image": args.container_image,
+            "command": list(args.command), "env": _parse_env(args.env), "force_cold": args.force_cold}
+    item = backend.container_run(spec)
+    if not args.wait:
+        view.table([item], ["id", "state", "boot_method", "fallback_reason", "timings"], item)
+        return EXIT_OK
+    item = backend.container_wait(item["id"], timeout)
+    state = item["state"]
+    logs = None
+    if state not in ("provisioning", "failed"):
+        from .errors import Error
+
+        try:
+            logs = backend.container_logs(item["id"])
+        except (CliError, Error):
+            logs = None  # e.g. a `vm` container without a command has no output
+    if view.json:
+        view.emit({"item": item, "logs": logs})
+    elif logs is not None:
+        _print_logs(logs, view.out)
+    if state == "exited" and item.get("exit_code") == 0:
+        return EXIT_OK
+    if state == "exited":
+        raise CliError(f"container {item['id']} exited with code {item.get('exit_code')}")
+    if state in ("provisioning", "running"):
+        raise CliError(f"container {item['id']} is still {state} after {timeout:g} s")
+    detail = f": {item['last_error']}" if item.get("last_error") else ""
+    raise CliError(f"container {item['id']} is {state}{detail}")
+
+
+def _choose_image(backend, out):
+    images = backend.image_ls()
+    if not images:
+        raise CliError("no runtime images are registered; add one with `fcwarm image add`", EXIT_NOT_FOUND)
+    for n, img in enumerate(images, 1):
+        print(f"{n:3d}) {img['name']}  ({img['id']})", file=out)
+    answer = input("image number: ").strip()
+    if not answer.isdigit() or not 1 <= int(answer) <= len(images):
+        raise CliError(f"'{answer}' is not a number between 1 and {len(images)}", EXIT_USAGE)
+    return images[int(answer) - 1]["id"]
 
 
 # ---- main ---------------------------------------------------------------------------------------------------
@@ -399,10 +612,16 @@ def _parser():
     p.add_argument("--token", default=os.environ.get("FCWARM_TOKEN"), help="bearer token for --server")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--version", action="store_true", help="print the version and exit")
+    p.set_defaults(func=None)
     sub = p.add_subparsers(dest="group")
 
+    def command(group, name, func, **kwargs):
+        parser = group.add_parser(name, **kwargs)
+        parser.set_defaults(func=func)
+        return parser
+
     img = sub.add_parser("image", help="runtime images").add_subparsers(dest="cmd", required=True)
-    add = img.add_parser("add", help="register an image")
+    add = command(img, "add", _image_add, help="register an image")
     add.add_argument("name")
     add.add_argument("--kernel", required=True, dest="kernel_path")
     add.add_argument("--initrd", default="", dest="initrd_path")
@@ -414,28 +633,27 @@ def _parser():
     add.add_argument("--check-kind", default="none", choices=["none", "file", "docker", "command"])
     add.add_argument("--check-path", default="")
     add.add_argument("--check-argv", nargs="*", default=[])
-    img.add_parser("ls", help="list images")
-    g = img.add_parser("get", help="show an image")
-    g.add_argument("image")
-    rm = img.add_parser("rm", help="remove an image")
-    rm.add_argument("image")
+    command(img, "ls", _image_ls, help="list images")
+    command(img, "get", _image_get, help="show an image").add_argument("image")
+    command(img, "rm", _image_rm, help="remove an image").add_argument("image")
 
     snap = sub.add_parser("snapshot", help="runtime snapshots").add_subparsers(dest="cmd", required=True)
-    c = snap.add_parser("create", help="build a runtime snapshot (progress bar over the build phases)")
+    c = command(snap, "create", _snapshot_create, help="build a runtime snapshot (progress bar over the build phases)")
     c.add_argument("image", nargs="?", help="image id or name (omit with -i)")
     c.add_argument("-i", "--interactive", action="store_true", help="choose the image from a list")
     c.add_argument("--no-wait", action="store_true", help="return once the build is queued")
-    ls = snap.add_parser("ls", help="list snapshots")
+    ls = command(snap, "ls", _snapshot_ls, help="list snapshots")
     ls.add_argument("--image", default="")
     ls.add_argument("--all", action="store_true", help="include deleted snapshots")
-    for name, helptext in (("get", "show a snapshot"), ("rebuild", "rebuild a snapshot"), ("rm", "delete a snapshot")):
-        s = snap.add_parser(name, help=helptext)
-        s.add_argument("snapshot")
+    for name, func, helptext in (("get", _snapshot_get, "show a snapshot"),
+                                 ("rebuild", _snapshot_rebuild, "rebuild a snapshot"),
+                                 ("rm", _snapshot_rm, "delete a snapshot")):
+        command(snap, name, func, help=helptext).add_argument("snapshot")
 
     cont = sub.add_parser("container", help="containers, each in its own VM of a runtime image").add_subparsers(
         dest="cmd", required=True)
-    run = cont.add_parser(
-        "run", help="start a container: its VM warm from the snapshot when possible",
+    run = command(
+        cont, "run", _container_run, help="start a container: its VM warm from the snapshot when possible",
         usage="fcwarm container run IMAGE [--name N] [--container-image REF] [--env K=V ...] [--force-cold] "
               "[--wait [--timeout S]] [-- COMMAND [ARG ...]]",
         description="Starts a container in a new VM of runtime image IMAGE (id or name). A docker runtime image "
@@ -452,14 +670,14 @@ def _parser():
                      help="wait for the container to exit, print its output and exit 0 only if it exited 0")
     run.add_argument("--timeout", type=float, default=None, metavar="S",
                      help="with --wait: give up after S seconds (default: no limit)")
-    ls = cont.add_parser("ls", help="list containers")
+    ls = command(cont, "ls", _container_ls, help="list containers")
     ls.add_argument("--all", action="store_true", help="include destroyed containers")
-    for name, helptext in (("get", "show a container"), ("rm", "destroy a container"),
-                           ("logs", "print a container's output (stdout, and stderr on stderr)"),
-                           ("stop", "stop a container (its output is kept)")):
-        s = cont.add_parser(name, help=helptext)
-        s.add_argument("container")
-    w = cont.add_parser("wait", help="wait until a container exits (or the timeout passes)")
+    for name, func, helptext in (("get", _container_get, "show a container"),
+                                 ("rm", _container_rm, "destroy a container"),
+                                 ("logs", _container_logs, "print a container's output (stdout, and stderr on stderr)"),
+                                 ("stop", _container_stop, "stop a container (its output is kept)")):
+        command(cont, name, func, help=helptext).add_argument("container")
+    w = command(cont, "wait", _container_wait, help="wait until a container exits (or the timeout passes)")
     w.add_argument("container")
     w.add_argument("--timeout", type=float, default=30.0, metavar="S", help="seconds (default 30)")
     return p
@@ -515,7 +733,7 @@ def main(argv=None, out=None, vmms=None):
 
         print(f"fcwarm {fcwarm.__version__}", file=out)
         return EXIT_OK
-    if not args.group:
+    if args.func is None:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE
     try:
@@ -536,144 +754,10 @@ def main(argv=None, out=None, vmms=None):
 def _run(args, out, vmms):
     backend = RestBackend(args.server, args.token) if args.server else LocalBackend(args.data_dir, vmms)
     try:
-        return _dispatch(backend, args, out)
+        code = args.func(backend, args, _View(out, args.json))
+        return EXIT_OK if code is None else code
     finally:
         backend.close()
-
-
-def _dispatch(backend, args, out):
-    emit = (lambda obj: print(json.dumps(obj, indent=2, sort_keys=True), file=out)) if args.json else None
-    group, cmd = args.group, args.cmd
-
-    if group == "image":
-        if cmd == "add":
-            spec = {k: getattr(args, k) for k in ("name", "backend", "kernel_path", "initrd_path", "rootfs_path",
-                                                  "boot_args", "vcpus", "memory_mib", "check_kind", "check_path",
-                                                  "check_argv")}
-            item = backend.image_add(spec)
-            emit(item) if emit else print(item["id"], file=out)
-        elif cmd == "ls":
-            items = backend.image_ls()
-            emit(items) if emit else _table(items, ["id", "name", "backend", "path"], out)
-        elif cmd == "get":
-            item = backend.image_get(args.image)
-            emit(item) if emit else _show(item, out)
-        elif cmd == "rm":
-            backend.image_rm(args.image)
-            emit({"ok": True}) if emit else print("removed", file=out)
-    elif group == "snapshot":
-        if cmd == "create":
-            image = args.image
-            if args.interactive:
-                image = _choose_image(backend, out)
-            if not image:
-                raise CliError("snapshot create: name an image, or use -i to choose one", EXIT_USAGE)
-            snap = backend.snapshot_create(image)
-            if not args.no_wait:
-                snap = _progress(backend, snap, sys.stderr if emit else out, out.isatty() and not emit)
-            emit(snap) if emit else _show(snap, out)
-            if snap["state"] == "unhealthy":
-                return EXIT_FAILURE
-        elif cmd == "ls":
-            items = backend.snapshot_ls(args.image, args.all)
-            emit(items) if emit else _table(
-                items, ["id", "runtime_image_id", "state", "phase", "generation", "success_count", "failure_count"], out)
-        elif cmd == "get":
-            item = backend.snapshot_get(args.snapshot)
-            emit(item) if emit else _show(item, out)
-        elif cmd == "rebuild":
-            item = backend.snapshot_rebuild(args.snapshot)
-            emit(item) if emit else print(f"rebuild of {args.snapshot} queued", file=out)
-        elif cmd == "rm":
-            backend.snapshot_rm(args.snapshot)
-            emit({"ok": True}) if emit else print("deleted", file=out)
-    elif group == "container":
-        if cmd == "run":
-            return _container_run(backend, args, out, emit)
-        elif cmd == "ls":
-            items = backend.container_ls(args.all)
-            emit(items) if emit else _table(
-                items, ["id", "name", "runtime", "state", "exit_code", "boot_method", "fallback_reason"], out)
-        elif cmd == "get":
-            item = backend.container_get(args.container)
-            emit(item) if emit else _show(item, out)
-        elif cmd == "wait":
-            timeout = _check_timeout(args.timeout)
-            item = backend.container_wait(args.container, timeout)
-            emit(item) if emit else _table([item], ["id", "state", "exit_code", "last_error"], out)
-            if item["state"] in ("provisioning", "running"):
-                raise CliError(f"container {item['id']} is still {item['state']} after {timeout:g} s")
-        elif cmd == "logs":
-            logs = backend.container_logs(args.container)
-            if emit:
-                emit(logs)
-            else:
-                _print_logs(logs, out)
-        elif cmd == "stop":
-            item = backend.container_stop(args.container)
-            emit(item) if emit else _table([item], ["id", "state", "exit_code"], out)
-        elif cmd == "rm":
-            backend.container_rm(args.container)
-            emit({"ok": True}) if emit else print("destroyed", file=out)
-    return EXIT_OK
-
-
-def _print_logs(logs, out):
-    out.write(logs["stdout"])
-    out.flush()
-    sys.stderr.write(logs["stderr"])
-    sys.stderr.flush()
-    if logs.get("truncated"):
-        print("fcwarm: (output truncated at 1 MiB per stream)", file=sys.stderr)
-
-
-def _container_run(backend, args, out, emit):
-    timeout = _check_timeout(args.timeout)
-    if timeout is not None and not args.wait:
-        raise CliError("--timeout applies to --wait only", EXIT_USAGE)
-    spec = {"image": args.image, "name": args.name, "container_image": args.container_image,
-            "command": list(args.command), "env": _parse_env(args.env), "force_cold": args.force_cold}
-    item = backend.container_run(spec)
-    if not args.wait:
-        if emit:
-            emit(item)
-        else:
-            _table([item], ["id", "state", "boot_method", "fallback_reason", "timings"], out)
-        return EXIT_OK
-    item = backend.container_wait(item["id"], timeout)
-    state = item["state"]
-    logs = None
-    if state not in ("provisioning", "failed"):
-        from .errors import Error
-
-        try:
-            logs = backend.container_logs(item["id"])
-        except (CliError, Error):
-            logs = None  # e.g. a `vm` container without a command has no output
-    if emit:
-        emit({"item": item, "logs": logs})
-    elif logs is not None:
-        _print_logs(logs, out)
-    if state == "exited" and item.get("exit_code") == 0:
-        return EXIT_OK
-    if state == "exited":
-        raise CliError(f"container {item['id']} exited with code {item.get('exit_code')}")
-    if state in ("provisioning", "running"):
-        raise CliError(f"container {item['id']} is still {state} after {timeout:g} s")
-    detail = f": {item['last_error']}" if item.get("last_error") else ""
-    raise CliError(f"container {item['id']} is {state}{detail}")
-
-
-def _choose_image(backend, out):
-    images = backend.image_ls()
-    if not images:
-        raise CliError("no runtime images are registered; add one with `fcwarm image add`", EXIT_NOT_FOUND)
-    for n, img in enumerate(images, 1):
-        print(f"{n:3d}) {img['name']}  ({img['id']})", file=out)
-    answer = input("image number: ").strip()
-    if not answer.isdigit() or not 1 <= int(answer) <= len(images):
-        raise CliError(f"'{answer}' is not a number between 1 and {len(images)}", EXIT_USAGE)
-    return images[int(answer) - 1]["id"]
 
 
 if __name__ == "__main__":
