@@ -30,6 +30,14 @@ class CliError(Exception):
         self.exit_code = exit_code
 
 
+def _is_terminal(state):
+    """True once a container (state name as in the REST API) can no longer change by itself: the library's
+    IsTerminal(ContainerState), exposed as ContainerState.finished."""
+    from . import _core
+
+    return _core.ContainerState.parse(state).finished
+
+
 def _exit_code_for(code):
     """The CLI exit code of a library error code name (the library's status table; REST errors carry the same
     names)."""
@@ -318,7 +326,7 @@ class RestBackend:
             if deadline is not None:
                 left_ms = max(0, min(self.MAX_WAIT_MS, int((deadline - time.monotonic()) * 1000)))
             item = self._call("POST", self._container_path(cid, "/wait"), query={"timeout_ms": str(left_ms)})["item"]
-            if item["state"] not in ("provisioning", "running"):
+            if _is_terminal(item["state"]):
                 return item
             if deadline is not None and time.monotonic() >= deadline:
                 return item
@@ -527,7 +535,7 @@ def _container_wait(backend, args, view):
     timeout = _check_timeout(args.timeout)
     item = backend.container_wait(args.container, timeout)
     view.table([item], ["id", "state", "exit_code", "last_error"], item)
-    if item["state"] in ("provisioning", "running"):
+    if not _is_terminal(item["state"]):
         raise CliError(f"container {item['id']} is still {item['state']} after {timeout:g} s")
 
 
@@ -583,7 +591,7 @@ def _container_run(backend, args, view):
         return EXIT_OK
     if state == "exited":
         raise CliError(f"container {item['id']} exited with code {item.get('exit_code')}")
-    if state in ("provisioning", "running"):
+    if not _is_terminal(state):
         raise CliError(f"container {item['id']} is still {state} after {timeout:g} s")
     detail = f": {item['last_error']}" if item.get("last_error") else ""
     raise CliError(f"container {item['id']} is {state}{detail}")
