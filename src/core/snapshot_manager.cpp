@@ -14,7 +14,10 @@
 
 #include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
+#include "store/images.hpp"
+#include "store/snapshots.hpp"
 #include "store/store_db.hpp"
+#include "store/vms.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -60,15 +63,9 @@ class SnapshotManager::Impl {
     state_cv_.notify_all();
     for (auto& t : workers_) t.join();
     for (const auto& job : cancelled) {
-      (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = 'unhealthy', phase = 'done', last_error = "
-                            "'cancelled: fcwarm shut down before the build started', updated_at = ? WHERE id = ? "
-                            "AND state = 'creating'");
-        q.bind(1, static_cast<int64_t>(util::NowMillis()));
-        q.bind(2, job.snapshot_id);
-        q.exec();
-        return Status::Ok();
+      (void)store_.db().Do([&](SQLite::Database& db) {
+        detail::AbandonBuild(db, job.snapshot_id, "cancelled: fcwarm shut down before the build started",
+                             util::NowMillis());
       });
     }
   }
@@ -84,31 +81,19 @@ class SnapshotManager::Impl {
     auto id = Id::Generate().str();
     auto now = util::NowMillis();
     auto created = store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
-      auto img = detail::StoreDb::ImageById(db, image_id);
+      auto img = detail::ImageById(db, image_id);
       if (!img.ok()) return img.status();
-      SQLite::Statement per(db, "SELECT COUNT(*) FROM runtime_snapshots WHERE runtime_image_id = ? AND state != 'deleted'");
-      per.bind(1, image_id);
-      per.executeStep();
-      if (per.getColumn(0).getInt64() >= opts_.max_snapshots_per_image) {
+      if (detail::CountLiveSnapshots(db, image_id) >= opts_.max_snapshots_per_image) {
         return Status::ResourceExhausted("runtime image '" + image_id + "' already has " +
                                          std::to_string(opts_.max_snapshots_per_image) +
                                          " runtime snapshots (max_snapshots_per_image); delete or rebuild one");
       }
-      SQLite::Statement total(db, "SELECT COUNT(*) FROM runtime_snapshots WHERE state != 'deleted'");
-      total.executeStep();
-      if (total.getColumn(0).getInt64() >= opts_.max_snapshots_total) {
+      if (detail::CountLiveSnapshots(db, "") >= opts_.max_snapshots_total) {
         return Status::ResourceExhausted("the maximum of " + std::to_string(opts_.max_snapshots_total) +
                                          " runtime snapshots (max_snapshots_total) is reached");
       }
-      SQLite::Statement ins(db,
-                            "INSERT INTO runtime_snapshots(id, runtime_image_id, state, phase, created_at, "
-                            "updated_at) VALUES (?, ?, 'creating', 'queued', ?, ?)");
-      ins.bind(1, id);
-      ins.bind(2, image_id);
-      ins.bind(3, static_cast<int64_t>(now));
-      ins.bind(4, static_cast<int64_t>(now));
-      ins.exec();
-      return detail::StoreDb::SnapshotById(db, id);
+      detail::InsertSnapshot(db, id, image_id, now);
+      return detail::SnapshotById(db, id);
     });
     if (!created.ok()) return created;
     Enqueue(Job{id, image_id, false});
@@ -118,7 +103,7 @@ class SnapshotManager::Impl {
 
   Result<RuntimeSnapshot> Get(const std::string& id) const {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
-    return store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::SnapshotById(db, id); });
+    return store_.db().With([&](SQLite::Database& db) { return detail::SnapshotById(db, id); });
   }
 
   Result<std::vector<RuntimeSnapshot>> List(const SnapshotFilter& f) const {
@@ -126,17 +111,7 @@ class SnapshotManager::Impl {
       if (auto p = Id::Parse("runtime_image_id", f.runtime_image_id); !p.ok()) return p.status();
     }
     return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<RuntimeSnapshot>> {
-      std::string sql = std::string("SELECT ") + detail::StoreDb::kSnapshotColumns + " FROM runtime_snapshots WHERE 1=1";
-      if (!f.runtime_image_id.empty()) sql += " AND runtime_image_id = :image";
-      if (f.state) sql += " AND state = :state";
-      else if (!f.include_deleted) sql += " AND state != 'deleted'";
-      sql += " ORDER BY created_at DESC, rowid DESC";
-      SQLite::Statement q(db, sql);
-      if (!f.runtime_image_id.empty()) q.bind(":image", f.runtime_image_id);
-      if (f.state) q.bind(":state", std::string(ToString(*f.state)));
-      std::vector<RuntimeSnapshot> out;
-      while (q.executeStep()) out.push_back(detail::StoreDb::ReadSnapshot(q));
-      return out;
+      return detail::ListSnapshots(db, f);
     });
   }
 
@@ -154,15 +129,8 @@ class SnapshotManager::Impl {
       return Status::AlreadyExists("a build of image '" + snap->runtime_image_id + "' is in flight");
     }
     if (active_snapshots_.count(id)) return snap;  // the build in flight is the rebuild
-    auto st = store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db,
-                          "UPDATE runtime_snapshots SET state = 'creating', phase = 'queued', updated_at = ? "
-                          "WHERE id = ? AND state != 'deleted'");
-      q.bind(1, static_cast<int64_t>(util::NowMillis()));
-      q.bind(2, id);
-      q.exec();
-      return Status::Ok();
-    });
+    auto st =
+        store_.db().Do([&](SQLite::Database& db) { detail::RequeueSnapshot(db, id, util::NowMillis()); });
     if (!st.ok()) return st;
     EnqueueLocked(Job{id, snap->runtime_image_id, automatic});
     lock.unlock();
@@ -175,22 +143,17 @@ class SnapshotManager::Impl {
   Status Delete(const std::string& id) {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
     auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
-      auto snap = detail::StoreDb::SnapshotById(db, id);
+      auto snap = detail::SnapshotById(db, id);
       if (!snap.ok()) return snap.status();
       if (snap->state == SnapshotState::kDeleted) return Status::Ok();
-      SQLite::Statement q(db, "UPDATE runtime_snapshots SET state = 'deleted', updated_at = ? WHERE id = ?");
-      q.bind(1, static_cast<int64_t>(util::NowMillis()));
-      q.bind(2, id);
-      q.exec();
-      SQLite::Statement g(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-      g.bind(1, id);
-      g.exec();
+      detail::SetSnapshotState(db, id, SnapshotState::kDeleted, util::NowMillis());
+      detail::RetireCurrentGeneration(db, id);
       Event e;
       e.kind = "snapshot";
       e.snapshot_id = id;
       e.runtime_image_id = snap->runtime_image_id;
       e.outcome = "deleted";
-      detail::StoreDb::InsertEvent(db, e);
+      detail::InsertEvent(db, e);
       return Status::Ok();
     });
     if (!st.ok()) return st;
@@ -213,27 +176,15 @@ class SnapshotManager::Impl {
   Result<GcReport> CollectGarbage() {
     std::lock_guard gc(gc_mu_);
     GcReport report;
-    struct Retired {
-      std::string snapshot_id;
-      int64_t number;
-      fs::path dir;
-    };
-    auto dirs = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<Retired>> {
-      SQLite::Statement q(db,
-                          "SELECT g.snapshot_id, g.number, g.dir FROM generations g WHERE g.status = 'retired' AND "
-                          "NOT EXISTS (SELECT 1 FROM vms v WHERE v.snapshot_id = g.snapshot_id AND v.generation = "
-                          "g.number AND v.state IN ('starting','running','stopped'))");
-      std::vector<Retired> out;
-      while (q.executeStep()) {
-        out.push_back({q.getColumn(0).getString(), q.getColumn(1).getInt64(), q.getColumn(2).getString()});
-      }
-      return out;
-    });
+    auto dirs =
+        store_.db().With([&](SQLite::Database& db) -> Result<std::vector<detail::CollectableGeneration>> {
+          return detail::CollectableGenerations(db);
+        });
     if (!dirs.ok()) return dirs.status();
-    for (const Retired& r : *dirs) {
+    for (const auto& r : *dirs) {
       const std::string& snapshot_id = r.snapshot_id;
       const int64_t number = r.number;
-      const fs::path& dir = r.dir;
+      const fs::path dir = r.dir;
       if (!util::IsWithin(opts_.root_dir, dir)) {
         spdlog::error("gc: refusing to remove {} outside the snapshot root", dir.string());
         continue;
@@ -242,12 +193,8 @@ class SnapshotManager::Impl {
       report.removed_generations++;
       std::error_code ec;
       fs::remove(dir.parent_path(), ec);  // the snapshot directory, if now empty
-      (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db, "UPDATE generations SET status = 'removed' WHERE snapshot_id = ? AND number = ?");
-        q.bind(1, snapshot_id);
-        q.bind(2, static_cast<int64_t>(number));
-        q.exec();
-        return Status::Ok();
+      (void)store_.db().Do([&](SQLite::Database& db) {
+        detail::SetGenerationStatus(db, snapshot_id, number, detail::GenerationStatus::kRemoved);
       });
       spdlog::info("gc: removed generation {} of snapshot {} ({})", number, snapshot_id, dir.string());
     }
@@ -265,18 +212,15 @@ class SnapshotManager::Impl {
   Result<RuntimeSnapshot> PinGeneration(const std::string& snapshot_id, const std::string& vm_id) {
     std::lock_guard gc(gc_mu_);
     return store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
-      auto snap = detail::StoreDb::SnapshotById(db, snapshot_id);
+      auto snap = detail::SnapshotById(db, snapshot_id);
       if (!snap.ok()) return snap;
       if (snap->state != SnapshotState::kReady || snap->generation_dir.empty()) {
         return Status::FailedPrecondition("runtime snapshot '" + snapshot_id + "' is " +
                                           std::string(ToString(snap->state)) + ", not ready");
       }
-      SQLite::Statement q(db, "UPDATE vms SET snapshot_id = ?, generation = ?, updated_at = ? WHERE id = ?");
-      q.bind(1, snapshot_id);
-      q.bind(2, static_cast<int64_t>(snap->generation));
-      q.bind(3, static_cast<int64_t>(util::NowMillis()));
-      q.bind(4, vm_id);
-      if (q.exec() != 1) return Status::NotFound("vm '" + vm_id + "' not found");
+      if (!detail::PinGeneration(db, vm_id, snapshot_id, snap->generation, util::NowMillis())) {
+        return Status::NotFound("vm '" + vm_id + "' not found");
+      }
       return snap;
     });
   }
@@ -382,14 +326,8 @@ class SnapshotManager::Impl {
 
   void SetPhase(const std::string& id, BuildPhase phase) {
     if (Stopping()) throw BuildCancelled{};
-    (void)store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db, "UPDATE runtime_snapshots SET phase = ?, updated_at = ? WHERE id = ?");
-      q.bind(1, std::string(ToString(phase)));
-      q.bind(2, static_cast<int64_t>(util::NowMillis()));
-      q.bind(3, id);
-      q.exec();
-      return Status::Ok();
-    });
+    (void)store_.db().Do(
+        [&](SQLite::Database& db) { detail::SetSnapshotPhase(db, id, phase, util::NowMillis()); });
     state_cv_.notify_all();
   }
 
@@ -400,20 +338,15 @@ class SnapshotManager::Impl {
     out.automatic = job.automatic;
     auto t_total = std::chrono::steady_clock::now();
 
-    auto image = store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::ImageById(db, job.image_id); });
+    auto image = store_.db().With([&](SQLite::Database& db) { return detail::ImageById(db, job.image_id); });
     auto snap = Get(job.snapshot_id);
     if (!image.ok() || !snap.ok() || snap->state == SnapshotState::kDeleted) {
       out.error = "snapshot or image vanished before the build started";
       return out;
     }
     int64_t gen = 0;
-    (void)store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db, "SELECT COALESCE(MAX(number), 0) FROM generations WHERE snapshot_id = ?");
-      q.bind(1, job.snapshot_id);
-      q.executeStep();
-      gen = q.getColumn(0).getInt64() + 1;
-      return Status::Ok();
-    });
+    (void)store_.db().Do(
+        [&](SQLite::Database& db) { gen = detail::NextGenerationNumber(db, job.snapshot_id); });
     out.generation = gen;
     fs::path snap_dir = fs::path(opts_.root_dir) / job.image_id / job.snapshot_id;
     fs::path final_dir = snap_dir / ("gen-" + std::to_string(gen));
@@ -432,14 +365,8 @@ class SnapshotManager::Impl {
     };
 
     try {
-      (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db, "INSERT INTO generations(snapshot_id, number, dir, status, created_at) VALUES (?,?,?,'building',?)");
-        q.bind(1, job.snapshot_id);
-        q.bind(2, static_cast<int64_t>(gen));
-        q.bind(3, final_dir.string());
-        q.bind(4, static_cast<int64_t>(util::NowMillis()));
-        q.exec();
-        return Status::Ok();
+      (void)store_.db().Do([&](SQLite::Database& db) {
+        detail::InsertGeneration(db, job.snapshot_id, gen, final_dir.string(), util::NowMillis());
       });
       util::RemoveTree(tmp_dir);
       util::RemoveTree(work_dir);
@@ -530,41 +457,25 @@ class SnapshotManager::Impl {
       uint64_t apparent = 0, allocated = 0;
       util::DiskUsage(final_dir, &apparent, &allocated);
       bool deleted_meanwhile = false;
+      detail::PublishedGeneration published{.number = gen,
+                                            .dir = final_dir.string(),
+                                            .compatibility_key = key->first,
+                                            .compatibility = key->second,
+                                            .size_bytes = apparent,
+                                            .disk_bytes = allocated,
+                                            .files = built.files,
+                                            .manifest_digest = manifest_digest};
       auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
-        auto cur = detail::StoreDb::SnapshotById(db, job.snapshot_id);
+        auto cur = detail::SnapshotById(db, job.snapshot_id);
         if (!cur.ok()) return cur.status();
         if (cur->state == SnapshotState::kDeleted) {
           deleted_meanwhile = true;
-          SQLite::Statement g(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND number = ?");
-          g.bind(1, job.snapshot_id);
-          g.bind(2, static_cast<int64_t>(gen));
-          g.exec();
+          detail::SetGenerationStatus(db, job.snapshot_id, gen, detail::GenerationStatus::kRetired);
           return Status::Ok();
         }
-        SQLite::Statement old(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-        old.bind(1, job.snapshot_id);
-        old.exec();
-        SQLite::Statement g(db, "UPDATE generations SET status = 'current' WHERE snapshot_id = ? AND number = ?");
-        g.bind(1, job.snapshot_id);
-        g.bind(2, static_cast<int64_t>(gen));
-        g.exec();
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = 'ready', phase = 'done', generation = ?, "
-                            "generation_dir = ?, compatibility_key = ?, compatibility = ?, size_bytes = ?, "
-                            "disk_bytes = ?, files = ?, manifest_digest = ?, consecutive_failures = 0, "
-                            "build_failures = 0, restores_since_full_verify = 0, last_error = '', updated_at = ? "
-                            "WHERE id = ?");
-        q.bind(1, static_cast<int64_t>(gen));
-        q.bind(2, final_dir.string());
-        q.bind(3, key->first);
-        q.bind(4, util::StringMapToJson(key->second));
-        q.bind(5, static_cast<int64_t>(apparent));
-        q.bind(6, static_cast<int64_t>(allocated));
-        q.bind(7, util::FilesToJson(built.files));
-        q.bind(8, manifest_digest);
-        q.bind(9, static_cast<int64_t>(util::NowMillis()));
-        q.bind(10, job.snapshot_id);
-        q.exec();
+        detail::RetireCurrentGeneration(db, job.snapshot_id);
+        detail::SetGenerationStatus(db, job.snapshot_id, gen, detail::GenerationStatus::kCurrent);
+        detail::PublishSnapshot(db, job.snapshot_id, published, util::NowMillis());
         return Status::Ok();
       });
       if (!st.ok()) throw st;
@@ -593,24 +504,11 @@ class SnapshotManager::Impl {
       out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " + result.message();
       out.timings["total"] = util::MsSince(t_total);
       (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-        SQLite::Statement g(db, "DELETE FROM generations WHERE snapshot_id = ? AND number = ?");
-        g.bind(1, job.snapshot_id);
-        g.bind(2, static_cast<int64_t>(gen));
-        g.exec();
-        SQLite::Statement old(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-        old.bind(1, job.snapshot_id);
-        old.exec();
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = CASE WHEN state = 'deleted' THEN 'deleted' ELSE "
-                            "'unhealthy' END, phase = 'done', last_error = ?, build_failures = build_failures + 1, "
-                            "updated_at = ? WHERE id = ?");
-        q.bind(1, out.error);
-        q.bind(2, static_cast<int64_t>(util::NowMillis()));
-        q.bind(3, job.snapshot_id);
-        q.exec();
-        SQLite::Statement r(db, "SELECT build_failures FROM runtime_snapshots WHERE id = ?");
-        r.bind(1, job.snapshot_id);
-        if (r.executeStep()) out.build_failures = r.getColumn(0).getInt64();
+        detail::DeleteGeneration(db, job.snapshot_id, gen);
+        detail::RetireCurrentGeneration(db, job.snapshot_id);
+        if (auto failures = detail::RecordBuildFailure(db, job.snapshot_id, out.error, util::NowMillis())) {
+          out.build_failures = *failures;
+        }
         return Status::Ok();
       });
       spdlog::warn("snapshot {}: {}", job.snapshot_id, out.error);
@@ -650,19 +548,11 @@ class SnapshotManager::Impl {
   void Reconcile() {
     // 1. Builds a crash interrupted.
     (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-      SQLite::Statement sel(db, "SELECT id, runtime_image_id FROM runtime_snapshots WHERE state = 'creating'");
-      std::vector<std::pair<std::string, std::string>> ids;
-      while (sel.executeStep()) ids.emplace_back(sel.getColumn(0).getString(), sel.getColumn(1).getString());
-      for (const auto& [id, image] : ids) {
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = 'unhealthy', phase = 'done', last_error = "
-                            "'interrupted', updated_at = ? WHERE id = ?");
-        q.bind(1, static_cast<int64_t>(util::NowMillis()));
-        q.bind(2, id);
-        q.exec();
-        SQLite::Statement old(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-        old.bind(1, id);
-        old.exec();
+      for (const auto& snap : detail::ListSnapshots(db, {"", SnapshotState::kCreating, false})) {
+        const std::string& id = snap.id;
+        const std::string& image = snap.runtime_image_id;
+        detail::AbandonBuild(db, id, "interrupted", util::NowMillis());
+        detail::RetireCurrentGeneration(db, id);
         Event e;
         e.kind = "reconcile";
         e.snapshot_id = id;
@@ -670,10 +560,10 @@ class SnapshotManager::Impl {
         e.outcome = "unhealthy";
         e.reason = "interrupted";
         e.message = "build interrupted by a restart";
-        detail::StoreDb::InsertEvent(db, e);
+        detail::InsertEvent(db, e);
         report_.interrupted_builds++;
       }
-      db.exec("DELETE FROM generations WHERE status = 'building'");
+      detail::DeleteBuildingGenerations(db);
       return Status::Ok();
     });
     // 2. Temporary directories.
@@ -697,35 +587,25 @@ class SnapshotManager::Impl {
     // 3. VMM processes of the previous run.
     if (opts_.reconcile_processes) {
       (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db, "SELECT pid, start_time, role, owner_id FROM processes");
-        while (q.executeStep()) {
-          int pid = q.getColumn(0).getInt();
-          auto start = static_cast<uint64_t>(q.getColumn(1).getInt64());
-          if (pid > 1 && util::IsSameProcess(pid, start)) {
-            spdlog::warn("reconcile: killing leftover {} process {} of {}", q.getColumn(2).getString(), pid,
-                         q.getColumn(3).getString());
-            ::kill(pid, SIGKILL);
-            util::WaitFor(pid, std::chrono::milliseconds(2000));
+        for (const auto& p : detail::RecordedProcesses(db)) {
+          if (p.pid > 1 && util::IsSameProcess(p.pid, p.start_time)) {
+            spdlog::warn("reconcile: killing leftover {} process {} of {}", p.role, p.pid, p.owner_id);
+            ::kill(p.pid, SIGKILL);
+            util::WaitFor(p.pid, std::chrono::milliseconds(2000));
             report_.killed_processes++;
           }
         }
-        db.exec("DELETE FROM processes");
+        detail::ForgetAllProcesses(db);
         return Status::Ok();
       });
     }
     // 4. VMs the previous run owned: their processes are gone, release what they held.
     (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-      SQLite::Statement sel(db, "SELECT id, work_dir FROM vms WHERE state IN ('starting','running','stopped')");
-      std::vector<std::pair<std::string, std::string>> vms;
-      while (sel.executeStep()) vms.emplace_back(sel.getColumn(0).getString(), sel.getColumn(1).getString());
-      for (const auto& [id, dir] : vms) {
-        SQLite::Statement q(db, "UPDATE vms SET state = 'lost', last_error = 'owner process restarted', updated_at = ? WHERE id = ?");
-        q.bind(1, static_cast<int64_t>(util::NowMillis()));
-        q.bind(2, id);
-        q.exec();
-        SQLite::Statement a(db, "DELETE FROM address_allocations WHERE vm_id = ?");
-        a.bind(1, id);
-        a.exec();
+      for (const auto& vm : detail::LiveVms(db)) {
+        const std::string& id = vm.id;
+        const std::string& dir = vm.work_dir;
+        detail::SetVmState(db, id, VmState::kLost, "owner process restarted", util::NowMillis());
+        detail::ReleaseAddress(db, id);
         if (!dir.empty() && fs::path(dir).filename() == id) util::RemoveTree(dir);
         report_.lost_vms++;
       }
