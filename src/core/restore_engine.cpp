@@ -15,6 +15,7 @@
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
 #include "util/common.hpp"
+#include "util/scope_guard.hpp"
 
 namespace fcwarm {
 namespace fs = std::filesystem;
@@ -326,6 +327,7 @@ class RestoreEngine::Impl {
     // Pin the generation so a concurrent rebuild/delete cannot collect its files under us.
     auto pinned = snapshots_.PinGeneration(snap.id, rec.id);
     if (!pinned.ok()) return fail(FallbackReason::kSnapshotUnhealthy, pinned.status().message());
+    util::ScopeGuard unpin([&] { Unpin(rec.id); });  // every failing exit below drops the pin
     snap = *pinned;
     // 5. Checksums.
     t = Clock::now();
@@ -333,14 +335,12 @@ class RestoreEngine::Impl {
     timings["verify_checksums"] = util::MsSince(t);
     if (!verified.ok()) {
       (void)health_.RecordFailure(snap.id, snap.generation, "corrupt: " + verified.message());
-      Unpin(rec.id);
       return fail(FallbackReason::kCorrupt, "runtime snapshot '" + snap.id + "' is corrupt: " + verified.message());
     }
     // 6. Clone resources: a fresh, empty work directory.
     t = Clock::now();
     util::RemoveTree(spec.work_dir);
     if (auto st = util::MakeDirs(spec.work_dir); !st.ok()) {
-      Unpin(rec.id);
       return fail(FallbackReason::kRestoreFailed, st.message());
     }
     timings["prepare"] = util::MsSince(t);
@@ -351,7 +351,6 @@ class RestoreEngine::Impl {
     if (!restored.ok()) {
       (void)health_.RecordFailure(snap.id, snap.generation, "restore failed: " + restored.status().message());
       CleanWorkDir(spec);
-      Unpin(rec.id);
       return fail(FallbackReason::kRestoreFailed, restored.status().message());
     }
     std::unique_ptr<Vm> vm = std::move(restored).value();
@@ -362,20 +361,15 @@ class RestoreEngine::Impl {
     }
     if (hook) hook(rec.id, *vm);
     // 8. Identity, 9. runtime verification.
-    auto verify = MakeUnique(*vm, spec, opts_.restore_agent_timeout, timings);
-    if (verify.ok()) {
-      t = Clock::now();
-      verify = internal::WaitForRuntime(*vm, image.runtime_check, opts_.restore_runtime_timeout, opts_.poll_interval);
-      timings["runtime_verify"] = util::MsSince(t);
-    }
+    auto verify = MakeUniqueAndVerify(vm, spec, image.runtime_check,
+                                      {opts_.restore_agent_timeout, opts_.restore_runtime_timeout}, timings);
     if (!verify.ok()) {
-      Discard(std::move(vm), spec);
       (void)health_.RecordFailure(snap.id, snap.generation, "verify failed: " + verify.message());
-      Unpin(rec.id);
       return fail(FallbackReason::kVerifyFailed, verify.message());
     }
     // 10. Success.
     (void)health_.RecordSuccess(snap.id, snap.generation);
+    unpin.Dismiss();
     return vm;
   }
 
@@ -390,17 +384,29 @@ class RestoreEngine::Impl {
       return booted.status();
     }
     std::unique_ptr<Vm> vm = std::move(booted).value();
-    auto st = MakeUnique(*vm, spec, opts_.cold_agent_timeout, timings);
+    auto st = MakeUniqueAndVerify(vm, spec, image.runtime_check,
+                                  {opts_.cold_agent_timeout, opts_.cold_runtime_timeout}, timings);
+    if (!st.ok()) return st;
+    return vm;
+  }
+
+  struct VerifyDeadlines {
+    std::chrono::milliseconds agent;
+    std::chrono::milliseconds runtime;
+  };
+
+  // Steps 8 and 9 of either path: makes the started VM unique, then waits for its runtime check. On failure
+  // the VM is discarded (stopped, its work directory emptied) and `vm` is null.
+  Status MakeUniqueAndVerify(std::unique_ptr<Vm>& vm, const LaunchSpec& spec, const RuntimeCheck& check,
+                             VerifyDeadlines deadlines, Timings& timings) {
+    auto st = MakeUnique(*vm, spec, deadlines.agent, timings);
     if (st.ok()) {
-      t = Clock::now();
-      st = internal::WaitForRuntime(*vm, image.runtime_check, opts_.cold_runtime_timeout, opts_.poll_interval);
+      auto t = Clock::now();
+      st = internal::WaitForRuntime(*vm, check, deadlines.runtime, opts_.poll_interval);
       timings["runtime_verify"] = util::MsSince(t);
     }
-    if (!st.ok()) {
-      Discard(std::move(vm), spec);
-      return st;
-    }
-    return vm;
+    if (!st.ok()) Discard(std::move(vm), spec);
+    return st;
   }
 
   Status MakeUnique(Vm& vm, const LaunchSpec& spec, std::chrono::milliseconds agent_timeout, Timings& timings) {
