@@ -35,7 +35,6 @@ struct Job {
   bool automatic = false;
 };
 
-struct BuildCancelled {};
 }  // namespace
 
 class SnapshotManager::Impl {
@@ -324,11 +323,228 @@ class SnapshotManager::Impl {
     return stopping_;
   }
 
-  void SetPhase(const std::string& id, BuildPhase phase) {
-    if (Stopping()) throw BuildCancelled{};
+  // ---- builds -------------------------------------------------------------------
+  //
+  // A build is a chain of named phases, like firecracker-go-sdk's Handlers list: each phase is a function
+  // that returns a Status, the chain stops at the first error, and entering a phase records the time spent
+  // in the previous one under that phase's name. A failure is reported naming the phase it happened in.
+
+  // What one build works on; the phases fill it in as they go.
+  struct Build {
+    explicit Build(const Job& j) : job(j) {}
+    const Job& job;
+    RuntimeImage image;
+    int64_t generation = 0;
+    fs::path snap_dir;   // <root>/<image>/<snapshot>
+    fs::path final_dir;  // snap_dir/gen-<N>
+    fs::path tmp_dir;    // snap_dir/.tmp-gen-<N>, renamed to final_dir when published
+    fs::path work_dir;   // the build VM's work directory
+    std::string owner;   // owner of the build VM's processes in the store
+    std::shared_ptr<Vmm> vmm;
+    std::pair<std::string, std::map<std::string, std::string>> key;  // compatibility key, components
+    std::unique_ptr<Vm> vm;
+    std::vector<SnapshotFile> files;
+    std::string manifest_digest;
+    bool deleted_meanwhile = false;
+  };
+
+  struct BuildStep {
+    BuildPhase phase;
+    Status (Impl::*run)(Build&);
+  };
+
+  // The chain, in order. The first step runs while the snapshot is still `queued`.
+  static const std::vector<BuildStep>& BuildSteps() {
+    static const std::vector<BuildStep> kSteps = {
+        {BuildPhase::kQueued, &Impl::PrepareBuild},       // generation record, directories, backend, key
+        {BuildPhase::kBooting, &Impl::BootBuildVm},       // cold boot
+        {BuildPhase::kWaitingRuntime, &Impl::WaitReady},  // agent, then runtime check
+        {BuildPhase::kQuiescing, &Impl::QuiesceGuest},    // guest drops per-boot state
+        {BuildPhase::kPausing, &Impl::PauseVm},           // vCPUs stop
+        {BuildPhase::kSnapshotting, &Impl::SnapshotVm},   // state to disk, build VM stopped
+        {BuildPhase::kVerifying, &Impl::WriteManifest},   // fsync + XXH3 of every file, manifest.json
+        {BuildPhase::kPublishing, &Impl::Publish},        // rename() into place, commit the generation
+    };
+    return kSteps;
+  }
+
+  static Status Cancelled() { return Status::Unavailable("cancelled: fcwarm shut down during the build"); }
+
+  // Runs the chain. `phase` ends as the phase that failed (or the last one); `timings` gets the duration of
+  // every phase after `queued` that was left, and of the last one when the chain succeeds.
+  Status RunBuildSteps(Build& b, BuildPhase& phase, Timings& timings) {
+    auto t_phase = std::chrono::steady_clock::now();
+    for (const BuildStep& step : BuildSteps()) {
+      if (step.phase != phase) {
+        if (phase != BuildPhase::kQueued) timings[std::string(ToString(phase))] = util::MsSince(t_phase);
+        phase = step.phase;
+        t_phase = std::chrono::steady_clock::now();
+        if (auto st = EnterPhase(b.job.snapshot_id, phase); !st.ok()) return st;
+      }
+      if (auto st = RunBuildStep(step, b); !st.ok()) return st;
+    }
+    timings[std::string(ToString(phase))] = util::MsSince(t_phase);
+    return Status::Ok();
+  }
+
+  // A step; an exception from a dependency (std::filesystem, Boost.JSON) fails the build like an error.
+  Status RunBuildStep(const BuildStep& step, Build& b) {
+    try {
+      return (this->*step.run)(b);
+    } catch (const std::exception& e) {
+      return Status::Internal(std::string("build failed: ") + e.what());
+    }
+  }
+
+  // Records the phase the build enters; gives up (cancelled) when the manager is shutting down.
+  Status EnterPhase(const std::string& id, BuildPhase phase) {
+    if (Stopping()) return Cancelled();
     (void)store_.db().Do(
         [&](SQLite::Database& db) { detail::SetSnapshotPhase(db, id, phase, util::NowMillis()); });
     state_cv_.notify_all();
+    return Status::Ok();
+  }
+
+  // queued: the generation's record and directories, the backend, the compatibility key.
+  Status PrepareBuild(Build& b) {
+    (void)store_.db().Do([&](SQLite::Database& db) {
+      detail::InsertGeneration(db, b.job.snapshot_id, b.generation, b.final_dir.string(), util::NowMillis());
+    });
+    util::RemoveTree(b.tmp_dir);
+    util::RemoveTree(b.work_dir);
+    if (auto st = util::MakeDirs(b.tmp_dir); !st.ok()) return st;
+    if (auto st = util::MakeDirs(b.work_dir); !st.ok()) return st;
+    b.vmm = vmms_.Find(b.image.backend);
+    if (!b.vmm) return Status::Unavailable("backend '" + b.image.backend + "' is not available");
+    auto key = CompatibilityKeyFor(b.image);
+    if (!key.ok()) return key.status();
+    b.key = *key;
+    return Status::Ok();
+  }
+
+  // booting: a cold boot of the build VM.
+  Status BootBuildVm(Build& b) {
+    LaunchSpec spec;
+    spec.vm_id = Id::Generate().str();
+    spec.image = b.image;
+    spec.work_dir = b.work_dir.string();
+    spec.network.hostname = "fcwarm-build";
+    spec.on_process_started = [this, owner = b.owner](int pid) {
+      internal::RecordProcess(store_, pid, "build", owner);
+    };
+    auto booted = b.vmm->ColdBoot(spec);
+    if (!booted.ok()) return booted.status().WithContext("cold boot of the build VM");
+    b.vm = std::move(booted).value();
+    return Status::Ok();
+  }
+
+  // waiting_runtime: the same waits RestoreEngine uses (agent, then runtime check), given up on shutdown.
+  Status WaitReady(Build& b) {
+    auto stopping = [this] { return Stopping(); };
+    auto agent = internal::WaitForAgent(*b.vm, opts_.agent_timeout, opts_.poll_interval, stopping);
+    if (Stopping()) return Cancelled();
+    if (!agent.ok()) return agent.status();
+    auto ready = internal::WaitForRuntime(*b.vm, b.image.runtime_check, opts_.runtime_timeout,
+                                          opts_.poll_interval, stopping);
+    if (Stopping()) return Cancelled();
+    return ready;
+  }
+
+  // quiescing: the guest drops per-boot state.
+  Status QuiesceGuest(Build& b) {
+    return b.vm->guest().Quiesce(std::chrono::milliseconds(30000)).WithContext("quiesce");
+  }
+
+  // pausing: the vCPUs stop.
+  Status PauseVm(Build& b) { return b.vm->Pause().WithContext("pause"); }
+
+  // snapshotting: the VM's state into the temporary directory; the build VM is no longer needed after that.
+  Status SnapshotVm(Build& b) {
+    if (auto st = b.vm->Snapshot(b.tmp_dir.string()); !st.ok()) return st.WithContext("snapshot");
+    (void)b.vm->Stop(opts_.stop_grace);
+    b.vm.reset();
+    internal::ForgetProcesses(store_, b.owner);
+    return Status::Ok();
+  }
+
+  // verifying: every file fsynced and hashed, then manifest.json written durably.
+  Status WriteManifest(Build& b) {
+    std::error_code ec;
+    std::vector<fs::path> entries;
+    for (const auto& e : fs::directory_iterator(b.tmp_dir, ec)) entries.push_back(e.path());
+    std::sort(entries.begin(), entries.end());
+    for (const auto& p : entries) {
+      if (!fs::is_regular_file(p)) {
+        return Status::Internal("snapshot produced a non-regular file: " + p.string());
+      }
+      if (p.filename() == kManifestName) return Status::Internal("backend wrote a file named manifest.json");
+      if (auto st = util::FsyncPath(p); !st.ok()) return st;
+      auto digest = util::Xxh3File(p);
+      if (!digest.ok()) return digest.status();
+      SnapshotFile f;
+      f.name = p.filename().string();
+      f.size = fs::file_size(p);
+      f.mtime_ns = util::MtimeNs(p);
+      f.xxh3 = *digest;
+      b.files.push_back(std::move(f));
+    }
+    if (b.files.empty()) return Status::Internal("the backend wrote no snapshot files");
+    json::array files;
+    for (const auto& f : b.files) {
+      files.push_back(json::object{{"name", f.name}, {"size", f.size}, {"xxh3", f.xxh3}});
+    }
+    json::object comp;
+    for (const auto& [k, v] : b.key.second) comp[k] = v;
+    json::object manifest{
+        {"format", kManifestFormat},
+        {"snapshot_id", b.job.snapshot_id},
+        {"runtime_image_id", b.job.image_id},
+        {"generation", b.generation},
+        {"compatibility_key", b.key.first},
+        {"compatibility", comp},
+        {"vm_shape", json::object{{"vcpus", b.image.shape.vcpus}, {"memory_mib", b.image.shape.memory_mib}}},
+        {"agent_protocol", kGuestProtocolVersion},
+        {"files", files},
+        {"created_at", util::NowMillis()}};
+    std::string manifest_text = json::serialize(manifest) + "\n";
+    if (auto st = util::WriteFileDurable(b.tmp_dir / kManifestName, manifest_text); !st.ok()) return st;
+    b.manifest_digest = util::Xxh3Hex(manifest_text);
+    return Status::Ok();
+  }
+
+  // publishing: fsync, rename() into place, fsync the directory, then the new generation in one transaction
+  // (retired at once if the snapshot was deleted meanwhile).
+  Status Publish(Build& b) {
+    if (auto st = util::FsyncPath(b.tmp_dir); !st.ok()) return st;
+    util::RemoveTree(b.final_dir);
+    std::error_code ec;
+    fs::rename(b.tmp_dir, b.final_dir, ec);
+    if (ec) return Status::Unavailable("publish " + b.final_dir.string() + ": " + ec.message());
+    if (auto st = util::FsyncPath(b.snap_dir); !st.ok()) return st;
+    uint64_t apparent = 0, allocated = 0;
+    util::DiskUsage(b.final_dir, &apparent, &allocated);
+    detail::PublishedGeneration published{.number = b.generation,
+                                          .dir = b.final_dir.string(),
+                                          .compatibility_key = b.key.first,
+                                          .compatibility = b.key.second,
+                                          .size_bytes = apparent,
+                                          .disk_bytes = allocated,
+                                          .files = b.files,
+                                          .manifest_digest = b.manifest_digest};
+    const std::string& id = b.job.snapshot_id;
+    return store_.db().Tx([&](SQLite::Database& db) -> Status {
+      auto cur = detail::SnapshotById(db, id);
+      if (!cur.ok()) return cur.status();
+      if (cur->state == SnapshotState::kDeleted) {
+        b.deleted_meanwhile = true;
+        detail::SetGenerationStatus(db, id, b.generation, detail::GenerationStatus::kRetired);
+        return Status::Ok();
+      }
+      detail::RetireCurrentGeneration(db, id);
+      detail::SetGenerationStatus(db, id, b.generation, detail::GenerationStatus::kCurrent);
+      detail::PublishSnapshot(db, id, published, util::NowMillis());
+      return Status::Ok();
+    });
   }
 
   BuildOutcome RunBuild(const Job& job) {
@@ -344,162 +560,35 @@ class SnapshotManager::Impl {
       out.error = "snapshot or image vanished before the build started";
       return out;
     }
-    int64_t gen = 0;
+    Build b(job);
+    b.image = *image;
     (void)store_.db().Do(
-        [&](SQLite::Database& db) { gen = detail::NextGenerationNumber(db, job.snapshot_id); });
+        [&](SQLite::Database& db) { b.generation = detail::NextGenerationNumber(db, job.snapshot_id); });
+    const int64_t gen = b.generation;
     out.generation = gen;
-    fs::path snap_dir = fs::path(opts_.root_dir) / job.image_id / job.snapshot_id;
-    fs::path final_dir = snap_dir / ("gen-" + std::to_string(gen));
-    fs::path tmp_dir = snap_dir / (".tmp-gen-" + std::to_string(gen));
-    fs::path work_dir = fs::path(opts_.build_dir) / (job.snapshot_id + "-gen-" + std::to_string(gen));
-    std::string owner = "build:" + job.snapshot_id;
-    std::unique_ptr<Vm> vm;
-    Status result;
+    b.snap_dir = fs::path(opts_.root_dir) / job.image_id / job.snapshot_id;
+    b.final_dir = b.snap_dir / ("gen-" + std::to_string(gen));
+    b.tmp_dir = b.snap_dir / (".tmp-gen-" + std::to_string(gen));
+    b.work_dir = fs::path(opts_.build_dir) / (job.snapshot_id + "-gen-" + std::to_string(gen));
+    b.owner = "build:" + job.snapshot_id;
+
     BuildPhase phase = BuildPhase::kQueued;
-    auto t_phase = std::chrono::steady_clock::now();
-    auto enter = [&](BuildPhase p) {
-      if (phase != BuildPhase::kQueued) out.timings[std::string(ToString(phase))] = util::MsSince(t_phase);
-      phase = p;
-      t_phase = std::chrono::steady_clock::now();
-      SetPhase(job.snapshot_id, p);
-    };
-
-    try {
-      (void)store_.db().Do([&](SQLite::Database& db) {
-        detail::InsertGeneration(db, job.snapshot_id, gen, final_dir.string(), util::NowMillis());
-      });
-      util::RemoveTree(tmp_dir);
-      util::RemoveTree(work_dir);
-      if (auto st = util::MakeDirs(tmp_dir); !st.ok()) throw st;
-      if (auto st = util::MakeDirs(work_dir); !st.ok()) throw st;
-      auto vmm = vmms_.Find(image->backend);
-      if (!vmm) throw Status::Unavailable("backend '" + image->backend + "' is not available");
-      auto key = CompatibilityKeyFor(*image);
-      if (!key.ok()) throw key.status();
-
-      enter(BuildPhase::kBooting);
-      LaunchSpec spec;
-      spec.vm_id = Id::Generate().str();
-      spec.image = *image;
-      spec.work_dir = work_dir.string();
-      spec.network.hostname = "fcwarm-build";
-      spec.on_process_started = [&](int pid) { internal::RecordProcess(store_, pid, "build", owner); };
-      auto booted = vmm->ColdBoot(spec);
-      if (!booted.ok()) throw booted.status().WithContext("cold boot of the build VM");
-      vm = std::move(booted).value();
-
-      enter(BuildPhase::kWaitingRuntime);
-      // The same waits RestoreEngine uses, given up on shutdown.
-      auto stopping = [this] { return Stopping(); };
-      auto agent = internal::WaitForAgent(*vm, opts_.agent_timeout, opts_.poll_interval, stopping);
-      if (Stopping()) throw BuildCancelled{};
-      if (!agent.ok()) throw agent.status();
-      auto ready = internal::WaitForRuntime(*vm, image->runtime_check, opts_.runtime_timeout, opts_.poll_interval,
-                                            stopping);
-      if (Stopping()) throw BuildCancelled{};
-      if (!ready.ok()) throw ready;
-
-      enter(BuildPhase::kQuiescing);
-      if (auto st = vm->guest().Quiesce(std::chrono::milliseconds(30000)); !st.ok()) throw st.WithContext("quiesce");
-      enter(BuildPhase::kPausing);
-      if (auto st = vm->Pause(); !st.ok()) throw st.WithContext("pause");
-      enter(BuildPhase::kSnapshotting);
-      if (auto st = vm->Snapshot(tmp_dir.string()); !st.ok()) throw st.WithContext("snapshot");
-      // The build VM is no longer needed once its state is on disk.
-      (void)vm->Stop(opts_.stop_grace);
-      vm.reset();
-      internal::ForgetProcesses(store_, owner);
-
-      enter(BuildPhase::kVerifying);
-      RuntimeSnapshot built;
-      std::error_code ec;
-      std::vector<fs::path> entries;
-      for (const auto& e : fs::directory_iterator(tmp_dir, ec)) entries.push_back(e.path());
-      std::sort(entries.begin(), entries.end());
-      for (const auto& p : entries) {
-        if (!fs::is_regular_file(p)) throw Status::Internal("snapshot produced a non-regular file: " + p.string());
-        if (p.filename() == kManifestName) throw Status::Internal("backend wrote a file named manifest.json");
-        if (auto st = util::FsyncPath(p); !st.ok()) throw st;
-        auto digest = util::Xxh3File(p);
-        if (!digest.ok()) throw digest.status();
-        SnapshotFile f;
-        f.name = p.filename().string();
-        f.size = fs::file_size(p);
-        f.mtime_ns = util::MtimeNs(p);
-        f.xxh3 = *digest;
-        built.files.push_back(std::move(f));
-      }
-      if (built.files.empty()) throw Status::Internal("the backend wrote no snapshot files");
-      json::array files;
-      for (const auto& f : built.files) files.push_back(json::object{{"name", f.name}, {"size", f.size}, {"xxh3", f.xxh3}});
-      json::object comp;
-      for (const auto& [k, v] : key->second) comp[k] = v;
-      json::object manifest{{"format", kManifestFormat},
-                            {"snapshot_id", job.snapshot_id},
-                            {"runtime_image_id", job.image_id},
-                            {"generation", gen},
-                            {"compatibility_key", key->first},
-                            {"compatibility", comp},
-                            {"vm_shape", json::object{{"vcpus", image->shape.vcpus}, {"memory_mib", image->shape.memory_mib}}},
-                            {"agent_protocol", kGuestProtocolVersion},
-                            {"files", files},
-                            {"created_at", util::NowMillis()}};
-      std::string manifest_text = json::serialize(manifest) + "\n";
-      if (auto st = util::WriteFileDurable(tmp_dir / kManifestName, manifest_text); !st.ok()) throw st;
-      std::string manifest_digest = util::Xxh3Hex(manifest_text);
-
-      enter(BuildPhase::kPublishing);
-      if (auto st = util::FsyncPath(tmp_dir); !st.ok()) throw st;
-      util::RemoveTree(final_dir);
-      fs::rename(tmp_dir, final_dir, ec);
-      if (ec) throw Status::Unavailable("publish " + final_dir.string() + ": " + ec.message());
-      if (auto st = util::FsyncPath(snap_dir); !st.ok()) throw st;
-      uint64_t apparent = 0, allocated = 0;
-      util::DiskUsage(final_dir, &apparent, &allocated);
-      bool deleted_meanwhile = false;
-      detail::PublishedGeneration published{.number = gen,
-                                            .dir = final_dir.string(),
-                                            .compatibility_key = key->first,
-                                            .compatibility = key->second,
-                                            .size_bytes = apparent,
-                                            .disk_bytes = allocated,
-                                            .files = built.files,
-                                            .manifest_digest = manifest_digest};
-      auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
-        auto cur = detail::SnapshotById(db, job.snapshot_id);
-        if (!cur.ok()) return cur.status();
-        if (cur->state == SnapshotState::kDeleted) {
-          deleted_meanwhile = true;
-          detail::SetGenerationStatus(db, job.snapshot_id, gen, detail::GenerationStatus::kRetired);
-          return Status::Ok();
-        }
-        detail::RetireCurrentGeneration(db, job.snapshot_id);
-        detail::SetGenerationStatus(db, job.snapshot_id, gen, detail::GenerationStatus::kCurrent);
-        detail::PublishSnapshot(db, job.snapshot_id, published, util::NowMillis());
-        return Status::Ok();
-      });
-      if (!st.ok()) throw st;
-      out.timings[std::string(ToString(phase))] = util::MsSince(t_phase);
+    Status result = RunBuildSteps(b, phase, out.timings);
+    if (result.ok()) {
       out.timings["total"] = util::MsSince(t_total);
-      out.ok = !deleted_meanwhile;
-      if (deleted_meanwhile) out.error = "snapshot was deleted during the build";
-    } catch (const Status& st) {
-      result = st;
-    } catch (const BuildCancelled&) {
-      result = Status::Unavailable("cancelled: fcwarm shut down during the build");
-    } catch (const std::exception& e) {
-      result = Status::Internal(std::string("build failed: ") + e.what());
+      out.ok = !b.deleted_meanwhile;
+      if (b.deleted_meanwhile) out.error = "snapshot was deleted during the build";
     }
 
-    if (vm) {
-      (void)vm->Stop(opts_.stop_grace);
-      vm.reset();
+    if (b.vm) {
+      (void)b.vm->Stop(opts_.stop_grace);
+      b.vm.reset();
     }
-    internal::ForgetProcesses(store_, owner);
-    util::RemoveTree(work_dir);
+    internal::ForgetProcesses(store_, b.owner);
+    util::RemoveTree(b.work_dir);
 
     if (!result.ok()) {
-      util::RemoveTree(tmp_dir);
+      util::RemoveTree(b.tmp_dir);
       out.ok = false;
       out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " + result.message();
       out.timings["total"] = util::MsSince(t_total);
