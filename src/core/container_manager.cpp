@@ -7,6 +7,7 @@
 #include <set>
 #include <thread>
 
+#include "core/container_request.hpp"
 #include "fcwarm/ids.hpp"
 #include "store/store_db.hpp"
 #include "util/common.hpp"
@@ -18,10 +19,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr size_t kMaxArgs = 256;
-constexpr size_t kMaxEnv = 256;
-// The whole command + env must fit one agent request line (64 KiB, base64-encoded) with room to spare.
-constexpr size_t kMaxSpecBytes = 32 * 1024;
 constexpr size_t kMaxLogBytes = 1 << 20;
 
 const std::pair<ContainerState, std::string_view> kStateNames[] = {
@@ -45,33 +42,6 @@ std::vector<std::string> ArgvFromJson(std::string_view s) {
   for (const auto& e : v.as_array())
     if (e.is_string()) out.emplace_back(e.as_string());
   return out;
-}
-
-Status ValidateEnvName(const std::string& k) {
-  bool ok = !k.empty() && k.size() <= 256 && !(k[0] >= '0' && k[0] <= '9');
-  for (char c : k) {
-    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_');
-  }
-  if (!ok) return Status::InvalidArgument("env: '" + k.substr(0, 64) + "' is not a valid variable name");
-  return Status::Ok();
-}
-
-// A Docker image reference: [registry/]name[:tag][@digest], printable, no spaces, not starting with '-'.
-Status ValidateImageRef(const std::string& ref) {
-  if (ref.empty()) return Status::InvalidArgument("container_image: is required for a docker runtime image");
-  if (ref.size() > 255) return Status::InvalidArgument("container_image: longer than 255 characters");
-  if (ref[0] == '-' || ref[0] == '/' || ref[0] == '.' || ref[0] == ':') {
-    return Status::InvalidArgument("container_image: '" + ref.substr(0, 64) + "' is not a valid image reference");
-  }
-  for (char c : ref) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-' || c == '/' || c == ':' || c == '@';
-    if (!ok) return Status::InvalidArgument("container_image: '" + ref.substr(0, 64) + "' is not a valid image reference");
-  }
-  if (ref.find("..") != std::string::npos || ref.find("//") != std::string::npos) {
-    return Status::InvalidArgument("container_image: '" + ref.substr(0, 64) + "' is not a valid image reference");
-  }
-  return Status::Ok();
 }
 
 // Docker's error bodies are {"message": "..."}.
@@ -220,59 +190,10 @@ class ContainerManager::Impl {
   }
 
   Result<ContainerRecord> Prepare(const ContainerRequest& req) {
-    std::string id = req.id;
-    if (id.empty()) {
-      id = Id::Generate().str();
-    } else if (auto p = Id::Parse("id", id); !p.ok()) {
-      return p.status();
-    }
-    if (!req.name.empty()) {
-      if (auto st = ValidateName("name", req.name); !st.ok()) return st;
-    }
-    if (req.runtime_image.empty()) return Status::InvalidArgument("runtime_image: is required");
-    Result<RuntimeImage> image = Status::NotFound("");
-    if (Id::IsValid(req.runtime_image)) {
-      image = images_.Get(req.runtime_image);
-    } else {
-      if (auto st = ValidateName("runtime_image", req.runtime_image); !st.ok()) {
-        return Status::InvalidArgument("runtime_image: '" + req.runtime_image.substr(0, 64) +
-                                       "' is neither an image id nor a valid image name");
-      }
-      image = images_.GetByName(req.runtime_image);
-    }
+    auto image = internal::Validate(req, images_);
     if (!image.ok()) return image.status();
-    std::string runtime = image->runtime_check.kind == "docker" ? "docker" : "vm";
-    if (runtime == "docker") {
-      if (auto st = ValidateImageRef(req.container_image); !st.ok()) return st;
-    } else if (!req.container_image.empty()) {
-      return Status::InvalidArgument("container_image: runtime image '" + image->name +
-                                     "' has no container runtime (its runtime check is '" +
-                                     image->runtime_check.kind + "', not 'docker'); leave container_image empty");
-    }
-    if (req.command.size() > kMaxArgs) {
-      return Status::InvalidArgument("command: more than " + std::to_string(kMaxArgs) + " arguments");
-    }
-    size_t bytes = 0;
-    for (size_t i = 0; i < req.command.size(); ++i) {
-      if (req.command[i].find('\0') != std::string::npos) {
-        return Status::InvalidArgument("command[" + std::to_string(i) + "]: contains a NUL byte");
-      }
-      bytes += req.command[i].size();
-    }
-    if (req.env.size() > kMaxEnv) return Status::InvalidArgument("env: more than " + std::to_string(kMaxEnv) + " variables");
-    for (const auto& [k, v] : req.env) {
-      if (auto st = ValidateEnvName(k); !st.ok()) return st;
-      if (v.find('\0') != std::string::npos) return Status::InvalidArgument("env." + k + ": contains a NUL byte");
-      bytes += k.size() + v.size();
-    }
-    if (bytes > kMaxSpecBytes) {
-      return Status::InvalidArgument("command/env: " + std::to_string(bytes) + " bytes in total, more than " +
-                                     std::to_string(kMaxSpecBytes));
-    }
-    if (req.wait_for_creating &&
-        (req.wait_for_creating->count() < 0 || *req.wait_for_creating > std::chrono::hours(1))) {
-      return Status::InvalidArgument("wait_for_creating: must be between 0 and 3600000 ms");
-    }
+    std::string id = req.id.empty() ? Id::Generate().str() : req.id;
+    std::string runtime = internal::RuntimeOf(*image);
     auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
       for (const char* table : {"containers", "vms"}) {
         SQLite::Statement dup(db, std::string("SELECT 1 FROM ") + table + " WHERE id = ?");
