@@ -133,19 +133,24 @@ Result<std::string> Client::Create(const ContainerConfig& config) {
   return id;
 }
 
+Result<DockerResponse> Client::CallOn(std::string_view call, const std::string& method, const std::string& id,
+                                      const std::string& action, std::initializer_list<int> expected) {
+  if (auto st = CheckId(call, id); !st.ok()) return st;
+  auto reply = Call(call, method, "/containers/" + id + "/" + action);
+  if (!reply.ok()) return reply;
+  if (std::find(expected.begin(), expected.end(), reply->status) == expected.end()) {
+    return HttpError(call, *reply, Blame::kDaemon);
+  }
+  return reply;
+}
+
 Status Client::Start(const std::string& id) {
-  if (auto st = CheckId("start", id); !st.ok()) return st;
-  auto reply = Call("start", "POST", "/containers/" + id + "/start");
-  if (!reply.ok()) return reply.status();
-  if (reply->status != 204 && reply->status != 304) return HttpError("start", *reply, Blame::kDaemon);
-  return Status::Ok();
+  return CallOn("start", "POST", id, "start", {204, 304}).status();
 }
 
 Result<ContainerStatus> Client::Inspect(const std::string& id) {
-  if (auto st = CheckId("inspect", id); !st.ok()) return st;
-  auto reply = Call("inspect", "GET", "/containers/" + id + "/json");
+  auto reply = CallOn("inspect", "GET", id, "json", {200});
   if (!reply.ok()) return reply.status();
-  if (reply->status != 200) return HttpError("inspect", *reply, Blame::kDaemon);
   json::value v;
   const auto* o = ParseObject(reply->body, v);
   const auto* state = o ? o->if_contains("State") : nullptr;
@@ -159,26 +164,18 @@ Result<ContainerStatus> Client::Inspect(const std::string& id) {
 }
 
 Result<Output> Client::Logs(const std::string& id) {
-  if (auto st = CheckId("logs", id); !st.ok()) return st;
-  auto reply = Call("logs", "GET", "/containers/" + id + "/logs?stdout=1&stderr=1");
+  auto reply = CallOn("logs", "GET", id, "logs?stdout=1&stderr=1", {200});
   if (!reply.ok()) return reply.status();
-  if (reply->status != 200) return HttpError("logs", *reply, Blame::kDaemon);
   return Demultiplex(reply->body, reply->truncated);
 }
 
 Status Client::Stop(const std::string& id, std::chrono::seconds grace) {
-  if (auto st = CheckId("stop", id); !st.ok()) return st;
-  auto reply = Call("stop", "POST", "/containers/" + id + "/stop?t=" + std::to_string(grace.count()));
-  if (!reply.ok()) return reply.status();
-  if (reply->status != 204 && reply->status != 304) return HttpError("stop", *reply, Blame::kDaemon);
-  return Status::Ok();
+  return CallOn("stop", "POST", id, "stop?t=" + std::to_string(grace.count()), {204, 304}).status();
 }
 
 Result<int> Client::Wait(const std::string& id) {
-  if (auto st = CheckId("wait", id); !st.ok()) return st;
-  auto reply = Call("wait", "POST", "/containers/" + id + "/wait?condition=not-running");
+  auto reply = CallOn("wait", "POST", id, "wait?condition=not-running", {200});
   if (!reply.ok()) return reply.status();
-  if (reply->status != 200) return HttpError("wait", *reply, Blame::kDaemon);
   json::value v;
   const auto* o = ParseObject(reply->body, v);
   const auto* code = o ? o->if_contains("StatusCode") : nullptr;

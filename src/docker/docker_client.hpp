@@ -6,6 +6,7 @@
 #pragma once
 
 #include <chrono>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
@@ -108,6 +109,10 @@ class Client {
   // Sends one request; a transport error gets the call's name as context.
   Result<DockerResponse> Call(std::string_view call, const std::string& method, const std::string& path,
                               std::string body = "");
+  // A call about container `id` (POST/GET /containers/{id}/{action}); a status not in `expected` is an
+  // error blamed on the daemon.
+  Result<DockerResponse> CallOn(std::string_view call, const std::string& method, const std::string& id,
+                                const std::string& action, std::initializer_list<int> expected);
   // "docker <call>: HTTP <status>: <Docker's message>" with the code `blame` implies.
   static Status HttpError(std::string_view call, const DockerResponse& reply, Blame blame);
   // Refuses ids that would change the request path.
