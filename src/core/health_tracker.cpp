@@ -9,6 +9,7 @@
 
 #include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
+#include "store/snapshots.hpp"
 #include "store/store_db.hpp"
 #include "util/common.hpp"
 
@@ -35,16 +36,8 @@ class HealthTracker::Impl {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
     bool stale = false;
     auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db,
-                          "UPDATE runtime_snapshots SET success_count = success_count + 1, consecutive_failures = 0, "
-                          "last_used_at = ?, updated_at = ? WHERE id = ? AND generation = ?");
-      auto now = static_cast<int64_t>(util::NowMillis());
-      q.bind(1, now);
-      q.bind(2, now);
-      q.bind(3, id);
-      q.bind(4, generation);
-      if (q.exec() == 1) return Status::Ok();
-      auto current = CurrentGeneration(db, id);
+      if (detail::CountRestoreSuccess(db, id, generation, util::NowMillis())) return Status::Ok();
+      auto current = detail::CurrentGeneration(db, id);
       if (!current.ok()) return current.status();
       stale = true;
       return Status::Ok();
@@ -60,27 +53,18 @@ class HealthTracker::Impl {
     int64_t consecutive = 0;
     std::string image_id;
     auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db,
-                          "UPDATE runtime_snapshots SET failure_count = failure_count + 1, consecutive_failures = "
-                          "consecutive_failures + 1, last_error = ?, updated_at = ? WHERE id = ? AND generation = ?");
-      q.bind(1, error);
-      q.bind(2, static_cast<int64_t>(util::NowMillis()));
-      q.bind(3, id);
-      q.bind(4, generation);
-      if (q.exec() != 1) {
-        auto current = CurrentGeneration(db, id);
+      if (!detail::CountRestoreFailure(db, id, generation, error, util::NowMillis())) {
+        auto current = detail::CurrentGeneration(db, id);
         if (!current.ok()) return current.status();
         stale = true;
         return Status::Ok();
       }
-      auto snap = detail::StoreDb::SnapshotById(db, id);
+      auto snap = detail::SnapshotById(db, id);
       if (!snap.ok()) return snap.status();
       consecutive = snap->consecutive_failures;
       image_id = snap->runtime_image_id;
       if (snap->state == SnapshotState::kReady && consecutive >= opts_.unhealthy_threshold) {
-        SQLite::Statement u(db, "UPDATE runtime_snapshots SET state = 'unhealthy' WHERE id = ? AND state = 'ready'");
-        u.bind(1, id);
-        crossed = u.exec() == 1;
+        crossed = detail::MarkUnhealthyIfReady(db, id);
         if (crossed) {
           Event e;
           e.kind = "health";
@@ -89,7 +73,7 @@ class HealthTracker::Impl {
           e.outcome = "unhealthy";
           e.reason = "consecutive_failures";
           e.message = std::to_string(consecutive) + " consecutive failures; last: " + error;
-          detail::StoreDb::InsertEvent(db, e);
+          detail::InsertEvent(db, e);
         }
       }
       return Status::Ok();
@@ -141,14 +125,6 @@ class HealthTracker::Impl {
   const HealthOptions& options() const { return opts_; }
 
  private:
-  // The snapshot's current generation; NotFound when the snapshot does not exist.
-  static Result<int64_t> CurrentGeneration(SQLite::Database& db, const std::string& id) {
-    SQLite::Statement q(db, "SELECT generation FROM runtime_snapshots WHERE id = ?");
-    q.bind(1, id);
-    if (!q.executeStep()) return Status::NotFound("runtime snapshot '" + id + "' not found");
-    return q.getColumn("generation").getInt64();
-  }
-
   void NoteStale(const std::string& id, int64_t generation, const std::string& what) {
     stale_++;
     spdlog::info("snapshot {}: {} of retired generation {} does not count against the current one", id, what,

@@ -2,15 +2,16 @@
 
 #include <sys/stat.h>
 
-#include <boost/json.hpp>
 #include <filesystem>
 
 #include "fcwarm/ids.hpp"
+#include "store/images.hpp"
+#include "store/snapshots.hpp"
 #include "store/store_db.hpp"
+#include "store/vms.hpp"
 #include "util/common.hpp"
 
 namespace fcwarm {
-namespace json = boost::json;
 
 namespace {
 
@@ -38,17 +39,6 @@ Status ValidateFilePath(std::string_view field, const std::string& path, bool re
     return Status::InvalidArgument(std::string(field) + ": '" + path + "' is not a regular file");
   }
   return Status::Ok();
-}
-
-std::string CheckToJson(const RuntimeCheck& c) {
-  json::object o{{"kind", c.kind}};
-  if (!c.path.empty()) o["path"] = c.path;
-  if (!c.argv.empty()) {
-    json::array a;
-    for (const auto& s : c.argv) a.emplace_back(s);
-    o["argv"] = std::move(a);
-  }
-  return json::serialize(o);
 }
 
 Status ValidateCheck(const RuntimeCheck& c) {
@@ -100,24 +90,10 @@ Result<RuntimeImage> ImageRegistry::Register(RuntimeImage image) {
   image.id = Id::Generate().str();
   image.created_at = util::NowMillis();
   return store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeImage> {
-    SQLite::Statement dup(db, "SELECT 1 FROM runtime_images WHERE name = ?");
-    dup.bind(1, image.name);
-    if (dup.executeStep()) return Status::AlreadyExists("name: an image named '" + image.name + "' exists already");
-    SQLite::Statement q(db,
-                        "INSERT INTO runtime_images(id, name, backend, kernel_path, initrd_path, rootfs_path, "
-                        "boot_args, vcpus, memory_mib, runtime_check, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)");
-    q.bind(1, image.id);
-    q.bind(2, image.name);
-    q.bind(3, image.backend);
-    q.bind(4, image.kernel_path);
-    q.bind(5, image.initrd_path);
-    q.bind(6, image.rootfs_path);
-    q.bind(7, image.boot_args);
-    q.bind(8, static_cast<int64_t>(image.shape.vcpus));
-    q.bind(9, static_cast<int64_t>(image.shape.memory_mib));
-    q.bind(10, CheckToJson(image.runtime_check));
-    q.bind(11, static_cast<int64_t>(image.created_at));
-    q.exec();
+    if (detail::ImageNameTaken(db, image.name)) {
+      return Status::AlreadyExists("name: an image named '" + image.name + "' exists already");
+    }
+    detail::InsertImage(db, image);
     return image;
   });
 }
@@ -125,59 +101,35 @@ Result<RuntimeImage> ImageRegistry::Register(RuntimeImage image) {
 Result<RuntimeImage> ImageRegistry::Get(const std::string& id) const {
   auto parsed = Id::Parse("runtime_image_id", id);
   if (!parsed.ok()) return parsed.status();
-  return store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::ImageById(db, id); });
+  return store_.db().With([&](SQLite::Database& db) { return detail::ImageById(db, id); });
 }
 
 Result<RuntimeImage> ImageRegistry::GetByName(const std::string& name) const {
   if (auto st = ValidateName("name", name); !st.ok()) return st;
-  return store_.db().With([&](SQLite::Database& db) -> Result<RuntimeImage> {
-    SQLite::Statement q(db, std::string("SELECT ") + detail::StoreDb::kImageColumns +
-                                " FROM runtime_images WHERE name = ?");
-    q.bind(1, name);
-    if (!q.executeStep()) return Status::NotFound("runtime image named '" + name + "' not found");
-    return detail::StoreDb::ReadImage(q);
-  });
+  return store_.db().With([&](SQLite::Database& db) { return detail::ImageByName(db, name); });
 }
 
 Result<std::vector<RuntimeImage>> ImageRegistry::List() const {
-  return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<RuntimeImage>> {
-    SQLite::Statement q(db, std::string("SELECT ") + detail::StoreDb::kImageColumns +
-                                " FROM runtime_images ORDER BY created_at DESC, id");
-    std::vector<RuntimeImage> out;
-    while (q.executeStep()) out.push_back(detail::StoreDb::ReadImage(q));
-    return out;
-  });
+  return store_.db().With(
+      [&](SQLite::Database& db) -> Result<std::vector<RuntimeImage>> { return detail::ListImages(db); });
 }
 
 Status ImageRegistry::Remove(const std::string& id) {
   if (auto parsed = Id::Parse("runtime_image_id", id); !parsed.ok()) return parsed.status();
   return store_.db().Tx([&](SQLite::Database& db) -> Status {
-    auto img = detail::StoreDb::ImageById(db, id);
+    auto img = detail::ImageById(db, id);
     if (!img.ok()) return img.status();
-    SQLite::Statement snaps(db, "SELECT COUNT(*) FROM runtime_snapshots WHERE runtime_image_id = ? AND state != 'deleted'");
-    snaps.bind(1, id);
-    snaps.executeStep();
-    if (snaps.getColumn(0).getInt64() > 0) {
+    if (detail::CountLiveSnapshots(db, id) > 0) {
       return Status::FailedPrecondition("runtime image '" + id + "' still has runtime snapshots; delete them first");
     }
-    SQLite::Statement vms(db, "SELECT COUNT(*) FROM vms WHERE runtime_image_id = ? AND state IN ('starting','running','stopped')");
-    vms.bind(1, id);
-    vms.executeStep();
-    if (vms.getColumn(0).getInt64() > 0) {
+    if (detail::CountLiveVms(db, id) > 0) {
       return Status::FailedPrecondition("runtime image '" + id + "' is used by live VMs; destroy them first");
     }
-    SQLite::Statement gens(db,
-                           "SELECT COUNT(*) FROM generations g JOIN runtime_snapshots s ON s.id = g.snapshot_id "
-                           "WHERE s.runtime_image_id = ? AND g.status != 'removed'");
-    gens.bind(1, id);
-    gens.executeStep();
-    if (gens.getColumn(0).getInt64() > 0) {
+    if (detail::CountKeptGenerations(db, id) > 0) {
       return Status::FailedPrecondition("runtime image '" + id +
                                         "' still has snapshot files awaiting garbage collection");
     }
-    SQLite::Statement del(db, "DELETE FROM runtime_images WHERE id = ?");
-    del.bind(1, id);
-    del.exec();
+    detail::DeleteImage(db, id);
     return Status::Ok();
   });
 }

@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "store/store_db.hpp"
+#include "store/vms.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -14,28 +15,13 @@ namespace fcwarm::internal {
 void RecordProcess(Store& store, int pid, const std::string& role, const std::string& owner_id) {
   auto start = util::ProcessStartTime(pid);
   if (!start) return;
-  auto st = store.db().With([&](SQLite::Database& db) -> Status {
-    SQLite::Statement q(db,
-                        "INSERT OR REPLACE INTO processes(pid, start_time, role, owner_id, created_at) VALUES "
-                        "(?,?,?,?,?)");
-    q.bind(1, pid);
-    q.bind(2, static_cast<int64_t>(*start));
-    q.bind(3, role);
-    q.bind(4, owner_id);
-    q.bind(5, static_cast<int64_t>(util::NowMillis()));
-    q.exec();
-    return Status::Ok();
-  });
+  detail::ProcessRecord p{pid, static_cast<uint64_t>(*start), role, owner_id};
+  auto st = store.db().Do([&](SQLite::Database& db) { detail::RecordProcess(db, p, util::NowMillis()); });
   if (!st.ok()) spdlog::warn("cannot record process {}: {}", pid, st.ToString());
 }
 
 void ForgetProcesses(Store& store, const std::string& owner_id) {
-  auto st = store.db().With([&](SQLite::Database& db) -> Status {
-    SQLite::Statement q(db, "DELETE FROM processes WHERE owner_id = ?");
-    q.bind(1, owner_id);
-    q.exec();
-    return Status::Ok();
-  });
+  auto st = store.db().Do([&](SQLite::Database& db) { detail::ForgetProcesses(db, owner_id); });
   if (!st.ok()) spdlog::warn("cannot forget processes of {}: {}", owner_id, st.ToString());
 }
 

@@ -10,8 +10,12 @@
 
 #include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
+#include "store/images.hpp"
+#include "store/snapshots.hpp"
 #include "store/store_db.hpp"
+#include "store/vms.hpp"
 #include "util/common.hpp"
+#include "util/scope_guard.hpp"
 
 namespace fcwarm {
 namespace fs = std::filesystem;
@@ -76,7 +80,8 @@ class RestoreEngine::Impl {
     if (req.wait_for_creating && (req.wait_for_creating->count() < 0 || *req.wait_for_creating > std::chrono::hours(1))) {
       return Status::InvalidArgument("wait_for_creating: must be between 0 and 3600000 ms");
     }
-    auto image = store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::ImageById(db, req.runtime_image_id); });
+    auto image =
+        store_.db().With([&](SQLite::Database& db) { return detail::ImageById(db, req.runtime_image_id); });
     if (!image.ok()) return image.status();
     auto vmm = vmms_.Find(image->backend);
     if (!vmm) return Status::FailedPrecondition("backend '" + image->backend + "' of image '" + image->name + "' is not available");
@@ -91,21 +96,10 @@ class RestoreEngine::Impl {
     NetworkIdentity net;
     net.hostname = rec.hostname;
     auto ins = store_.db().Tx([&](SQLite::Database& db) -> Status {
-      auto now = static_cast<int64_t>(util::NowMillis());
-      SQLite::Statement dup(db, "SELECT 1 FROM vms WHERE id = ?");
-      dup.bind(1, rec.id);
-      if (dup.executeStep()) return Status::AlreadyExists("vm_id: a VM with id '" + rec.id + "' exists already");
-      SQLite::Statement q(db,
-                          "INSERT INTO vms(id, name, runtime_image_id, state, boot_method, work_dir, hostname, "
-                          "created_at, updated_at) VALUES (?,?,?,'starting','cold',?,?,?,?)");
-      q.bind(1, rec.id);
-      q.bind(2, rec.name);
-      q.bind(3, rec.runtime_image_id);
-      q.bind(4, rec.work_dir);
-      q.bind(5, rec.hostname);
-      q.bind(6, now);
-      q.bind(7, now);
-      q.exec();
+      if (detail::VmExists(db, rec.id)) {
+        return Status::AlreadyExists("vm_id: a VM with id '" + rec.id + "' exists already");
+      }
+      detail::InsertVm(db, rec, util::NowMillis());
       if (opts_.allocate_network) {
         auto st = AllocateAddress(db, rec.id, &net);
         if (!st.ok()) return st;
@@ -176,17 +170,8 @@ class RestoreEngine::Impl {
       std::lock_guard lock(mu_);
       live_[rec.id] = shared;
     }
-    auto st = store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db,
-                          "UPDATE vms SET state = 'running', boot_method = ?, fallback_reason = ?, timings = ?, "
-                          "updated_at = ? WHERE id = ?");
-      q.bind(1, std::string(ToString(method)));
-      q.bind(2, std::string(ToString(reason)));
-      q.bind(3, util::TimingsToJson(timings));
-      q.bind(4, static_cast<int64_t>(util::NowMillis()));
-      q.bind(5, rec.id);
-      q.exec();
-      return Status::Ok();
+    auto st = store_.db().Do([&](SQLite::Database& db) {
+      detail::MarkVmRunning(db, rec.id, method, reason, timings, util::NowMillis());
     });
     if (!st.ok()) spdlog::error("vm {}: cannot record state: {}", rec.id, st.ToString());
     if (method == BootMethod::kCold) RememberColdBoot(image->id, timings["total"]);
@@ -247,18 +232,12 @@ class RestoreEngine::Impl {
 
   Result<VmRecord> Get(const std::string& vm_id) const {
     if (auto p = Id::Parse("vm_id", vm_id); !p.ok()) return p.status();
-    return store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::VmById(db, vm_id); });
+    return store_.db().With([&](SQLite::Database& db) { return detail::VmById(db, vm_id); });
   }
 
   Result<std::vector<VmRecord>> List(bool include_destroyed) const {
     return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<VmRecord>> {
-      std::string sql = std::string("SELECT ") + detail::StoreDb::kVmColumns + " FROM vms";
-      if (!include_destroyed) sql += " WHERE state != 'destroyed'";
-      sql += " ORDER BY created_at DESC, rowid DESC";
-      SQLite::Statement q(db, sql);
-      std::vector<VmRecord> out;
-      while (q.executeStep()) out.push_back(detail::StoreDb::ReadVm(q));
-      return out;
+      return detail::ListVms(db, include_destroyed);
     });
   }
 
@@ -282,13 +261,9 @@ class RestoreEngine::Impl {
     }
     // Fall back to the event log (survives restarts): mean of the last 20 successful cold boots.
     auto r = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<double>> {
-      SQLite::Statement q(db,
-                          "SELECT timings FROM events WHERE kind = 'boot' AND outcome = 'cold' AND runtime_image_id = ? "
-                          "ORDER BY id DESC LIMIT 20");
-      q.bind(1, image_id);
       std::vector<double> out;
-      while (q.executeStep()) {
-        auto t = util::TimingsFromJson(q.getColumn(0).getString());
+      for (auto& t :
+           detail::LatestEventTimings(db, "boot", std::string(ToString(BootMethod::kCold)), image_id, 20)) {
         if (t.count("total")) out.push_back(t["total"]);
       }
       return out;
@@ -352,6 +327,7 @@ class RestoreEngine::Impl {
     // Pin the generation so a concurrent rebuild/delete cannot collect its files under us.
     auto pinned = snapshots_.PinGeneration(snap.id, rec.id);
     if (!pinned.ok()) return fail(FallbackReason::kSnapshotUnhealthy, pinned.status().message());
+    util::ScopeGuard unpin([&] { Unpin(rec.id); });  // every failing exit below drops the pin
     snap = *pinned;
     // 5. Checksums.
     t = Clock::now();
@@ -359,14 +335,12 @@ class RestoreEngine::Impl {
     timings["verify_checksums"] = util::MsSince(t);
     if (!verified.ok()) {
       (void)health_.RecordFailure(snap.id, snap.generation, "corrupt: " + verified.message());
-      Unpin(rec.id);
       return fail(FallbackReason::kCorrupt, "runtime snapshot '" + snap.id + "' is corrupt: " + verified.message());
     }
     // 6. Clone resources: a fresh, empty work directory.
     t = Clock::now();
     util::RemoveTree(spec.work_dir);
     if (auto st = util::MakeDirs(spec.work_dir); !st.ok()) {
-      Unpin(rec.id);
       return fail(FallbackReason::kRestoreFailed, st.message());
     }
     timings["prepare"] = util::MsSince(t);
@@ -377,7 +351,6 @@ class RestoreEngine::Impl {
     if (!restored.ok()) {
       (void)health_.RecordFailure(snap.id, snap.generation, "restore failed: " + restored.status().message());
       CleanWorkDir(spec);
-      Unpin(rec.id);
       return fail(FallbackReason::kRestoreFailed, restored.status().message());
     }
     std::unique_ptr<Vm> vm = std::move(restored).value();
@@ -388,20 +361,15 @@ class RestoreEngine::Impl {
     }
     if (hook) hook(rec.id, *vm);
     // 8. Identity, 9. runtime verification.
-    auto verify = MakeUnique(*vm, spec, opts_.restore_agent_timeout, timings);
-    if (verify.ok()) {
-      t = Clock::now();
-      verify = internal::WaitForRuntime(*vm, image.runtime_check, opts_.restore_runtime_timeout, opts_.poll_interval);
-      timings["runtime_verify"] = util::MsSince(t);
-    }
+    auto verify = MakeUniqueAndVerify(vm, spec, image.runtime_check,
+                                      {opts_.restore_agent_timeout, opts_.restore_runtime_timeout}, timings);
     if (!verify.ok()) {
-      Discard(std::move(vm), spec);
       (void)health_.RecordFailure(snap.id, snap.generation, "verify failed: " + verify.message());
-      Unpin(rec.id);
       return fail(FallbackReason::kVerifyFailed, verify.message());
     }
     // 10. Success.
     (void)health_.RecordSuccess(snap.id, snap.generation);
+    unpin.Dismiss();
     return vm;
   }
 
@@ -416,17 +384,29 @@ class RestoreEngine::Impl {
       return booted.status();
     }
     std::unique_ptr<Vm> vm = std::move(booted).value();
-    auto st = MakeUnique(*vm, spec, opts_.cold_agent_timeout, timings);
+    auto st = MakeUniqueAndVerify(vm, spec, image.runtime_check,
+                                  {opts_.cold_agent_timeout, opts_.cold_runtime_timeout}, timings);
+    if (!st.ok()) return st;
+    return vm;
+  }
+
+  struct VerifyDeadlines {
+    std::chrono::milliseconds agent;
+    std::chrono::milliseconds runtime;
+  };
+
+  // Steps 8 and 9 of either path: makes the started VM unique, then waits for its runtime check. On failure
+  // the VM is discarded (stopped, its work directory emptied) and `vm` is null.
+  Status MakeUniqueAndVerify(std::unique_ptr<Vm>& vm, const LaunchSpec& spec, const RuntimeCheck& check,
+                             VerifyDeadlines deadlines, Timings& timings) {
+    auto st = MakeUnique(*vm, spec, deadlines.agent, timings);
     if (st.ok()) {
-      t = Clock::now();
-      st = internal::WaitForRuntime(*vm, image.runtime_check, opts_.cold_runtime_timeout, opts_.poll_interval);
+      auto t = Clock::now();
+      st = internal::WaitForRuntime(*vm, check, deadlines.runtime, opts_.poll_interval);
       timings["runtime_verify"] = util::MsSince(t);
     }
-    if (!st.ok()) {
-      Discard(std::move(vm), spec);
-      return st;
-    }
-    return vm;
+    if (!st.ok()) Discard(std::move(vm), spec);
+    return st;
   }
 
   Status MakeUnique(Vm& vm, const LaunchSpec& spec, std::chrono::milliseconds agent_timeout, Timings& timings) {
@@ -460,21 +440,11 @@ class RestoreEngine::Impl {
     bool full = false;
     if (opts_.full_verify_every > 0) {
       auto n = store_.db().With([&](SQLite::Database& db) -> Result<int64_t> {
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET restores_since_full_verify = restores_since_full_verify + 1 "
-                            "WHERE id = ? RETURNING restores_since_full_verify");
-        q.bind(1, snap.id);
-        if (!q.executeStep()) return int64_t{0};
-        return q.getColumn(0).getInt64();
+        return detail::CountRestoreSinceFullVerify(db, snap.id);
       });
       if (n.ok() && *n >= static_cast<int64_t>(opts_.full_verify_every)) {
         full = true;
-        (void)store_.db().With([&](SQLite::Database& db) -> Status {
-          SQLite::Statement q(db, "UPDATE runtime_snapshots SET restores_since_full_verify = 0 WHERE id = ?");
-          q.bind(1, snap.id);
-          q.exec();
-          return Status::Ok();
-        });
+        (void)store_.db().Do([&](SQLite::Database& db) { detail::ResetFullVerifyCount(db, snap.id); });
       }
     }
     for (const auto& f : snap.files) {
@@ -508,13 +478,7 @@ class RestoreEngine::Impl {
   }
 
   Status AllocateAddress(SQLite::Database& db, const std::string& vm_id, NetworkIdentity* net) {
-    SQLite::Statement q(db, "SELECT idx FROM address_allocations ORDER BY idx");
-    int64_t idx = 0;
-    while (q.executeStep()) {
-      int64_t used = q.getColumn(0).getInt64();
-      if (used != idx) break;
-      ++idx;
-    }
+    int64_t idx = detail::LowestFreeAddressIndex(db);
     if (idx >= opts_.address_pool_size) {
       return Status::ResourceExhausted("address pool exhausted (" + std::to_string(opts_.address_pool_size) + " VMs)");
     }
@@ -523,28 +487,12 @@ class RestoreEngine::Impl {
     net->mac = MacFor(idx);
     net->gateway = Ipv4(block + 1);
     net->ip_cidr = Ipv4(block + 2) + "/30";
-    SQLite::Statement ins(db, "INSERT INTO address_allocations(idx, vm_id, mac, ip_cidr, allocated_at) VALUES (?,?,?,?,?)");
-    ins.bind(1, static_cast<int64_t>(idx));
-    ins.bind(2, vm_id);
-    ins.bind(3, net->mac);
-    ins.bind(4, net->ip_cidr);
-    ins.bind(5, static_cast<int64_t>(util::NowMillis()));
-    ins.exec();
-    SQLite::Statement u(db, "UPDATE vms SET address = ?, mac = ? WHERE id = ?");
-    u.bind(1, net->ip_cidr);
-    u.bind(2, net->mac);
-    u.bind(3, vm_id);
-    u.exec();
+    detail::AllocateAddress(db, idx, vm_id, net->mac, net->ip_cidr, util::NowMillis());
     return Status::Ok();
   }
 
   void Unpin(const std::string& vm_id) {
-    (void)store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db, "UPDATE vms SET snapshot_id = '', generation = 0 WHERE id = ?");
-      q.bind(1, vm_id);
-      q.exec();
-      return Status::Ok();
-    });
+    (void)store_.db().Do([&](SQLite::Database& db) { detail::UnpinGeneration(db, vm_id); });
   }
 
   // Stops a VM that failed before it was handed out and leaves its work directory empty for the next attempt.
@@ -561,25 +509,12 @@ class RestoreEngine::Impl {
   }
 
   void SetState(const std::string& vm_id, VmState state, const std::string& error) {
-    (void)store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db, "UPDATE vms SET state = ?, last_error = ?, updated_at = ? WHERE id = ?");
-      q.bind(1, std::string(ToString(state)));
-      q.bind(2, error);
-      q.bind(3, static_cast<int64_t>(util::NowMillis()));
-      q.bind(4, vm_id);
-      q.exec();
-      return Status::Ok();
-    });
+    (void)store_.db().Do(
+        [&](SQLite::Database& db) { detail::SetVmState(db, vm_id, state, error, util::NowMillis()); });
   }
 
   void SetTimings(const std::string& vm_id, const Timings& t) {
-    (void)store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db, "UPDATE vms SET timings = ? WHERE id = ?");
-      q.bind(1, util::TimingsToJson(t));
-      q.bind(2, vm_id);
-      q.exec();
-      return Status::Ok();
-    });
+    (void)store_.db().Do([&](SQLite::Database& db) { detail::SetVmTimings(db, vm_id, t); });
   }
 
   // Frees the address and work directory; the record keeps its history.
@@ -590,15 +525,8 @@ class RestoreEngine::Impl {
       util::RemoveTree(rec->work_dir);
     }
     (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-      SQLite::Statement a(db, "DELETE FROM address_allocations WHERE vm_id = ?");
-      a.bind(1, vm_id);
-      a.exec();
-      SQLite::Statement q(db, "UPDATE vms SET state = ?, last_error = ?, updated_at = ? WHERE id = ?");
-      q.bind(1, std::string(ToString(state)));
-      q.bind(2, error);
-      q.bind(3, static_cast<int64_t>(util::NowMillis()));
-      q.bind(4, vm_id);
-      q.exec();
+      detail::ReleaseAddress(db, vm_id);
+      detail::SetVmState(db, vm_id, state, error, util::NowMillis());
       return Status::Ok();
     });
     internal::ForgetProcesses(store_, "vm:" + vm_id);

@@ -14,7 +14,10 @@
 
 #include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
+#include "store/images.hpp"
+#include "store/snapshots.hpp"
 #include "store/store_db.hpp"
+#include "store/vms.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -32,7 +35,6 @@ struct Job {
   bool automatic = false;
 };
 
-struct BuildCancelled {};
 }  // namespace
 
 class SnapshotManager::Impl {
@@ -60,15 +62,9 @@ class SnapshotManager::Impl {
     state_cv_.notify_all();
     for (auto& t : workers_) t.join();
     for (const auto& job : cancelled) {
-      (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = 'unhealthy', phase = 'done', last_error = "
-                            "'cancelled: fcwarm shut down before the build started', updated_at = ? WHERE id = ? "
-                            "AND state = 'creating'");
-        q.bind(1, static_cast<int64_t>(util::NowMillis()));
-        q.bind(2, job.snapshot_id);
-        q.exec();
-        return Status::Ok();
+      (void)store_.db().Do([&](SQLite::Database& db) {
+        detail::AbandonBuild(db, job.snapshot_id, "cancelled: fcwarm shut down before the build started",
+                             util::NowMillis());
       });
     }
   }
@@ -84,31 +80,19 @@ class SnapshotManager::Impl {
     auto id = Id::Generate().str();
     auto now = util::NowMillis();
     auto created = store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
-      auto img = detail::StoreDb::ImageById(db, image_id);
+      auto img = detail::ImageById(db, image_id);
       if (!img.ok()) return img.status();
-      SQLite::Statement per(db, "SELECT COUNT(*) FROM runtime_snapshots WHERE runtime_image_id = ? AND state != 'deleted'");
-      per.bind(1, image_id);
-      per.executeStep();
-      if (per.getColumn(0).getInt64() >= opts_.max_snapshots_per_image) {
+      if (detail::CountLiveSnapshots(db, image_id) >= opts_.max_snapshots_per_image) {
         return Status::ResourceExhausted("runtime image '" + image_id + "' already has " +
                                          std::to_string(opts_.max_snapshots_per_image) +
                                          " runtime snapshots (max_snapshots_per_image); delete or rebuild one");
       }
-      SQLite::Statement total(db, "SELECT COUNT(*) FROM runtime_snapshots WHERE state != 'deleted'");
-      total.executeStep();
-      if (total.getColumn(0).getInt64() >= opts_.max_snapshots_total) {
+      if (detail::CountLiveSnapshots(db, "") >= opts_.max_snapshots_total) {
         return Status::ResourceExhausted("the maximum of " + std::to_string(opts_.max_snapshots_total) +
                                          " runtime snapshots (max_snapshots_total) is reached");
       }
-      SQLite::Statement ins(db,
-                            "INSERT INTO runtime_snapshots(id, runtime_image_id, state, phase, created_at, "
-                            "updated_at) VALUES (?, ?, 'creating', 'queued', ?, ?)");
-      ins.bind(1, id);
-      ins.bind(2, image_id);
-      ins.bind(3, static_cast<int64_t>(now));
-      ins.bind(4, static_cast<int64_t>(now));
-      ins.exec();
-      return detail::StoreDb::SnapshotById(db, id);
+      detail::InsertSnapshot(db, id, image_id, now);
+      return detail::SnapshotById(db, id);
     });
     if (!created.ok()) return created;
     Enqueue(Job{id, image_id, false});
@@ -118,7 +102,7 @@ class SnapshotManager::Impl {
 
   Result<RuntimeSnapshot> Get(const std::string& id) const {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
-    return store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::SnapshotById(db, id); });
+    return store_.db().With([&](SQLite::Database& db) { return detail::SnapshotById(db, id); });
   }
 
   Result<std::vector<RuntimeSnapshot>> List(const SnapshotFilter& f) const {
@@ -126,17 +110,7 @@ class SnapshotManager::Impl {
       if (auto p = Id::Parse("runtime_image_id", f.runtime_image_id); !p.ok()) return p.status();
     }
     return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<RuntimeSnapshot>> {
-      std::string sql = std::string("SELECT ") + detail::StoreDb::kSnapshotColumns + " FROM runtime_snapshots WHERE 1=1";
-      if (!f.runtime_image_id.empty()) sql += " AND runtime_image_id = :image";
-      if (f.state) sql += " AND state = :state";
-      else if (!f.include_deleted) sql += " AND state != 'deleted'";
-      sql += " ORDER BY created_at DESC, rowid DESC";
-      SQLite::Statement q(db, sql);
-      if (!f.runtime_image_id.empty()) q.bind(":image", f.runtime_image_id);
-      if (f.state) q.bind(":state", std::string(ToString(*f.state)));
-      std::vector<RuntimeSnapshot> out;
-      while (q.executeStep()) out.push_back(detail::StoreDb::ReadSnapshot(q));
-      return out;
+      return detail::ListSnapshots(db, f);
     });
   }
 
@@ -154,15 +128,8 @@ class SnapshotManager::Impl {
       return Status::AlreadyExists("a build of image '" + snap->runtime_image_id + "' is in flight");
     }
     if (active_snapshots_.count(id)) return snap;  // the build in flight is the rebuild
-    auto st = store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db,
-                          "UPDATE runtime_snapshots SET state = 'creating', phase = 'queued', updated_at = ? "
-                          "WHERE id = ? AND state != 'deleted'");
-      q.bind(1, static_cast<int64_t>(util::NowMillis()));
-      q.bind(2, id);
-      q.exec();
-      return Status::Ok();
-    });
+    auto st =
+        store_.db().Do([&](SQLite::Database& db) { detail::RequeueSnapshot(db, id, util::NowMillis()); });
     if (!st.ok()) return st;
     EnqueueLocked(Job{id, snap->runtime_image_id, automatic});
     lock.unlock();
@@ -175,22 +142,17 @@ class SnapshotManager::Impl {
   Status Delete(const std::string& id) {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
     auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
-      auto snap = detail::StoreDb::SnapshotById(db, id);
+      auto snap = detail::SnapshotById(db, id);
       if (!snap.ok()) return snap.status();
       if (snap->state == SnapshotState::kDeleted) return Status::Ok();
-      SQLite::Statement q(db, "UPDATE runtime_snapshots SET state = 'deleted', updated_at = ? WHERE id = ?");
-      q.bind(1, static_cast<int64_t>(util::NowMillis()));
-      q.bind(2, id);
-      q.exec();
-      SQLite::Statement g(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-      g.bind(1, id);
-      g.exec();
+      detail::SetSnapshotState(db, id, SnapshotState::kDeleted, util::NowMillis());
+      detail::RetireCurrentGeneration(db, id);
       Event e;
       e.kind = "snapshot";
       e.snapshot_id = id;
       e.runtime_image_id = snap->runtime_image_id;
       e.outcome = "deleted";
-      detail::StoreDb::InsertEvent(db, e);
+      detail::InsertEvent(db, e);
       return Status::Ok();
     });
     if (!st.ok()) return st;
@@ -213,27 +175,15 @@ class SnapshotManager::Impl {
   Result<GcReport> CollectGarbage() {
     std::lock_guard gc(gc_mu_);
     GcReport report;
-    struct Retired {
-      std::string snapshot_id;
-      int64_t number;
-      fs::path dir;
-    };
-    auto dirs = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<Retired>> {
-      SQLite::Statement q(db,
-                          "SELECT g.snapshot_id, g.number, g.dir FROM generations g WHERE g.status = 'retired' AND "
-                          "NOT EXISTS (SELECT 1 FROM vms v WHERE v.snapshot_id = g.snapshot_id AND v.generation = "
-                          "g.number AND v.state IN ('starting','running','stopped'))");
-      std::vector<Retired> out;
-      while (q.executeStep()) {
-        out.push_back({q.getColumn(0).getString(), q.getColumn(1).getInt64(), q.getColumn(2).getString()});
-      }
-      return out;
-    });
+    auto dirs =
+        store_.db().With([&](SQLite::Database& db) -> Result<std::vector<detail::CollectableGeneration>> {
+          return detail::CollectableGenerations(db);
+        });
     if (!dirs.ok()) return dirs.status();
-    for (const Retired& r : *dirs) {
+    for (const auto& r : *dirs) {
       const std::string& snapshot_id = r.snapshot_id;
       const int64_t number = r.number;
-      const fs::path& dir = r.dir;
+      const fs::path dir = r.dir;
       if (!util::IsWithin(opts_.root_dir, dir)) {
         spdlog::error("gc: refusing to remove {} outside the snapshot root", dir.string());
         continue;
@@ -242,12 +192,8 @@ class SnapshotManager::Impl {
       report.removed_generations++;
       std::error_code ec;
       fs::remove(dir.parent_path(), ec);  // the snapshot directory, if now empty
-      (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db, "UPDATE generations SET status = 'removed' WHERE snapshot_id = ? AND number = ?");
-        q.bind(1, snapshot_id);
-        q.bind(2, static_cast<int64_t>(number));
-        q.exec();
-        return Status::Ok();
+      (void)store_.db().Do([&](SQLite::Database& db) {
+        detail::SetGenerationStatus(db, snapshot_id, number, detail::GenerationStatus::kRemoved);
       });
       spdlog::info("gc: removed generation {} of snapshot {} ({})", number, snapshot_id, dir.string());
     }
@@ -265,18 +211,15 @@ class SnapshotManager::Impl {
   Result<RuntimeSnapshot> PinGeneration(const std::string& snapshot_id, const std::string& vm_id) {
     std::lock_guard gc(gc_mu_);
     return store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
-      auto snap = detail::StoreDb::SnapshotById(db, snapshot_id);
+      auto snap = detail::SnapshotById(db, snapshot_id);
       if (!snap.ok()) return snap;
       if (snap->state != SnapshotState::kReady || snap->generation_dir.empty()) {
         return Status::FailedPrecondition("runtime snapshot '" + snapshot_id + "' is " +
                                           std::string(ToString(snap->state)) + ", not ready");
       }
-      SQLite::Statement q(db, "UPDATE vms SET snapshot_id = ?, generation = ?, updated_at = ? WHERE id = ?");
-      q.bind(1, snapshot_id);
-      q.bind(2, static_cast<int64_t>(snap->generation));
-      q.bind(3, static_cast<int64_t>(util::NowMillis()));
-      q.bind(4, vm_id);
-      if (q.exec() != 1) return Status::NotFound("vm '" + vm_id + "' not found");
+      if (!detail::PinGeneration(db, vm_id, snapshot_id, snap->generation, util::NowMillis())) {
+        return Status::NotFound("vm '" + vm_id + "' not found");
+      }
       return snap;
     });
   }
@@ -380,17 +323,228 @@ class SnapshotManager::Impl {
     return stopping_;
   }
 
-  void SetPhase(const std::string& id, BuildPhase phase) {
-    if (Stopping()) throw BuildCancelled{};
-    (void)store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db, "UPDATE runtime_snapshots SET phase = ?, updated_at = ? WHERE id = ?");
-      q.bind(1, std::string(ToString(phase)));
-      q.bind(2, static_cast<int64_t>(util::NowMillis()));
-      q.bind(3, id);
-      q.exec();
+  // ---- builds -------------------------------------------------------------------
+  //
+  // A build is a chain of named phases, like firecracker-go-sdk's Handlers list: each phase is a function
+  // that returns a Status, the chain stops at the first error, and entering a phase records the time spent
+  // in the previous one under that phase's name. A failure is reported naming the phase it happened in.
+
+  // What one build works on; the phases fill it in as they go.
+  struct Build {
+    explicit Build(const Job& j) : job(j) {}
+    const Job& job;
+    RuntimeImage image;
+    int64_t generation = 0;
+    fs::path snap_dir;   // <root>/<image>/<snapshot>
+    fs::path final_dir;  // snap_dir/gen-<N>
+    fs::path tmp_dir;    // snap_dir/.tmp-gen-<N>, renamed to final_dir when published
+    fs::path work_dir;   // the build VM's work directory
+    std::string owner;   // owner of the build VM's processes in the store
+    std::shared_ptr<Vmm> vmm;
+    std::pair<std::string, std::map<std::string, std::string>> key;  // compatibility key, components
+    std::unique_ptr<Vm> vm;
+    std::vector<SnapshotFile> files;
+    std::string manifest_digest;
+    bool deleted_meanwhile = false;
+  };
+
+  struct BuildStep {
+    BuildPhase phase;
+    Status (Impl::*run)(Build&);
+  };
+
+  // The chain, in order. The first step runs while the snapshot is still `queued`.
+  static const std::vector<BuildStep>& BuildSteps() {
+    static const std::vector<BuildStep> kSteps = {
+        {BuildPhase::kQueued, &Impl::PrepareBuild},       // generation record, directories, backend, key
+        {BuildPhase::kBooting, &Impl::BootBuildVm},       // cold boot
+        {BuildPhase::kWaitingRuntime, &Impl::WaitReady},  // agent, then runtime check
+        {BuildPhase::kQuiescing, &Impl::QuiesceGuest},    // guest drops per-boot state
+        {BuildPhase::kPausing, &Impl::PauseVm},           // vCPUs stop
+        {BuildPhase::kSnapshotting, &Impl::SnapshotVm},   // state to disk, build VM stopped
+        {BuildPhase::kVerifying, &Impl::WriteManifest},   // fsync + XXH3 of every file, manifest.json
+        {BuildPhase::kPublishing, &Impl::Publish},        // rename() into place, commit the generation
+    };
+    return kSteps;
+  }
+
+  static Status Cancelled() { return Status::Unavailable("cancelled: fcwarm shut down during the build"); }
+
+  // Runs the chain. `phase` ends as the phase that failed (or the last one); `timings` gets the duration of
+  // every phase after `queued` that was left, and of the last one when the chain succeeds.
+  Status RunBuildSteps(Build& b, BuildPhase& phase, Timings& timings) {
+    auto t_phase = std::chrono::steady_clock::now();
+    for (const BuildStep& step : BuildSteps()) {
+      if (step.phase != phase) {
+        if (phase != BuildPhase::kQueued) timings[std::string(ToString(phase))] = util::MsSince(t_phase);
+        phase = step.phase;
+        t_phase = std::chrono::steady_clock::now();
+        if (auto st = EnterPhase(b.job.snapshot_id, phase); !st.ok()) return st;
+      }
+      if (auto st = RunBuildStep(step, b); !st.ok()) return st;
+    }
+    timings[std::string(ToString(phase))] = util::MsSince(t_phase);
+    return Status::Ok();
+  }
+
+  // A step; an exception from a dependency (std::filesystem, Boost.JSON) fails the build like an error.
+  Status RunBuildStep(const BuildStep& step, Build& b) {
+    try {
+      return (this->*step.run)(b);
+    } catch (const std::exception& e) {
+      return Status::Internal(std::string("build failed: ") + e.what());
+    }
+  }
+
+  // Records the phase the build enters; gives up (cancelled) when the manager is shutting down.
+  Status EnterPhase(const std::string& id, BuildPhase phase) {
+    if (Stopping()) return Cancelled();
+    (void)store_.db().Do(
+        [&](SQLite::Database& db) { detail::SetSnapshotPhase(db, id, phase, util::NowMillis()); });
+    state_cv_.notify_all();
+    return Status::Ok();
+  }
+
+  // queued: the generation's record and directories, the backend, the compatibility key.
+  Status PrepareBuild(Build& b) {
+    (void)store_.db().Do([&](SQLite::Database& db) {
+      detail::InsertGeneration(db, b.job.snapshot_id, b.generation, b.final_dir.string(), util::NowMillis());
+    });
+    util::RemoveTree(b.tmp_dir);
+    util::RemoveTree(b.work_dir);
+    if (auto st = util::MakeDirs(b.tmp_dir); !st.ok()) return st;
+    if (auto st = util::MakeDirs(b.work_dir); !st.ok()) return st;
+    b.vmm = vmms_.Find(b.image.backend);
+    if (!b.vmm) return Status::Unavailable("backend '" + b.image.backend + "' is not available");
+    auto key = CompatibilityKeyFor(b.image);
+    if (!key.ok()) return key.status();
+    b.key = *key;
+    return Status::Ok();
+  }
+
+  // booting: a cold boot of the build VM.
+  Status BootBuildVm(Build& b) {
+    LaunchSpec spec;
+    spec.vm_id = Id::Generate().str();
+    spec.image = b.image;
+    spec.work_dir = b.work_dir.string();
+    spec.network.hostname = "fcwarm-build";
+    spec.on_process_started = [this, owner = b.owner](int pid) {
+      internal::RecordProcess(store_, pid, "build", owner);
+    };
+    auto booted = b.vmm->ColdBoot(spec);
+    if (!booted.ok()) return booted.status().WithContext("cold boot of the build VM");
+    b.vm = std::move(booted).value();
+    return Status::Ok();
+  }
+
+  // waiting_runtime: the same waits RestoreEngine uses (agent, then runtime check), given up on shutdown.
+  Status WaitReady(Build& b) {
+    auto stopping = [this] { return Stopping(); };
+    auto agent = internal::WaitForAgent(*b.vm, opts_.agent_timeout, opts_.poll_interval, stopping);
+    if (Stopping()) return Cancelled();
+    if (!agent.ok()) return agent.status();
+    auto ready = internal::WaitForRuntime(*b.vm, b.image.runtime_check, opts_.runtime_timeout,
+                                          opts_.poll_interval, stopping);
+    if (Stopping()) return Cancelled();
+    return ready;
+  }
+
+  // quiescing: the guest drops per-boot state.
+  Status QuiesceGuest(Build& b) {
+    return b.vm->guest().Quiesce(std::chrono::milliseconds(30000)).WithContext("quiesce");
+  }
+
+  // pausing: the vCPUs stop.
+  Status PauseVm(Build& b) { return b.vm->Pause().WithContext("pause"); }
+
+  // snapshotting: the VM's state into the temporary directory; the build VM is no longer needed after that.
+  Status SnapshotVm(Build& b) {
+    if (auto st = b.vm->Snapshot(b.tmp_dir.string()); !st.ok()) return st.WithContext("snapshot");
+    (void)b.vm->Stop(opts_.stop_grace);
+    b.vm.reset();
+    internal::ForgetProcesses(store_, b.owner);
+    return Status::Ok();
+  }
+
+  // verifying: every file fsynced and hashed, then manifest.json written durably.
+  Status WriteManifest(Build& b) {
+    std::error_code ec;
+    std::vector<fs::path> entries;
+    for (const auto& e : fs::directory_iterator(b.tmp_dir, ec)) entries.push_back(e.path());
+    std::sort(entries.begin(), entries.end());
+    for (const auto& p : entries) {
+      if (!fs::is_regular_file(p)) {
+        return Status::Internal("snapshot produced a non-regular file: " + p.string());
+      }
+      if (p.filename() == kManifestName) return Status::Internal("backend wrote a file named manifest.json");
+      if (auto st = util::FsyncPath(p); !st.ok()) return st;
+      auto digest = util::Xxh3File(p);
+      if (!digest.ok()) return digest.status();
+      SnapshotFile f;
+      f.name = p.filename().string();
+      f.size = fs::file_size(p);
+      f.mtime_ns = util::MtimeNs(p);
+      f.xxh3 = *digest;
+      b.files.push_back(std::move(f));
+    }
+    if (b.files.empty()) return Status::Internal("the backend wrote no snapshot files");
+    json::array files;
+    for (const auto& f : b.files) {
+      files.push_back(json::object{{"name", f.name}, {"size", f.size}, {"xxh3", f.xxh3}});
+    }
+    json::object comp;
+    for (const auto& [k, v] : b.key.second) comp[k] = v;
+    json::object manifest{
+        {"format", kManifestFormat},
+        {"snapshot_id", b.job.snapshot_id},
+        {"runtime_image_id", b.job.image_id},
+        {"generation", b.generation},
+        {"compatibility_key", b.key.first},
+        {"compatibility", comp},
+        {"vm_shape", json::object{{"vcpus", b.image.shape.vcpus}, {"memory_mib", b.image.shape.memory_mib}}},
+        {"agent_protocol", kGuestProtocolVersion},
+        {"files", files},
+        {"created_at", util::NowMillis()}};
+    std::string manifest_text = json::serialize(manifest) + "\n";
+    if (auto st = util::WriteFileDurable(b.tmp_dir / kManifestName, manifest_text); !st.ok()) return st;
+    b.manifest_digest = util::Xxh3Hex(manifest_text);
+    return Status::Ok();
+  }
+
+  // publishing: fsync, rename() into place, fsync the directory, then the new generation in one transaction
+  // (retired at once if the snapshot was deleted meanwhile).
+  Status Publish(Build& b) {
+    if (auto st = util::FsyncPath(b.tmp_dir); !st.ok()) return st;
+    util::RemoveTree(b.final_dir);
+    std::error_code ec;
+    fs::rename(b.tmp_dir, b.final_dir, ec);
+    if (ec) return Status::Unavailable("publish " + b.final_dir.string() + ": " + ec.message());
+    if (auto st = util::FsyncPath(b.snap_dir); !st.ok()) return st;
+    uint64_t apparent = 0, allocated = 0;
+    util::DiskUsage(b.final_dir, &apparent, &allocated);
+    detail::PublishedGeneration published{.number = b.generation,
+                                          .dir = b.final_dir.string(),
+                                          .compatibility_key = b.key.first,
+                                          .compatibility = b.key.second,
+                                          .size_bytes = apparent,
+                                          .disk_bytes = allocated,
+                                          .files = b.files,
+                                          .manifest_digest = b.manifest_digest};
+    const std::string& id = b.job.snapshot_id;
+    return store_.db().Tx([&](SQLite::Database& db) -> Status {
+      auto cur = detail::SnapshotById(db, id);
+      if (!cur.ok()) return cur.status();
+      if (cur->state == SnapshotState::kDeleted) {
+        b.deleted_meanwhile = true;
+        detail::SetGenerationStatus(db, id, b.generation, detail::GenerationStatus::kRetired);
+        return Status::Ok();
+      }
+      detail::RetireCurrentGeneration(db, id);
+      detail::SetGenerationStatus(db, id, b.generation, detail::GenerationStatus::kCurrent);
+      detail::PublishSnapshot(db, id, published, util::NowMillis());
       return Status::Ok();
     });
-    state_cv_.notify_all();
   }
 
   BuildOutcome RunBuild(const Job& job) {
@@ -400,217 +554,50 @@ class SnapshotManager::Impl {
     out.automatic = job.automatic;
     auto t_total = std::chrono::steady_clock::now();
 
-    auto image = store_.db().With([&](SQLite::Database& db) { return detail::StoreDb::ImageById(db, job.image_id); });
+    auto image = store_.db().With([&](SQLite::Database& db) { return detail::ImageById(db, job.image_id); });
     auto snap = Get(job.snapshot_id);
     if (!image.ok() || !snap.ok() || snap->state == SnapshotState::kDeleted) {
       out.error = "snapshot or image vanished before the build started";
       return out;
     }
-    int64_t gen = 0;
-    (void)store_.db().With([&](SQLite::Database& db) -> Status {
-      SQLite::Statement q(db, "SELECT COALESCE(MAX(number), 0) FROM generations WHERE snapshot_id = ?");
-      q.bind(1, job.snapshot_id);
-      q.executeStep();
-      gen = q.getColumn(0).getInt64() + 1;
-      return Status::Ok();
-    });
+    Build b(job);
+    b.image = *image;
+    (void)store_.db().Do(
+        [&](SQLite::Database& db) { b.generation = detail::NextGenerationNumber(db, job.snapshot_id); });
+    const int64_t gen = b.generation;
     out.generation = gen;
-    fs::path snap_dir = fs::path(opts_.root_dir) / job.image_id / job.snapshot_id;
-    fs::path final_dir = snap_dir / ("gen-" + std::to_string(gen));
-    fs::path tmp_dir = snap_dir / (".tmp-gen-" + std::to_string(gen));
-    fs::path work_dir = fs::path(opts_.build_dir) / (job.snapshot_id + "-gen-" + std::to_string(gen));
-    std::string owner = "build:" + job.snapshot_id;
-    std::unique_ptr<Vm> vm;
-    Status result;
+    b.snap_dir = fs::path(opts_.root_dir) / job.image_id / job.snapshot_id;
+    b.final_dir = b.snap_dir / ("gen-" + std::to_string(gen));
+    b.tmp_dir = b.snap_dir / (".tmp-gen-" + std::to_string(gen));
+    b.work_dir = fs::path(opts_.build_dir) / (job.snapshot_id + "-gen-" + std::to_string(gen));
+    b.owner = "build:" + job.snapshot_id;
+
     BuildPhase phase = BuildPhase::kQueued;
-    auto t_phase = std::chrono::steady_clock::now();
-    auto enter = [&](BuildPhase p) {
-      if (phase != BuildPhase::kQueued) out.timings[std::string(ToString(phase))] = util::MsSince(t_phase);
-      phase = p;
-      t_phase = std::chrono::steady_clock::now();
-      SetPhase(job.snapshot_id, p);
-    };
-
-    try {
-      (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db, "INSERT INTO generations(snapshot_id, number, dir, status, created_at) VALUES (?,?,?,'building',?)");
-        q.bind(1, job.snapshot_id);
-        q.bind(2, static_cast<int64_t>(gen));
-        q.bind(3, final_dir.string());
-        q.bind(4, static_cast<int64_t>(util::NowMillis()));
-        q.exec();
-        return Status::Ok();
-      });
-      util::RemoveTree(tmp_dir);
-      util::RemoveTree(work_dir);
-      if (auto st = util::MakeDirs(tmp_dir); !st.ok()) throw st;
-      if (auto st = util::MakeDirs(work_dir); !st.ok()) throw st;
-      auto vmm = vmms_.Find(image->backend);
-      if (!vmm) throw Status::Unavailable("backend '" + image->backend + "' is not available");
-      auto key = CompatibilityKeyFor(*image);
-      if (!key.ok()) throw key.status();
-
-      enter(BuildPhase::kBooting);
-      LaunchSpec spec;
-      spec.vm_id = Id::Generate().str();
-      spec.image = *image;
-      spec.work_dir = work_dir.string();
-      spec.network.hostname = "fcwarm-build";
-      spec.on_process_started = [&](int pid) { internal::RecordProcess(store_, pid, "build", owner); };
-      auto booted = vmm->ColdBoot(spec);
-      if (!booted.ok()) throw booted.status().WithContext("cold boot of the build VM");
-      vm = std::move(booted).value();
-
-      enter(BuildPhase::kWaitingRuntime);
-      // The same waits RestoreEngine uses, given up on shutdown.
-      auto stopping = [this] { return Stopping(); };
-      auto agent = internal::WaitForAgent(*vm, opts_.agent_timeout, opts_.poll_interval, stopping);
-      if (Stopping()) throw BuildCancelled{};
-      if (!agent.ok()) throw agent.status();
-      auto ready = internal::WaitForRuntime(*vm, image->runtime_check, opts_.runtime_timeout, opts_.poll_interval,
-                                            stopping);
-      if (Stopping()) throw BuildCancelled{};
-      if (!ready.ok()) throw ready;
-
-      enter(BuildPhase::kQuiescing);
-      if (auto st = vm->guest().Quiesce(std::chrono::milliseconds(30000)); !st.ok()) throw st.WithContext("quiesce");
-      enter(BuildPhase::kPausing);
-      if (auto st = vm->Pause(); !st.ok()) throw st.WithContext("pause");
-      enter(BuildPhase::kSnapshotting);
-      if (auto st = vm->Snapshot(tmp_dir.string()); !st.ok()) throw st.WithContext("snapshot");
-      // The build VM is no longer needed once its state is on disk.
-      (void)vm->Stop(opts_.stop_grace);
-      vm.reset();
-      internal::ForgetProcesses(store_, owner);
-
-      enter(BuildPhase::kVerifying);
-      RuntimeSnapshot built;
-      std::error_code ec;
-      std::vector<fs::path> entries;
-      for (const auto& e : fs::directory_iterator(tmp_dir, ec)) entries.push_back(e.path());
-      std::sort(entries.begin(), entries.end());
-      for (const auto& p : entries) {
-        if (!fs::is_regular_file(p)) throw Status::Internal("snapshot produced a non-regular file: " + p.string());
-        if (p.filename() == kManifestName) throw Status::Internal("backend wrote a file named manifest.json");
-        if (auto st = util::FsyncPath(p); !st.ok()) throw st;
-        auto digest = util::Xxh3File(p);
-        if (!digest.ok()) throw digest.status();
-        SnapshotFile f;
-        f.name = p.filename().string();
-        f.size = fs::file_size(p);
-        f.mtime_ns = util::MtimeNs(p);
-        f.xxh3 = *digest;
-        built.files.push_back(std::move(f));
-      }
-      if (built.files.empty()) throw Status::Internal("the backend wrote no snapshot files");
-      json::array files;
-      for (const auto& f : built.files) files.push_back(json::object{{"name", f.name}, {"size", f.size}, {"xxh3", f.xxh3}});
-      json::object comp;
-      for (const auto& [k, v] : key->second) comp[k] = v;
-      json::object manifest{{"format", kManifestFormat},
-                            {"snapshot_id", job.snapshot_id},
-                            {"runtime_image_id", job.image_id},
-                            {"generation", gen},
-                            {"compatibility_key", key->first},
-                            {"compatibility", comp},
-                            {"vm_shape", json::object{{"vcpus", image->shape.vcpus}, {"memory_mib", image->shape.memory_mib}}},
-                            {"agent_protocol", kGuestProtocolVersion},
-                            {"files", files},
-                            {"created_at", util::NowMillis()}};
-      std::string manifest_text = json::serialize(manifest) + "\n";
-      if (auto st = util::WriteFileDurable(tmp_dir / kManifestName, manifest_text); !st.ok()) throw st;
-      std::string manifest_digest = util::Xxh3Hex(manifest_text);
-
-      enter(BuildPhase::kPublishing);
-      if (auto st = util::FsyncPath(tmp_dir); !st.ok()) throw st;
-      util::RemoveTree(final_dir);
-      fs::rename(tmp_dir, final_dir, ec);
-      if (ec) throw Status::Unavailable("publish " + final_dir.string() + ": " + ec.message());
-      if (auto st = util::FsyncPath(snap_dir); !st.ok()) throw st;
-      uint64_t apparent = 0, allocated = 0;
-      util::DiskUsage(final_dir, &apparent, &allocated);
-      bool deleted_meanwhile = false;
-      auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
-        auto cur = detail::StoreDb::SnapshotById(db, job.snapshot_id);
-        if (!cur.ok()) return cur.status();
-        if (cur->state == SnapshotState::kDeleted) {
-          deleted_meanwhile = true;
-          SQLite::Statement g(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND number = ?");
-          g.bind(1, job.snapshot_id);
-          g.bind(2, static_cast<int64_t>(gen));
-          g.exec();
-          return Status::Ok();
-        }
-        SQLite::Statement old(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-        old.bind(1, job.snapshot_id);
-        old.exec();
-        SQLite::Statement g(db, "UPDATE generations SET status = 'current' WHERE snapshot_id = ? AND number = ?");
-        g.bind(1, job.snapshot_id);
-        g.bind(2, static_cast<int64_t>(gen));
-        g.exec();
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = 'ready', phase = 'done', generation = ?, "
-                            "generation_dir = ?, compatibility_key = ?, compatibility = ?, size_bytes = ?, "
-                            "disk_bytes = ?, files = ?, manifest_digest = ?, consecutive_failures = 0, "
-                            "build_failures = 0, restores_since_full_verify = 0, last_error = '', updated_at = ? "
-                            "WHERE id = ?");
-        q.bind(1, static_cast<int64_t>(gen));
-        q.bind(2, final_dir.string());
-        q.bind(3, key->first);
-        q.bind(4, util::StringMapToJson(key->second));
-        q.bind(5, static_cast<int64_t>(apparent));
-        q.bind(6, static_cast<int64_t>(allocated));
-        q.bind(7, util::FilesToJson(built.files));
-        q.bind(8, manifest_digest);
-        q.bind(9, static_cast<int64_t>(util::NowMillis()));
-        q.bind(10, job.snapshot_id);
-        q.exec();
-        return Status::Ok();
-      });
-      if (!st.ok()) throw st;
-      out.timings[std::string(ToString(phase))] = util::MsSince(t_phase);
+    Status result = RunBuildSteps(b, phase, out.timings);
+    if (result.ok()) {
       out.timings["total"] = util::MsSince(t_total);
-      out.ok = !deleted_meanwhile;
-      if (deleted_meanwhile) out.error = "snapshot was deleted during the build";
-    } catch (const Status& st) {
-      result = st;
-    } catch (const BuildCancelled&) {
-      result = Status::Unavailable("cancelled: fcwarm shut down during the build");
-    } catch (const std::exception& e) {
-      result = Status::Internal(std::string("build failed: ") + e.what());
+      out.ok = !b.deleted_meanwhile;
+      if (b.deleted_meanwhile) out.error = "snapshot was deleted during the build";
     }
 
-    if (vm) {
-      (void)vm->Stop(opts_.stop_grace);
-      vm.reset();
+    if (b.vm) {
+      (void)b.vm->Stop(opts_.stop_grace);
+      b.vm.reset();
     }
-    internal::ForgetProcesses(store_, owner);
-    util::RemoveTree(work_dir);
+    internal::ForgetProcesses(store_, b.owner);
+    util::RemoveTree(b.work_dir);
 
     if (!result.ok()) {
-      util::RemoveTree(tmp_dir);
+      util::RemoveTree(b.tmp_dir);
       out.ok = false;
       out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " + result.message();
       out.timings["total"] = util::MsSince(t_total);
       (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-        SQLite::Statement g(db, "DELETE FROM generations WHERE snapshot_id = ? AND number = ?");
-        g.bind(1, job.snapshot_id);
-        g.bind(2, static_cast<int64_t>(gen));
-        g.exec();
-        SQLite::Statement old(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-        old.bind(1, job.snapshot_id);
-        old.exec();
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = CASE WHEN state = 'deleted' THEN 'deleted' ELSE "
-                            "'unhealthy' END, phase = 'done', last_error = ?, build_failures = build_failures + 1, "
-                            "updated_at = ? WHERE id = ?");
-        q.bind(1, out.error);
-        q.bind(2, static_cast<int64_t>(util::NowMillis()));
-        q.bind(3, job.snapshot_id);
-        q.exec();
-        SQLite::Statement r(db, "SELECT build_failures FROM runtime_snapshots WHERE id = ?");
-        r.bind(1, job.snapshot_id);
-        if (r.executeStep()) out.build_failures = r.getColumn(0).getInt64();
+        detail::DeleteGeneration(db, job.snapshot_id, gen);
+        detail::RetireCurrentGeneration(db, job.snapshot_id);
+        if (auto failures = detail::RecordBuildFailure(db, job.snapshot_id, out.error, util::NowMillis())) {
+          out.build_failures = *failures;
+        }
         return Status::Ok();
       });
       spdlog::warn("snapshot {}: {}", job.snapshot_id, out.error);
@@ -650,19 +637,11 @@ class SnapshotManager::Impl {
   void Reconcile() {
     // 1. Builds a crash interrupted.
     (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-      SQLite::Statement sel(db, "SELECT id, runtime_image_id FROM runtime_snapshots WHERE state = 'creating'");
-      std::vector<std::pair<std::string, std::string>> ids;
-      while (sel.executeStep()) ids.emplace_back(sel.getColumn(0).getString(), sel.getColumn(1).getString());
-      for (const auto& [id, image] : ids) {
-        SQLite::Statement q(db,
-                            "UPDATE runtime_snapshots SET state = 'unhealthy', phase = 'done', last_error = "
-                            "'interrupted', updated_at = ? WHERE id = ?");
-        q.bind(1, static_cast<int64_t>(util::NowMillis()));
-        q.bind(2, id);
-        q.exec();
-        SQLite::Statement old(db, "UPDATE generations SET status = 'retired' WHERE snapshot_id = ? AND status = 'current'");
-        old.bind(1, id);
-        old.exec();
+      for (const auto& snap : detail::ListSnapshots(db, {"", SnapshotState::kCreating, false})) {
+        const std::string& id = snap.id;
+        const std::string& image = snap.runtime_image_id;
+        detail::AbandonBuild(db, id, "interrupted", util::NowMillis());
+        detail::RetireCurrentGeneration(db, id);
         Event e;
         e.kind = "reconcile";
         e.snapshot_id = id;
@@ -670,10 +649,10 @@ class SnapshotManager::Impl {
         e.outcome = "unhealthy";
         e.reason = "interrupted";
         e.message = "build interrupted by a restart";
-        detail::StoreDb::InsertEvent(db, e);
+        detail::InsertEvent(db, e);
         report_.interrupted_builds++;
       }
-      db.exec("DELETE FROM generations WHERE status = 'building'");
+      detail::DeleteBuildingGenerations(db);
       return Status::Ok();
     });
     // 2. Temporary directories.
@@ -697,35 +676,25 @@ class SnapshotManager::Impl {
     // 3. VMM processes of the previous run.
     if (opts_.reconcile_processes) {
       (void)store_.db().With([&](SQLite::Database& db) -> Status {
-        SQLite::Statement q(db, "SELECT pid, start_time, role, owner_id FROM processes");
-        while (q.executeStep()) {
-          int pid = q.getColumn(0).getInt();
-          auto start = static_cast<uint64_t>(q.getColumn(1).getInt64());
-          if (pid > 1 && util::IsSameProcess(pid, start)) {
-            spdlog::warn("reconcile: killing leftover {} process {} of {}", q.getColumn(2).getString(), pid,
-                         q.getColumn(3).getString());
-            ::kill(pid, SIGKILL);
-            util::WaitFor(pid, std::chrono::milliseconds(2000));
+        for (const auto& p : detail::RecordedProcesses(db)) {
+          if (p.pid > 1 && util::IsSameProcess(p.pid, p.start_time)) {
+            spdlog::warn("reconcile: killing leftover {} process {} of {}", p.role, p.pid, p.owner_id);
+            ::kill(p.pid, SIGKILL);
+            util::WaitFor(p.pid, std::chrono::milliseconds(2000));
             report_.killed_processes++;
           }
         }
-        db.exec("DELETE FROM processes");
+        detail::ForgetAllProcesses(db);
         return Status::Ok();
       });
     }
     // 4. VMs the previous run owned: their processes are gone, release what they held.
     (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-      SQLite::Statement sel(db, "SELECT id, work_dir FROM vms WHERE state IN ('starting','running','stopped')");
-      std::vector<std::pair<std::string, std::string>> vms;
-      while (sel.executeStep()) vms.emplace_back(sel.getColumn(0).getString(), sel.getColumn(1).getString());
-      for (const auto& [id, dir] : vms) {
-        SQLite::Statement q(db, "UPDATE vms SET state = 'lost', last_error = 'owner process restarted', updated_at = ? WHERE id = ?");
-        q.bind(1, static_cast<int64_t>(util::NowMillis()));
-        q.bind(2, id);
-        q.exec();
-        SQLite::Statement a(db, "DELETE FROM address_allocations WHERE vm_id = ?");
-        a.bind(1, id);
-        a.exec();
+      for (const auto& vm : detail::LiveVms(db)) {
+        const std::string& id = vm.id;
+        const std::string& dir = vm.work_dir;
+        detail::SetVmState(db, id, VmState::kLost, "owner process restarted", util::NowMillis());
+        detail::ReleaseAddress(db, id);
         if (!dir.empty() && fs::path(dir).filename() == id) util::RemoveTree(dir);
         report_.lost_vms++;
       }

@@ -1,12 +1,10 @@
 #include "store/store_db.hpp"
 
-#include <boost/json.hpp>
-
 #include "fcwarm/store.hpp"
+#include "store/sql.hpp"
 #include "util/common.hpp"
 
 namespace fcwarm::detail {
-namespace json = boost::json;
 
 const std::vector<Migration>& Migrations() {
   static const std::vector<Migration> kMigrations = {
@@ -183,150 +181,45 @@ Status StoreDb::Migrate() {
   return Status::Ok();
 }
 
-const char* StoreDb::kImageColumns =
-    "id, name, backend, kernel_path, initrd_path, rootfs_path, boot_args, vcpus, memory_mib, runtime_check, "
-    "created_at";
-const char* StoreDb::kSnapshotColumns =
-    "id, runtime_image_id, state, phase, generation, generation_dir, compatibility_key, compatibility, "
-    "size_bytes, disk_bytes, files, manifest_digest, success_count, failure_count, consecutive_failures, "
-    "build_failures, last_error, created_at, updated_at, last_used_at";
-const char* StoreDb::kVmColumns =
-    "id, name, runtime_image_id, snapshot_id, generation, state, boot_method, fallback_reason, timings, "
-    "work_dir, address, mac, hostname, last_error, created_at, updated_at";
-const char* StoreDb::kEventColumns =
-    "id, time, kind, runtime_image_id, snapshot_id, vm_id, outcome, reason, timings, message";
-
 namespace {
-RuntimeCheck CheckFromJson(const std::string& s) {
-  RuntimeCheck c;
-  boost::system::error_code ec;
-  auto v = json::parse(s, ec);
-  if (ec || !v.is_object()) return c;
-  const auto& o = v.as_object();
-  if (auto* p = o.if_contains("kind"); p && p->is_string()) c.kind = std::string(p->as_string());
-  if (auto* p = o.if_contains("path"); p && p->is_string()) c.path = std::string(p->as_string());
-  if (auto* p = o.if_contains("argv"); p && p->is_array())
-    for (const auto& a : p->as_array())
-      if (a.is_string()) c.argv.emplace_back(a.as_string());
-  return c;
+
+const RowMap<Event>& EventRows() {
+  static const RowMap<Event> kRows{
+      Col("id", &Event::id),
+      Col("time", &Event::time),
+      Col("kind", &Event::kind),
+      Col("runtime_image_id", &Event::runtime_image_id),
+      Col("snapshot_id", &Event::snapshot_id),
+      Col("vm_id", &Event::vm_id),
+      Col("outcome", &Event::outcome),
+      Col("reason", &Event::reason),
+      Col("timings", &Event::timings),
+      Col("message", &Event::message),
+  };
+  return kRows;
 }
+
 }  // namespace
 
-RuntimeImage StoreDb::ReadImage(SQLite::Statement& s) {
-  RuntimeImage i;
-  i.id = s.getColumn(0).getString();
-  i.name = s.getColumn(1).getString();
-  i.backend = s.getColumn(2).getString();
-  i.kernel_path = s.getColumn(3).getString();
-  i.initrd_path = s.getColumn(4).getString();
-  i.rootfs_path = s.getColumn(5).getString();
-  i.boot_args = s.getColumn(6).getString();
-  i.shape.vcpus = static_cast<uint32_t>(s.getColumn(7).getInt());
-  i.shape.memory_mib = static_cast<uint32_t>(s.getColumn(8).getInt());
-  i.runtime_check = CheckFromJson(s.getColumn(9).getString());
-  i.created_at = s.getColumn(10).getInt64();
-  return i;
-}
-
-RuntimeSnapshot StoreDb::ReadSnapshot(SQLite::Statement& s) {
-  RuntimeSnapshot r;
-  r.id = s.getColumn(0).getString();
-  r.runtime_image_id = s.getColumn(1).getString();
-  r.state = ParseSnapshotState(s.getColumn(2).getString()).value();
-  auto phase = ParseBuildPhase(s.getColumn(3).getString());
-  r.phase = phase.ok() ? phase.value() : BuildPhase::kDone;
-  r.generation = s.getColumn(4).getInt64();
-  r.generation_dir = s.getColumn(5).getString();
-  r.compatibility_key = s.getColumn(6).getString();
-  r.compatibility = util::StringMapFromJson(s.getColumn(7).getString());
-  r.size_bytes = static_cast<uint64_t>(s.getColumn(8).getInt64());
-  r.disk_bytes = static_cast<uint64_t>(s.getColumn(9).getInt64());
-  r.files = util::FilesFromJson(s.getColumn(10).getString());
-  r.manifest_digest = s.getColumn(11).getString();
-  r.success_count = s.getColumn(12).getInt64();
-  r.failure_count = s.getColumn(13).getInt64();
-  r.consecutive_failures = s.getColumn(14).getInt64();
-  r.build_failures = s.getColumn(15).getInt64();
-  r.last_error = s.getColumn(16).getString();
-  r.created_at = s.getColumn(17).getInt64();
-  r.updated_at = s.getColumn(18).getInt64();
-  if (!s.getColumn(19).isNull()) r.last_used_at = s.getColumn(19).getInt64();
-  return r;
-}
-
-VmRecord StoreDb::ReadVm(SQLite::Statement& s) {
-  VmRecord v;
-  v.id = s.getColumn(0).getString();
-  v.name = s.getColumn(1).getString();
-  v.runtime_image_id = s.getColumn(2).getString();
-  v.snapshot_id = s.getColumn(3).getString();
-  v.generation = s.getColumn(4).getInt64();
-  v.state = ParseVmState(s.getColumn(5).getString()).value();
-  v.boot_method = ParseBootMethod(s.getColumn(6).getString()).value();
-  auto r = ParseFallbackReason(s.getColumn(7).getString());
-  v.fallback_reason = r.ok() ? r.value() : FallbackReason::kNone;
-  v.timings = util::TimingsFromJson(s.getColumn(8).getString());
-  v.work_dir = s.getColumn(9).getString();
-  v.address = s.getColumn(10).getString();
-  v.mac = s.getColumn(11).getString();
-  v.hostname = s.getColumn(12).getString();
-  v.last_error = s.getColumn(13).getString();
-  v.created_at = s.getColumn(14).getInt64();
-  v.updated_at = s.getColumn(15).getInt64();
-  return v;
-}
-
-Event StoreDb::ReadEvent(SQLite::Statement& s) {
-  Event e;
-  e.id = s.getColumn(0).getInt64();
-  e.time = s.getColumn(1).getInt64();
-  e.kind = s.getColumn(2).getString();
-  e.runtime_image_id = s.getColumn(3).getString();
-  e.snapshot_id = s.getColumn(4).getString();
-  e.vm_id = s.getColumn(5).getString();
-  e.outcome = s.getColumn(6).getString();
-  e.reason = s.getColumn(7).getString();
-  e.timings = util::TimingsFromJson(s.getColumn(8).getString());
-  e.message = s.getColumn(9).getString();
-  return e;
-}
-
-Result<RuntimeSnapshot> StoreDb::SnapshotById(SQLite::Database& db, const std::string& id) {
-  SQLite::Statement q(db, std::string("SELECT ") + kSnapshotColumns + " FROM runtime_snapshots WHERE id = ?");
-  q.bind(1, id);
-  if (!q.executeStep()) return Status::NotFound("runtime snapshot '" + id + "' not found");
-  return ReadSnapshot(q);
-}
-
-Result<RuntimeImage> StoreDb::ImageById(SQLite::Database& db, const std::string& id) {
-  SQLite::Statement q(db, std::string("SELECT ") + kImageColumns + " FROM runtime_images WHERE id = ?");
-  q.bind(1, id);
-  if (!q.executeStep()) return Status::NotFound("runtime image '" + id + "' not found");
-  return ReadImage(q);
-}
-
-Result<VmRecord> StoreDb::VmById(SQLite::Database& db, const std::string& id) {
-  SQLite::Statement q(db, std::string("SELECT ") + kVmColumns + " FROM vms WHERE id = ?");
-  q.bind(1, id);
-  if (!q.executeStep()) return Status::NotFound("vm '" + id + "' not found");
-  return ReadVm(q);
-}
-
-int64_t StoreDb::InsertEvent(SQLite::Database& db, const Event& e) {
-  SQLite::Statement q(db,
-                      "INSERT INTO events(time, kind, runtime_image_id, snapshot_id, vm_id, outcome, reason, "
-                      "timings, message) VALUES (?,?,?,?,?,?,?,?,?)");
-  q.bind(1, static_cast<int64_t>(e.time ? e.time : util::NowMillis()));
-  q.bind(2, e.kind);
-  q.bind(3, e.runtime_image_id);
-  q.bind(4, e.snapshot_id);
-  q.bind(5, e.vm_id);
-  q.bind(6, e.outcome);
-  q.bind(7, e.reason);
-  q.bind(8, util::TimingsToJson(e.timings));
-  q.bind(9, e.message);
-  q.exec();
+int64_t InsertEvent(SQLite::Database& db, const Event& e) {
+  Exec(db,
+       "INSERT INTO events(time, kind, runtime_image_id, snapshot_id, vm_id, outcome, reason, timings, "
+       "message) VALUES (?,?,?,?,?,?,?,?,?)",
+       e.time ? e.time : util::NowMillis(), e.kind, e.runtime_image_id, e.snapshot_id, e.vm_id, e.outcome,
+       e.reason, util::TimingsToJson(e.timings), e.message);
   return db.getLastInsertRowid();
+}
+
+std::vector<Timings> LatestEventTimings(SQLite::Database& db, const std::string& kind,
+                                        const std::string& outcome, const std::string& image_id, int limit) {
+  std::vector<Timings> out;
+  for (auto& e : EventRows().All(db,
+                                 "FROM events WHERE kind = ? AND outcome = ? AND runtime_image_id = ? "
+                                 "ORDER BY id DESC LIMIT ?",
+                                 kind, outcome, image_id, limit)) {
+    out.push_back(std::move(e.timings));
+  }
+  return out;
 }
 
 }  // namespace fcwarm::detail
@@ -351,7 +244,7 @@ Result<std::vector<Event>> Store::ListEvents(const EventFilter& f) const {
   }
   if (f.after_id < 0 || f.before_id < 0) return Status::InvalidArgument("after/before: must not be negative");
   return db_->With([&](SQLite::Database& db) -> Result<std::vector<Event>> {
-    std::string sql = std::string("SELECT ") + detail::StoreDb::kEventColumns + " FROM events WHERE 1=1";
+    std::string sql = "SELECT " + detail::EventRows().columns() + " FROM events WHERE 1=1";
     if (!f.kind.empty()) sql += " AND kind = :kind";
     if (!f.runtime_image_id.empty()) sql += " AND runtime_image_id = :image";
     if (!f.snapshot_id.empty()) sql += " AND snapshot_id = :snap";
@@ -373,13 +266,13 @@ Result<std::vector<Event>> Store::ListEvents(const EventFilter& f) const {
     }
     q.bind(":limit", static_cast<int64_t>(f.limit));
     std::vector<Event> out;
-    while (q.executeStep()) out.push_back(detail::StoreDb::ReadEvent(q));
+    while (q.executeStep()) out.push_back(detail::EventRows().Read(q));
     return out;
   });
 }
 
 Result<int64_t> Store::AppendEvent(const Event& event) {
-  return db_->With([&](SQLite::Database& db) -> Result<int64_t> { return detail::StoreDb::InsertEvent(db, event); });
+  return db_->With([&](SQLite::Database& db) -> Result<int64_t> { return detail::InsertEvent(db, event); });
 }
 
 }  // namespace fcwarm

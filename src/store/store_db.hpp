@@ -1,4 +1,5 @@
-// Private: the SQLite connection behind fcwarm::Store, its migrations and row mappers.
+// Private: the SQLite connection behind fcwarm::Store, its migrations, and the `events` table. The other
+// tables have their typed functions in images.hpp, snapshots.hpp, vms.hpp and containers.hpp.
 #pragma once
 
 #include <SQLiteCpp/SQLiteCpp.h>
@@ -8,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "fcwarm/options.hpp"
 #include "fcwarm/status.hpp"
@@ -41,6 +43,14 @@ class StoreDb {
       return Status::Internal(std::string("store error: ") + e.what());
     }
   }
+  /// Like With() for an `fn` that returns nothing: Ok, or the error it raised.
+  template <typename F>
+  Status Do(F&& fn) const {
+    return With([&](SQLite::Database& db) {
+      fn(db);
+      return Status::Ok();
+    });
+  }
   /// Like With(), inside a transaction committed when `fn` returns ok.
   template <typename F>
   auto Tx(F&& fn) const -> decltype(fn(std::declval<SQLite::Database&>())) {
@@ -60,22 +70,6 @@ class StoreDb {
   int schema_version() const { return schema_version_; }
   const std::string& path() const { return path_; }
 
-  // Row mappers: the column lists below and these functions go together.
-  static const char* kImageColumns;
-  static const char* kSnapshotColumns;
-  static const char* kVmColumns;
-  static const char* kEventColumns;
-  static RuntimeImage ReadImage(SQLite::Statement& s);
-  static RuntimeSnapshot ReadSnapshot(SQLite::Statement& s);
-  static VmRecord ReadVm(SQLite::Statement& s);
-  static Event ReadEvent(SQLite::Statement& s);
-
-  // Common lookups (caller holds the lock via With/Tx).
-  static Result<RuntimeSnapshot> SnapshotById(SQLite::Database& db, const std::string& id);
-  static Result<RuntimeImage> ImageById(SQLite::Database& db, const std::string& id);
-  static Result<VmRecord> VmById(SQLite::Database& db, const std::string& id);
-  static int64_t InsertEvent(SQLite::Database& db, const Event& e);
-
  private:
   StoreDb() = default;
   Status Migrate();
@@ -85,5 +79,12 @@ class StoreDb {
   std::string path_;
   int schema_version_ = 0;
 };
+
+/// Appends an event (time 0: now); returns its id. Caller holds the lock.
+int64_t InsertEvent(SQLite::Database& db, const Event& e);
+/// The timings of the latest `limit` events of one kind and outcome about an image, newest first. Caller
+/// holds the lock.
+std::vector<Timings> LatestEventTimings(SQLite::Database& db, const std::string& kind,
+                                        const std::string& outcome, const std::string& image_id, int limit);
 
 }  // namespace fcwarm::detail

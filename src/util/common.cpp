@@ -218,6 +218,43 @@ std::vector<SnapshotFile> FilesFromJson(std::string_view s) {
   return out;
 }
 
+std::string StringListToJson(const std::vector<std::string>& v) {
+  json::array a;
+  for (const auto& s : v) a.emplace_back(s);
+  return json::serialize(a);
+}
+
+std::vector<std::string> StringListFromJson(std::string_view s) {
+  std::vector<std::string> out;
+  boost::system::error_code ec;
+  auto v = json::parse(s, ec);
+  if (ec || !v.is_array()) return out;
+  for (const auto& e : v.as_array())
+    if (e.is_string()) out.emplace_back(e.as_string());
+  return out;
+}
+
+std::string RuntimeCheckToJson(const RuntimeCheck& c) {
+  json::object o{{"kind", c.kind}};
+  if (!c.path.empty()) o["path"] = c.path;
+  if (!c.argv.empty()) o["argv"] = json::value_from(c.argv);
+  return json::serialize(o);
+}
+
+RuntimeCheck RuntimeCheckFromJson(std::string_view s) {
+  RuntimeCheck c;
+  boost::system::error_code ec;
+  auto v = json::parse(s, ec);
+  if (ec || !v.is_object()) return c;
+  const auto& o = v.as_object();
+  if (auto* p = o.if_contains("kind"); p && p->is_string()) c.kind = std::string(p->as_string());
+  if (auto* p = o.if_contains("path"); p && p->is_string()) c.path = std::string(p->as_string());
+  if (auto* p = o.if_contains("argv"); p && p->is_array())
+    for (const auto& a : p->as_array())
+      if (a.is_string()) c.argv.emplace_back(a.as_string());
+  return c;
+}
+
 bool IsWithin(const fs::path& root, const fs::path& child) {
   auto r = root.lexically_normal();
   auto c = child.lexically_normal();

@@ -47,6 +47,10 @@ std::string StringMapToJson(const std::map<std::string, std::string>& m);
 std::map<std::string, std::string> StringMapFromJson(std::string_view s);
 std::string FilesToJson(const std::vector<SnapshotFile>& files);
 std::vector<SnapshotFile> FilesFromJson(std::string_view s);
+std::string StringListToJson(const std::vector<std::string>& v);
+std::vector<std::string> StringListFromJson(std::string_view s);
+std::string RuntimeCheckToJson(const RuntimeCheck& c);
+RuntimeCheck RuntimeCheckFromJson(std::string_view s);
 
 /// True when `child` is inside `root` after normalisation (no escape through "..").
 bool IsWithin(const std::filesystem::path& root, const std::filesystem::path& child);

@@ -79,6 +79,51 @@ TEST_CASE("a cold boot failure and a runtime that never gets ready fail the buil
   CHECK(snap.last_error.find("booting") != std::string::npos);
 }
 
+TEST_CASE("build timings name every finished phase, a failure names the phase it failed in") {
+  TestBed bed([](ServiceOptions& o) { o.health.auto_rebuild = false; });
+  auto img = bed.AddImage();
+  REQUIRE(bed.BuildSnapshot(img.id).state == SnapshotState::kReady);
+  bed.vmm->script.fail_snapshots = 1;
+  REQUIRE(bed.BuildSnapshot(img.id).state == SnapshotState::kUnhealthy);
+  std::vector<Event> builds;
+  REQUIRE(Eventually([&] {
+    builds = *bed.service->store().ListEvents({.kind = "build", .limit = 10});
+    return builds.size() == 2;
+  }));
+  auto keys = [](const Event& e) {
+    std::vector<std::string> k;
+    for (const auto& [name, ms] : e.timings) k.push_back(name);
+    return k;
+  };
+  CHECK(builds[0].outcome == "ready");
+  CHECK(builds[0].reason == "requested");
+  CHECK(builds[0].message == "generation 1");
+  CHECK(keys(builds[0]) == std::vector<std::string>{"booting", "pausing", "publishing", "quiescing",
+                                                    "snapshotting", "total", "verifying", "waiting_runtime"});
+  CHECK(builds[1].outcome == "failed");
+  CHECK(builds[1].message.rfind("build failed in phase snapshotting: ", 0) == 0);
+  CHECK(keys(builds[1]) ==
+        std::vector<std::string>{"booting", "pausing", "quiescing", "total", "waiting_runtime"});
+}
+
+TEST_CASE("shutting down during a build cancels it at the next phase and records why") {
+  TempDir keep;
+  TestBed bed([](ServiceOptions& o) { o.health.auto_rebuild = false; }, (keep.path() / "fcwarm.db").string());
+  auto img = bed.AddImage();
+  bed.vmm->script.build_delay_ms = 1000;
+  auto created = bed.service->snapshots().CreateSnapshot(img.id);
+  REQUIRE(created.ok());
+  REQUIRE(
+      Eventually([&] { return bed.service->snapshots().Get(created->id)->phase == BuildPhase::kBooting; }));
+  bed.Reopen();
+  auto snap = bed.service->snapshots().Get(created->id);
+  REQUIRE(snap.ok());
+  CHECK(snap->state == SnapshotState::kUnhealthy);
+  CHECK(snap->last_error ==
+        "build failed in phase waiting_runtime: cancelled: fcwarm shut down during the build");
+  CHECK(snap->build_failures == 1);
+}
+
 TEST_CASE("snapshot limits per image and in total") {
   TestBed bed([](ServiceOptions& o) {
     o.snapshots.max_snapshots_per_image = 1;

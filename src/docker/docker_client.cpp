@@ -1,0 +1,191 @@
+#include "docker/docker_client.hpp"
+
+#include <algorithm>
+#include <boost/json.hpp>
+
+namespace fcwarm::docker {
+namespace json = boost::json;
+
+namespace {
+
+constexpr size_t kFrameHeader = 8;
+
+// A TTY container's output: one raw stream.
+Output Raw(std::string_view body, bool truncated) {
+  Output out;
+  out.stdout_data = std::string(body);
+  out.truncated = truncated;
+  return out;
+}
+
+size_t BigEndian32(std::string_view b) {
+  size_t n = 0;
+  for (size_t i = 0; i < 4; ++i) n = (n << 8) | static_cast<unsigned char>(b[i]);
+  return n;
+}
+
+// The body as a JSON object, or null.
+const json::object* ParseObject(const std::string& body, json::value& storage) {
+  boost::system::error_code ec;
+  storage = json::parse(body, ec);
+  return !ec && storage.is_object() ? &storage.as_object() : nullptr;
+}
+
+std::string StringField(const json::object& o, std::string_view key) {
+  const auto* v = o.if_contains(key);
+  return v && v->is_string() ? std::string(v->as_string()) : std::string();
+}
+
+}  // namespace
+
+// ---- transport ----------------------------------------------------------------
+
+GuestTransport::GuestTransport(GuestChannel& guest, std::chrono::milliseconds margin)
+    : guest_(guest), margin_(margin) {}
+
+Result<DockerResponse> GuestTransport::RoundTrip(const DockerRequest& request) {
+  return guest_.Docker(request, request.timeout + margin_);
+}
+
+// ---- replies ------------------------------------------------------------------
+
+Output Demultiplex(std::string_view body, bool truncated) {
+  Output out;
+  out.truncated = truncated;
+  size_t i = 0;
+  while (i < body.size()) {
+    if (body.size() - i < kFrameHeader) {
+      if (i == 0) return Raw(body, truncated);  // too short to be a frame
+      break;                                    // a header cut off by truncation
+    }
+    auto stream = static_cast<unsigned char>(body[i]);
+    if (stream > 2 || body[i + 1] != 0 || body[i + 2] != 0 || body[i + 3] != 0) return Raw(body, truncated);
+    size_t size = BigEndian32(body.substr(i + 4, 4));
+    size_t take = std::min(size, body.size() - i - kFrameHeader);
+    (stream == 2 ? out.stderr_data : out.stdout_data).append(body.substr(i + kFrameHeader, take));
+    i += kFrameHeader + take;
+  }
+  return out;
+}
+
+std::string ErrorMessage(const DockerResponse& reply) {
+  json::value v;
+  if (const auto* o = ParseObject(reply.body, v)) {
+    if (const auto* m = o->if_contains("message"); m && m->is_string()) return std::string(m->as_string());
+  }
+  std::string b = reply.body.substr(0, 200);
+  for (auto& c : b)
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  return b;
+}
+
+// ---- client -------------------------------------------------------------------
+
+Client::Client(std::unique_ptr<Transport> transport, ClientOptions options)
+    : transport_(std::move(transport)), options_(std::move(options)) {}
+
+Result<DockerResponse> Client::Call(std::string_view call, const std::string& method, const std::string& path,
+                                    std::string body) {
+  DockerRequest r;
+  r.method = method;
+  r.path = "/" + options_.api_version + path;
+  r.body = std::move(body);
+  r.timeout = options_.timeout;
+  auto reply = transport_->RoundTrip(r);
+  if (!reply.ok()) return reply.status().WithContext("docker " + std::string(call));
+  return reply;
+}
+
+Status Client::HttpError(std::string_view call, const DockerResponse& reply, Blame blame) {
+  std::string msg =
+      "docker " + std::string(call) + ": HTTP " + std::to_string(reply.status) + ": " + ErrorMessage(reply);
+  if (blame == Blame::kDaemon || reply.status >= 500) return Status::Unavailable(std::move(msg));
+  return reply.status == 404 ? Status::NotFound(std::move(msg)) : Status::InvalidArgument(std::move(msg));
+}
+
+Status Client::CheckId(std::string_view call, const std::string& id) {
+  bool ok = !id.empty() && id.size() <= 128;
+  for (char c : id) {
+    ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                c == '.' || c == '-');
+  }
+  if (ok) return Status::Ok();
+  return Status::InvalidArgument("docker " + std::string(call) + ": '" + id.substr(0, 64) +
+                                 "' is not a container id or name");
+}
+
+Result<std::string> Client::Create(const ContainerConfig& config) {
+  json::object spec;
+  spec["Image"] = config.image;
+  if (!config.cmd.empty()) spec["Cmd"] = json::value_from(config.cmd);
+  spec["Env"] = json::value_from(config.env);
+  spec["Labels"] = json::value_from(config.labels);
+  if (!config.network_mode.empty()) spec["HostConfig"] = json::object{{"NetworkMode", config.network_mode}};
+  auto reply = Call("create", "POST", "/containers/create", json::serialize(spec));
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 201) return HttpError("create", *reply, Blame::kRequest);
+  json::value v;
+  const auto* o = ParseObject(reply->body, v);
+  std::string id = o ? StringField(*o, "Id") : "";
+  if (id.size() < 12 || id.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return Status::Unavailable("docker create: reply has no container Id: " + ErrorMessage(*reply));
+  }
+  return id;
+}
+
+Result<DockerResponse> Client::CallOn(std::string_view call, const std::string& method, const std::string& id,
+                                      const std::string& action, std::initializer_list<int> expected) {
+  if (auto st = CheckId(call, id); !st.ok()) return st;
+  auto reply = Call(call, method, "/containers/" + id + "/" + action);
+  if (!reply.ok()) return reply;
+  if (std::find(expected.begin(), expected.end(), reply->status) == expected.end()) {
+    return HttpError(call, *reply, Blame::kDaemon);
+  }
+  return reply;
+}
+
+Status Client::Start(const std::string& id) {
+  return CallOn("start", "POST", id, "start", {204, 304}).status();
+}
+
+Result<ContainerStatus> Client::Inspect(const std::string& id) {
+  auto reply = CallOn("inspect", "GET", id, "json", {200});
+  if (!reply.ok()) return reply.status();
+  json::value v;
+  const auto* o = ParseObject(reply->body, v);
+  const auto* state = o ? o->if_contains("State") : nullptr;
+  if (!state || !state->is_object()) return Status::Unavailable("docker inspect: reply has no State object");
+  ContainerStatus out;
+  out.status = StringField(state->as_object(), "Status");
+  if (const auto* x = state->as_object().if_contains("ExitCode"); x && x->is_int64()) {
+    out.exit_code = static_cast<int>(x->as_int64());
+  }
+  return out;
+}
+
+Result<Output> Client::Logs(const std::string& id) {
+  auto reply = CallOn("logs", "GET", id, "logs?stdout=1&stderr=1", {200});
+  if (!reply.ok()) return reply.status();
+  return Demultiplex(reply->body, reply->truncated);
+}
+
+Status Client::Stop(const std::string& id, std::chrono::seconds grace) {
+  return CallOn("stop", "POST", id, "stop?t=" + std::to_string(grace.count()), {204, 304}).status();
+}
+
+Result<int> Client::Wait(const std::string& id) {
+  auto reply = CallOn("wait", "POST", id, "wait?condition=not-running", {200});
+  if (!reply.ok()) return reply.status();
+  json::value v;
+  const auto* o = ParseObject(reply->body, v);
+  const auto* code = o ? o->if_contains("StatusCode") : nullptr;
+  if (!code || !code->is_int64()) return Status::Unavailable("docker wait: reply has no StatusCode");
+  if (const auto* err = o->if_contains("Error"); err && err->is_object()) {
+    if (auto msg = StringField(err->as_object(), "Message"); !msg.empty()) {
+      return Status::Unavailable("docker wait: " + msg);
+    }
+  }
+  return static_cast<int>(code->as_int64());
+}
+
+}  // namespace fcwarm::docker

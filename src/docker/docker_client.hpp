@@ -1,0 +1,125 @@
+// Private: a Docker Engine API client, the subset ContainerManager needs (create, start, inspect, logs, stop,
+// wait). It builds each request (method, "/<version>/..." path, JSON body), sends it through a Transport and
+// turns the reply into a value or a Status that carries Docker's own message.
+//
+// Thread safety: a Client is used by one thread at a time; distinct clients are independent.
+#pragma once
+
+#include <chrono>
+#include <initializer_list>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fcwarm/status.hpp"
+#include "fcwarm/vmm.hpp"
+
+namespace fcwarm::docker {
+
+/// Carries one request to a Docker daemon and brings back its answer.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  /// \return The daemon's answer, whatever its HTTP status; an error when the daemon could not be reached.
+  virtual Result<DockerResponse> RoundTrip(const DockerRequest& request) = 0;
+};
+
+/// The transport into a VM: the guest agent's `docker` op. The host waits for the request's own deadline
+/// plus `margin` (the agent enforces the request's deadline; the margin covers the channel).
+class GuestTransport : public Transport {
+ public:
+  /// \param guest The VM's channel; must outlive the transport.
+  explicit GuestTransport(GuestChannel& guest, std::chrono::milliseconds margin = std::chrono::seconds(5));
+  Result<DockerResponse> RoundTrip(const DockerRequest& request) override;
+
+ private:
+  GuestChannel& guest_;
+  std::chrono::milliseconds margin_;
+};
+
+/// What Create() makes.
+struct ContainerConfig {
+  std::string image;                          ///< Image reference, e.g. "busybox:latest".
+  std::vector<std::string> cmd;               ///< Command; empty: the image's default.
+  std::vector<std::string> env;               ///< "NAME=value" entries.
+  std::map<std::string, std::string> labels;  ///< Container labels.
+  std::string network_mode;                   ///< HostConfig.NetworkMode, or empty for the daemon's default.
+};
+
+/// What Inspect() reports about a container's process.
+struct ContainerStatus {
+  std::string status;  ///< State.Status: "created", "running", "exited", "dead", ...
+  int exit_code = -1;  ///< State.ExitCode (-1 when the reply has none).
+  /// True once the process is gone ("exited" or "dead").
+  bool Exited() const { return status == "exited" || status == "dead"; }
+};
+
+/// A container's output.
+struct Output {
+  std::string stdout_data;
+  std::string stderr_data;
+  bool truncated = false;  ///< The reply was cut (at the transport's limit).
+};
+
+/// Splits a logs reply. Without a TTY Docker multiplexes the two streams in frames of an 8-byte header
+/// ([stream: 0 stdin, 1 stdout, 2 stderr], 0, 0, 0, payload size as 32-bit big-endian) and the payload; a
+/// frame cut short at the end (a truncated reply) keeps what arrived. A body that does not parse as frames
+/// is a TTY container's single raw stream and is returned as stdout.
+Output Demultiplex(std::string_view body, bool truncated);
+
+/// The error text of a Docker reply: its JSON `message`, else the start of the body (at most 200 bytes,
+/// control characters blanked).
+std::string ErrorMessage(const DockerResponse& reply);
+
+/// Options of a Client.
+struct ClientOptions {
+  /// \brief Engine API version in request paths. Default: "v1.41" (Docker 20.10).
+  std::string api_version = "v1.41";
+  /// \brief Deadline of one request, sent with it. Default: 60 s.
+  std::chrono::milliseconds timeout{60000};
+};
+
+/// Calls of the Engine API. Every error message starts with "docker <call>: ". A transport error keeps its
+/// code; an unexpected HTTP status of Create() is NotFound (404, e.g. no such image), InvalidArgument (other
+/// 4xx) or Unavailable (5xx); of every other call (they name a container this client created) Unavailable.
+class Client {
+ public:
+  /// \param transport Where requests go.
+  Client(std::unique_ptr<Transport> transport, ClientOptions options);
+
+  /// POST /containers/create. \return Docker's container id (hex).
+  Result<std::string> Create(const ContainerConfig& config);
+  /// POST /containers/{id}/start (starting a running container is not an error).
+  Status Start(const std::string& id);
+  /// GET /containers/{id}/json.
+  Result<ContainerStatus> Inspect(const std::string& id);
+  /// GET /containers/{id}/logs with stdout and stderr, demultiplexed.
+  Result<Output> Logs(const std::string& id);
+  /// POST /containers/{id}/stop: SIGTERM, SIGKILL after `grace` (stopping a stopped container is not an
+  /// error).
+  Status Stop(const std::string& id, std::chrono::seconds grace);
+  /// POST /containers/{id}/wait until the container is not running. \return Its exit code.
+  Result<int> Wait(const std::string& id);
+
+ private:
+  // Who an unexpected HTTP status blames: the request's content (Create) or the daemon.
+  enum class Blame { kRequest, kDaemon };
+  // Sends one request; a transport error gets the call's name as context.
+  Result<DockerResponse> Call(std::string_view call, const std::string& method, const std::string& path,
+                              std::string body = "");
+  // A call about container `id` (POST/GET /containers/{id}/{action}); a status not in `expected` is an
+  // error blamed on the daemon.
+  Result<DockerResponse> CallOn(std::string_view call, const std::string& method, const std::string& id,
+                                const std::string& action, std::initializer_list<int> expected);
+  // "docker <call>: HTTP <status>: <Docker's message>" with the code `blame` implies.
+  static Status HttpError(std::string_view call, const DockerResponse& reply, Blame blame);
+  // Refuses ids that would change the request path.
+  static Status CheckId(std::string_view call, const std::string& id);
+
+  std::unique_ptr<Transport> transport_;
+  ClientOptions options_;
+};
+
+}  // namespace fcwarm::docker

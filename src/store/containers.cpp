@@ -1,0 +1,173 @@
+#include "store/containers.hpp"
+
+#include "store/sql.hpp"
+#include "util/common.hpp"
+
+namespace fcwarm::detail {
+namespace {
+
+using R = ContainerRecord;
+
+const RowMap<ContainerRow>& ContainerRows() {
+  static const RowMap<ContainerRow> kRows{
+      Col("c.id AS id", &ContainerRow::rec, &R::id),
+      Col("c.name AS name", &ContainerRow::rec, &R::name),
+      Col("c.runtime_image_id AS runtime_image_id", &ContainerRow::rec, &R::runtime_image_id),
+      Col("c.runtime AS runtime", &ContainerRow::rec, &R::runtime),
+      Col("c.image AS image", &ContainerRow::rec, &R::container_image),
+      Col("c.command AS command", &ContainerRow::rec, &R::command),
+      Col("c.env AS env", &ContainerRow::rec, &R::env),
+      Col("c.force_cold AS force_cold", &ContainerRow::force_cold),
+      Col("c.wait_for_creating_ms AS wait_for_creating_ms", &ContainerRow::wait_for_creating_ms),
+      EnumCol("c.state AS state", &ContainerRow::rec, &R::state, ContainerState::kFailed),
+      Col("c.started AS started", &ContainerRow::started),
+      Col("c.docker_id AS docker_id", &ContainerRow::rec, &R::docker_id),
+      Col("c.exit_code AS exit_code", &ContainerRow::rec, &R::exit_code),
+      Col("c.timings AS timings", &ContainerRow::rec, &R::timings),
+      Col("c.last_error AS last_error", &ContainerRow::rec, &R::last_error),
+      Col("c.stdout_data IS NOT NULL AS has_logs", &ContainerRow::has_logs),
+      Col("c.created_at AS created_at", &ContainerRow::rec, &R::created_at),
+      Col("c.updated_at AS updated_at", &ContainerRow::rec, &R::updated_at),
+      Col("c.started_at AS started_at", &ContainerRow::rec, &R::started_at),
+      Col("c.finished_at AS finished_at", &ContainerRow::rec, &R::finished_at),
+      // Its VM, which exists once provisioning started.
+      EnumCol("COALESCE(v.boot_method, '') AS boot_method", &ContainerRow::rec, &R::boot_method,
+              BootMethod::kCold),
+      EnumCol("COALESCE(v.fallback_reason, '') AS fallback_reason", &ContainerRow::rec, &R::fallback_reason,
+              FallbackReason::kNone),
+      Col("COALESCE(v.snapshot_id, '') AS snapshot_id", &ContainerRow::rec, &R::snapshot_id),
+      Col("COALESCE(v.state, '') AS vm_state", &ContainerRow::rec, &R::vm_state),
+      Col("COALESCE(v.address, '') AS address", &ContainerRow::rec, &R::address),
+      Col("COALESCE(v.hostname, '') AS hostname", &ContainerRow::rec, &R::hostname),
+      Col("COALESCE(v.timings, '{}') AS vm_timings", &ContainerRow::vm_timings),
+      Col("COALESCE(v.last_error, '') AS vm_last_error", &ContainerRow::vm_last_error),
+      Col("COALESCE(v.generation, 0) AS generation", &ContainerRow::rec, &R::generation),
+      Col("COALESCE(v.mac, '') AS mac", &ContainerRow::rec, &R::mac),
+  };
+  return kRows;
+}
+
+const RowMap<ContainerLogs>& LogRows() {
+  static const RowMap<ContainerLogs> kRows{
+      Col("stdout_data", &ContainerLogs::stdout_data),
+      Col("stderr_data", &ContainerLogs::stderr_data),
+      Col("logs_truncated", &ContainerLogs::truncated),
+  };
+  return kRows;
+}
+
+constexpr const char* kFromContainers = "FROM containers c LEFT JOIN vms v ON v.id = c.id";
+
+}  // namespace
+
+Result<ContainerRow> ContainerById(SQLite::Database& db, const std::string& id) {
+  auto row = ContainerRows().One(db, std::string(kFromContainers) + " WHERE c.id = ?", id);
+  if (!row) return Status::NotFound("container '" + id + "' not found");
+  return *row;
+}
+
+std::vector<ContainerRow> ListContainers(SQLite::Database& db, bool include_destroyed) {
+  const std::string order = " ORDER BY c.created_at DESC, c.rowid DESC";
+  if (include_destroyed) return ContainerRows().All(db, kFromContainers + order);
+  return ContainerRows().All(db, kFromContainers + (" WHERE c.state != ?" + order),
+                             ContainerState::kDestroyed);
+}
+
+bool ContainerExists(SQLite::Database& db, const std::string& id) {
+  return Exists(db, "SELECT 1 FROM containers WHERE id = ?", id);
+}
+
+void InsertContainer(SQLite::Database& db, const ContainerRecord& rec, bool force_cold,
+                     std::optional<int64_t> wait_for_creating_ms, int64_t now) {
+  Exec(db,
+       "INSERT INTO containers(id, name, runtime_image_id, runtime, image, command, env, force_cold, "
+       "wait_for_creating_ms, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+       rec.id, rec.name, rec.runtime_image_id, rec.runtime, rec.container_image,
+       util::StringListToJson(rec.command), util::StringMapToJson(rec.env), force_cold, wait_for_creating_ms,
+       ContainerState::kProvisioning, now, now);
+}
+
+bool ClaimContainer(SQLite::Database& db, const std::string& id, int64_t now) {
+  return Exec(db,
+              "UPDATE containers SET started = 1, updated_at = ? WHERE id = ? AND state = ? AND started = 0",
+              now, id, ContainerState::kProvisioning) == 1;
+}
+
+bool AbandonContainer(SQLite::Database& db, const std::string& id, const std::string& reason, int64_t now) {
+  return Exec(db,
+              "UPDATE containers SET state = ?, last_error = ?, updated_at = ?, finished_at = ? "
+              "WHERE id = ? AND state = ? AND started = 0",
+              ContainerState::kFailed, reason, now, now, id, ContainerState::kProvisioning) == 1;
+}
+
+int FailProvisioningContainers(SQLite::Database& db, const std::string& error, int64_t now) {
+  return Exec(
+      db, "UPDATE containers SET state = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE state = ?",
+      ContainerState::kFailed, error, now, now, ContainerState::kProvisioning);
+}
+
+int LoseRunningContainers(SQLite::Database& db, const std::string& error, int64_t now) {
+  return Exec(db, "UPDATE containers SET state = ?, last_error = ?, updated_at = ? WHERE state = ?",
+              ContainerState::kLost, error, now, ContainerState::kRunning);
+}
+
+void SetContainerDockerId(SQLite::Database& db, const std::string& id, const std::string& docker_id,
+                          int64_t now) {
+  Exec(db, "UPDATE containers SET docker_id = ?, updated_at = ? WHERE id = ?", docker_id, now, id);
+}
+
+void MarkContainerRunning(SQLite::Database& db, const std::string& id, int64_t now) {
+  Exec(db, "UPDATE containers SET state = ?, started_at = ?, updated_at = ? WHERE id = ?",
+       ContainerState::kRunning, now, now, id);
+}
+
+void RecordContainerExit(SQLite::Database& db, const std::string& id, int exit_code, int64_t now) {
+  Exec(db,
+       "UPDATE containers SET state = ?, exit_code = ?, finished_at = ?, updated_at = ? WHERE id = ? AND "
+       "state = ?",
+       ContainerState::kExited, exit_code, now, now, id, ContainerState::kRunning);
+}
+
+void RecordCommandExit(SQLite::Database& db, const std::string& id, int exit_code, const ContainerLogs& logs,
+                       int64_t started_at, int64_t finished_at) {
+  Exec(
+      db,
+      "UPDATE containers SET state = ?, exit_code = ?, stdout_data = ?, stderr_data = ?, logs_truncated = ?, "
+      "started_at = ?, finished_at = ?, updated_at = ? WHERE id = ?",
+      ContainerState::kExited, exit_code, Blob{logs.stdout_data}, Blob{logs.stderr_data}, logs.truncated,
+      started_at, finished_at, finished_at, id);
+}
+
+void StoreContainerLogs(SQLite::Database& db, const std::string& id, const ContainerLogs& logs) {
+  Exec(db, "UPDATE containers SET stdout_data = ?, stderr_data = ?, logs_truncated = ? WHERE id = ?",
+       Blob{logs.stdout_data}, Blob{logs.stderr_data}, logs.truncated, id);
+}
+
+Result<ContainerLogs> StoredContainerLogs(SQLite::Database& db, const std::string& id) {
+  auto logs = LogRows().One(db, "FROM containers WHERE id = ?", id);
+  if (!logs) return Status::NotFound("container '" + id + "' not found");
+  return *logs;
+}
+
+void FinishContainer(SQLite::Database& db, const std::string& id, ContainerState state,
+                     const std::string& error, const Timings* timings, int64_t now) {
+  std::optional<std::string> encoded;
+  if (timings) encoded = util::TimingsToJson(*timings);
+  Exec(db,
+       "UPDATE containers SET state = ?, last_error = ?, timings = COALESCE(?, timings), finished_at = ?, "
+       "updated_at = ? WHERE id = ?",
+       state, error, encoded, now, now, id);
+}
+
+void SetContainerState(SQLite::Database& db, const std::string& id, ContainerState state,
+                       const std::string& error, int64_t now) {
+  Exec(db, "UPDATE containers SET state = ?, last_error = ?, updated_at = ? WHERE id = ?", state, error, now,
+       id);
+}
+
+void SetContainerTimings(SQLite::Database& db, const std::string& id, const Timings& timings, int64_t now) {
+  Exec(db, "UPDATE containers SET timings = ?, updated_at = ? WHERE id = ?", util::TimingsToJson(timings),
+       now, id);
+}
+
+}  // namespace fcwarm::detail
