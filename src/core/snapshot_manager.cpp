@@ -295,11 +295,11 @@ class SnapshotManager::Impl {
         job = std::move(queue_.front());
         queue_.pop_front();
       }
-      BuildOutcome outcome = RunBuild(job);
-      {
+      bool settled = false;
+      BuildOutcome outcome = RunBuild(job, &settled);
+      if (!settled) {
         std::lock_guard lock(mu_);
-        active_snapshots_.erase(job.snapshot_id);
-        if (--active_images_[job.image_id] <= 0) active_images_.erase(job.image_id);
+        ReleaseLocked(job);
       }
       state_cv_.notify_all();
       std::map<int, BuildListener> listeners;
@@ -346,6 +346,7 @@ class SnapshotManager::Impl {
     std::vector<SnapshotFile> files;
     std::string manifest_digest;
     bool deleted_meanwhile = false;
+    bool settled = false;  // its terminal state is committed and it no longer counts as in flight
   };
 
   struct BuildStep {
@@ -532,7 +533,8 @@ class SnapshotManager::Impl {
                                           .files = b.files,
                                           .manifest_digest = b.manifest_digest};
     const std::string& id = b.job.snapshot_id;
-    return store_.db().Tx([&](SQLite::Database& db) -> Status {
+    return Settle(b, [&] {
+      return store_.db().Tx([&](SQLite::Database& db) -> Status {
       auto cur = detail::SnapshotById(db, id);
       if (!cur.ok()) return cur.status();
       if (cur->state == SnapshotState::kDeleted) {
@@ -544,10 +546,36 @@ class SnapshotManager::Impl {
       detail::SetGenerationStatus(db, id, b.generation, detail::GenerationStatus::kCurrent);
       detail::PublishSnapshot(db, id, published, util::NowMillis());
       return Status::Ok();
+      });
     });
   }
 
-  BuildOutcome RunBuild(const Job& job) {
+  // Commits a build's terminal state (published, or failed) and, in the same critical section as the
+  // single-flight checks of Rebuild(), ends its "in flight" status: a rebuild requested as soon as a waiter sees
+  // the new state is queued, never refused or merged into a build that already finished. The job's cleanup
+  // (stopping the build VM, removing its work directory) continues after this.
+  Status Settle(Build& b, const std::function<Status()>& commit) {
+    Status st;
+    {
+      std::lock_guard lock(mu_);
+      st = commit();
+      if (st.ok() && !b.settled) {
+        ReleaseLocked(b.job);
+        b.settled = true;
+      }
+    }
+    state_cv_.notify_all();
+    return st;
+  }
+
+  void ReleaseLocked(const Job& job) {
+    active_snapshots_.erase(job.snapshot_id);
+    if (--active_images_[job.image_id] <= 0) active_images_.erase(job.image_id);
+  }
+
+  // Runs one build; *settled tells whether it already left the in-flight sets (see Settle()).
+  BuildOutcome RunBuild(const Job& job, bool* settled) {
+    *settled = false;
     BuildOutcome out;
     out.snapshot_id = job.snapshot_id;
     out.runtime_image_id = job.image_id;
@@ -592,13 +620,15 @@ class SnapshotManager::Impl {
       out.ok = false;
       out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " + result.message();
       out.timings["total"] = util::MsSince(t_total);
-      (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
-        detail::DeleteGeneration(db, job.snapshot_id, gen);
-        detail::RetireCurrentGeneration(db, job.snapshot_id);
-        if (auto failures = detail::RecordBuildFailure(db, job.snapshot_id, out.error, util::NowMillis())) {
-          out.build_failures = *failures;
-        }
-        return Status::Ok();
+      (void)Settle(b, [&] {
+        return store_.db().Tx([&](SQLite::Database& db) -> Status {
+          detail::DeleteGeneration(db, job.snapshot_id, gen);
+          detail::RetireCurrentGeneration(db, job.snapshot_id);
+          if (auto failures = detail::RecordBuildFailure(db, job.snapshot_id, out.error, util::NowMillis())) {
+            out.build_failures = *failures;
+          }
+          return Status::Ok();
+        });
       });
       spdlog::warn("snapshot {}: {}", job.snapshot_id, out.error);
     } else if (out.ok) {
@@ -613,6 +643,7 @@ class SnapshotManager::Impl {
     e.timings = out.timings;
     e.message = out.ok ? "generation " + std::to_string(gen) : out.error;
     internal::Emit(store_, e);
+    *settled = b.settled;
     return out;
   }
 

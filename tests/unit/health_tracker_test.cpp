@@ -91,6 +91,40 @@ TEST_CASE("failures of a retired generation never make the new generation unheal
   CHECK(bed.service->snapshots().WaitWhileCreating(snap.id, std::chrono::seconds(20))->generation == gen1 + 2);
 }
 
+// A build publishes its generation (the state flips to ready) a little before its job ends (it forgets the build
+// VM's processes, removes its work directory, writes its event). A rebuild requested in that window, e.g. by
+// failures of the fresh generation's first clones seen by a client that polled the state, used to be refused as
+// "in flight" (automatic) or merged into the finished build (manual), which left an unhealthy snapshot unhealthy
+// for good. Polling without any sleep lands in that window in most rounds; the requests must always be queued.
+TEST_CASE("a rebuild requested as soon as the previous build's new state is visible is queued, not lost") {
+  TestBed bed;
+  auto img = bed.AddImage();
+  auto snap = bed.BuildSnapshot(img.id);
+  auto& sm = bed.service->snapshots();
+  int64_t gen = snap.generation;
+  for (int round = 0; round < 20; ++round) {
+    bool automatic = round % 2 == 0;
+    if (automatic) {
+      REQUIRE(sm.RequestAutomaticRebuild(snap.id));
+    } else {
+      auto r = sm.Rebuild(snap.id);
+      REQUIRE(r.ok());
+      REQUIRE(r->state == SnapshotState::kCreating);
+    }
+    ++gen;
+    // Poll (no sleep) until the new generation is visible, exactly as a REST client would see it.
+    Result<RuntimeSnapshot> s = sm.Get(snap.id);
+    while (s.ok() && s->state == SnapshotState::kCreating) s = sm.Get(snap.id);
+    REQUIRE(s.ok());
+    REQUIRE(s->state == SnapshotState::kReady);
+    REQUIRE(s->generation == gen);
+  }
+  auto last = sm.WaitWhileCreating(snap.id, std::chrono::seconds(20));
+  CHECK(last->generation == gen);
+  CHECK(bed.service->health().automatic_rebuilds() == 0);  // nothing here went through the tracker
+  CHECK(Eventually([&] { return sm.ActiveBuilds() == 0; }));
+}
+
 TEST_CASE("stats report counts, last error and last use") {
   TestBed bed([](ServiceOptions& o) { o.health.auto_rebuild = false; });
   auto img = bed.AddImage();

@@ -38,12 +38,14 @@ TEST_CASE("a build goes through its phases and publishes a generation with a man
   CHECK(snap->compatibility.at("vmm.kind") == "fake");
   CHECK(snap->compatibility.count("guest.kernel") == 1);
   CHECK(snap->compatibility.at("vm.memory_mib") == "128");
-  // The build VM is gone, no temp dir or work dir remains.
+  // The build VM is gone, no temp dir or work dir remains. (The state flips to ready when the generation is
+  // published; the build job stops its VM, removes its work directory and writes its event after that.)
   CHECK(Eventually([&] { return bed.vmm->live == 0; }));
-  CHECK(CountEntries(bed.options.snapshots.build_dir) == 0);
+  CHECK(Eventually([&] { return CountEntries(bed.options.snapshots.build_dir) == 0; }));
   for (const auto& e : fs::directory_iterator(fs::path(snap->generation_dir).parent_path())) {
     CHECK(e.path().filename().string().rfind(".tmp", 0) != 0);
   }
+  REQUIRE(Eventually([&] { return bed.service->store().ListEvents({.kind = "build", .limit = 10})->size() == 1; }));
   auto events = bed.service->store().ListEvents({.kind = "build", .limit = 10});
   REQUIRE(events->size() == 1);
   CHECK(events->front().outcome == "ready");
