@@ -27,7 +27,7 @@ double RunContainer(fcwarm::Service& svc, const std::string& image_id, const cha
   if (!c.ok()) return Fail(c.status()), -1;
   auto done = svc.containers().Wait(c->id, std::chrono::minutes(2));
   auto logs = svc.containers().Logs(c->id);
-  std::cout << label << ": " << fcwarm::ToString(c->boot_method) << " VM, running after " << c->timings["total"]
+  std::cout << label << ": " << (c->boot_method ? fcwarm::ToString(*c->boot_method) : "unknown") << " VM, running after " << c->timings["total"]
             << " ms, " << (done.ok() ? fcwarm::ToString(done->state) : "?") << ", output: "
             << (logs.ok() ? logs->stdout_data : logs.status().ToString());
   (void)svc.containers().Destroy(c->id);

@@ -76,8 +76,9 @@ struct ContainerRecord {
   ContainerState state = ContainerState::kProvisioning;  ///< Lifecycle state.
   std::string docker_id;                       ///< Docker's container id (docker runtime), or empty.
   std::optional<int> exit_code;                ///< Exit code once exited.
-  /// \brief How its VM was started (meaningful once the VM runs; kCold before).
-  BootMethod boot_method = BootMethod::kCold;
+  /// \brief How its VM was started, once that is known: its VM got past `starting` and the container past
+  /// `provisioning`. Empty before (REST renders it as null).
+  std::optional<BootMethod> boot_method;
   FallbackReason fallback_reason = FallbackReason::kNone;  ///< Why its VM was cold-booted, if it was.
   /// \brief Per-step durations in ms: the VM's steps ("restore" or "cold_boot", "agent", "identity",
   /// "runtime_verify", ...; the VM's own total as "provision"), then "container_create" and "container_start"
@@ -94,6 +95,8 @@ struct ContainerRecord {
   int64_t updated_at = 0;   ///< Unix milliseconds.
   std::optional<int64_t> started_at;   ///< When the container process started, Unix milliseconds.
   std::optional<int64_t> finished_at;  ///< When it exited (or failed), Unix milliseconds.
+  /// \brief Id of its VM once the VM exists (a container's VM has the container's id); empty before.
+  std::optional<std::string> vm_id() const { return vm_state.empty() ? std::nullopt : std::optional(id); }
 };
 
 /// \brief A container's output.

@@ -14,8 +14,10 @@
 
 namespace fcwarm {
 
+class Store;
 namespace detail {
 class StoreDb;
+StoreDb& DbOf(const Store& store);
 }  // namespace detail
 
 /// \brief Filter for Store::ListEvents().
@@ -59,10 +61,9 @@ class Store {
   /// \return The stored event's id.
   Result<int64_t> AppendEvent(const Event& event);
 
-  /// \brief Internal access for the library's own classes; not a stable API.
-  detail::StoreDb& db() const { return *db_; }
 
  private:
+  friend detail::StoreDb& detail::DbOf(const Store& store);  // the library's own access (src/store)
   explicit Store(std::unique_ptr<detail::StoreDb> db);
   std::unique_ptr<detail::StoreDb> db_;
 };

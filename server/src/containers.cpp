@@ -48,7 +48,8 @@ ContainerService::ContainerService(Service& service, Runner runner) : service_(s
 json::object ContainerService::Render(const ContainerRecord& c) {
   json::object o;
   o["id"] = c.id;
-  o["vm_id"] = c.vm_state.empty() ? json::value(nullptr) : json::value(c.id);
+  auto vm_id = c.vm_id();
+  o["vm_id"] = vm_id ? json::value(*vm_id) : json::value(nullptr);
   o["name"] = c.name;
   o["image"] = c.runtime_image_id;
   o["runtime_image_id"] = c.runtime_image_id;
@@ -57,9 +58,7 @@ json::object ContainerService::Render(const ContainerRecord& c) {
   o["state"] = ToString(c.state);
   o["exit_code"] = c.exit_code ? json::value(*c.exit_code) : json::value(nullptr);
   o["docker_id"] = c.docker_id;
-  bool vm_started = !c.vm_state.empty() && c.vm_state != "starting";
-  o["boot_method"] = vm_started && c.state != ContainerState::kProvisioning ? json::value(ToString(c.boot_method))
-                                                                            : json::value(nullptr);
+  o["boot_method"] = c.boot_method ? json::value(ToString(*c.boot_method)) : json::value(nullptr);
   o["fallback_reason"] =
       c.fallback_reason == FallbackReason::kNone ? json::value(nullptr) : json::value(ToString(c.fallback_reason));
   o["timings"] = TimingsToJson(c.timings);

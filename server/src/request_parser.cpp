@@ -122,14 +122,16 @@ void RequestParser::FinishHeader() {
   value_.clear();
 }
 
+int RequestParser::CountHeaderBytes(size_t len) {
+  header_bytes_ += len;
+  if (header_bytes_ <= limits_.max_header_bytes) return 0;
+  return Fail(431, "request_header_fields_too_large",
+              "the request headers are larger than " + std::to_string(limits_.max_header_bytes) + " bytes");
+}
+
 int RequestParser::OnHeaderField(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<RequestParser*>(p->data);
-  self->header_bytes_ += len;
-  if (self->header_bytes_ > self->limits_.max_header_bytes) {
-    return self->Fail(
-        431, "request_header_fields_too_large",
-        "the request headers are larger than " + std::to_string(self->limits_.max_header_bytes) + " bytes");
-  }
+  if (int rc = self->CountHeaderBytes(len); rc != 0) return rc;
   if (self->last_was_value_) {
     self->FinishHeader();
     self->last_was_value_ = false;
@@ -144,12 +146,7 @@ int RequestParser::OnHeaderField(http_parser* p, const char* at, size_t len) {
 
 int RequestParser::OnHeaderValue(http_parser* p, const char* at, size_t len) {
   auto* self = static_cast<RequestParser*>(p->data);
-  self->header_bytes_ += len;
-  if (self->header_bytes_ > self->limits_.max_header_bytes) {
-    return self->Fail(
-        431, "request_header_fields_too_large",
-        "the request headers are larger than " + std::to_string(self->limits_.max_header_bytes) + " bytes");
-  }
+  if (int rc = self->CountHeaderBytes(len); rc != 0) return rc;
   self->value_.append(at, len);
   self->last_was_value_ = true;
   return 0;

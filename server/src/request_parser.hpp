@@ -55,6 +55,8 @@ class RequestParser {
   static int OnBody(http_parser* p, const char* at, size_t len);
   static int OnMessageComplete(http_parser* p);
   int Fail(int status, std::string code, std::string message);
+  // Counts `len` more header bytes; 431 once the headers outgrow limits_.max_header_bytes, else 0.
+  int CountHeaderBytes(size_t len);
   // Appends a chunk to `dst` unless that would exceed `limit`; then fails with `status`/`code`, naming `what`.
   int AppendLimited(std::string* dst, const char* at, size_t len, size_t limit, int status, const char* code,
                     const char* what);

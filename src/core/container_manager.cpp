@@ -59,7 +59,7 @@ class ContainerManager::Impl {
   Impl(Store& store, ImageRegistry& images, RestoreEngine& engine, ContainerOptions opts)
       : store_(store), images_(images), engine_(engine), opts_(std::move(opts)) {
     // A fresh process owns no VM: whatever a previous process left provisioning or running is gone.
-    auto st = store_.db().With([&](SQLite::Database& db) -> Status {
+    auto st = detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
       auto now = util::NowMillis();
       int failed = detail::FailProvisioningContainers(
           db, "interrupted: the owning process restarted while it was provisioning", now);
@@ -87,7 +87,7 @@ class ContainerManager::Impl {
     std::optional<int64_t> wait_ms;
     if (req.wait_for_creating) wait_ms = req.wait_for_creating->count();
     const std::string& id = rec.id;
-    auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
+    auto st = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       if (detail::ContainerExists(db, id) || detail::VmExists(db, id)) {
         return Status::AlreadyExists("id: a container or VM with id '" + id + "' exists already");
       }
@@ -105,7 +105,7 @@ class ContainerManager::Impl {
   Result<ContainerRecord> Start(const std::string& id) {
     if (auto p = Id::Parse("id", id); !p.ok()) return p.status();
     auto t_total = Clock::now();
-    auto claimed = store_.db().With([&](SQLite::Database& db) -> Status {
+    auto claimed = detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
       if (detail::ClaimContainer(db, id, util::NowMillis())) return Status::Ok();
       auto row = detail::ContainerById(db, id);
       if (!row.ok()) return row.status();
@@ -153,12 +153,12 @@ class ContainerManager::Impl {
       spdlog::warn("container {}: start failed: {}", id, st.ToString());
       return st;
     }
-    (void)store_.db().Do(
+    (void)detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { detail::SetContainerTimings(db, id, timings, util::NowMillis()); });
     auto out = Read(id);
     if (out.ok()) {
       spdlog::info("container {} ({}): {} in {:.0f} ms ({} VM{}{})", id, out->runtime, ToString(out->state),
-                   timings["total"], ToString(out->boot_method),
+                   timings["total"], out->boot_method ? ToString(*out->boot_method) : "unknown",
                    out->fallback_reason == FallbackReason::kNone ? "" : ", fallback ",
                    ToString(out->fallback_reason));
     }
@@ -167,7 +167,7 @@ class ContainerManager::Impl {
 
   Status Abandon(const std::string& id, const std::string& reason) {
     if (auto p = Id::Parse("id", id); !p.ok()) return p.status();
-    auto st = store_.db().With([&](SQLite::Database& db) -> Status {
+    auto st = detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
       if (detail::AbandonContainer(db, id, reason, util::NowMillis())) return Status::Ok();
       if (!detail::ContainerExists(db, id)) return Status::NotFound("container '" + id + "' not found");
       return Status::FailedPrecondition("container '" + id + "' was started already");
@@ -188,7 +188,7 @@ class ContainerManager::Impl {
   }
 
   Result<std::vector<ContainerRecord>> List(bool include_destroyed) {
-    auto rows = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<ContainerRow>> {
+    auto rows = detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<ContainerRow>> {
       return detail::ListContainers(db, include_destroyed);
     });
     if (!rows.ok()) return rows.status();
@@ -298,7 +298,7 @@ class ContainerManager::Impl {
     auto created = client.Create(config);
     timings["container_create"] = util::MsSince(t);
     if (!created.ok()) return created.status();
-    (void)store_.db().Do(
+    (void)detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { detail::SetContainerDockerId(db, id, *created, util::NowMillis()); });
     t = Clock::now();
     auto started = client.Start(*created);
@@ -308,7 +308,7 @@ class ContainerManager::Impl {
   }
 
   Status MarkRunning(const std::string& id) {
-    return store_.db().Do(
+    return detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { detail::MarkContainerRunning(db, id, util::NowMillis()); });
   }
 
@@ -329,7 +329,7 @@ class ContainerManager::Impl {
     timings["exec"] = util::MsSince(t);
     if (!r.ok()) return r.status().WithContext("command");
     ContainerLogs logs{r->stdout_data, r->stderr_data, r->truncated};
-    return store_.db().Do([&](SQLite::Database& db) {
+    return detail::DbOf(store_).Do([&](SQLite::Database& db) {
       detail::RecordCommandExit(db, id, r->exit_code, logs, now, util::NowMillis());
     });
   }
@@ -349,7 +349,7 @@ class ContainerManager::Impl {
     int code = state->exit_code;
     auto logs = FetchDockerLogs(c);
     auto now = util::NowMillis();
-    (void)store_.db().Do([&](SQLite::Database& db) { detail::RecordContainerExit(db, c.id, code, now); });
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::RecordContainerExit(db, c.id, code, now); });
     if (logs.ok()) {
       StoreLogs(c.id, *logs);
       row.has_logs = true;
@@ -378,26 +378,26 @@ class ContainerManager::Impl {
   void StoreLogs(const std::string& id, ContainerLogs logs) {
     if (logs.stdout_data.size() > kMaxLogBytes) logs.stdout_data.resize(kMaxLogBytes), logs.truncated = true;
     if (logs.stderr_data.size() > kMaxLogBytes) logs.stderr_data.resize(kMaxLogBytes), logs.truncated = true;
-    (void)store_.db().Do([&](SQLite::Database& db) { detail::StoreContainerLogs(db, id, logs); });
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::StoreContainerLogs(db, id, logs); });
   }
 
   Result<ContainerLogs> StoredLogs(const std::string& id) {
-    return store_.db().With([&](SQLite::Database& db) { return detail::StoredContainerLogs(db, id); });
+    return detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::StoredContainerLogs(db, id); });
   }
 
   void Finish(const std::string& id, ContainerState state, const std::string& error, const Timings* timings) {
-    (void)store_.db().Do([&](SQLite::Database& db) {
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
       detail::FinishContainer(db, id, state, error, timings, util::NowMillis());
     });
   }
 
   void SetState(const std::string& id, ContainerState state, const std::string& error) {
-    (void)store_.db().Do(
+    (void)detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { detail::SetContainerState(db, id, state, error, util::NowMillis()); });
   }
 
   Result<ContainerRow> ReadRowById(const std::string& id) {
-    auto row = store_.db().With([&](SQLite::Database& db) { return detail::ContainerById(db, id); });
+    auto row = detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ContainerById(db, id); });
     if (!row.ok()) return row;
     return WithVmFallbacks(std::move(row).value());
   }

@@ -35,7 +35,7 @@ class HealthTracker::Impl {
   Status RecordSuccess(const std::string& id, int64_t generation) {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
     bool stale = false;
-    auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
+    auto st = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       if (detail::CountRestoreSuccess(db, id, generation, util::NowMillis())) return Status::Ok();
       auto current = detail::CurrentGeneration(db, id);
       if (!current.ok()) return current.status();
@@ -52,7 +52,7 @@ class HealthTracker::Impl {
     bool stale = false;
     int64_t consecutive = 0;
     std::string image_id;
-    auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
+    auto st = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       if (!detail::CountRestoreFailure(db, id, generation, error, util::NowMillis())) {
         auto current = detail::CurrentGeneration(db, id);
         if (!current.ok()) return current.status();
@@ -67,7 +67,7 @@ class HealthTracker::Impl {
         crossed = detail::MarkUnhealthyIfReady(db, id);
         if (crossed) {
           Event e;
-          e.kind = "health";
+          e.kind = std::string(ToString(EventKind::kHealth));
           e.snapshot_id = id;
           e.runtime_image_id = image_id;
           e.outcome = "unhealthy";
@@ -91,7 +91,7 @@ class HealthTracker::Impl {
     auto snap = snapshots_.Get(id);
     if (!snap.ok()) return snap.status();
     Event e;
-    e.kind = "health";
+    e.kind = std::string(ToString(EventKind::kHealth));
     e.snapshot_id = id;
     e.runtime_image_id = snap->runtime_image_id;
     e.outcome = "stale";

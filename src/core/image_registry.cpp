@@ -89,7 +89,7 @@ Result<RuntimeImage> ImageRegistry::Register(RuntimeImage image) {
 
   image.id = Id::Generate().str();
   image.created_at = util::NowMillis();
-  return store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeImage> {
+  return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Result<RuntimeImage> {
     if (detail::ImageNameTaken(db, image.name)) {
       return Status::AlreadyExists("name: an image named '" + image.name + "' exists already");
     }
@@ -101,22 +101,22 @@ Result<RuntimeImage> ImageRegistry::Register(RuntimeImage image) {
 Result<RuntimeImage> ImageRegistry::Get(const std::string& id) const {
   auto parsed = Id::Parse("runtime_image_id", id);
   if (!parsed.ok()) return parsed.status();
-  return store_.db().With([&](SQLite::Database& db) { return detail::ImageById(db, id); });
+  return detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ImageById(db, id); });
 }
 
 Result<RuntimeImage> ImageRegistry::GetByName(const std::string& name) const {
   if (auto st = ValidateName("name", name); !st.ok()) return st;
-  return store_.db().With([&](SQLite::Database& db) { return detail::ImageByName(db, name); });
+  return detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ImageByName(db, name); });
 }
 
 Result<std::vector<RuntimeImage>> ImageRegistry::List() const {
-  return store_.db().With(
+  return detail::DbOf(store_).With(
       [&](SQLite::Database& db) -> Result<std::vector<RuntimeImage>> { return detail::ListImages(db); });
 }
 
 Status ImageRegistry::Remove(const std::string& id) {
   if (auto parsed = Id::Parse("runtime_image_id", id); !parsed.ok()) return parsed.status();
-  return store_.db().Tx([&](SQLite::Database& db) -> Status {
+  return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
     auto img = detail::ImageById(db, id);
     if (!img.ok()) return img.status();
     if (detail::CountLiveSnapshots(db, id) > 0) {

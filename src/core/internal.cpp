@@ -16,12 +16,12 @@ void RecordProcess(Store& store, int pid, const std::string& role, const std::st
   auto start = util::ProcessStartTime(pid);
   if (!start) return;
   detail::ProcessRecord p{pid, static_cast<uint64_t>(*start), role, owner_id};
-  auto st = store.db().Do([&](SQLite::Database& db) { detail::RecordProcess(db, p, util::NowMillis()); });
+  auto st = detail::DbOf(store).Do([&](SQLite::Database& db) { detail::RecordProcess(db, p, util::NowMillis()); });
   if (!st.ok()) spdlog::warn("cannot record process {}: {}", pid, st.ToString());
 }
 
 void ForgetProcesses(Store& store, const std::string& owner_id) {
-  auto st = store.db().Do([&](SQLite::Database& db) { detail::ForgetProcesses(db, owner_id); });
+  auto st = detail::DbOf(store).Do([&](SQLite::Database& db) { detail::ForgetProcesses(db, owner_id); });
   if (!st.ok()) spdlog::warn("cannot forget processes of {}: {}", owner_id, st.ToString());
 }
 

@@ -81,7 +81,7 @@ class RestoreEngine::Impl {
       return Status::InvalidArgument("wait_for_creating: must be between 0 and 3600000 ms");
     }
     auto image =
-        store_.db().With([&](SQLite::Database& db) { return detail::ImageById(db, req.runtime_image_id); });
+        detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ImageById(db, req.runtime_image_id); });
     if (!image.ok()) return image.status();
     auto vmm = vmms_.Find(image->backend);
     if (!vmm) return Status::FailedPrecondition("backend '" + image->backend + "' of image '" + image->name + "' is not available");
@@ -95,7 +95,7 @@ class RestoreEngine::Impl {
     rec.work_dir = (fs::path(opts_.vm_dir) / rec.id).string();
     NetworkIdentity net;
     net.hostname = rec.hostname;
-    auto ins = store_.db().Tx([&](SQLite::Database& db) -> Status {
+    auto ins = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       if (detail::VmExists(db, rec.id)) {
         return Status::AlreadyExists("vm_id: a VM with id '" + rec.id + "' exists already");
       }
@@ -148,7 +148,7 @@ class RestoreEngine::Impl {
         SetTimings(rec.id, timings);
         Release(rec.id, VmState::kFailed, cold.status().message());
         Event e;
-        e.kind = "boot";
+        e.kind = std::string(ToString(EventKind::kBoot));
         e.runtime_image_id = image->id;
         e.vm_id = rec.id;
         e.outcome = "failed";
@@ -170,14 +170,14 @@ class RestoreEngine::Impl {
       std::lock_guard lock(mu_);
       live_[rec.id] = shared;
     }
-    auto st = store_.db().Do([&](SQLite::Database& db) {
+    auto st = detail::DbOf(store_).Do([&](SQLite::Database& db) {
       detail::MarkVmRunning(db, rec.id, method, reason, timings, util::NowMillis());
     });
     if (!st.ok()) spdlog::error("vm {}: cannot record state: {}", rec.id, st.ToString());
     if (method == BootMethod::kCold) RememberColdBoot(image->id, timings["total"]);
 
     Event e;
-    e.kind = "boot";
+    e.kind = std::string(ToString(EventKind::kBoot));
     e.runtime_image_id = image->id;
     e.snapshot_id = snapshot_id;
     e.vm_id = rec.id;
@@ -232,11 +232,11 @@ class RestoreEngine::Impl {
 
   Result<VmRecord> Get(const std::string& vm_id) const {
     if (auto p = Id::Parse("vm_id", vm_id); !p.ok()) return p.status();
-    return store_.db().With([&](SQLite::Database& db) { return detail::VmById(db, vm_id); });
+    return detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::VmById(db, vm_id); });
   }
 
   Result<std::vector<VmRecord>> List(bool include_destroyed) const {
-    return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<VmRecord>> {
+    return detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<VmRecord>> {
       return detail::ListVms(db, include_destroyed);
     });
   }
@@ -260,7 +260,7 @@ class RestoreEngine::Impl {
       }
     }
     // Fall back to the event log (survives restarts): mean of the last 20 successful cold boots.
-    auto r = store_.db().With([&](SQLite::Database& db) -> Result<std::vector<double>> {
+    auto r = detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<double>> {
       std::vector<double> out;
       for (auto& t :
            detail::LatestEventTimings(db, "boot", std::string(ToString(BootMethod::kCold)), image_id, 20)) {
@@ -439,12 +439,12 @@ class RestoreEngine::Impl {
     if (util::Xxh3Hex(*manifest) != snap.manifest_digest) return Status::Unavailable("manifest.json digest mismatch");
     bool full = false;
     if (opts_.full_verify_every > 0) {
-      auto n = store_.db().With([&](SQLite::Database& db) -> Result<int64_t> {
+      auto n = detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<int64_t> {
         return detail::CountRestoreSinceFullVerify(db, snap.id);
       });
       if (n.ok() && *n >= static_cast<int64_t>(opts_.full_verify_every)) {
         full = true;
-        (void)store_.db().Do([&](SQLite::Database& db) { detail::ResetFullVerifyCount(db, snap.id); });
+        (void)detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::ResetFullVerifyCount(db, snap.id); });
       }
     }
     for (const auto& f : snap.files) {
@@ -492,7 +492,7 @@ class RestoreEngine::Impl {
   }
 
   void Unpin(const std::string& vm_id) {
-    (void)store_.db().Do([&](SQLite::Database& db) { detail::UnpinGeneration(db, vm_id); });
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::UnpinGeneration(db, vm_id); });
   }
 
   // Stops a VM that failed before it was handed out and leaves its work directory empty for the next attempt.
@@ -509,12 +509,12 @@ class RestoreEngine::Impl {
   }
 
   void SetState(const std::string& vm_id, VmState state, const std::string& error) {
-    (void)store_.db().Do(
+    (void)detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { detail::SetVmState(db, vm_id, state, error, util::NowMillis()); });
   }
 
   void SetTimings(const std::string& vm_id, const Timings& t) {
-    (void)store_.db().Do([&](SQLite::Database& db) { detail::SetVmTimings(db, vm_id, t); });
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::SetVmTimings(db, vm_id, t); });
   }
 
   // Frees the address and work directory; the record keeps its history.
@@ -524,7 +524,7 @@ class RestoreEngine::Impl {
         util::IsWithin(opts_.vm_dir, rec->work_dir)) {
       util::RemoveTree(rec->work_dir);
     }
-    (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
+    (void)detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       detail::ReleaseAddress(db, vm_id);
       detail::SetVmState(db, vm_id, state, error, util::NowMillis());
       return Status::Ok();

@@ -62,7 +62,7 @@ class SnapshotManager::Impl {
     state_cv_.notify_all();
     for (auto& t : workers_) t.join();
     for (const auto& job : cancelled) {
-      (void)store_.db().Do([&](SQLite::Database& db) {
+      (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
         detail::AbandonBuild(db, job.snapshot_id, "cancelled: fcwarm shut down before the build started",
                              util::NowMillis());
       });
@@ -79,7 +79,7 @@ class SnapshotManager::Impl {
     }
     auto id = Id::Generate().str();
     auto now = util::NowMillis();
-    auto created = store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
+    auto created = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
       auto img = detail::ImageById(db, image_id);
       if (!img.ok()) return img.status();
       if (detail::CountLiveSnapshots(db, image_id) >= opts_.max_snapshots_per_image) {
@@ -102,14 +102,14 @@ class SnapshotManager::Impl {
 
   Result<RuntimeSnapshot> Get(const std::string& id) const {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
-    return store_.db().With([&](SQLite::Database& db) { return detail::SnapshotById(db, id); });
+    return detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::SnapshotById(db, id); });
   }
 
   Result<std::vector<RuntimeSnapshot>> List(const SnapshotFilter& f) const {
     if (!f.runtime_image_id.empty()) {
       if (auto p = Id::Parse("runtime_image_id", f.runtime_image_id); !p.ok()) return p.status();
     }
-    return store_.db().With([&](SQLite::Database& db) -> Result<std::vector<RuntimeSnapshot>> {
+    return detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<RuntimeSnapshot>> {
       return detail::ListSnapshots(db, f);
     });
   }
@@ -129,7 +129,7 @@ class SnapshotManager::Impl {
     }
     if (active_snapshots_.count(id)) return snap;  // the build in flight is the rebuild
     auto st =
-        store_.db().Do([&](SQLite::Database& db) { detail::RequeueSnapshot(db, id, util::NowMillis()); });
+        detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::RequeueSnapshot(db, id, util::NowMillis()); });
     if (!st.ok()) return st;
     EnqueueLocked(Job{id, snap->runtime_image_id, automatic});
     lock.unlock();
@@ -141,14 +141,14 @@ class SnapshotManager::Impl {
 
   Status Delete(const std::string& id) {
     if (auto p = Id::Parse("runtime_snapshot_id", id); !p.ok()) return p.status();
-    auto st = store_.db().Tx([&](SQLite::Database& db) -> Status {
+    auto st = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       auto snap = detail::SnapshotById(db, id);
       if (!snap.ok()) return snap.status();
       if (snap->state == SnapshotState::kDeleted) return Status::Ok();
       detail::SetSnapshotState(db, id, SnapshotState::kDeleted, util::NowMillis());
       detail::RetireCurrentGeneration(db, id);
       Event e;
-      e.kind = "snapshot";
+      e.kind = std::string(ToString(EventKind::kSnapshot));
       e.snapshot_id = id;
       e.runtime_image_id = snap->runtime_image_id;
       e.outcome = "deleted";
@@ -176,7 +176,7 @@ class SnapshotManager::Impl {
     std::lock_guard gc(gc_mu_);
     GcReport report;
     auto dirs =
-        store_.db().With([&](SQLite::Database& db) -> Result<std::vector<detail::CollectableGeneration>> {
+        detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<detail::CollectableGeneration>> {
           return detail::CollectableGenerations(db);
         });
     if (!dirs.ok()) return dirs.status();
@@ -192,14 +192,14 @@ class SnapshotManager::Impl {
       report.removed_generations++;
       std::error_code ec;
       fs::remove(dir.parent_path(), ec);  // the snapshot directory, if now empty
-      (void)store_.db().Do([&](SQLite::Database& db) {
+      (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
         detail::SetGenerationStatus(db, snapshot_id, number, detail::GenerationStatus::kRemoved);
       });
       spdlog::info("gc: removed generation {} of snapshot {} ({})", number, snapshot_id, dir.string());
     }
     if (report.removed_generations > 0) {
       Event e;
-      e.kind = "gc";
+      e.kind = std::string(ToString(EventKind::kGc));
       e.outcome = "removed";
       e.message = std::to_string(report.removed_generations) + " generation(s), " +
                   std::to_string(report.freed_bytes) + " bytes";
@@ -210,7 +210,7 @@ class SnapshotManager::Impl {
 
   Result<RuntimeSnapshot> PinGeneration(const std::string& snapshot_id, const std::string& vm_id) {
     std::lock_guard gc(gc_mu_);
-    return store_.db().Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
+    return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Result<RuntimeSnapshot> {
       auto snap = detail::SnapshotById(db, snapshot_id);
       if (!snap.ok()) return snap;
       if (snap->state != SnapshotState::kReady || snap->generation_dir.empty()) {
@@ -400,7 +400,7 @@ class SnapshotManager::Impl {
   // Records the phase the build enters; gives up (cancelled) when the manager is shutting down.
   Status EnterPhase(const std::string& id, BuildPhase phase) {
     if (Stopping()) return Cancelled();
-    (void)store_.db().Do(
+    (void)detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { detail::SetSnapshotPhase(db, id, phase, util::NowMillis()); });
     state_cv_.notify_all();
     return Status::Ok();
@@ -408,7 +408,7 @@ class SnapshotManager::Impl {
 
   // queued: the generation's record and directories, the backend, the compatibility key.
   Status PrepareBuild(Build& b) {
-    (void)store_.db().Do([&](SQLite::Database& db) {
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
       detail::InsertGeneration(db, b.job.snapshot_id, b.generation, b.final_dir.string(), util::NowMillis());
     });
     util::RemoveTree(b.tmp_dir);
@@ -534,7 +534,7 @@ class SnapshotManager::Impl {
                                           .manifest_digest = b.manifest_digest};
     const std::string& id = b.job.snapshot_id;
     return Settle(b, [&] {
-      return store_.db().Tx([&](SQLite::Database& db) -> Status {
+      return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       auto cur = detail::SnapshotById(db, id);
       if (!cur.ok()) return cur.status();
       if (cur->state == SnapshotState::kDeleted) {
@@ -582,7 +582,7 @@ class SnapshotManager::Impl {
     out.automatic = job.automatic;
     auto t_total = std::chrono::steady_clock::now();
 
-    auto image = store_.db().With([&](SQLite::Database& db) { return detail::ImageById(db, job.image_id); });
+    auto image = detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ImageById(db, job.image_id); });
     auto snap = Get(job.snapshot_id);
     if (!image.ok() || !snap.ok() || snap->state == SnapshotState::kDeleted) {
       out.error = "snapshot or image vanished before the build started";
@@ -590,7 +590,7 @@ class SnapshotManager::Impl {
     }
     Build b(job);
     b.image = *image;
-    (void)store_.db().Do(
+    (void)detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { b.generation = detail::NextGenerationNumber(db, job.snapshot_id); });
     const int64_t gen = b.generation;
     out.generation = gen;
@@ -621,7 +621,7 @@ class SnapshotManager::Impl {
       out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " + result.message();
       out.timings["total"] = util::MsSince(t_total);
       (void)Settle(b, [&] {
-        return store_.db().Tx([&](SQLite::Database& db) -> Status {
+        return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
           detail::DeleteGeneration(db, job.snapshot_id, gen);
           detail::RetireCurrentGeneration(db, job.snapshot_id);
           if (auto failures = detail::RecordBuildFailure(db, job.snapshot_id, out.error, util::NowMillis())) {
@@ -635,7 +635,7 @@ class SnapshotManager::Impl {
       spdlog::info("snapshot {}: generation {} ready in {:.0f} ms", job.snapshot_id, gen, out.timings["total"]);
     }
     Event e;
-    e.kind = "build";
+    e.kind = std::string(ToString(EventKind::kBuild));
     e.snapshot_id = job.snapshot_id;
     e.runtime_image_id = job.image_id;
     e.outcome = out.ok ? "ready" : "failed";
@@ -667,14 +667,14 @@ class SnapshotManager::Impl {
 
   void Reconcile() {
     // 1. Builds a crash interrupted.
-    (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
+    (void)detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       for (const auto& snap : detail::ListSnapshots(db, {"", SnapshotState::kCreating, false})) {
         const std::string& id = snap.id;
         const std::string& image = snap.runtime_image_id;
         detail::AbandonBuild(db, id, "interrupted", util::NowMillis());
         detail::RetireCurrentGeneration(db, id);
         Event e;
-        e.kind = "reconcile";
+        e.kind = std::string(ToString(EventKind::kReconcile));
         e.snapshot_id = id;
         e.runtime_image_id = image;
         e.outcome = "unhealthy";
@@ -706,7 +706,7 @@ class SnapshotManager::Impl {
     }
     // 3. VMM processes of the previous run.
     if (opts_.reconcile_processes) {
-      (void)store_.db().With([&](SQLite::Database& db) -> Status {
+      (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
         for (const auto& p : detail::RecordedProcesses(db)) {
           if (p.pid > 1 && util::IsSameProcess(p.pid, p.start_time)) {
             spdlog::warn("reconcile: killing leftover {} process {} of {}", p.role, p.pid, p.owner_id);
@@ -720,7 +720,7 @@ class SnapshotManager::Impl {
       });
     }
     // 4. VMs the previous run owned: their processes are gone, release what they held.
-    (void)store_.db().Tx([&](SQLite::Database& db) -> Status {
+    (void)detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       for (const auto& vm : detail::LiveVms(db)) {
         const std::string& id = vm.id;
         const std::string& dir = vm.work_dir;

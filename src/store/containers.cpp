@@ -31,8 +31,7 @@ const RowMap<ContainerRow>& ContainerRows() {
       Col("c.started_at AS started_at", &ContainerRow::rec, &R::started_at),
       Col("c.finished_at AS finished_at", &ContainerRow::rec, &R::finished_at),
       // Its VM, which exists once provisioning started.
-      EnumCol("COALESCE(v.boot_method, '') AS boot_method", &ContainerRow::rec, &R::boot_method,
-              BootMethod::kCold),
+      EnumCol("COALESCE(v.boot_method, '') AS boot_method", &ContainerRow::vm_boot_method, BootMethod::kCold),
       EnumCol("COALESCE(v.fallback_reason, '') AS fallback_reason", &ContainerRow::rec, &R::fallback_reason,
               FallbackReason::kNone),
       Col("COALESCE(v.snapshot_id, '') AS snapshot_id", &ContainerRow::rec, &R::snapshot_id),
@@ -58,19 +57,33 @@ const RowMap<ContainerLogs>& LogRows() {
 
 constexpr const char* kFromContainers = "FROM containers c LEFT JOIN vms v ON v.id = c.id";
 
+// The boot method is a fact once the container's VM got past `starting` and the container past `provisioning`
+// (before, the VM row holds a placeholder): the one place that decides it.
+ContainerRow WithBootMethod(ContainerRow row) {
+  bool vm_started = !row.rec.vm_state.empty() && row.rec.vm_state != ToString(VmState::kStarting);
+  if (vm_started && row.rec.state != ContainerState::kProvisioning) {
+    row.rec.boot_method = row.vm_boot_method;
+  } else {
+    row.rec.boot_method.reset();
+  }
+  return row;
+}
+
 }  // namespace
 
 Result<ContainerRow> ContainerById(SQLite::Database& db, const std::string& id) {
   auto row = ContainerRows().One(db, std::string(kFromContainers) + " WHERE c.id = ?", id);
   if (!row) return Status::NotFound("container '" + id + "' not found");
-  return *row;
+  return WithBootMethod(std::move(*row));
 }
 
 std::vector<ContainerRow> ListContainers(SQLite::Database& db, bool include_destroyed) {
   const std::string order = " ORDER BY c.created_at DESC, c.rowid DESC";
-  if (include_destroyed) return ContainerRows().All(db, kFromContainers + order);
-  return ContainerRows().All(db, kFromContainers + (" WHERE c.state != ?" + order),
-                             ContainerState::kDestroyed);
+  auto rows = include_destroyed ? ContainerRows().All(db, kFromContainers + order)
+                                : ContainerRows().All(db, kFromContainers + (" WHERE c.state != ?" + order),
+                                                      ContainerState::kDestroyed);
+  for (auto& row : rows) row = WithBootMethod(std::move(row));
+  return rows;
 }
 
 bool ContainerExists(SQLite::Database& db, const std::string& id) {

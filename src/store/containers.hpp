@@ -24,6 +24,8 @@ struct ContainerRow {
   bool has_logs = false;                        ///< A copy of its output is stored.
   Timings vm_timings;                           ///< Its VM's timings.
   std::string vm_last_error;                    ///< Its VM's last error.
+  BootMethod vm_boot_method = BootMethod::kCold;  ///< Its VM's boot method as stored (rec.boot_method says when
+                                                  ///< it is known).
 };
 
 /// The container with this id; NotFound.

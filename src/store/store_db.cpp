@@ -227,6 +227,10 @@ std::vector<Timings> LatestEventTimings(SQLite::Database& db, const std::string&
 namespace fcwarm {
 
 Store::Store(std::unique_ptr<detail::StoreDb> db) : db_(std::move(db)) {}
+
+namespace detail {
+StoreDb& DbOf(const Store& store) { return *store.db_; }
+}  // namespace detail
 Store::~Store() = default;
 
 Result<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) {

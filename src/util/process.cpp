@@ -26,21 +26,6 @@ namespace {
 
 std::string ErrnoText(int err) { return std::strerror(err); }
 
-// Resolves argv[0] against PATH before fork (execve in the child is async-signal-safe; a PATH search is not).
-std::optional<std::string> ResolveProgram(const std::string& prog) {
-  if (prog.find('/') != std::string::npos) return prog;
-  const char* path = std::getenv("PATH");
-  std::string p = path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-  std::stringstream ss(p);
-  std::string dir;
-  while (std::getline(ss, dir, ':')) {
-    if (dir.empty()) continue;
-    std::string cand = dir + "/" + prog;
-    if (::access(cand.c_str(), X_OK) == 0) return cand;
-  }
-  return std::nullopt;
-}
-
 int StatusToExitCode(int status) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return -WTERMSIG(status);
@@ -97,7 +82,8 @@ Result<Child> Spawn(const SpawnOptions& opts) {
 namespace {
 Result<Child> SpawnHere(const SpawnOptions& opts) {
   if (opts.argv.empty()) return Status::InvalidArgument("spawn: empty argv");
-  auto program = ResolveProgram(opts.argv[0]);
+  // Resolved before fork: execve in the child is async-signal-safe, a PATH search is not.
+  auto program = FindProgram(opts.argv[0]);
   if (!program) return Status::NotFound("spawn: program '" + opts.argv[0] + "' not found in PATH");
 
   std::vector<char*> argv;
@@ -301,6 +287,23 @@ Result<RunResult> Run(const std::vector<std::string>& argv, std::chrono::millise
   }
   result.exit_code = StatusToExitCode(*st);
   return result;
+}
+
+std::optional<std::string> FindProgram(const std::string& prog, bool check_path) {
+  if (prog.find('/') != std::string::npos) {
+    if (check_path && ::access(prog.c_str(), X_OK) != 0) return std::nullopt;
+    return prog;
+  }
+  const char* path = std::getenv("PATH");
+  std::string p = path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+  std::stringstream ss(p);
+  std::string dir;
+  while (std::getline(ss, dir, ':')) {
+    if (dir.empty()) continue;
+    std::string cand = dir + "/" + prog;
+    if (::access(cand.c_str(), X_OK) == 0) return cand;
+  }
+  return std::nullopt;
 }
 
 }  // namespace fcwarm::util

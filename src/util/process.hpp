@@ -33,6 +33,11 @@ struct Child {
 /// With die_with_parent the fork happens on a process-lifetime thread (PR_SET_PDEATHSIG is per thread).
 Result<Child> Spawn(const SpawnOptions& opts);
 
+// The one program lookup: a name without '/' is searched in PATH (default
+// "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" when PATH is unset) and found when executable
+// there; a path with '/' is returned as it is when `check_path` is false, else only when it is executable.
+std::optional<std::string> FindProgram(const std::string& prog, bool check_path = false);
+
 /// Non-blocking check: returns the exit status (as from waitpid) if the child exited and was reaped.
 std::optional<int> TryReap(int pid);
 

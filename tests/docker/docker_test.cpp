@@ -105,7 +105,7 @@ struct DockerBed {
     REQUIRE_MESSAGE(logs.ok(), logs.status().ToString());
     *lines = Lines(logs->stdout_data);
     REQUIRE_MESSAGE(lines->size() == 2, logs->stdout_data, " / stderr: ", logs->stderr_data);
-    MESSAGE(name << ": " << ToString(c->boot_method) << " " << ToString(c->fallback_reason) << " total "
+    MESSAGE(name << ": " << (c->boot_method ? ToString(*c->boot_method) : "unknown") << " " << ToString(c->fallback_reason) << " total "
                  << c->timings["total"] << " ms; hostname " << (*lines)[0] << "; bytes" << (*lines)[1]);
     return *done;
   }

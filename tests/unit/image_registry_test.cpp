@@ -10,7 +10,7 @@ using namespace fcwarm::testing;
 
 namespace {
 int64_t CountImages(TestBed& bed) {
-  return bed.service->store().db().With([](SQLite::Database& db) -> Result<int64_t> {
+  return detail::DbOf(bed.service->store()).With([](SQLite::Database& db) -> Result<int64_t> {
     return db.execAndGet("SELECT COUNT(*) FROM runtime_images").getInt64();
   }).value();
 }

@@ -66,7 +66,7 @@ TEST_CASE("a build that crashes midway ends unhealthy and leaves nothing behind"
   CHECK(Eventually([&] { return bed.vmm->live == 0; }));
   CHECK(CountEntries(bed.options.snapshots.build_dir) == 0);
   CHECK(CountEntries(fs::path(bed.options.snapshots.root_dir) / img.id / snap.id) == 0);
-  auto procs = bed.service->store().db().With([](SQLite::Database& db) -> Result<int64_t> {
+  auto procs = detail::DbOf(bed.service->store()).With([](SQLite::Database& db) -> Result<int64_t> {
     return db.execAndGet("SELECT COUNT(*) FROM processes").getInt64();
   });
   CHECK(*procs == 0);
@@ -223,7 +223,7 @@ TEST_CASE("startup reconciliation after a simulated crash") {
   auto tmp = fs::path(bed.options.snapshots.root_dir) / img.id / stuck_id / ".tmp-gen-1";
   WriteFile(tmp / "memory.bin", "partial");
   fs::create_directories(fs::path(bed.options.snapshots.build_dir) / (stuck_id + "-gen-1"));
-  auto st = bed.service->store().db().With([&](SQLite::Database& db) -> Status {
+  auto st = detail::DbOf(bed.service->store()).With([&](SQLite::Database& db) -> Status {
     SQLite::Statement s(db, "INSERT INTO runtime_snapshots(id, runtime_image_id, state, phase, created_at, updated_at) "
                             "VALUES (?, ?, 'creating', 'snapshotting', 99999999999999, 1)");
     s.bind(1, stuck_id);

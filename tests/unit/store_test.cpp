@@ -58,7 +58,7 @@ TEST_CASE("an unopenable path is reported") {
 TEST_CASE("foreign keys are enforced") {
   auto store = Store::Open({.path = ":memory:"});
   REQUIRE(store.ok());
-  auto st = (*store)->db().With([](SQLite::Database& db) -> Status {
+  auto st = detail::DbOf(**store).With([](SQLite::Database& db) -> Status {
     db.exec("INSERT INTO runtime_snapshots(id, runtime_image_id, state, phase, created_at, updated_at) "
             "VALUES ('x', 'no-such-image', 'creating', 'queued', 0, 0)");
     return Status::Ok();

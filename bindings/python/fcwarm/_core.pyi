@@ -390,7 +390,7 @@ class ContainerRequest:
 
 class ContainerRecord:
     id: str
-    vm_id: str
+    vm_id: Optional[str]
     name: str
     runtime_image_id: str
     runtime: str
@@ -400,7 +400,7 @@ class ContainerRecord:
     state: ContainerState
     docker_id: str
     exit_code: Optional[int]
-    boot_method: BootMethod
+    boot_method: Optional[BootMethod]
     fallback_reason: FallbackReason
     timings: Dict[str, float]
     snapshot_id: str

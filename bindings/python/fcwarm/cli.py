@@ -82,11 +82,9 @@ def _container_item(c):
     """A ContainerRecord in the REST API's shape (GET /v1/containers/{id})."""
     from . import _core
 
-    vm_started = c.vm_state not in ("", "starting")
-    provisioning = c.state == _core.ContainerState.PROVISIONING
     return {
         "id": c.id,
-        "vm_id": c.id if c.vm_state else None,
+        "vm_id": c.vm_id,
         "name": c.name,
         "image": c.runtime_image_id,
         "runtime_image_id": c.runtime_image_id,
@@ -95,7 +93,7 @@ def _container_item(c):
         "state": c.state.label,
         "exit_code": c.exit_code,
         "docker_id": c.docker_id,
-        "boot_method": c.boot_method.label if vm_started and not provisioning else None,
+        "boot_method": c.boot_method.label if c.boot_method is not None else None,
         "fallback_reason": None if c.fallback_reason == _core.FallbackReason.NONE else c.fallback_reason.label,
         "timings": dict(c.timings),
         "snapshot_id": c.snapshot_id,

@@ -32,7 +32,7 @@ ContainerRequest MakeRequest(const pyb::object& runtime_image, const pyb::object
 std::string Repr(const ContainerRecord& c) {
   std::string out = "<fcwarm.ContainerRecord " + c.id + " " + c.runtime + " " + std::string(ToString(c.state));
   if (c.exit_code) out += " exit_code=" + std::to_string(*c.exit_code);
-  if (!c.vm_state.empty() && c.state != ContainerState::kProvisioning) out += " " + std::string(ToString(c.boot_method));
+  if (c.boot_method) out += " " + std::string(ToString(*c.boot_method));
   if (c.fallback_reason != FallbackReason::kNone) out += " (" + std::string(ToString(c.fallback_reason)) + ")";
   return out + ">";
 }
@@ -106,8 +106,8 @@ void BindContainers(pyb::module_& m) {
 
   pyb::class_<ContainerRecord>(m, "ContainerRecord", "A container and the VM it runs in.")
       .def_readonly("id", &ContainerRecord::id)
-      .def_property_readonly("vm_id", [](const ContainerRecord& c) { return c.id; },
-                             "Id of its VM (a container's VM has the container's id).")
+      .def_property_readonly("vm_id", &ContainerRecord::vm_id,
+                             "Id of its VM once the VM exists (the container's id), else None.")
       .def_readonly("name", &ContainerRecord::name)
       .def_readonly("runtime_image_id", &ContainerRecord::runtime_image_id)
       .def_readonly("runtime", &ContainerRecord::runtime, "\"docker\" or \"vm\".")

@@ -53,20 +53,6 @@ constexpr size_t kMaxSunPath = 107;
 
 std::string Join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
-std::optional<std::string> ResolveInPath(const std::string& prog) {
-  if (prog.find('/') != std::string::npos) return prog;
-  const char* path = std::getenv("PATH");
-  std::string p = path ? path : "/usr/local/bin:/usr/bin:/bin";
-  size_t start = 0;
-  while (start <= p.size()) {
-    size_t end = p.find(':', start);
-    std::string dir = p.substr(start, end == std::string::npos ? std::string::npos : end - start);
-    if (!dir.empty() && ::access((dir + "/" + prog).c_str(), X_OK) == 0) return dir + "/" + prog;
-    if (end == std::string::npos) break;
-    start = end + 1;
-  }
-  return std::nullopt;
-}
 
 // What Vm::Snapshot() records next to Firecracker's files so that Restore() can rebuild the clone's layout.
 struct Sidecar {
@@ -165,7 +151,7 @@ Result<FirecrackerVersion> ParseFirecrackerVersion(const std::string& text) {
 }
 
 Result<FirecrackerVersion> ProbeFirecracker(const std::string& binary, std::chrono::milliseconds timeout) {
-  auto resolved = ResolveInPath(binary);
+  auto resolved = util::FindProgram(binary);
   if (!resolved || ::access(resolved->c_str(), X_OK) != 0) {
     return Status::NotFound("firecracker binary '" + binary + "' not found or not executable");
   }
@@ -553,7 +539,7 @@ class FirecrackerVm : public Vm {
     so.stdout_path = Join(layout_.work_dir, kConsoleName);
     so.stderr_path = Join(layout_.work_dir, kLogName);
     if (layout_.jailed) {
-      auto exec = ResolveInPath(opts_.binary);
+      auto exec = util::FindProgram(opts_.binary);
       if (!exec) return Status::NotFound("firecracker binary '" + opts_.binary + "' not found");
       const auto& j = opts_.jailer;
       so.argv = {j.binary,

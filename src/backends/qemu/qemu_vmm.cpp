@@ -73,20 +73,6 @@ std::string Tail(const std::string& path, size_t max) {
   return out;
 }
 
-std::optional<std::string> ResolveInPath(const std::string& prog) {
-  if (prog.find('/') != std::string::npos) {
-    if (::access(prog.c_str(), X_OK) == 0) return prog;
-    return std::nullopt;
-  }
-  const char* path = std::getenv("PATH");
-  std::string p = path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-  std::stringstream ss(p);
-  std::string dir;
-  while (std::getline(ss, dir, ':')) {
-    if (!dir.empty() && ::access((dir + "/" + prog).c_str(), X_OK) == 0) return dir + "/" + prog;
-  }
-  return std::nullopt;
-}
 
 bool FileExists(const std::string& path) {
   struct stat st {};
@@ -187,7 +173,7 @@ std::string ResolveAccel(const std::string& accel) {
 }
 
 Result<std::string> QemuVersion(const QemuOptions& o) {
-  auto bin = ResolveInPath(o.qemu_binary);
+  auto bin = util::FindProgram(o.qemu_binary, true);
   if (!bin) return Status::NotFound("QEMU binary '" + o.qemu_binary + "' not found or not executable");
   auto r = util::Run({*bin, "--version"}, o.tool_timeout);
   if (!r.ok()) return r.status().WithContext(o.qemu_binary + " --version");
@@ -824,12 +810,12 @@ class QemuVmm final : public Vmm {
 Status ProbeQemu(const QemuOptions& options) {
   auto v = QemuVersion(options);
   if (!v.ok()) return v.status();
-  auto img = ResolveInPath(options.qemu_img_binary);
+  auto img = util::FindProgram(options.qemu_img_binary, true);
   if (!img) return Status::NotFound("qemu-img binary '" + options.qemu_img_binary + "' not found");
   auto r = util::Run({*img, "--version"}, options.tool_timeout);
   if (!r.ok()) return r.status().WithContext(options.qemu_img_binary + " --version");
   if (r->exit_code != 0) return Status::Unavailable(options.qemu_img_binary + " --version failed");
-  auto bin = ResolveInPath(options.qemu_binary);
+  auto bin = util::FindProgram(options.qemu_binary, true);
   auto m = util::Run({*bin, "-machine", "help"}, options.tool_timeout);
   if (!m.ok()) return m.status().WithContext(options.qemu_binary + " -machine help");
   if (m->output.find("microvm") == std::string::npos) {
