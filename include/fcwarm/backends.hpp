@@ -34,6 +34,7 @@ struct BackendChoice {
   std::string requested;  ///< The name asked for ("auto", "qemu", ...).
   std::string kind;       ///< The backend registered for it (Vmm::Kind()), or empty when none was.
   std::string detail;     ///< Why: the probed version, or the probe's error when a backend was skipped.
+  bool fell_back = false;  ///< True when "auto" could not use QEMU (kind is then the fallback's, or empty).
 };
 
 /// \brief The registry SelectBackends() built and how.

@@ -300,7 +300,7 @@ int main(int argc, char** argv) {
       return 2;
     }
     for (const auto& c : selected->choices) {
-      if (c.kind.empty() || c.kind != c.requested) {
+      if (c.fell_back) {
         spdlog::warn("event=backend_unavailable requested={} detail=\"{}\" fallback={}", c.requested, c.detail,
                      c.kind.empty() ? "nothing" : c.kind);
       } else {

@@ -8,7 +8,7 @@ Result<SelectedBackends> SelectBackends(const BackendSelection& selection) {
   SelectedBackends out;
   out.registry = std::make_shared<VmmRegistry>();
   for (const auto& name : selection.backends) {
-    BackendChoice choice{name, "", ""};
+    BackendChoice choice{name, "", "", false};
     if (name == "qemu" || name == "auto") {
       Status probe = ProbeQemu(selection.qemu);
       if (probe.ok()) {
@@ -19,6 +19,7 @@ Result<SelectedBackends> SelectBackends(const BackendSelection& selection) {
         return probe.WithContext("backend qemu");
       } else {
         choice.detail = "qemu cannot run here: " + probe.message();
+        choice.fell_back = true;
         if (selection.auto_fallback) {
           if (auto vmm = selection.auto_fallback()) {
             choice.kind = vmm->Kind();

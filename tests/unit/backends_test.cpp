@@ -15,6 +15,7 @@ TEST_CASE("backend selection: auto falls back and says why, explicit names must 
     REQUIRE(r->choices.size() == 1);
     CHECK(r->choices[0].requested == "auto");
     CHECK(r->choices[0].kind.empty());
+    CHECK(r->choices[0].fell_back);
     CHECK(r->choices[0].detail.find("/nonexistent/qemu-system-x86_64") != std::string::npos);
   }
   SUBCASE("auto uses the fallback") {
@@ -23,6 +24,7 @@ TEST_CASE("backend selection: auto falls back and says why, explicit names must 
     REQUIRE(r.ok());
     CHECK(r->registry->Kinds() == std::vector<std::string>{"stand-in"});
     CHECK(r->choices[0].kind == "stand-in");
+    CHECK(r->choices[0].fell_back);
   }
   SUBCASE("qemu named explicitly fails with the probe's error") {
     sel.backends = {"qemu"};

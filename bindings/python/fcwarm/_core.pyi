@@ -263,6 +263,7 @@ class BackendChoice:
     requested: str
     kind: str
     detail: str
+    fell_back: bool
 
 def select_backends(backends: Sequence[str] = ..., qemu: QemuOptions = ...,
                     firecracker: FirecrackerOptions = ...) -> "tuple[VmmRegistry, List[BackendChoice]]": ...

@@ -66,6 +66,7 @@ void BindBackends(pyb::module_& m) {
       .def_readonly("requested", &BackendChoice::requested)
       .def_readonly("kind", &BackendChoice::kind)
       .def_readonly("detail", &BackendChoice::detail)
+      .def_readonly("fell_back", &BackendChoice::fell_back)
       .def("__repr__", [](const BackendChoice& c) {
         return "<fcwarm.BackendChoice " + c.requested + " -> " + (c.kind.empty() ? "nothing" : c.kind) + ": " +
                c.detail + ">";
