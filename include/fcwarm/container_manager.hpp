@@ -114,6 +114,11 @@ struct ContainerOptions {
   std::chrono::milliseconds exec_timeout{60000};
   /// \brief Docker Engine API version used in request paths. Default: "v1.41" (Docker 20.10).
   std::string docker_api_version = "v1.41";
+  /// \brief Containers CreateAsync() starts at once (each blocks a thread while its VM boots). Default: 4.
+  unsigned start_workers = 4;
+  /// \brief CreateAsync() requests waiting for a start worker; beyond it CreateAsync() answers
+  /// ResourceExhausted. Default: 64.
+  size_t start_queue = 64;
 };
 
 /// \brief Creates containers: one VM per container from the RestoreEngine (warm when possible, cold
@@ -151,6 +156,14 @@ class ContainerManager {
   /// \param request What to run.
   /// \return As Prepare() and Start().
   Result<ContainerRecord> Create(const ContainerRequest& request);
+  /// \brief Prepare(), then Start() in the background on the manager's start workers
+  /// (ContainerOptions::start_workers); returns at once. Follow the container with Get() or Wait(): it leaves
+  /// `provisioning` for `running`/`exited`, or `failed` with last_error. When the manager is destroyed, starts
+  /// still queued become `failed` ("... shut down before provisioning started"); running ones finish first.
+  /// \param request What to run.
+  /// \return The record (state `provisioning`); as Prepare(); ResourceExhausted when
+  /// ContainerOptions::start_queue requests are waiting already (the record is then `failed`).
+  Result<ContainerRecord> CreateAsync(const ContainerRequest& request);
   /// \brief Marks a prepared container that will never be started as failed (e.g. a queue refused it).
   /// \param id The container.
   /// \param reason Recorded as last_error.
@@ -186,7 +199,7 @@ class ContainerManager {
   /// RestoreEngine::ProvisionDeadline() plus the container's own create and start requests. A client waiting
   /// for a create derives its deadline from this, so a slow step ends in the library's error, not a timeout.
   std::chrono::milliseconds StartDeadline() const;
-  /// \brief Containers currently provisioning (prepared or starting) in this process.
+  /// \brief Containers currently provisioning (prepared, queued by CreateAsync() or starting) in this process.
   /// \return The count.
   int Provisioning() const;
 

@@ -22,7 +22,7 @@ StoreDb& DbOf(const Store& store);
 
 /// \brief Filter for Store::ListEvents().
 struct EventFilter {
-  std::string kind;              ///< Only this kind, or empty for all.
+  std::optional<EventKind> kind;  ///< Only this kind, or every kind.
   std::string runtime_image_id;  ///< Only this image, or empty.
   std::string snapshot_id;       ///< Only this snapshot, or empty.
   int64_t after_id = 0;          ///< Only events with id > after_id (paging cursor).

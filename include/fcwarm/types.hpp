@@ -200,7 +200,7 @@ struct VmRecord {
 struct Event {
   int64_t id = 0;               ///< Monotonic id.
   int64_t time = 0;             ///< Unix milliseconds.
-  std::string kind;             ///< ToString() of an EventKind: "boot", "build", "health", "gc", ...
+  EventKind kind = EventKind::kBoot;  ///< What it is about.
   std::string runtime_image_id; ///< Related image, or empty.
   std::string snapshot_id;      ///< Related snapshot, or empty.
   std::string vm_id;            ///< Related VM, or empty.

@@ -401,7 +401,7 @@ HttpResponse Api::ListEvents(const Target& t) {
   if (auto it = t.query.find("kind"); it != t.query.end()) {
     auto kind = ParseEventKind(it->second);
     if (!kind.ok()) return StatusResponse(kind.status());
-    f.kind = std::string(ToString(*kind));
+    f.kind = *kind;
   }
   if (auto it = t.query.find("runtime_image_id"); it != t.query.end()) {
     if (auto id = Id::Parse("runtime_image_id", it->second); !id.ok()) return StatusResponse(id.status());

@@ -71,7 +71,7 @@ json::object EventToJson(const Event& e) {
   json::object o;
   o["id"] = e.id;
   o["time"] = e.time;
-  o["kind"] = e.kind;
+  o["kind"] = ToString(e.kind);
   o["runtime_image_id"] = e.runtime_image_id;
   o["snapshot_id"] = e.snapshot_id;
   o["vm_id"] = e.vm_id;

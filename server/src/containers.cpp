@@ -43,7 +43,7 @@ std::string Utf8(const std::string& s) {
 
 }  // namespace
 
-ContainerService::ContainerService(Service& service, Runner runner) : service_(service), runner_(std::move(runner)) {}
+ContainerService::ContainerService(Service& service) : service_(service) {}
 
 json::object ContainerService::Render(const ContainerRecord& c) {
   json::object o;
@@ -84,35 +84,9 @@ json::object ContainerService::Render(const ContainerRecord& c) {
 
 Result<json::object> ContainerService::Create(const ContainerRequest& request, bool wait) {
   auto& cm = service_.containers();
-  auto prepared = cm.Prepare(request);
-  if (!prepared.ok()) return prepared.status();
-  const std::string id = prepared->id;
-  if (wait) {
-    auto started = cm.Start(id);
-    if (!started.ok()) return started.status();
-    return json::object{{"id", id}, {"item", Render(*started)}};
-  }
-  {
-    std::lock_guard lock(mu_);
-    queued_.insert(id);
-  }
-  bool queued = runner_([this, id] {
-    {
-      std::lock_guard lock(mu_);
-      if (!queued_.erase(id)) return;  // failed by FailPending() already
-    }
-    auto r = service_.containers().Start(id);
-    if (!r.ok()) spdlog::warn("container={} event=provision_failed error=\"{}\"", id, r.status().ToString());
-  });
-  if (!queued) {
-    {
-      std::lock_guard lock(mu_);
-      queued_.erase(id);
-    }
-    (void)cm.Abandon(id, "too many containers were being provisioned");
-    return Status::ResourceExhausted("too many containers are being provisioned; retry later");
-  }
-  return json::object{{"id", id}, {"item", Render(*prepared)}};
+  auto c = wait ? cm.Create(request) : cm.CreateAsync(request);
+  if (!c.ok()) return c.status();
+  return json::object{{"id", c->id}, {"item", Render(*c)}};
 }
 
 Result<json::object> ContainerService::Get(const std::string& id) {
@@ -148,14 +122,5 @@ Result<json::object> ContainerService::Logs(const std::string& id) {
 }
 
 Status ContainerService::Destroy(const std::string& id) { return service_.containers().Destroy(id); }
-
-void ContainerService::FailPending(const std::string& reason) {
-  std::set<std::string> ids;
-  {
-    std::lock_guard lock(mu_);
-    ids.swap(queued_);
-  }
-  for (const auto& id : ids) (void)service_.containers().Abandon(id, reason);
-}
 
 }  // namespace fcwarm::server

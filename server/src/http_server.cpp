@@ -12,7 +12,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "worker_pool.hpp"
+#include "util/worker_pool.hpp"
 
 namespace fcwarm::server {
 
@@ -131,7 +131,7 @@ struct HttpServer::Impl {
   bool shutdown_timer_started = false;
   int bound_port = 0;
 
-  std::unique_ptr<WorkerPool> pool;
+  std::unique_ptr<util::WorkerPool> pool;
   std::mutex mu;
   std::vector<Completion> completions;
   std::atomic<bool> shutdown_requested{false};
@@ -630,7 +630,7 @@ Status HttpServer::Listen() {
   uv_tcp_getsockname(&s.listener, reinterpret_cast<sockaddr*>(&bound), &len);
   s.bound_port = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
                                              : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  s.pool = std::make_unique<WorkerPool>("fcw-http", s.opts.workers);
+  s.pool = std::make_unique<util::WorkerPool>("fcw-http", s.opts.workers);
   return Status::Ok();
 }
 

@@ -18,7 +18,6 @@
 #include "fcwarm/version.hpp"
 #include "http_server.hpp"
 #include "none_vmm.hpp"
-#include "worker_pool.hpp"
 
 namespace fs = std::filesystem;
 using namespace fcwarm;
@@ -324,6 +323,8 @@ int main(int argc, char** argv) {
   ServiceOptions opts = ServiceOptions::UnderDirectory(cfg.data_dir);
   opts.snapshots.build_workers = cfg.build_workers;
   opts.restore.wait_for_creating = Ms(cfg.wait_for_creating_s);
+  opts.containers.start_workers = cfg.provision_workers;
+  opts.containers.start_queue = cfg.provision_queue;
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());
@@ -334,9 +335,7 @@ int main(int argc, char** argv) {
   if (!cfg.bootstrap_docker_image_dir.empty()) BootstrapImage(*svc, cfg.bootstrap_docker_image_dir, "docker");
 
   ServerStats stats;
-  auto provisioner = std::make_unique<WorkerPool>("fcw-prov", cfg.provision_workers, cfg.provision_queue);
-  ContainerService containers(
-      *svc, [&](std::function<void()> task) { return provisioner->Submit(std::move(task)); });
+  ContainerService containers(*svc);
   ApiOptions ao;
   ao.auth_token = token;
   Api api(*svc, containers, ao, &stats);
@@ -361,11 +360,7 @@ int main(int argc, char** argv) {
     }
     server.Run();
   }
-  // Background provisions: queued ones are abandoned, running ones finish (the library cannot cancel them).
-  auto dropped = provisioner->Shutdown(false);
-  containers.FailPending("the server shut down before provisioning started");
-  if (!dropped.empty()) spdlog::info("event=provisions_abandoned count={}", dropped.size());
-  provisioner.reset();
+  // Background starts still queued fail, running ones finish (ContainerManager's destructor).
   svc.reset();
   spdlog::info("event=stopped");
   if (!cfg.port_file.empty()) ::unlink(cfg.port_file.c_str());

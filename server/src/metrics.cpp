@@ -76,16 +76,16 @@ Status MetricsCollector::Fold() {
     if (!events.ok()) return events.status();
     for (const auto& e : *events) {
       last_event_id_ = std::max(last_event_id_, e.id);
-      if (e.kind == "boot") {
+      if (e.kind == EventKind::kBoot) {
         ++boots_[e.outcome];
         if (e.outcome == "cold" && !e.reason.empty()) ++fallbacks_[e.reason];
         double s = TotalMs(e.timings) / 1000.0;
         if (e.outcome == "warm") warm_.Observe(s);
         if (e.outcome == "cold") cold_.Observe(s);
-      } else if (e.kind == "build") {
+      } else if (e.kind == EventKind::kBuild) {
         ++builds_[e.outcome];
         if (e.outcome == "ready") build_.Observe(TotalMs(e.timings) / 1000.0);
-      } else if (e.kind == "health") {
+      } else if (e.kind == EventKind::kHealth) {
         ++health_[e.outcome];
       }
     }

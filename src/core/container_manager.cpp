@@ -14,6 +14,7 @@
 #include "store/vms.hpp"
 #include "util/common.hpp"
 #include "util/scope_guard.hpp"
+#include "util/worker_pool.hpp"
 
 namespace fcwarm {
 
@@ -57,7 +58,11 @@ Result<ContainerState> ParseContainerState(std::string_view s) {
 class ContainerManager::Impl {
  public:
   Impl(Store& store, ImageRegistry& images, RestoreEngine& engine, ContainerOptions opts)
-      : store_(store), images_(images), engine_(engine), opts_(std::move(opts)) {
+      : store_(store),
+        images_(images),
+        engine_(engine),
+        opts_(std::move(opts)),
+        starts_(std::make_unique<util::WorkerPool>("fcw-start", opts_.start_workers, opts_.start_queue)) {
     // A fresh process owns no VM: whatever a previous process left provisioning or running is gone.
     auto st = detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
       auto now = util::NowMillis();
@@ -71,6 +76,46 @@ class ContainerManager::Impl {
       return Status::Ok();
     });
     if (!st.ok()) spdlog::error("containers: reconciliation failed: {}", st.ToString());
+  }
+
+  // Starts still queued fail; running ones finish (a VM boot cannot be cancelled halfway).
+  ~Impl() {
+    (void)starts_->Shutdown(/*drain=*/false);
+    std::set<std::string> queued;
+    {
+      std::lock_guard lock(mu_);
+      queued.swap(queued_);
+    }
+    for (const auto& id : queued) (void)Abandon(id, "the process shut down before provisioning started");
+  }
+
+  Result<ContainerRecord> CreateAsync(const ContainerRequest& req) {
+    auto prepared = Prepare(req);
+    if (!prepared.ok()) return prepared;
+    const std::string id = prepared->id;
+    {
+      std::lock_guard lock(mu_);
+      queued_.insert(id);
+    }
+    bool submitted = starts_->Submit([this, id] {
+      {
+        std::lock_guard lock(mu_);
+        if (!queued_.erase(id)) return;  // abandoned by the destructor already
+      }
+      auto r = Start(id);
+      if (!r.ok()) spdlog::warn("container={} event=provision_failed error=\"{}\"", id, r.status().ToString());
+    });
+    if (!submitted) {
+      {
+        std::lock_guard lock(mu_);
+        queued_.erase(id);
+      }
+      const std::string why = "too many containers are being provisioned (" + std::to_string(opts_.start_queue) +
+                              " queued); retry later";
+      (void)Abandon(id, why);
+      return Status::ResourceExhausted(why);
+    }
+    return prepared;
   }
 
   Result<ContainerRecord> Prepare(const ContainerRequest& req) {
@@ -414,6 +459,8 @@ class ContainerManager::Impl {
   ContainerOptions opts_;
   mutable std::mutex mu_;
   std::set<std::string> provisioning_;
+  std::set<std::string> queued_;  // handed to starts_ by CreateAsync(), not started yet
+  std::unique_ptr<util::WorkerPool> starts_;  // last member: its threads stop before the rest is destroyed
 };
 
 ContainerManager::ContainerManager(Store& store, ImageRegistry& images, RestoreEngine& engine,
@@ -428,6 +475,7 @@ Result<ContainerRecord> ContainerManager::Create(const ContainerRequest& r) {
   if (!p.ok()) return p;
   return impl_->Start(p->id);
 }
+Result<ContainerRecord> ContainerManager::CreateAsync(const ContainerRequest& r) { return impl_->CreateAsync(r); }
 Status ContainerManager::Abandon(const std::string& id, const std::string& reason) { return impl_->Abandon(id, reason); }
 Result<ContainerRecord> ContainerManager::Get(const std::string& id) { return impl_->Get(id); }
 Result<std::vector<ContainerRecord>> ContainerManager::List(bool d) { return impl_->List(d); }

@@ -67,7 +67,7 @@ class HealthTracker::Impl {
         crossed = detail::MarkUnhealthyIfReady(db, id);
         if (crossed) {
           Event e;
-          e.kind = std::string(ToString(EventKind::kHealth));
+          e.kind = EventKind::kHealth;
           e.snapshot_id = id;
           e.runtime_image_id = image_id;
           e.outcome = "unhealthy";
@@ -91,7 +91,7 @@ class HealthTracker::Impl {
     auto snap = snapshots_.Get(id);
     if (!snap.ok()) return snap.status();
     Event e;
-    e.kind = std::string(ToString(EventKind::kHealth));
+    e.kind = EventKind::kHealth;
     e.snapshot_id = id;
     e.runtime_image_id = snap->runtime_image_id;
     e.outcome = "stale";

@@ -27,7 +27,7 @@ void ForgetProcesses(Store& store, const std::string& owner_id) {
 
 void Emit(Store& store, const Event& event) {
   auto id = store.AppendEvent(event);
-  if (!id.ok()) spdlog::error("cannot record event {}: {}", event.kind, id.status().ToString());
+  if (!id.ok()) spdlog::error("cannot record event {}: {}", ToString(event.kind), id.status().ToString());
 }
 
 Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::chrono::milliseconds poll,

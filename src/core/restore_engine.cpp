@@ -148,7 +148,7 @@ class RestoreEngine::Impl {
         SetTimings(rec.id, timings);
         Release(rec.id, VmState::kFailed, cold.status().message());
         Event e;
-        e.kind = std::string(ToString(EventKind::kBoot));
+        e.kind = EventKind::kBoot;
         e.runtime_image_id = image->id;
         e.vm_id = rec.id;
         e.outcome = "failed";
@@ -177,7 +177,7 @@ class RestoreEngine::Impl {
     if (method == BootMethod::kCold) RememberColdBoot(image->id, timings["total"]);
 
     Event e;
-    e.kind = std::string(ToString(EventKind::kBoot));
+    e.kind = EventKind::kBoot;
     e.runtime_image_id = image->id;
     e.snapshot_id = snapshot_id;
     e.vm_id = rec.id;
@@ -263,7 +263,7 @@ class RestoreEngine::Impl {
     auto r = detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<double>> {
       std::vector<double> out;
       for (auto& t :
-           detail::LatestEventTimings(db, "boot", std::string(ToString(BootMethod::kCold)), image_id, 20)) {
+           detail::LatestEventTimings(db, EventKind::kBoot, std::string(ToString(BootMethod::kCold)), image_id, 20)) {
         if (t.count("total")) out.push_back(t["total"]);
       }
       return out;

@@ -148,7 +148,7 @@ class SnapshotManager::Impl {
       detail::SetSnapshotState(db, id, SnapshotState::kDeleted, util::NowMillis());
       detail::RetireCurrentGeneration(db, id);
       Event e;
-      e.kind = std::string(ToString(EventKind::kSnapshot));
+      e.kind = EventKind::kSnapshot;
       e.snapshot_id = id;
       e.runtime_image_id = snap->runtime_image_id;
       e.outcome = "deleted";
@@ -199,7 +199,7 @@ class SnapshotManager::Impl {
     }
     if (report.removed_generations > 0) {
       Event e;
-      e.kind = std::string(ToString(EventKind::kGc));
+      e.kind = EventKind::kGc;
       e.outcome = "removed";
       e.message = std::to_string(report.removed_generations) + " generation(s), " +
                   std::to_string(report.freed_bytes) + " bytes";
@@ -635,7 +635,7 @@ class SnapshotManager::Impl {
       spdlog::info("snapshot {}: generation {} ready in {:.0f} ms", job.snapshot_id, gen, out.timings["total"]);
     }
     Event e;
-    e.kind = std::string(ToString(EventKind::kBuild));
+    e.kind = EventKind::kBuild;
     e.snapshot_id = job.snapshot_id;
     e.runtime_image_id = job.image_id;
     e.outcome = out.ok ? "ready" : "failed";
@@ -674,7 +674,7 @@ class SnapshotManager::Impl {
         detail::AbandonBuild(db, id, "interrupted", util::NowMillis());
         detail::RetireCurrentGeneration(db, id);
         Event e;
-        e.kind = std::string(ToString(EventKind::kReconcile));
+        e.kind = EventKind::kReconcile;
         e.snapshot_id = id;
         e.runtime_image_id = image;
         e.outcome = "unhealthy";

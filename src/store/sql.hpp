@@ -116,6 +116,7 @@ inline Result<VmState> ParseName(std::string_view s, VmState*) { return ParseVmS
 inline Result<ContainerState> ParseName(std::string_view s, ContainerState*) {
   return ParseContainerState(s);
 }
+inline Result<EventKind> ParseName(std::string_view s, EventKind*) { return ParseEventKind(s); }
 
 /// An enum stored by name; an unknown name leaves `out` unchanged.
 template <typename E>

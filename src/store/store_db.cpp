@@ -187,7 +187,7 @@ const RowMap<Event>& EventRows() {
   static const RowMap<Event> kRows{
       Col("id", &Event::id),
       Col("time", &Event::time),
-      Col("kind", &Event::kind),
+      EnumCol("kind", &Event::kind, EventKind::kReconcile),
       Col("runtime_image_id", &Event::runtime_image_id),
       Col("snapshot_id", &Event::snapshot_id),
       Col("vm_id", &Event::vm_id),
@@ -205,18 +205,18 @@ int64_t InsertEvent(SQLite::Database& db, const Event& e) {
   Exec(db,
        "INSERT INTO events(time, kind, runtime_image_id, snapshot_id, vm_id, outcome, reason, timings, "
        "message) VALUES (?,?,?,?,?,?,?,?,?)",
-       e.time ? e.time : util::NowMillis(), e.kind, e.runtime_image_id, e.snapshot_id, e.vm_id, e.outcome,
+       e.time ? e.time : util::NowMillis(), std::string(ToString(e.kind)), e.runtime_image_id, e.snapshot_id, e.vm_id, e.outcome,
        e.reason, util::TimingsToJson(e.timings), e.message);
   return db.getLastInsertRowid();
 }
 
-std::vector<Timings> LatestEventTimings(SQLite::Database& db, const std::string& kind,
+std::vector<Timings> LatestEventTimings(SQLite::Database& db, EventKind kind,
                                         const std::string& outcome, const std::string& image_id, int limit) {
   std::vector<Timings> out;
   for (auto& e : EventRows().All(db,
                                  "FROM events WHERE kind = ? AND outcome = ? AND runtime_image_id = ? "
                                  "ORDER BY id DESC LIMIT ?",
-                                 kind, outcome, image_id, limit)) {
+                                 std::string(ToString(kind)), outcome, image_id, limit)) {
     out.push_back(std::move(e.timings));
   }
   return out;
@@ -249,7 +249,7 @@ Result<std::vector<Event>> Store::ListEvents(const EventFilter& f) const {
   if (f.after_id < 0 || f.before_id < 0) return Status::InvalidArgument("after/before: must not be negative");
   return db_->With([&](SQLite::Database& db) -> Result<std::vector<Event>> {
     std::string sql = "SELECT " + detail::EventRows().columns() + " FROM events WHERE 1=1";
-    if (!f.kind.empty()) sql += " AND kind = :kind";
+    if (f.kind) sql += " AND kind = :kind";
     if (!f.runtime_image_id.empty()) sql += " AND runtime_image_id = :image";
     if (!f.snapshot_id.empty()) sql += " AND snapshot_id = :snap";
     if (f.newest_first) {
@@ -260,7 +260,7 @@ Result<std::vector<Event>> Store::ListEvents(const EventFilter& f) const {
     }
     sql += " LIMIT :limit";
     SQLite::Statement q(db, sql);
-    if (!f.kind.empty()) q.bind(":kind", f.kind);
+    if (f.kind) q.bind(":kind", std::string(ToString(*f.kind)));
     if (!f.runtime_image_id.empty()) q.bind(":image", f.runtime_image_id);
     if (!f.snapshot_id.empty()) q.bind(":snap", f.snapshot_id);
     if (f.newest_first) {

@@ -84,7 +84,7 @@ class StoreDb {
 int64_t InsertEvent(SQLite::Database& db, const Event& e);
 /// The timings of the latest `limit` events of one kind and outcome about an image, newest first. Caller
 /// holds the lock.
-std::vector<Timings> LatestEventTimings(SQLite::Database& db, const std::string& kind,
+std::vector<Timings> LatestEventTimings(SQLite::Database& db, EventKind kind,
                                         const std::string& outcome, const std::string& image_id, int limit);
 
 }  // namespace fcwarm::detail

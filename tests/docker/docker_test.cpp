@@ -185,7 +185,7 @@ TEST_CASE("docker runtime: warm containers are unique, a dead dockerd falls back
   CHECK(after->success_count == 3);
   CHECK(after->state == SnapshotState::kReady);
   CHECK(after->last_error.find("verify failed") != std::string::npos);
-  auto boots = bed.svc->store().ListEvents({.kind = "boot", .limit = 1, .newest_first = true});
+  auto boots = bed.svc->store().ListEvents({.kind = EventKind::kBoot, .limit = 1, .newest_first = true});
   REQUIRE(boots.ok());
   REQUIRE_FALSE(boots->empty());
   CHECK(boots->front().vm_id == fallback.id);

@@ -53,6 +53,7 @@ Env* MakeEnv() {
   opts.restore.vm_dir = std::string(dir) + "/vms";
   opts.restore.wait_for_creating = std::chrono::milliseconds(0);
   opts.health.auto_rebuild = false;
+  opts.containers.start_workers = 1;  // background starts (they fail at once: no VMM) on one thread
   auto svc = Service::Open(opts, vmms);
   if (!svc.ok()) {
     std::fprintf(stderr, "fuzz: cannot open the service: %s\n", svc.status().ToString().c_str());
@@ -60,11 +61,7 @@ Env* MakeEnv() {
   }
   auto* env = new Env;
   env->service = std::move(svc).value();
-  // Background provisioning runs inline: the fuzzer must stay single-threaded where it can.
-  env->containers = std::make_unique<ContainerService>(*env->service, [](std::function<void()> task) {
-    task();
-    return true;
-  });
+  env->containers = std::make_unique<ContainerService>(*env->service);
   env->api = std::make_unique<Api>(*env->service, *env->containers, ApiOptions{}, nullptr);
   ApiOptions auth;
   auth.auth_token = "fuzz-token-0123456789";

@@ -278,3 +278,71 @@ TEST_CASE("many concurrent containers get distinct ids, VMs and addresses") {
   for (const auto& id : ids) CHECK(bed.service->containers().Destroy(id).ok());
   CHECK(bed.vmm->live == 0);
 }
+
+TEST_CASE("CreateAsync: starts in the background, bounded queue, queued starts fail at shutdown") {
+  TempDir keep;
+  std::string db = (keep.path() / "fcwarm.db").string();
+  TestBed bed(
+      [](ServiceOptions& o) {
+        o.containers.start_workers = 1;
+        o.containers.start_queue = 1;
+      },
+      db);
+  auto img = bed.AddImage("dock", "docker");
+  bed.vmm->script.build_delay_ms = 1500;  // no snapshot: every container cold-boots, slowly
+  auto& cm = bed.service->containers();
+
+  auto a = cm.CreateAsync(Req(img, {"true"}));
+  REQUIRE_MESSAGE(a.ok(), a.status().ToString());
+  CHECK(a->state == ContainerState::kProvisioning);
+  CHECK(a->runtime_image_id == img.id);
+  // The one worker took it once its VM exists (the VM record is written before the slow boot).
+  auto has_vm = [&](const std::string& id) {
+    auto r = cm.Get(id);
+    return r.ok() && r->vm_id().has_value();
+  };
+  REQUIRE(Eventually([&] { return has_vm(a->id); }));
+  auto b = cm.CreateAsync(Req(img, {"true"}));  // waits in the queue
+  REQUIRE(b.ok());
+  auto c = cm.CreateAsync(Req(img, {"true"}));  // beyond the queue
+  REQUIRE_FALSE(c.ok());
+  CHECK(c.status().code() == StatusCode::kResourceExhausted);
+  CHECK_MESSAGE(c.status().message().find("too many containers") != std::string::npos, c.status().message());
+  auto list = cm.List(false);
+  REQUIRE(list.ok());
+  REQUIRE(list->size() == 3);  // the refused one is recorded as failed, not lost
+  for (const auto& r : *list) {
+    if (r.id != a->id && r.id != b->id) {
+      CHECK(r.state == ContainerState::kFailed);
+      CHECK(r.last_error.find("too many containers") != std::string::npos);
+    }
+  }
+  CHECK(cm.Provisioning() == 2);
+
+  auto done = cm.Wait(b->id, std::chrono::seconds(20));
+  REQUIRE(done.ok());
+  CHECK(done->state == ContainerState::kExited);
+  CHECK(done->boot_method == BootMethod::kCold);
+  auto first = cm.Get(a->id);
+  REQUIRE(first.ok());
+  CHECK(first->state == ContainerState::kExited);
+  CHECK(cm.Provisioning() == 0);
+
+  // Shutdown: the running start finishes, the queued one fails with a reason that says so.
+  auto d = cm.CreateAsync(Req(img, {"true"}));
+  REQUIRE(d.ok());
+  REQUIRE(Eventually([&] { return has_vm(d->id); }));
+  auto e = cm.CreateAsync(Req(img, {"true"}));
+  REQUIRE(e.ok());
+  bed.Reopen();
+  auto queued = bed.service->containers().Get(e->id);
+  REQUIRE(queued.ok());
+  CHECK(queued->state == ContainerState::kFailed);
+  CHECK_MESSAGE(queued->last_error.find("shut down before provisioning started") != std::string::npos,
+                queued->last_error);
+  auto ran = bed.service->containers().Get(d->id);
+  REQUIRE(ran.ok());
+  // Its start finished before the manager went away (the container ran; the restart then lost its VM).
+  CHECK(ran->state == ContainerState::kLost);
+  CHECK_FALSE(ran->docker_id.empty());
+}

@@ -31,7 +31,7 @@ TEST_CASE("100 concurrent failures cross the threshold once and trigger exactly 
   // Every failure either counted against generation 1 or was ignored as belonging to a retired generation.
   CHECK(done->failure_count + bed.service->health().stale_outcomes() == 100);
   CHECK(done->consecutive_failures == 0);  // reset by the new generation, and nothing of generation 1 counts
-  auto health = bed.service->store().ListEvents({.kind = "health", .limit = 100});
+  auto health = bed.service->store().ListEvents({.kind = EventKind::kHealth, .limit = 100});
   CHECK(health->size() == 1);
   CHECK(health->front().outcome == "unhealthy");
 }
@@ -164,8 +164,8 @@ TEST_CASE("failed builds are retried automatically with capped exponential backo
   CHECK(elapsed >= std::chrono::milliseconds(350));
   CHECK(bed.service->health().automatic_rebuilds() == 4);
   // The build event is written just after the state flips to ready.
-  REQUIRE(Eventually([&] { return bed.service->store().ListEvents({.kind = "build", .limit = 100})->size() == 5; }));
-  auto builds = bed.service->store().ListEvents({.kind = "build", .limit = 100});
+  REQUIRE(Eventually([&] { return bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 100})->size() == 5; }));
+  auto builds = bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 100});
   int failed = 0;
   for (const auto& e : *builds) failed += e.outcome == "failed";
   CHECK(failed == 4);

@@ -24,7 +24,7 @@ void FlipByte(const fs::path& file, size_t offset) {
 }
 
 Event LastBoot(TestBed& bed) {
-  auto ev = bed.service->store().ListEvents({.kind = "boot", .limit = 1, .newest_first = true});
+  auto ev = bed.service->store().ListEvents({.kind = EventKind::kBoot, .limit = 1, .newest_first = true});
   REQUIRE(ev.ok());
   REQUIRE_FALSE(ev->empty());
   return ev->front();

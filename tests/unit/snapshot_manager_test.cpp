@@ -45,8 +45,8 @@ TEST_CASE("a build goes through its phases and publishes a generation with a man
   for (const auto& e : fs::directory_iterator(fs::path(snap->generation_dir).parent_path())) {
     CHECK(e.path().filename().string().rfind(".tmp", 0) != 0);
   }
-  REQUIRE(Eventually([&] { return bed.service->store().ListEvents({.kind = "build", .limit = 10})->size() == 1; }));
-  auto events = bed.service->store().ListEvents({.kind = "build", .limit = 10});
+  REQUIRE(Eventually([&] { return bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 10})->size() == 1; }));
+  auto events = bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 10});
   REQUIRE(events->size() == 1);
   CHECK(events->front().outcome == "ready");
   CHECK(events->front().timings.count("booting") == 1);
@@ -89,7 +89,7 @@ TEST_CASE("build timings name every finished phase, a failure names the phase it
   REQUIRE(bed.BuildSnapshot(img.id).state == SnapshotState::kUnhealthy);
   std::vector<Event> builds;
   REQUIRE(Eventually([&] {
-    builds = *bed.service->store().ListEvents({.kind = "build", .limit = 10});
+    builds = *bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 10});
     return builds.size() == 2;
   }));
   auto keys = [](const Event& e) {

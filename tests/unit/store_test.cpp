@@ -72,7 +72,7 @@ TEST_CASE("events append and page in both directions") {
   REQUIRE(store.ok());
   for (int i = 0; i < 25; ++i) {
     Event e;
-    e.kind = i % 2 ? "boot" : "build";
+    e.kind = i % 2 ? EventKind::kBoot : EventKind::kBuild;
     e.outcome = std::to_string(i);
     e.timings["total"] = i;
     REQUIRE((*store)->AppendEvent(e).ok());
@@ -84,7 +84,7 @@ TEST_CASE("events append and page in both directions") {
   auto page2 = (*store)->ListEvents({.after_id = page1->back().id, .limit = 10});
   REQUIRE(page2.ok());
   CHECK(page2->front().outcome == "10");
-  auto boots = (*store)->ListEvents({.kind = "boot", .limit = 100});
+  auto boots = (*store)->ListEvents({.kind = EventKind::kBoot, .limit = 100});
   CHECK(boots->size() == 12);
   auto newest = (*store)->ListEvents({.limit = 3, .newest_first = true});
   CHECK(newest->front().outcome == "24");

@@ -1,7 +1,7 @@
 """Type stubs of fcwarm._core (the C++ library's bindings)."""
 import datetime
 import enum
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union, overload
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, TypedDict, Union, Unpack, overload
 
 _Duration = Union[datetime.timedelta, float]
 
@@ -423,22 +423,30 @@ class ContainerLogs:
     stderr_text: str
     truncated: bool
 
+class _RequestFields(TypedDict, total=False):
+    """The keyword fields of a ContainerRequest (prepare/create/create_async)."""
+    container_image: Optional[str]
+    command: Optional[Sequence[str]]
+    env: Optional[Mapping[str, str]]
+    name: Optional[str]
+    id: Optional[str]
+    force_cold: bool
+    wait_for_creating: Optional[_Duration]
+
 class ContainerManager:
     @overload
     def prepare(self, request: ContainerRequest) -> ContainerRecord: ...
     @overload
-    def prepare(self, runtime_image: str, *, container_image: Optional[str] = None,
-                command: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
-                name: Optional[str] = None, id: Optional[str] = None, force_cold: bool = False,
-                wait_for_creating: Optional[_Duration] = None) -> ContainerRecord: ...
+    def prepare(self, runtime_image: str, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
     def start(self, id: str) -> ContainerRecord: ...
     @overload
     def create(self, request: ContainerRequest) -> ContainerRecord: ...
     @overload
-    def create(self, runtime_image: str, *, container_image: Optional[str] = None,
-               command: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
-               name: Optional[str] = None, id: Optional[str] = None, force_cold: bool = False,
-               wait_for_creating: Optional[_Duration] = None) -> ContainerRecord: ...
+    def create(self, runtime_image: str, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
+    @overload
+    def create_async(self, request: ContainerRequest) -> ContainerRecord: ...
+    @overload
+    def create_async(self, runtime_image: str, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
     def abandon(self, id: str, reason: str) -> None: ...
     def get(self, id: str) -> ContainerRecord: ...
     def list(self, include_destroyed: bool = False) -> List[ContainerRecord]: ...

@@ -158,6 +158,10 @@ void BindContainers(pyb::module_& m) {
                                         "Containers on warm-booted VMs: one VM per container, from the restore engine.");
   DefRequestMethod<&ContainerManager::Prepare>(manager, "prepare", prepare_doc);
   DefRequestMethod<&ContainerManager::Create>(manager, "create", create_doc);
+  DefRequestMethod<&ContainerManager::CreateAsync>(
+      manager, "create_async",
+      "Records the container and starts it in the background on the manager's start workers; returns at once "
+      "(state PROVISIONING). Follow it with get() or wait(). ResourceExhaustedError when the start queue is full.");
   manager
       .def("start", [](ContainerManager& c, const std::string& id) { return Unwrap(c.Start(id)); }, Release(),
            pyb::arg("id"), "Starts a prepared container; blocks like create().")

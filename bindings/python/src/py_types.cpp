@@ -155,7 +155,7 @@ void BindTypes(pyb::module_& m) {
   pyb::class_<Event>(m, "Event", "An entry of the event log.")
       .def_readonly("id", &Event::id)
       .def_readonly("time", &Event::time)
-      .def_readonly("kind", &Event::kind)
+      .def_property_readonly("kind", [](const Event& e) { return std::string(ToString(e.kind)); })
       .def_readonly("runtime_image_id", &Event::runtime_image_id)
       .def_readonly("snapshot_id", &Event::snapshot_id)
       .def_readonly("vm_id", &Event::vm_id)
@@ -248,7 +248,7 @@ void BindTypes(pyb::module_& m) {
           [](const Store& s, const std::string& kind, const std::string& runtime_image_id,
              const std::string& snapshot_id, int64_t after_id, int64_t limit, bool newest_first) {
             EventFilter f;
-            f.kind = kind;
+            if (!kind.empty()) f.kind = Unwrap(ParseEventKind(kind));
             f.runtime_image_id = runtime_image_id;
             f.snapshot_id = snapshot_id;
             f.after_id = after_id;

@@ -90,6 +90,19 @@ def test_container_request_object():
 
 # ---- docker runtime -------------------------------------------------------------------------------------------
 
+def test_create_async_starts_in_the_background(docker_env):
+    svc, fake, image, snap = docker_env
+    rec = svc.containers.create_async("docker", container_image="busybox:latest", command=["echo", "bg"])
+    assert rec.state == fcwarm.ContainerState.PROVISIONING and rec.boot_method is None
+    done = svc.containers.wait(rec.id, 20)
+    assert done.state == fcwarm.ContainerState.EXITED and done.exit_code == 0
+    assert done.boot_method == fcwarm.BootMethod.WARM
+    assert "bg" in svc.containers.logs(rec.id).stdout_text
+    with pytest.raises(fcwarm.InvalidArgumentError) as e:
+        svc.containers.create_async("docker", container_image="../x")
+    assert str(e.value).startswith("container_image:")
+
+
 def test_docker_container_lifecycle(docker_env):
     svc, fake, image, snap = docker_env
     rec = svc.containers.create("docker", container_image="busybox:latest", command=["echo", "hello"],

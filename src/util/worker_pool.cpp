@@ -1,8 +1,8 @@
-#include "worker_pool.hpp"
+#include "util/worker_pool.hpp"
 
 #include <pthread.h>
 
-namespace fcwarm::server {
+namespace fcwarm::util {
 
 WorkerPool::WorkerPool(std::string name, unsigned threads, size_t max_queue)
     : name_(std::move(name)), max_queue_(max_queue) {
@@ -70,4 +70,4 @@ void WorkerPool::Run() {
   }
 }
 
-}  // namespace fcwarm::server
+}  // namespace fcwarm::util

@@ -1,4 +1,4 @@
-// A fixed-size thread pool with a bounded queue, used for blocking library calls off the loop thread.
+// Private: a fixed-size thread pool with a bounded queue (the container start queue; the server's HTTP handlers).
 #pragma once
 
 #include <condition_variable>
@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-namespace fcwarm::server {
+namespace fcwarm::util {
 
 /// Thread safety: Submit() and Shutdown() may be called from any thread.
 class WorkerPool {
@@ -42,4 +42,4 @@ class WorkerPool {
   std::vector<std::thread> threads_;
 };
 
-}  // namespace fcwarm::server
+}  // namespace fcwarm::util
