@@ -153,11 +153,11 @@ Result<std::vector<NewRule>> BuildEgressRules(const EgressRequest& req, const Ip
 Result<std::unique_ptr<RuleHandle>> ApplyEgress(const EgressRequest& req, const IptablesOptions& opts) {
   auto rules = BuildEgressRules(req, opts);
   if (!rules.ok()) return rules.status();
-  std::string tag = RuleTag(opts, req.vm_id, RuleKind::kEgress);
-  if (auto st = ReplaceTaggedRules(opts, tag, *rules); !st.ok()) {
-    return st.WithContext("egress rules of VM " + req.vm_id);
-  }
-  auto handle = std::make_unique<RuleHandle>(opts, tag, std::vector<std::pair<std::string, std::string>>{});
+  std::string family = RuleTag(opts, req.vm_id, RuleKind::kEgress);
+  auto tag = ReplaceTaggedRules(opts, family, *rules);
+  if (!tag.ok()) return tag.status().WithContext("egress rules of VM " + req.vm_id);
+  auto handle =
+      std::make_unique<RuleHandle>(opts, family, *tag, std::vector<std::pair<std::string, std::string>>{});
   // Forwarding only after the policy is in place, so that there is no moment the guest is forwarded unfiltered.
   if (auto fwd = SetSysctl("net/ipv4/ip_forward", "1"); !fwd.ok()) {
     (void)handle->Release();

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <random>
 #include <regex>
 #include <sstream>
 
@@ -174,6 +175,8 @@ Status Restore(const IptablesOptions& opts, const std::string& text) {
     }
     off += static_cast<size_t>(n);
   }
+  // "-w" takes an optional number of seconds from the next word unless it starts with '-': keep an option after
+  // it, or the file name would be taken for the wait time (and the batch read from stdin).
   std::vector<std::string> argv{opts.iptables_restore, "-w", "--noflush",
                                 "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(fd)};
   auto r = util::Run(argv, opts.timeout);
@@ -274,6 +277,21 @@ Status Transact(const IptablesOptions& opts, const std::function<Result<std::str
   return last;
 }
 
+// The comment belongs to `tag` (a family or one apply's tag).
+bool Tagged(const std::string& comment, const std::string& tag) {
+  return comment.rfind(tag, 0) == 0 && (comment.size() == tag.size() || comment[tag.size()] == ':');
+}
+
+// 8 hex digits, new for every apply.
+std::string Nonce() {
+  static std::mutex mu;
+  static std::mt19937_64 rng(std::random_device{}() ^ (static_cast<uint64_t>(::getpid()) << 32));
+  std::lock_guard<std::mutex> lock(mu);
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "%08x", static_cast<unsigned>(rng() & 0xffffffffu));
+  return buf;
+}
+
 void AddDeletes(const SaveState& st, const std::function<bool(const RuleLine&)>& pick, Batch* b) {
   for (const auto& r : st.rules) {
     if (pick(r)) b->For(r.table).push_back("-D " + r.chain + " " + r.spec);
@@ -325,7 +343,9 @@ Result<std::vector<RuleLine>> ListVmRules(const IptablesOptions& opts, const std
   return out;
 }
 
-Status ReplaceTaggedRules(const IptablesOptions& opts, const std::string& tag, const std::vector<NewRule>& rules) {
+Result<std::string> ReplaceTaggedRules(const IptablesOptions& opts, const std::string& family,
+                                       const std::vector<NewRule>& rules) {
+  const std::string tag = family + ":" + Nonce();
   if (auto st = CheckWord(tag); !st.ok()) return st;
   std::vector<std::pair<std::string, std::string>> lines;  // table, "-A ..." line
   for (const auto& r : rules) {
@@ -345,19 +365,21 @@ Status ReplaceTaggedRules(const IptablesOptions& opts, const std::string& tag, c
     if (auto st = CheckWord(r.chain); !st.ok()) return st;
     lines.emplace_back(r.table, std::move(line));
   }
-  return Transact(opts, [&](const SaveState& st) -> Result<std::string> {
+  Status st = Transact(opts, [&](const SaveState& st) -> Result<std::string> {
     Batch b;
     AddBaseLines(opts, st, &b);
-    AddDeletes(st, [&](const RuleLine& r) { return r.comment == tag; }, &b);
+    AddDeletes(st, [&](const RuleLine& r) { return Tagged(r.comment, family); }, &b);
     for (const auto& [table, line] : lines) b.For(table).push_back(line);
     return b.Text();
   });
+  if (!st.ok()) return st;
+  return tag;
 }
 
 Status DeleteTaggedRules(const IptablesOptions& opts, const std::string& tag) {
   return Transact(opts, [&](const SaveState& st) -> Result<std::string> {
     Batch b;
-    AddDeletes(st, [&](const RuleLine& r) { return r.comment == tag; }, &b);
+    AddDeletes(st, [&](const RuleLine& r) { return Tagged(r.comment, tag); }, &b);
     return b.Text();
   });
 }
@@ -367,7 +389,7 @@ Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts, const s
   auto dead = [&](const RuleLine& r, std::string* vm) {
     if (r.comment.rfind(opts.tag_prefix, 0) != 0) return false;
     std::string rest = r.comment.substr(opts.tag_prefix.size());
-    auto colon = rest.rfind(':');
+    auto colon = rest.find(':');  // VM ids have no ':'
     if (colon == std::string::npos || colon == 0) return false;
     *vm = rest.substr(0, colon);
     return live_vm_ids.count(*vm) == 0;
@@ -423,6 +445,17 @@ Status RuleHandle::Release() {
   if (!active_) return Status::Ok();
   if (auto st = DeleteTaggedRules(opts_, tag_); !st.ok()) return st;
   Status result;
+  if (!sysctls_.empty()) {
+    // A later apply for the same VM replaced our rules and relies on the same settings: leave them to it.
+    auto rules = ListRules(opts_);
+    if (!rules.ok()) return rules.status();
+    for (const auto& r : *rules) {
+      if (Tagged(r.comment, family_)) {
+        active_ = false;
+        return Status::Ok();
+      }
+    }
+  }
   for (auto it = sysctls_.rbegin(); it != sysctls_.rend(); ++it) {
     // A per-interface sysctl of an interface that is gone (the VM's veth was deleted) needs no restoring.
     if (!GetSysctl(it->first).ok()) continue;

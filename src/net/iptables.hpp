@@ -1,8 +1,9 @@
 // Private: the fcwarm-owned iptables chains and per-VM tagged rules (docs/networking.md).
 //
-// Every rule fcwarm adds for a VM carries the comment `<tag_prefix><vm id>:<kind>` (e.g. "fcwarm:vm:ab12:ports"),
-// lives in one of the fcwarm chains below, and is added or removed in one `iptables-restore --noflush`
-// transaction per call (all of a VM's rules appear and disappear together). The chains are created on first use
+// Every rule fcwarm adds for a VM carries the comment `<tag_prefix><vm id>:<kind>:<nonce>` (e.g.
+// "fcwarm:vm:ab12:ports:3f9c0a1e"), lives in one of the fcwarm chains below, and is added or removed in one
+// `iptables-restore --noflush` transaction per call (all of a VM's rules appear and disappear together). The
+// nonce is new at every apply, so a handle from an earlier apply never deletes the rules that replaced its own. The chains are created on first use
 // and stay (RemoveBaseChains() removes them when no tagged rule is left):
 //
 //   filter INPUT       -j FCWARM-INPUT                        (inserted first)  host services, per VM
@@ -34,7 +35,7 @@ struct IptablesOptions {
   std::string iptables_save = "iptables-save";        // Default: found in PATH
   std::string iptables_restore = "iptables-restore";  // Default: found in PATH
   std::string chain_prefix = "FCWARM";                // Default: chains FCWARM-INPUT, FCWARM-FORWARD, ...
-  std::string tag_prefix = "fcwarm:vm:";              // Default: comments "fcwarm:vm:<vm id>:<kind>"
+  std::string tag_prefix = "fcwarm:vm:";              // Default: comments "fcwarm:vm:<vm id>:<kind>:<nonce>"
   std::string lock_path = "/run/lock/fcwarm-iptables.lock";  // Default: serializes fcwarm processes
   std::chrono::milliseconds timeout{20000};           // Default: 20 s per iptables program run
 };
@@ -42,7 +43,8 @@ struct IptablesOptions {
 /// What a per-VM rule belongs to; the last part of its tag.
 enum class RuleKind { kEgress, kPorts };
 
-/// "<tag_prefix><vm id>:egress" or ":ports".
+/// The family of a VM's rules of one kind: "<tag_prefix><vm id>:egress" or ":ports". A tag is the family plus
+/// ":<nonce>"; "tagged `family`" below means the comment is the family itself or starts with "<family>:".
 std::string RuleTag(const IptablesOptions& opts, const std::string& vm_id, RuleKind kind);
 
 /// "<chain_prefix>-<suffix>", e.g. ChainName(opts, "FORWARD") == "FCWARM-FORWARD".
@@ -77,11 +79,13 @@ Result<std::vector<RuleLine>> ListRules(const IptablesOptions& opts);
 /// The rules whose comment starts with "<tag_prefix><vm_id>:", in rule-set order.
 Result<std::vector<RuleLine>> ListVmRules(const IptablesOptions& opts, const std::string& vm_id);
 
-/// In one transaction: creates the fcwarm chains and jumps that are missing, deletes every rule tagged `tag`,
-/// then appends `rules`, each tagged `tag`. Calling it twice with the same arguments leaves one copy.
-Status ReplaceTaggedRules(const IptablesOptions& opts, const std::string& tag, const std::vector<NewRule>& rules);
+/// In one transaction: creates the fcwarm chains and jumps that are missing, deletes every rule of `family`,
+/// then appends `rules`, each tagged "<family>:<new nonce>". Returns that tag. Calling it twice leaves one copy.
+Result<std::string> ReplaceTaggedRules(const IptablesOptions& opts, const std::string& family,
+                                       const std::vector<NewRule>& rules);
 
-/// Deletes every rule tagged `tag` (one transaction). Ok when there is none.
+/// Deletes every rule tagged `tag` — a family (all of a VM's rules of one kind) or one apply's tag — in one
+/// transaction. Ok when there is none.
 Status DeleteTaggedRules(const IptablesOptions& opts, const std::string& tag);
 
 /// Crash recovery: deletes every rule whose tag starts with `tag_prefix` and names a VM not in `live_vm_ids`.
@@ -95,19 +99,22 @@ Status EnsureBaseChains(const IptablesOptions& opts);
 /// they are gone already. For uninstalling and tests; a running server leaves them in place.
 Status RemoveBaseChains(const IptablesOptions& opts);
 
-/// Owns the tagged rules of one VM and kind, and the sysctls changed for them (restored on Release when the
-/// interface they belong to still exists). Release() is idempotent; the destructor calls it.
+/// Owns the rules of one apply (one tag) and the sysctls changed for them. Release() deletes exactly those rules,
+/// so a handle whose rules were replaced by a later apply for the same VM deletes nothing; the sysctls are
+/// restored when no rule of the family is left and the interface they belong to still exists. Release() is
+/// idempotent; the destructor calls it.
 /// Thread safety: not thread-safe; owned by one VM object that serializes access.
 class RuleHandle {
  public:
   /// `sysctls`: (key, value to restore) pairs, undone in reverse order after the rules are deleted.
-  RuleHandle(IptablesOptions opts, std::string tag, std::vector<std::pair<std::string, std::string>> sysctls)
-      : opts_(std::move(opts)), tag_(std::move(tag)), sysctls_(std::move(sysctls)) {}
+  RuleHandle(IptablesOptions opts, std::string family, std::string tag,
+             std::vector<std::pair<std::string, std::string>> sysctls)
+      : opts_(std::move(opts)), family_(std::move(family)), tag_(std::move(tag)), sysctls_(std::move(sysctls)) {}
   ~RuleHandle() { (void)Release(); }
   RuleHandle(const RuleHandle&) = delete;
   RuleHandle& operator=(const RuleHandle&) = delete;
 
-  /// Deletes the rules tagged tag() and restores the sysctls. Ok when they are gone already.
+  /// Deletes the rules tagged tag() and restores the sysctls (see above). Ok when they are gone already.
   Status Release();
   /// The comment every rule of this handle carries.
   const std::string& tag() const { return tag_; }
@@ -116,6 +123,7 @@ class RuleHandle {
 
  private:
   IptablesOptions opts_;
+  std::string family_;
   std::string tag_;
   std::vector<std::pair<std::string, std::string>> sysctls_;
   bool active_ = true;

@@ -287,19 +287,22 @@ Result<std::unique_ptr<RuleHandle>> PublishPorts(const PublishRequest& req, cons
     loopback = loopback || ServesLoopback(p.host_ip);
     outside = outside || !IsLoopback(p.host_ip);
   }
-  std::vector<std::pair<std::string, std::string>> restore;
+  std::vector<std::pair<std::string, std::string>> restore, undo;
   if (loopback) {
     const std::string key = "net/ipv4/conf/" + req.host_veth + "/route_localnet";
     auto old = SetSysctl(key, "1");
     if (!old.ok()) return old.status().WithContext("published ports of VM " + req.vm_id);
-    if (*old != "1") restore.emplace_back(key, *old);
+    // Back to the kernel's default when the VM's last publication goes (an earlier one may have set it).
+    restore.emplace_back(key, "0");
+    undo.emplace_back(key, *old);
   }
-  std::string tag = RuleTag(opts, req.vm_id, RuleKind::kPorts);
-  auto handle = std::make_unique<RuleHandle>(opts, tag, std::move(restore));
-  if (auto st = ReplaceTaggedRules(opts, tag, *rules); !st.ok()) {
-    (void)handle->Release();
-    return st.WithContext("published ports of VM " + req.vm_id);
+  std::string family = RuleTag(opts, req.vm_id, RuleKind::kPorts);
+  auto tag = ReplaceTaggedRules(opts, family, *rules);
+  if (!tag.ok()) {
+    for (const auto& [key, value] : undo) (void)SetSysctl(key, value);
+    return tag.status().WithContext("published ports of VM " + req.vm_id);
   }
+  auto handle = std::make_unique<RuleHandle>(opts, family, *tag, std::move(restore));
   if (outside) {
     if (auto fwd = SetSysctl("net/ipv4/ip_forward", "1"); !fwd.ok()) {
       (void)handle->Release();
