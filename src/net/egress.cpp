@@ -37,7 +37,8 @@ std::string EgressPolicy::ToString() const {
 Result<EgressPolicy> ParseEgressPolicy(std::string_view text, std::string_view field) {
   std::string f(field);
   const std::string usage = " (expected all, none or CIDR[,CIDR...])";
-  if (text.size() > 4096) return Status::InvalidArgument(f + ": too long (" + std::to_string(text.size()) + " bytes)");
+  if (text.size() > 4096)
+    return Status::InvalidArgument(f + ": too long (" + std::to_string(text.size()) + " bytes)");
   std::string_view t = TrimView(text);
   if (t.empty()) return Status::InvalidArgument(f + ": empty" + usage);
   EgressPolicy p;
@@ -135,13 +136,16 @@ Result<std::vector<NewRule>> BuildEgressRules(const EgressRequest& req, const Ip
   for (const auto& n : never) rules.push_back({"filter", eg, {"-i", v, "-d", n.ToString()}, kReject});
   for (uint32_t d : dns) {
     for (const char* proto : {"udp", "tcp"}) {
-      rules.push_back({"filter", eg, {"-i", v, "-d", FormatIpv4(d) + "/32", "-p", proto, "-m", proto, "--dport", "53"},
+      rules.push_back({"filter",
+                       eg,
+                       {"-i", v, "-d", FormatIpv4(d) + "/32", "-p", proto, "-m", proto, "--dport", "53"},
                        {"ACCEPT"}});
     }
   }
   for (const auto& a : allow) rules.push_back({"filter", eg, {"-i", v, "-d", a.ToString()}, {"ACCEPT"}});
   if (req.policy.mode == EgressPolicy::Mode::kAll) {
-    for (const auto& p : PrivateRanges()) rules.push_back({"filter", eg, {"-i", v, "-d", p.ToString()}, kReject});
+    for (const auto& p : PrivateRanges())
+      rules.push_back({"filter", eg, {"-i", v, "-d", p.ToString()}, kReject});
     rules.push_back({"filter", eg, {"-i", v}, {"ACCEPT"}});
   }
   rules.push_back({"filter", eg, {"-i", v}, kReject});
@@ -158,7 +162,8 @@ Result<std::unique_ptr<RuleHandle>> ApplyEgress(const EgressRequest& req, const 
   if (!tag.ok()) return tag.status().WithContext("egress rules of VM " + req.vm_id);
   auto handle =
       std::make_unique<RuleHandle>(opts, family, *tag, std::vector<std::pair<std::string, std::string>>{});
-  // Forwarding only after the policy is in place, so that there is no moment the guest is forwarded unfiltered.
+  // Forwarding only after the policy is in place, so that there is no moment the guest is forwarded
+  // unfiltered.
   if (auto fwd = SetSysctl("net/ipv4/ip_forward", "1"); !fwd.ok()) {
     (void)handle->Release();
     return fwd.status().WithContext("egress of VM " + req.vm_id);

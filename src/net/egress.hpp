@@ -2,14 +2,16 @@
 // (docs/networking.md, "Egress").
 //
 // A VM's rules, all tagged "<tag_prefix><vm id>:egress":
-//   filter FCWARM-INPUT   -i <veth>: replies (ESTABLISHED,RELATED) accepted, everything else rejected — the guest
+//   filter FCWARM-INPUT   -i <veth>: replies (ESTABLISHED,RELATED) accepted, everything else rejected — the
+//   guest
 //                         reaches no service of the host itself, on any of the host's addresses;
-//   filter FCWARM-EGRESS  -o <veth>: replies accepted, the rest rejected (nobody else opens connections to the
+//   filter FCWARM-EGRESS  -o <veth>: replies accepted, the rest rejected (nobody else opens connections to
+//   the
 //                         guest; published ports are accepted before, in FCWARM-PORTS);
 //                         -i <veth>: a source other than the guest's address rejected (no spoofing), replies
 //                         accepted, `never` + AlwaysDeniedRanges() rejected, DNS to `dns_servers` accepted,
-//                         `allow` (+ the policy's CIDRs) accepted, then for `all`: PrivateRanges() rejected and
-//                         the rest accepted; finally everything else rejected;
+//                         `allow` (+ the policy's CIDRs) accepted, then for `all`: PrivateRanges() rejected
+//                         and the rest accepted; finally everything else rejected;
 //   nat    FCWARM-POSTROUTING  -s <guest>/32 ! -o <veth> MASQUERADE.
 // ApplyEgress also turns net.ipv4.ip_forward on (and never off again: other VMs, Docker or the admin may rely
 // on it). IPv4 only; fcwarm gives guests no IPv6 route.
@@ -30,8 +32,8 @@ namespace fcwarm::net {
 struct EgressPolicy {
   /// The three forms of the `--egress` option.
   enum class Mode { kAll, kNone, kList };
-  Mode mode = Mode::kAll;    // Default: all
-  std::vector<Cidr> cidrs;   // kList: the blocks allowed (deduplicated, in the order given)
+  Mode mode = Mode::kAll;   // Default: all
+  std::vector<Cidr> cidrs;  // kList: the blocks allowed (deduplicated, in the order given)
 
   /// "all", "none" or "10.0.0.0/8,192.0.2.7/32".
   std::string ToString() const;
@@ -50,10 +52,10 @@ const std::vector<Cidr>& PrivateRanges();
 
 /// One VM's egress.
 struct EgressRequest {
-  std::string vm_id;      // identifies the rules (1-64 of [A-Za-z0-9_.-])
-  std::string host_veth;  // host end of the VM's veth pair
-  std::string guest_ip;   // the guest's IPv4 address, e.g. "10.213.0.22"
-  EgressPolicy policy;    // Default: all
+  std::string vm_id;                     // identifies the rules (1-64 of [A-Za-z0-9_.-])
+  std::string host_veth;                 // host end of the VM's veth pair
+  std::string guest_ip;                  // the guest's IPv4 address, e.g. "10.213.0.22"
+  EgressPolicy policy;                   // Default: all
   std::vector<std::string> allow;        // CIDRs or addresses reachable under every policy (registry mirror)
   std::vector<std::string> dns_servers;  // IPv4 resolvers reachable on port 53 (udp, tcp) under every policy
   std::vector<std::string> never;        // CIDRs denied before `allow`: the guest address pool (other VMs)
@@ -63,8 +65,8 @@ struct EgressRequest {
 /// field (InvalidArgument naming it).
 Result<std::vector<NewRule>> BuildEgressRules(const EgressRequest& req, const IptablesOptions& opts);
 
-/// Adds the VM's egress rules (replacing any it had: calling it again changes the policy atomically) and turns
-/// IPv4 forwarding on. The handle deletes them; so do ReleaseEgress() and SweepRules() without one.
+/// Adds the VM's egress rules (replacing any it had: calling it again changes the policy atomically) and
+/// turns IPv4 forwarding on. The handle deletes them; so do ReleaseEgress() and SweepRules() without one.
 /// Thread safety: safe to call concurrently, also from several processes.
 Result<std::unique_ptr<RuleHandle>> ApplyEgress(const EgressRequest& req, const IptablesOptions& opts = {});
 
@@ -75,9 +77,9 @@ Status ReleaseEgress(const std::string& vm_id, const IptablesOptions& opts = {})
 /// 127.0.0.53, a local dnsmasq) are left out, because INPUT from a guest is closed.
 std::vector<std::string> ResolversFromResolvConf(std::string_view text);
 
-/// The host's resolvers for guests: ResolversFromResolvConf(/etc/resolv.conf), or when that names only loopback
-/// resolvers, of /run/systemd/resolve/resolv.conf (systemd-resolved's upstream servers). Empty when none:
-/// the caller then needs an explicit DNS server (`--dns`).
+/// The host's resolvers for guests: ResolversFromResolvConf(/etc/resolv.conf), or when that names only
+/// loopback resolvers, of /run/systemd/resolve/resolv.conf (systemd-resolved's upstream servers). Empty when
+/// none: the caller then needs an explicit DNS server (`--dns`).
 std::vector<std::string> HostResolvers();
 
 }  // namespace fcwarm::net

@@ -40,7 +40,8 @@ struct SaveState {
 };
 
 std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r' || s.back() == '\t')) s.pop_back();
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r' || s.back() == '\t'))
+    s.pop_back();
   size_t i = 0;
   while (i < s.size() && (s[i] == ' ' || s[i] == '\t')) ++i;
   return s.substr(i);
@@ -175,8 +176,8 @@ Status Restore(const IptablesOptions& opts, const std::string& text) {
     }
     off += static_cast<size_t>(n);
   }
-  // "-w" takes an optional number of seconds from the next word unless it starts with '-': keep an option after
-  // it, or the file name would be taken for the wait time (and the batch read from stdin).
+  // "-w" takes an optional number of seconds from the next word unless it starts with '-': keep an option
+  // after it, or the file name would be taken for the wait time (and the batch read from stdin).
   std::vector<std::string> argv{opts.iptables_restore, "-w", "--noflush",
                                 "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(fd)};
   auto r = util::Run(argv, opts.timeout);
@@ -184,7 +185,8 @@ Status Restore(const IptablesOptions& opts, const std::string& text) {
   if (!r.ok()) return r.status().WithContext(Join(argv));
   if (r->exit_code != 0) {
     return Status::Unavailable(opts.iptables_restore + " failed (exit " + std::to_string(r->exit_code) +
-                               "): " + Trim(r->output).substr(0, 400) + " [batch: " + text.substr(0, 800) + "]");
+                               "): " + Trim(r->output).substr(0, 400) + " [batch: " + text.substr(0, 800) +
+                               "]");
   }
   return Status::Ok();
 }
@@ -235,7 +237,8 @@ void AddBaseLines(const IptablesOptions& o, const SaveState& st, Batch* b) {
   }
   for (const auto& j : BaseJumps(o)) {
     auto rules = st.In(j.table, j.parent);
-    bool present = std::any_of(rules.begin(), rules.end(), [&](const RuleLine* r) { return JumpsTo(*r, j.chain); });
+    bool present =
+        std::any_of(rules.begin(), rules.end(), [&](const RuleLine* r) { return JumpsTo(*r, j.chain); });
     if (!present) {
       std::string m = Join(j.match);
       b->For(j.table).push_back("-I " + j.parent + " 1 " + (m.empty() ? "" : m + " ") + "-j " + j.chain);
@@ -262,7 +265,8 @@ Status CheckWord(const std::string& w) {
 
 // Runs `build` on the current rule set and restores what it returns; re-reads and retries once when
 // iptables-restore refuses the batch (the rule set changed under us). Empty text: nothing to do.
-Status Transact(const IptablesOptions& opts, const std::function<Result<std::string>(const SaveState&)>& build) {
+Status Transact(const IptablesOptions& opts,
+                const std::function<Result<std::string>(const SaveState&)>& build) {
   TransactionLock lock(opts.lock_path);
   Status last;
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -349,7 +353,8 @@ Result<std::string> ReplaceTaggedRules(const IptablesOptions& opts, const std::s
   if (auto st = CheckWord(tag); !st.ok()) return st;
   std::vector<std::pair<std::string, std::string>> lines;  // table, "-A ..." line
   for (const auto& r : rules) {
-    if (r.table != "filter" && r.table != "nat") return Status::InvalidArgument("unknown table '" + r.table + "'");
+    if (r.table != "filter" && r.table != "nat")
+      return Status::InvalidArgument("unknown table '" + r.table + "'");
     std::string line = "-A " + r.chain;
     for (const auto* part : {&r.match}) {
       for (const auto& w : *part) {
@@ -368,7 +373,8 @@ Result<std::string> ReplaceTaggedRules(const IptablesOptions& opts, const std::s
   Status st = Transact(opts, [&](const SaveState& st) -> Result<std::string> {
     Batch b;
     AddBaseLines(opts, st, &b);
-    AddDeletes(st, [&](const RuleLine& r) { return Tagged(r.comment, family); }, &b);
+    AddDeletes(
+        st, [&](const RuleLine& r) { return Tagged(r.comment, family); }, &b);
     for (const auto& [table, line] : lines) b.For(table).push_back(line);
     return b.Text();
   });
@@ -379,12 +385,14 @@ Result<std::string> ReplaceTaggedRules(const IptablesOptions& opts, const std::s
 Status DeleteTaggedRules(const IptablesOptions& opts, const std::string& tag) {
   return Transact(opts, [&](const SaveState& st) -> Result<std::string> {
     Batch b;
-    AddDeletes(st, [&](const RuleLine& r) { return Tagged(r.comment, tag); }, &b);
+    AddDeletes(
+        st, [&](const RuleLine& r) { return Tagged(r.comment, tag); }, &b);
     return b.Text();
   });
 }
 
-Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts, const std::set<std::string>& live_vm_ids) {
+Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts,
+                                            const std::set<std::string>& live_vm_ids) {
   std::set<std::string> removed;
   auto dead = [&](const RuleLine& r, std::string* vm) {
     if (r.comment.rfind(opts.tag_prefix, 0) != 0) return false;
@@ -397,12 +405,15 @@ Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts, const s
   Status st = Transact(opts, [&](const SaveState& state) -> Result<std::string> {
     removed.clear();
     Batch b;
-    AddDeletes(state, [&](const RuleLine& r) {
-      std::string vm;
-      if (!dead(r, &vm)) return false;
-      removed.insert(vm);
-      return true;
-    }, &b);
+    AddDeletes(
+        state,
+        [&](const RuleLine& r) {
+          std::string vm;
+          if (!dead(r, &vm)) return false;
+          removed.insert(vm);
+          return true;
+        },
+        &b);
     return b.Text();
   });
   if (!st.ok()) return st;

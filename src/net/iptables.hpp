@@ -3,12 +3,14 @@
 // Every rule fcwarm adds for a VM carries the comment `<tag_prefix><vm id>:<kind>:<nonce>` (e.g.
 // "fcwarm:vm:ab12:ports:3f9c0a1e"), lives in one of the fcwarm chains below, and is added or removed in one
 // `iptables-restore --noflush` transaction per call (all of a VM's rules appear and disappear together). The
-// nonce is new at every apply, so a handle from an earlier apply never deletes the rules that replaced its own. The chains are created on first use
-// and stay (RemoveBaseChains() removes them when no tagged rule is left):
+// nonce is new at every apply, so a handle from an earlier apply never deletes the rules that replaced its
+// own. The chains are created on first use and stay (RemoveBaseChains() removes them when no tagged rule is
+// left):
 //
 //   filter INPUT       -j FCWARM-INPUT                        (inserted first)  host services, per VM
 //   filter FORWARD     -j FCWARM-FORWARD                      (inserted first)
-//          FCWARM-FORWARD: -j FCWARM-PORTS, then -j FCWARM-EGRESS             published ports before the policy
+//          FCWARM-FORWARD: -j FCWARM-PORTS, then -j FCWARM-EGRESS             published ports before the
+//          policy
 //   nat    PREROUTING  -m addrtype --dst-type LOCAL -j FCWARM-DNAT   (inserted first)
 //   nat    OUTPUT      -m addrtype --dst-type LOCAL -j FCWARM-DNAT   (inserted first)
 //   nat    POSTROUTING -j FCWARM-POSTROUTING                  (inserted first)  MASQUERADE
@@ -22,25 +24,25 @@
 #include <cstdint>
 #include <functional>
 #include <set>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fcwarm/status.hpp"
 
 namespace fcwarm::net {
 
-/// Where the iptables programs are and how fcwarm names its chains and tags. Tests use their own prefixes.
+/// Where the iptables programs are and how fcwarm names its chains and tags.
 struct IptablesOptions {
   std::string iptables_save = "iptables-save";        // Default: found in PATH
   std::string iptables_restore = "iptables-restore";  // Default: found in PATH
   std::string chain_prefix = "FCWARM";                // Default: chains FCWARM-INPUT, FCWARM-FORWARD, ...
   std::string tag_prefix = "fcwarm:vm:";              // Default: comments "fcwarm:vm:<vm id>:<kind>:<nonce>"
   std::string lock_path = "/run/lock/fcwarm-iptables.lock";  // Default: serializes fcwarm processes
-  std::chrono::milliseconds timeout{20000};           // Default: 20 s per iptables program run
+  std::chrono::milliseconds timeout{20000};                  // Default: 20 s per iptables program run
 };
 
-/// What a per-VM rule belongs to; the last part of its tag.
+/// What a per-VM rule belongs to; the part of its tag after the VM id.
 enum class RuleKind { kEgress, kPorts };
 
 /// The family of a VM's rules of one kind: "<tag_prefix><vm id>:egress" or ":ports". A tag is the family plus
@@ -80,7 +82,8 @@ Result<std::vector<RuleLine>> ListRules(const IptablesOptions& opts);
 Result<std::vector<RuleLine>> ListVmRules(const IptablesOptions& opts, const std::string& vm_id);
 
 /// In one transaction: creates the fcwarm chains and jumps that are missing, deletes every rule of `family`,
-/// then appends `rules`, each tagged "<family>:<new nonce>". Returns that tag. Calling it twice leaves one copy.
+/// then appends `rules`, each tagged "<family>:<new nonce>". Returns that tag. Calling it twice leaves one
+/// copy.
 Result<std::string> ReplaceTaggedRules(const IptablesOptions& opts, const std::string& family,
                                        const std::vector<NewRule>& rules);
 
@@ -90,26 +93,30 @@ Status DeleteTaggedRules(const IptablesOptions& opts, const std::string& tag);
 
 /// Crash recovery: deletes every rule whose tag starts with `tag_prefix` and names a VM not in `live_vm_ids`.
 /// Returns the VM ids whose rules were removed (sorted, unique).
-Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts, const std::set<std::string>& live_vm_ids);
+Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts,
+                                            const std::set<std::string>& live_vm_ids);
 
 /// Creates the fcwarm chains and jumps that are missing (ReplaceTaggedRules does it too).
 Status EnsureBaseChains(const IptablesOptions& opts);
 
-/// Removes the fcwarm jumps and chains. FailedPrecondition (naming a tag) while a tagged rule is left; Ok when
-/// they are gone already. For uninstalling and tests; a running server leaves them in place.
+/// Removes the fcwarm jumps and chains. FailedPrecondition (naming a tag) while a tagged rule is left; Ok
+/// when they are gone already. For uninstalling and tests; a running server leaves them in place.
 Status RemoveBaseChains(const IptablesOptions& opts);
 
-/// Owns the rules of one apply (one tag) and the sysctls changed for them. Release() deletes exactly those rules,
-/// so a handle whose rules were replaced by a later apply for the same VM deletes nothing; the sysctls are
-/// restored when no rule of the family is left and the interface they belong to still exists. Release() is
-/// idempotent; the destructor calls it.
-/// Thread safety: not thread-safe; owned by one VM object that serializes access.
+/// Owns the rules of one apply (one tag) and the sysctls changed for them. Release() deletes exactly those
+/// rules, so a handle whose rules were replaced by a later apply for the same VM deletes nothing; the sysctls
+/// are restored when no rule of the family is left and the interface they belong to still exists. Release()
+/// is idempotent; the destructor calls it. Thread safety: not thread-safe; owned by one VM object that
+/// serializes access.
 class RuleHandle {
  public:
   /// `sysctls`: (key, value to restore) pairs, undone in reverse order after the rules are deleted.
   RuleHandle(IptablesOptions opts, std::string family, std::string tag,
              std::vector<std::pair<std::string, std::string>> sysctls)
-      : opts_(std::move(opts)), family_(std::move(family)), tag_(std::move(tag)), sysctls_(std::move(sysctls)) {}
+      : opts_(std::move(opts)),
+        family_(std::move(family)),
+        tag_(std::move(tag)),
+        sysctls_(std::move(sysctls)) {}
   ~RuleHandle() { (void)Release(); }
   RuleHandle(const RuleHandle&) = delete;
   RuleHandle& operator=(const RuleHandle&) = delete;

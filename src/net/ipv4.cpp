@@ -33,8 +33,8 @@ std::optional<uint32_t> ParseIpv4(std::string_view text) {
 }
 
 std::string FormatIpv4(uint32_t a) {
-  return std::to_string(a >> 24) + "." + std::to_string((a >> 16) & 255) + "." + std::to_string((a >> 8) & 255) +
-         "." + std::to_string(a & 255);
+  return std::to_string(a >> 24) + "." + std::to_string((a >> 16) & 255) + "." +
+         std::to_string((a >> 8) & 255) + "." + std::to_string(a & 255);
 }
 
 std::string Cidr::ToString() const { return FormatIpv4(addr) + "/" + std::to_string(prefix); }
@@ -52,7 +52,8 @@ Result<Cidr> ParseCidr(std::string_view text, std::string_view field) {
   auto slash = text.find('/');
   auto ip = ParseIpv4(text.substr(0, slash));
   if (!ip) {
-    return Status::InvalidArgument(f + ": '" + shown + "' is not an IPv4 address or CIDR block (a.b.c.d or a.b.c.d/n)");
+    return Status::InvalidArgument(f + ": '" + shown +
+                                   "' is not an IPv4 address or CIDR block (a.b.c.d or a.b.c.d/n)");
   }
   int prefix = 32;
   if (slash != std::string_view::npos) {

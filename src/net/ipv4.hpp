@@ -29,8 +29,8 @@ struct Cidr {
   bool operator==(const Cidr& o) const { return addr == o.addr && prefix == o.prefix; }
 };
 
-/// Parses "a.b.c.d/n" or a bare address (= /32). Host bits set ("10.0.0.1/8") are refused, so that a typo does
-/// not silently widen or narrow a rule. Errors are InvalidArgument and start with `field`.
+/// Parses "a.b.c.d/n" or a bare address (= /32). Host bits set ("10.0.0.1/8") are refused, so that a typo
+/// does not silently widen or narrow a rule. Errors are InvalidArgument and start with `field`.
 Result<Cidr> ParseCidr(std::string_view text, std::string_view field);
 
 /// The smallest block that holds the guest address pool: `blocks` /30 blocks from `base` (as in

@@ -29,7 +29,8 @@ bool ServesLoopback(const std::string& ip) { return ip == "0.0.0.0" || IsLoopbac
 // "80" → 80; errors name `what` ("host port", "container port").
 Result<uint16_t> ParsePortNumber(std::string_view s, const std::string& what, const std::string& prefix) {
   if (s.find('-') != std::string_view::npos) {
-    return Status::InvalidArgument(prefix + "port ranges are not supported (" + what + " '" + std::string(s) + "')");
+    return Status::InvalidArgument(prefix + "port ranges are not supported (" + what + " '" + std::string(s) +
+                                   "')");
   }
   if (s.empty()) return Status::InvalidArgument(prefix + what + " is empty");
   if (s.size() > 5 || s.find_first_not_of("0123456789") != std::string_view::npos) {
@@ -87,7 +88,8 @@ Status CheckOne(const PortMapping& p, const std::string& field, const std::vecto
     return Status::InvalidArgument(field + ": host address " + p.host_ip + " is not an address of this host");
   }
   if (r < 0) {
-    return Status::Unavailable(field + ": cannot check host port " + HostPortText(p) + ": " + std::strerror(-r));
+    return Status::Unavailable(field + ": cannot check host port " + HostPortText(p) + ": " +
+                               std::strerror(-r));
   }
   return Status::Ok();
 }
@@ -97,16 +99,17 @@ Status CheckOne(const PortMapping& p, const std::string& field, const std::vecto
 std::string_view ProtocolName(Protocol p) { return p == Protocol::kTcp ? "tcp" : "udp"; }
 
 std::string PortMapping::ToString() const {
-  return host_ip + ":" + (host_port ? std::to_string(host_port) : "") + ":" + std::to_string(container_port) + "/" +
-         std::string(ProtocolName(protocol));
+  return host_ip + ":" + (host_port ? std::to_string(host_port) : "") + ":" + std::to_string(container_port) +
+         "/" + std::string(ProtocolName(protocol));
 }
 
-Result<PortMapping> ParsePort(std::string_view spec, const std::string& default_host_ip, std::string_view field) {
+Result<PortMapping> ParsePort(std::string_view spec, const std::string& default_host_ip,
+                              std::string_view field) {
   std::string f(field);
   if (spec.size() > kMaxSpec) {
     return Status::InvalidArgument(f + ": '" + std::string(spec.substr(0, 32)) + "...' is too long (" +
-                                   std::to_string(spec.size()) + " bytes; at most " + std::to_string(kMaxSpec) +
-                                   ")");
+                                   std::to_string(spec.size()) + " bytes; at most " +
+                                   std::to_string(kMaxSpec) + ")");
   }
   const std::string prefix = f + ": '" + std::string(spec) + "': ";
   const std::string usage = " (expected [HOST_IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp])";
@@ -159,8 +162,8 @@ Result<PortMapping> ParsePort(std::string_view spec, const std::string& default_
   return m;
 }
 
-Result<std::vector<PortMapping>> ParsePorts(const std::vector<std::string>& specs, const std::string& default_host_ip,
-                                            std::string_view field) {
+Result<std::vector<PortMapping>> ParsePorts(const std::vector<std::string>& specs,
+                                            const std::string& default_host_ip, std::string_view field) {
   std::vector<PortMapping> out;
   for (size_t i = 0; i < specs.size(); ++i) {
     std::string f = std::string(field) + "[" + std::to_string(i) + "]";
@@ -169,8 +172,8 @@ Result<std::vector<PortMapping>> ParsePorts(const std::vector<std::string>& spec
     for (size_t j = 0; j < out.size(); ++j) {
       if (PortsConflict(*m, out[j])) {
         return Status::InvalidArgument(f + ": '" + specs[i] + "' takes host port " + HostPortText(*m) +
-                                       ", as " + std::string(field) + "[" + std::to_string(j) + "] '" + specs[j] +
-                                       "' does");
+                                       ", as " + std::string(field) + "[" + std::to_string(j) + "] '" +
+                                       specs[j] + "' does");
       }
     }
     out.push_back(*m);
@@ -236,9 +239,11 @@ Result<std::vector<NewRule>> BuildPortRules(const PublishRequest& req, const Ipt
     auto hip = ParseIpv4(p.host_ip);
     if (!hip) return Status::InvalidArgument(f + ": host address '" + p.host_ip + "' is not an IPv4 address");
     if (p.host_port == 0) {
-      return Status::InvalidArgument(f + ": '" + p.ToString() + "' has no host port (AssignHostPorts picks one)");
+      return Status::InvalidArgument(f + ": '" + p.ToString() +
+                                     "' has no host port (AssignHostPorts picks one)");
     }
-    if (p.container_port == 0) return Status::InvalidArgument(f + ": container port 0 is out of range (1-65535)");
+    if (p.container_port == 0)
+      return Status::InvalidArgument(f + ": container port 0 is out of range (1-65535)");
     for (size_t j = 0; j < i; ++j) {
       if (PortsConflict(p, req.ports[j])) {
         return Status::InvalidArgument(f + ": '" + p.ToString() + "' takes the host port of ports[" +
@@ -253,7 +258,9 @@ Result<std::vector<NewRule>> BuildPortRules(const PublishRequest& req, const Ipt
                           std::to_string(p.host_port)}) {
       match.push_back(w);
     }
-    rules.push_back({"nat", ChainName(opts, "DNAT"), match,
+    rules.push_back({"nat",
+                     ChainName(opts, "DNAT"),
+                     match,
                      {"DNAT", "--to-destination", g + ":" + std::to_string(p.container_port)}});
     if (accepted.insert({p.protocol, p.container_port}).second) {
       const std::string cp = std::to_string(p.container_port);
@@ -271,10 +278,11 @@ Result<std::vector<NewRule>> BuildPortRules(const PublishRequest& req, const Ipt
   }
   if (loopback) {
     rules.push_back({"nat", ChainName(opts, "POSTROUTING"), {"-s", "127.0.0.0/8", "-o", v}, {"MASQUERADE"}});
-    rules.push_back({"filter",
-                     ChainName(opts, "INPUT"),
-                     {"-i", v, "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED"},
-                     {"DROP"}});
+    rules.push_back(
+        {"filter",
+         ChainName(opts, "INPUT"),
+         {"-i", v, "-d", "127.0.0.0/8", "-m", "conntrack", "!", "--ctstate", "RELATED,ESTABLISHED"},
+         {"DROP"}});
   }
   return rules;
 }

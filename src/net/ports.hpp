@@ -2,19 +2,20 @@
 // "Published ports").
 //
 // Docker's `-p` syntax, IPv4 only: "[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/tcp|/udp]". Without HOST_IP the
-// default bind address (127.0.0.1 unless configured) is used; without HOST_PORT ("80", "127.0.0.1::80") a free
-// host port is chosen by AssignHostPorts(), as Docker does. Port ranges and IPv6 are refused.
+// default bind address (127.0.0.1 unless configured) is used; without HOST_PORT ("80", "127.0.0.1::80") a
+// free host port is chosen by AssignHostPorts(), as Docker does. Port ranges and IPv6 are refused.
 //
 // A VM's rules, all tagged "<tag_prefix><vm id>:ports":
 //   nat    FCWARM-DNAT    [-d HOST_IP] -p P --dport HOST_PORT  DNAT --to-destination GUEST:CONTAINER_PORT
 //                         (jumped to from PREROUTING and OUTPUT for local destinations: outside and host
 //                         processes alike, 127.0.0.1 included);
-//   filter FCWARM-PORTS   -o <veth> -d GUEST -p P --dport CONTAINER_PORT, connections that were DNATed: ACCEPT;
+//   filter FCWARM-PORTS   -o <veth> -d GUEST -p P --dport CONTAINER_PORT, connections that were DNATed:
+//   ACCEPT;
 //                         -i <veth> -s GUEST -p P --sport CONTAINER_PORT, replies: ACCEPT;
-// and when a mapping is reachable on 127.0.0.1 (HOST_IP 127.x or 0.0.0.0), as Docker does without its userland
-// proxy: route_localnet=1 on the veth, nat FCWARM-POSTROUTING -s 127.0.0.0/8 -o <veth> MASQUERADE (the guest
-// answers the gateway, not its own loopback), and filter FCWARM-INPUT -i <veth> -d 127.0.0.0/8 that is not a
-// reply: DROP (route_localnet must not let the guest reach the host's loopback services).
+// and when a mapping is reachable on 127.0.0.1 (HOST_IP 127.x or 0.0.0.0), as Docker does without its
+// userland proxy: route_localnet=1 on the veth, nat FCWARM-POSTROUTING -s 127.0.0.0/8 -o <veth> MASQUERADE
+// (the guest answers the gateway, not its own loopback), and filter FCWARM-INPUT -i <veth> -d 127.0.0.0/8
+// that is not a reply: DROP (route_localnet must not let the guest reach the host's loopback services).
 #pragma once
 
 #include <cstdint>
@@ -63,15 +64,15 @@ Result<std::vector<PortMapping>> ParsePorts(const std::vector<std::string>& spec
 /// Mappings without a host port never conflict.
 bool PortsConflict(const PortMapping& a, const PortMapping& b);
 
-/// Checks, before anything is started, that every host port can be taken: FailedPrecondition (HTTP 409) naming
-/// the port when fcwarm published it already (`published`: the mappings of every running container) or another
-/// program holds it (a trial bind() of address, port and protocol fails with EADDRINUSE); InvalidArgument when
-/// the address is not one of this host's. Mappings with host port 0 are skipped.
+/// Checks, before anything is started, that every host port can be taken: FailedPrecondition (HTTP 409)
+/// naming the port when fcwarm published it already (`published`: the mappings of every running container) or
+/// another program holds it (a trial bind() of address, port and protocol fails with EADDRINUSE);
+/// InvalidArgument when the address is not one of this host's. Mappings with host port 0 are skipped.
 Status CheckPortsFree(const std::vector<PortMapping>& ports, const std::vector<PortMapping>& published);
 
 /// Gives every mapping with host port 0 a free port (from the kernel's ephemeral range, checked against
-/// `published` and the other mappings), then runs CheckPortsFree. A port is free when checked: another program
-/// may still take it before the rules exist (as with Docker).
+/// `published` and the other mappings), then runs CheckPortsFree. A port is free when checked: another
+/// program may still take it before the rules exist (as with Docker).
 Status AssignHostPorts(std::vector<PortMapping>* ports, const std::vector<PortMapping>& published);
 
 /// One VM's published ports.

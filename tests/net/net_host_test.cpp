@@ -1,12 +1,12 @@
-// Host networking against the real kernel (label `net`, needs root): published ports and egress policy applied
-// with iptables, checked with real TCP/UDP traffic and the rules' packet counters.
+// Host networking against the real kernel (label `net`, needs root): published ports and egress policy
+// applied with iptables, checked with real TCP/UDP traffic and the rules' packet counters.
 //
 // Safety: main() moves this whole process into a network namespace of its own before anything else runs, so
 // the "host" of these tests is that namespace: its iptables tables, sysctls (ip_forward, route_localnet) and
-// interfaces are not the machine's, and it has no uplink — only the veth pairs to the namespaces a test creates
-// (a fake guest, another VM, a "registry", an "internet" host, a LAN host). No packet can leave the machine,
-// whatever the rules say. Every namespace, server, rule and sysctl a test creates is removed by the test
-// (scope guards), and the rule set is compared with the one from before.
+// interfaces are not the machine's, and it has no uplink — only the veth pairs to the namespaces a test
+// creates (a fake guest, another VM, a "registry", an "internet" host, a LAN host). No packet can leave the
+// machine, whatever the rules say. Every namespace, server, rule and sysctl a test creates is removed by the
+// test (scope guards), and the rule set is compared with the one from before.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
@@ -127,7 +127,8 @@ std::string Ask(const std::string& proto, const std::string& ip, uint16_t port) 
   sa.sin_family = AF_INET;
   sa.sin_port = htons(port);
   ::inet_pton(AF_INET, ip.c_str(), &sa.sin_addr);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0) return std::string("ERR ") + std::strerror(errno);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)) < 0)
+    return std::string("ERR ") + std::strerror(errno);
   if (proto == "udp" && ::send(fd, "ping", 4, 0) != 4) return std::string("ERR ") + std::strerror(errno);
   char buf[256];
   ssize_t n = ::recv(fd, buf, sizeof(buf) - 1, 0);
@@ -153,7 +154,8 @@ bool RestoreTables(const std::string& text) {
 
 const char* kEmptyTables =
     "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
-    "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n";
+    "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT "
+    "[0:0]\nCOMMIT\n";
 
 // A host that already has a firewall: FORWARD policy DROP (as on a Docker host) and rules of its own.
 void SeedHostRules() {
@@ -178,7 +180,8 @@ class Lab {
     // The tables back to empty (the test seeded them; the namespace is this process's alone).
     (void)RestoreTables(kEmptyTables);
     for (const auto& c : servers_) util::TerminateAndReap(c.pid, 1000ms);
-    // The host ends first: a deleted namespace takes its devices (and their peers) with it only asynchronously.
+    // The host ends first: a deleted namespace takes its devices (and their peers) with it only
+    // asynchronously.
     for (const auto& v : veths_) (void)util::Run({"ip", "link", "del", v}, 10s);
     for (const auto& ns : namespaces_) (void)util::Run({"ip", "netns", "del", ns}, 10s);
     for (const auto& route : routes_) (void)util::Run({"ip", "route", "del", route}, 10s);
@@ -190,8 +193,8 @@ class Lab {
 
   // A namespace "<id><suffix>" joined to the host by a veth pair "<id><suffix>h" (host) / "eth0" (inside),
   // with `host_cidr` on the host end and `inside_cidr` inside; `gateway`: the inside's default route.
-  std::string Namespace(const std::string& suffix, const std::string& host_cidr, const std::string& inside_cidr,
-                        const std::string& gateway = "") {
+  std::string Namespace(const std::string& suffix, const std::string& host_cidr,
+                        const std::string& inside_cidr, const std::string& gateway = "") {
     std::string ns = id_ + suffix, veth = id_ + suffix + "h";
     Must({"ip", "netns", "add", ns});
     namespaces_.push_back(ns);
@@ -230,7 +233,8 @@ class Lab {
   // A client inside `ns`: the server's answer, or "ERR ...".
   std::string AskFrom(const std::string& ns, const std::string& proto, const std::string& ip, uint16_t port,
                       const std::string& src = "") {
-    return Trim(Must({"ip", "netns", "exec", ns, kPython, "-c", kClient, proto, ip, std::to_string(port), src}));
+    return Trim(
+        Must({"ip", "netns", "exec", ns, kPython, "-c", kClient, proto, ip, std::to_string(port), src}));
   }
 
   const std::string& id() const { return id_; }
@@ -256,7 +260,8 @@ uint64_t Packets(const Lab& lab, const std::string& vm, const std::string& chain
   int matched = 0;
   for (const auto& r : *rules) {
     if (!chain.empty() && r.chain != chain) continue;
-    if (std::all_of(parts.begin(), parts.end(), [&](const std::string& p) { return r.spec.find(p) != std::string::npos; })) {
+    if (std::all_of(parts.begin(), parts.end(),
+                    [&](const std::string& p) { return r.spec.find(p) != std::string::npos; })) {
       n += r.packets;
       ++matched;
     }
@@ -285,7 +290,9 @@ TEST_CASE("this test runs in a network namespace of its own (never the machine's
   CHECK(self != NetnsOf("1"));
 }
 
-TEST_CASE("published ports: 127.0.0.1 and 0.0.0.0 reach the guest over TCP and UDP, release restores the rule set") {
+TEST_CASE(
+    "published ports: 127.0.0.1 and 0.0.0.0 reach the guest over TCP and UDP, release restores the rule "
+    "set") {
   Lab lab;
   SysctlGuard fwd("net/ipv4/ip_forward");
   SeedHostRules();
@@ -314,7 +321,8 @@ TEST_CASE("published ports: 127.0.0.1 and 0.0.0.0 reach the guest over TCP and U
   auto ports = ParsePorts({"127.0.0.1::80", "53/udp", "0.0.0.0::80"});
   REQUIRE(ports.ok());
   REQUIRE(AssignHostPorts(&*ports, {}).ok());
-  const uint16_t tcp_port = (*ports)[0].host_port, udp_port = (*ports)[1].host_port, any_port = (*ports)[2].host_port;
+  const uint16_t tcp_port = (*ports)[0].host_port, udp_port = (*ports)[1].host_port,
+                 any_port = (*ports)[2].host_port;
 
   PublishRequest req{"vm-ports", veth, "10.213.0.22", *ports};
   auto handle = PublishPorts(req, lab.opts);
@@ -361,17 +369,18 @@ TEST_CASE("published ports: 127.0.0.1 and 0.0.0.0 reach the guest over TCP and U
   REQUIRE(RemoveBaseChains(lab.opts).ok());  // nothing left: still fine
 }
 
-TEST_CASE("egress: none allows the registry only, all allows the internet but never the host, other VMs, "
-          "link-local or private ranges") {
+TEST_CASE(
+    "egress: none allows the registry only, all allows the internet but never the host, other VMs, "
+    "link-local or private ranges") {
   Lab lab;
   SysctlGuard fwd("net/ipv4/ip_forward");
   SeedHostRules();
   std::string guest = lab.Namespace("g", "10.213.0.21/30", "10.213.0.22/30", "10.213.0.21");
   std::string other = lab.Namespace("o", "10.213.0.25/30", "10.213.0.26/30", "10.213.0.25");  // another VM
-  std::string registry = lab.Namespace("r", "10.99.0.1/24", "10.99.0.7/24");                  // mirror, private
-  std::string inet = lab.Namespace("i", "198.51.100.1/24", "198.51.100.7/24");                 // "internet"
-  std::string lan = lab.Namespace("l", "192.168.77.1/24", "192.168.77.7/24");                  // host's LAN
-  Must({"ip", "-n", inet, "addr", "add", "169.254.169.254/32", "dev", "lo"});                 // "metadata"
+  std::string registry = lab.Namespace("r", "10.99.0.1/24", "10.99.0.7/24");    // mirror, private
+  std::string inet = lab.Namespace("i", "198.51.100.1/24", "198.51.100.7/24");  // "internet"
+  std::string lan = lab.Namespace("l", "192.168.77.1/24", "192.168.77.7/24");   // host's LAN
+  Must({"ip", "-n", inet, "addr", "add", "169.254.169.254/32", "dev", "lo"});   // "metadata"
   lab.Route("169.254.169.254/32", "198.51.100.7");
   Must({"ip", "-n", guest, "addr", "add", "10.213.0.30/32", "dev", "eth0"});  // for a spoofing attempt
   lab.Server(other, "other-vm", 80, "10.213.0.26");
@@ -488,7 +497,8 @@ TEST_CASE("sweep removes the rules of VMs that no longer exist, and racing VMs k
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
       for (int round = 0; round < 3; ++round) {
-        EgressRequest req{"race-" + std::to_string(t), "fcwtrace" + std::to_string(t), "10.213.1." + std::to_string(4 * t + 2)};
+        EgressRequest req{"race-" + std::to_string(t), "fcwtrace" + std::to_string(t),
+                          "10.213.1." + std::to_string(4 * t + 2)};
         auto h = ApplyEgress(req, lab.opts);
         if (!h.ok() || !(*h)->Release().ok()) ++failures;
       }
@@ -535,8 +545,8 @@ TEST_CASE("sweep removes the rules of VMs that no longer exist, and racing VMs k
 }
 
 int main(int argc, char** argv) {
-  // Before anything else (no thread and no child exists yet): a network namespace of our own. Children and the
-  // spawn helper thread are created later and inherit it. Listing the test cases needs none of it.
+  // Before anything else (no thread and no child exists yet): a network namespace of our own. Children and
+  // the spawn helper thread are created later and inherit it. Listing the test cases needs none of it.
   for (int i = 1; i < argc; ++i) {
     if (std::strncmp(argv[i], "--list", 6) == 0 || std::strncmp(argv[i], "-l", 2) == 0) {
       return doctest::Context(argc, argv).run();
@@ -552,7 +562,8 @@ int main(int argc, char** argv) {
   }
   for (const char* prog : {"iptables-save", "iptables-restore", "ip"}) {
     if (!util::FindProgram(prog)) {
-      std::fprintf(stderr, "net_host_test: %s not found (scripts/setup.sh installs iptables and iproute2)\n", prog);
+      std::fprintf(stderr, "net_host_test: %s not found (scripts/setup.sh installs iptables and iproute2)\n",
+                   prog);
       return 1;
     }
   }

@@ -16,7 +16,9 @@ using namespace fcwarm::net;
 
 namespace {
 
-bool Has(const std::string& haystack, const std::string& needle) { return haystack.find(needle) != std::string::npos; }
+bool Has(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
 
 std::string Render(const NewRule& r) {
   std::string s = r.table + " " + r.chain;
@@ -56,8 +58,8 @@ TEST_CASE("IPv4 addresses and CIDR blocks parse strictly") {
   CHECK(ParseIpv4("10.213.0.22") == 0x0ad50016u);
   CHECK(ParseIpv4("0.0.0.0") == 0u);
   CHECK(ParseIpv4("255.255.255.255") == 0xffffffffu);
-  for (const char* bad : {"", "10.213.0", "10.213.0.22.1", "256.1.1.1", "010.1.1.1", "1.2.3.4 ", " 1.2.3.4", "a.b.c.d",
-                          "1..2.3", "1.2.3.-4", "1.2.3.4/"}) {
+  for (const char* bad : {"", "10.213.0", "10.213.0.22.1", "256.1.1.1", "010.1.1.1", "1.2.3.4 ", " 1.2.3.4",
+                          "a.b.c.d", "1..2.3", "1.2.3.-4", "1.2.3.4/"}) {
     CHECK_MESSAGE(!ParseIpv4(bad), bad);
   }
   CHECK(FormatIpv4(0x0ad50016u) == "10.213.0.22");
@@ -132,12 +134,16 @@ TEST_CASE("egress rules: the host closed, other VMs and link-local never, privat
   // INPUT: replies, then everything rejected.
   CHECK(pos("filter FCWARM-INPUT " + v + " -m conntrack --ctstate RELATED,ESTABLISHED -> ACCEPT") <
         pos("filter FCWARM-INPUT " + v + " -> REJECT --reject-with icmp-admin-prohibited"));
-  auto spoof = pos("filter FCWARM-EGRESS " + v + " ! -s 10.213.0.22/32 -> REJECT --reject-with icmp-admin-prohibited");
-  auto pool = pos("filter FCWARM-EGRESS " + v + " -d 10.213.0.0/16 -> REJECT --reject-with icmp-admin-prohibited");
-  auto meta = pos("filter FCWARM-EGRESS " + v + " -d 169.254.0.0/16 -> REJECT --reject-with icmp-admin-prohibited");
+  auto spoof =
+      pos("filter FCWARM-EGRESS " + v + " ! -s 10.213.0.22/32 -> REJECT --reject-with icmp-admin-prohibited");
+  auto pool =
+      pos("filter FCWARM-EGRESS " + v + " -d 10.213.0.0/16 -> REJECT --reject-with icmp-admin-prohibited");
+  auto meta =
+      pos("filter FCWARM-EGRESS " + v + " -d 169.254.0.0/16 -> REJECT --reject-with icmp-admin-prohibited");
   auto dns = pos("filter FCWARM-EGRESS " + v + " -d 10.255.255.53/32 -p udp -m udp --dport 53 -> ACCEPT");
   auto allow = pos("filter FCWARM-EGRESS " + v + " -d 10.99.0.7/32 -> ACCEPT");
-  auto priv = pos("filter FCWARM-EGRESS " + v + " -d 10.0.0.0/8 -> REJECT --reject-with icmp-admin-prohibited");
+  auto priv =
+      pos("filter FCWARM-EGRESS " + v + " -d 10.0.0.0/8 -> REJECT --reject-with icmp-admin-prohibited");
   auto all = pos("filter FCWARM-EGRESS " + v + " -> ACCEPT");
   auto last = pos("filter FCWARM-EGRESS " + v + " -> REJECT --reject-with icmp-admin-prohibited");
   CHECK(spoof < pool);
@@ -155,7 +161,9 @@ TEST_CASE("egress rules: the host closed, other VMs and link-local never, privat
   req.policy = *ParseEgressPolicy("none");
   r = RenderAll(*BuildEgressRules(req, opts));
   CHECK(std::count(r.begin(), r.end(), "filter FCWARM-EGRESS " + v + " -> ACCEPT") == 0);
-  CHECK(std::count(r.begin(), r.end(), "filter FCWARM-EGRESS " + v + " -d 10.0.0.0/8 -> REJECT --reject-with icmp-admin-prohibited") == 0);
+  CHECK(std::count(r.begin(), r.end(),
+                   "filter FCWARM-EGRESS " + v +
+                       " -d 10.0.0.0/8 -> REJECT --reject-with icmp-admin-prohibited") == 0);
   CHECK(std::count(r.begin(), r.end(), "filter FCWARM-EGRESS " + v + " -d 10.99.0.7/32 -> ACCEPT") == 1);
   req.policy = *ParseEgressPolicy("198.51.100.0/24");
   r = RenderAll(*BuildEgressRules(req, opts));
@@ -191,8 +199,8 @@ TEST_CASE("resolvers for guests leave loopback resolvers out") {
 }
 
 TEST_CASE("port specs in Docker's syntax") {
-  auto p = ParsePorts({"8080:80", "127.0.0.1:8443:443/tcp", "5353:53/udp", "0.0.0.0:9000:9000/UDP", "80",
-                       "127.0.0.2::81"});
+  auto p = ParsePorts(
+      {"8080:80", "127.0.0.1:8443:443/tcp", "5353:53/udp", "0.0.0.0:9000:9000/UDP", "80", "127.0.0.2::81"});
   REQUIRE(p.ok());
   REQUIRE(p->size() == 6);
   CHECK((*p)[0].ToString() == "127.0.0.1:8080:80/tcp");  // default bind address
@@ -300,8 +308,10 @@ TEST_CASE("published-port rules: DNAT, FORWARD accept, and 127.0.0.1 handling") 
   IptablesOptions opts;
   auto r = RenderAll(*BuildPortRules(req, opts));
   auto count = [&](const std::string& s) { return std::count(r.begin(), r.end(), s); };
-  CHECK(count("nat FCWARM-DNAT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -> DNAT --to-destination 10.213.0.22:80") == 1);
-  CHECK(count("nat FCWARM-DNAT -d 127.0.0.1/32 -p tcp -m tcp --dport 8081 -> DNAT --to-destination 10.213.0.22:80") == 1);
+  CHECK(count("nat FCWARM-DNAT -d 127.0.0.1/32 -p tcp -m tcp --dport 8080 -> DNAT --to-destination "
+              "10.213.0.22:80") == 1);
+  CHECK(count("nat FCWARM-DNAT -d 127.0.0.1/32 -p tcp -m tcp --dport 8081 -> DNAT --to-destination "
+              "10.213.0.22:80") == 1);
   CHECK(count("nat FCWARM-DNAT -p udp -m udp --dport 5353 -> DNAT --to-destination 10.213.0.22:53") == 1);
   // One FORWARD pair per container port, however many host ports lead to it.
   CHECK(count("filter FCWARM-PORTS -o fcwh0123456789 -d 10.213.0.22/32 -p tcp -m tcp --dport 80 -m conntrack "
@@ -311,8 +321,10 @@ TEST_CASE("published-port rules: DNAT, FORWARD accept, and 127.0.0.1 handling") 
   CHECK(count("filter FCWARM-PORTS -o fcwh0123456789 -d 10.213.0.22/32 -p udp -m udp --dport 53 -m conntrack "
               "--ctstate DNAT -> ACCEPT") == 1);
   CHECK(count("nat FCWARM-POSTROUTING -s 127.0.0.0/8 -o fcwh0123456789 -> MASQUERADE") == 1);
-  CHECK(count("filter FCWARM-INPUT -i fcwh0123456789 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED "
-              "-> DROP") == 1);
+  CHECK(
+      count(
+          "filter FCWARM-INPUT -i fcwh0123456789 -d 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED "
+          "-> DROP") == 1);
   CHECK(r.size() == 9);
 
   // Only a non-loopback address: no loopback rules.
