@@ -91,11 +91,17 @@ Result<SaveState> ParseSave(const std::string& text) {
   while (std::getline(in, line)) {
     if (line.empty() || line[0] == '#') continue;
     if (line[0] == '*') {
+      if (!table.empty()) return Status::Internal("iptables-save: table " + table + " has no COMMIT");
       table = line.substr(1);
       st.chains[table];
       continue;
     }
-    if (line == "COMMIT") continue;
+    if (line == "COMMIT") {
+      table.clear();
+      continue;
+    }
+    if (table.empty())
+      return Status::Internal("iptables-save: line outside a table: '" + line.substr(0, 200) + "'");
     if (line[0] == ':') {
       auto sp = line.find(' ');
       st.chains[table].insert(line.substr(1, sp == std::string::npos ? std::string::npos : sp - 1));
@@ -123,6 +129,8 @@ Result<SaveState> ParseSave(const std::string& text) {
     r.comment = CommentOf(r.spec);
     if (table == "filter" || table == "nat") st.rules.push_back(std::move(r));
   }
+  if (!table.empty())
+    return Status::Internal("iptables-save: table " + table + " has no COMMIT (truncated?)");
   return st;
 }
 
@@ -132,6 +140,12 @@ Result<SaveState> ReadState(const IptablesOptions& opts) {
   if (r->exit_code != 0) {
     return Status::Unavailable(opts.iptables_save + " -c failed (exit " + std::to_string(r->exit_code) +
                                "): " + Trim(r->output).substr(0, 400));
+  }
+  // util::Run keeps at most 1 MiB: a longer rule set (a large Kubernetes node) would be parsed truncated.
+  if (r->output.size() >= (1u << 20)) {
+    return Status::Unavailable(opts.iptables_save +
+                               " printed 1 MiB or more: the host's rule set is too large "
+                               "for fcwarm to manage");
   }
   return ParseSave(r->output);
 }
