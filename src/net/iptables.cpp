@@ -344,6 +344,12 @@ Status ValidateInterface(const std::string& name, const std::string& field) {
   return Status::Ok();
 }
 
+Result<std::vector<RuleLine>> ParseIptablesSave(const std::string& text) {
+  auto st = ParseSave(text);
+  if (!st.ok()) return st.status();
+  return std::move(st->rules);
+}
+
 Result<std::vector<RuleLine>> ListRules(const IptablesOptions& opts) {
   auto st = ReadState(opts);
   if (!st.ok()) return st.status();

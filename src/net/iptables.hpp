@@ -75,6 +75,10 @@ struct RuleLine {
   uint64_t bytes = 0;    // byte counter
 };
 
+/// The filter and nat rules of `iptables-save [-c]` output (other tables skipped). Internal when a line is not
+/// understood or a table has no COMMIT (truncated output).
+Result<std::vector<RuleLine>> ParseIptablesSave(const std::string& text);
+
 /// Every rule of the filter and nat tables, with counters. Unavailable when iptables-save fails.
 Result<std::vector<RuleLine>> ListRules(const IptablesOptions& opts);
 
