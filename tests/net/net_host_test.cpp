@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,6 +29,7 @@
 #include "net/egress.hpp"
 #include "net/iptables.hpp"
 #include "net/ports.hpp"
+#include "util/common.hpp"
 #include "util/process.hpp"
 #include "util/scope_guard.hpp"
 
@@ -281,6 +283,32 @@ struct SysctlGuard {
   ~SysctlGuard() { (void)SetSysctl(key, value); }
 };
 
+// Rounds of apply + release of egress and ports for one VM (index n picks distinct names and addresses);
+// 0 when every call succeeded. Used by threads of the test and by --race-worker processes.
+int RaceRounds(const std::string& vm, int n, const IptablesOptions& opts) {
+  for (int round = 0; round < 3; ++round) {
+    std::string veth = "fcwtrace" + std::to_string(n);
+    std::string ip = "10.213.1." + std::to_string(4 * n + 2);
+    auto e = ApplyEgress({vm, veth, ip}, opts);
+    auto ports = ParsePorts({"198.51.100.1:" + std::to_string(20000 + n) + ":80"});
+    auto p = ports.ok() ? PublishPorts({vm, veth, ip, *ports}, opts)
+                        : Result<std::unique_ptr<RuleHandle>>(ports.status());
+    for (const Status& st : {e.status(), p.status()}) {
+      if (!st.ok()) {
+        std::printf("%s round %d: %s\n", vm.c_str(), round, st.ToString().c_str());
+        return 1;
+      }
+    }
+    for (const Status& st : {(*e)->Release(), (*p)->Release()}) {
+      if (!st.ok()) {
+        std::printf("%s round %d release: %s\n", vm.c_str(), round, st.ToString().c_str());
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
 }  // namespace
 
 TEST_CASE("this test runs in a network namespace of its own (never the machine's firewall)") {
@@ -491,20 +519,34 @@ TEST_CASE("sweep removes the rules of VMs that no longer exist, and racing VMs k
     (void)RemoveBaseChains(lab.opts);
   });
 
-  // 4 threads × 3 rounds of apply + release for their own VMs, all at once.
+  // 3 processes and 4 threads, 3 rounds each of apply + release for their own VMs, all at once, starting from
+  // a rule set without fcwarm's chains. The processes share this namespace (children inherit it).
+  std::vector<util::Child> workers;
+  for (int w = 0; w < 3; ++w) {
+    util::SpawnOptions so;
+    so.argv = {"/proc/self/exe", "--race-worker", "proc-" + std::to_string(w), std::to_string(w),
+               lab.opts.lock_path};
+    so.stdout_path = lab.opts.lock_path + ".worker" + std::to_string(w);
+    auto c = util::Spawn(so);
+    REQUIRE(c.ok());
+    workers.push_back(*c);
+  }
   std::atomic<int> failures{0};
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&, t] {
-      for (int round = 0; round < 3; ++round) {
-        EgressRequest req{"race-" + std::to_string(t), "fcwtrace" + std::to_string(t),
-                          "10.213.1." + std::to_string(4 * t + 2)};
-        auto h = ApplyEgress(req, lab.opts);
-        if (!h.ok() || !(*h)->Release().ok()) ++failures;
-      }
+      if (RaceRounds("thread-" + std::to_string(t), 4 + t, lab.opts) != 0) ++failures;
     });
   }
   for (auto& th : threads) th.join();
+  for (size_t w = 0; w < workers.size(); ++w) {
+    auto status = util::WaitFor(workers[w].pid, 120s);
+    REQUIRE(status.has_value());
+    auto text = util::ReadFile(lab.opts.lock_path + ".worker" + std::to_string(w));
+    std::string out = text.ok() ? *text : "";
+    CHECK_MESSAGE(WIFEXITED(*status), out);
+    CHECK_MESSAGE(WEXITSTATUS(*status) == 0, out);
+  }
   CHECK(failures == 0);
   std::string rules = RuleSet();
   auto count = [&](const std::string& s) {
@@ -545,6 +587,12 @@ TEST_CASE("sweep removes the rules of VMs that no longer exist, and racing VMs k
 }
 
 int main(int argc, char** argv) {
+  // A racing process of the sweep test: already inside the test's namespace (inherited), so no unshare here.
+  if (argc == 5 && std::strcmp(argv[1], "--race-worker") == 0) {
+    IptablesOptions opts;
+    opts.lock_path = argv[4];
+    return RaceRounds(argv[2], std::atoi(argv[3]), opts);
+  }
   // Before anything else (no thread and no child exists yet): a network namespace of our own. Children and
   // the spawn helper thread are created later and inherit it. Listing the test cases needs none of it.
   for (int i = 1; i < argc; ++i) {
