@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -134,20 +135,69 @@ Result<SaveState> ParseSave(const std::string& text) {
   return st;
 }
 
+// A program's exit code, stdout and stderr, kept apart (util::Run mixes them and keeps at most 1 MiB, while a
+// large host's rule set is bigger and a warning on stderr must not land in the middle of the rules).
+struct Captured {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+Result<Captured> RunCapture(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+  constexpr size_t kMax = 64u << 20;
+  int fds[2] = {::memfd_create("fcwarm-stdout", MFD_CLOEXEC), ::memfd_create("fcwarm-stderr", MFD_CLOEXEC)};
+  auto close_fds = [&] {
+    for (int fd : fds) {
+      if (fd >= 0) ::close(fd);
+    }
+  };
+  if (fds[0] < 0 || fds[1] < 0) {
+    int err = errno;
+    close_fds();
+    return Status::Unavailable(std::string("memfd_create: ") + std::strerror(err));
+  }
+  util::SpawnOptions so;
+  so.argv = argv;
+  so.stdout_path = "/proc/self/fd/" + std::to_string(fds[0]);
+  so.stderr_path = "/proc/self/fd/" + std::to_string(fds[1]);
+  auto child = util::Spawn(so);
+  if (!child.ok()) {
+    close_fds();
+    return child.status();
+  }
+  auto status = util::WaitFor(child->pid, timeout);
+  if (!status) {
+    util::TerminateAndReap(child->pid, std::chrono::milliseconds(0));
+    close_fds();
+    return Status::DeadlineExceeded(argv[0] + " did not finish within " + std::to_string(timeout.count()) +
+                                    " ms");
+  }
+  Captured c;
+  c.exit_code = WIFEXITED(*status) ? WEXITSTATUS(*status) : -1;
+  std::string* dest[2] = {&c.out, &c.err};
+  for (int i = 0; i < 2; ++i) {
+    ::lseek(fds[i], 0, SEEK_SET);
+    char buf[65536];
+    ssize_t n;
+    while ((n = ::read(fds[i], buf, sizeof(buf))) > 0) {
+      if (dest[i]->size() + static_cast<size_t>(n) > kMax) {
+        close_fds();
+        return Status::Unavailable(argv[0] + " printed more than 64 MiB");
+      }
+      dest[i]->append(buf, static_cast<size_t>(n));
+    }
+  }
+  close_fds();
+  return c;
+}
+
 Result<SaveState> ReadState(const IptablesOptions& opts) {
-  auto r = util::Run({opts.iptables_save, "-c"}, opts.timeout);
+  auto r = RunCapture({opts.iptables_save, "-c"}, opts.timeout);
   if (!r.ok()) return r.status().WithContext(opts.iptables_save);
   if (r->exit_code != 0) {
     return Status::Unavailable(opts.iptables_save + " -c failed (exit " + std::to_string(r->exit_code) +
-                               "): " + Trim(r->output).substr(0, 400));
+                               "): " + Trim(r->err + r->out).substr(0, 400));
   }
-  // util::Run keeps at most 1 MiB: a longer rule set (a large Kubernetes node) would be parsed truncated.
-  if (r->output.size() >= (1u << 20)) {
-    return Status::Unavailable(opts.iptables_save +
-                               " printed 1 MiB or more: the host's rule set is too large "
-                               "for fcwarm to manage");
-  }
-  return ParseSave(r->output);
+  return ParseSave(r->out);
 }
 
 // Holds the process-wide mutex and an exclusive flock on the lock file (when it can be opened) while alive.
