@@ -17,6 +17,8 @@ packages=(
   clang-14 libclang-rt-14-dev
   # VMs and guest images
   qemu-system-x86 qemu-utils busybox-static lz4 cpio iproute2 e2fsprogs kmod zstd xz-utils gzip
+  # host networking: egress policy and published ports (docs/networking.md)
+  iptables
 )
 if [[ -n "${FCWARM_EXTRA_PACKAGES:-}" ]]; then
   read -r -a extra <<<"${FCWARM_EXTRA_PACKAGES}"
