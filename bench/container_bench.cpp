@@ -45,7 +45,7 @@ void RunContainers(Service& svc, const std::string& image, int n, bool cold, Ser
   for (int i = 0; i < n; ++i) {
     ContainerRequest r;
     r.runtime_image = image;
-    r.container_image = "busybox:latest";
+    r.image = "busybox:latest";
     r.command = {"sh", "-c", "hostname; head -c 16 /dev/urandom | od -An -tx1"};
     r.force_cold = cold;
     auto c = svc.containers().Create(r);

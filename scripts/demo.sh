@@ -31,10 +31,10 @@ run_container() {  # container name, force_cold -> prints the container item onc
   local body
   if [[ "$name" == docker ]]; then
     body=$(jq -nc --arg n "$1" --arg i "$image" --argjson cold "$2" \
-      '{name: $n, image: $i, container_image: "busybox:latest", force_cold: $cold, wait: true,
+      '{name: $n, runtime_image: $i, image: "busybox:latest", force_cold: $cold, wait: true,
         command: ["sh", "-c", "echo hello from $(hostname); head -c 16 /dev/urandom | od -An -tx1"]}')
   else
-    body=$(jq -nc --arg n "$1" --arg i "$image" --argjson cold "$2" '{name: $n, image: $i, force_cold: $cold, wait: true}')
+    body=$(jq -nc --arg n "$1" --arg i "$image" --argjson cold "$2" '{name: $n, runtime_image: $i, force_cold: $cold, wait: true}')
   fi
   api -X POST "$base/v1/containers" -d "$body" | jq -c '.item // .'
 }

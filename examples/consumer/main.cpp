@@ -21,7 +21,7 @@ int Fail(const fcwarm::Status& st) {
 double RunContainer(fcwarm::Service& svc, const std::string& image_id, const char* label) {
   fcwarm::ContainerRequest req;
   req.runtime_image = image_id;
-  req.container_image = "busybox:latest";
+  req.image = "busybox:latest";
   req.command = {"sh", "-c", "echo hello from $(hostname)"};
   auto c = svc.containers().Create(req);
   if (!c.ok()) return Fail(c.status()), -1;

@@ -20,7 +20,7 @@ STEPS = ("restore", "cold_boot", "agent", "identity", "runtime_verify", "contain
 
 
 def run(svc, image_id, name, force_cold=False):
-    rec = svc.containers.create(image_id, name=name, container_image="busybox:latest", command=COMMAND,
+    rec = svc.containers.create("busybox:latest", runtime_image=image_id, name=name, command=COMMAND,
                                 force_cold=force_cold)
     done = svc.containers.wait(rec.id, timeout=120)
     out = svc.containers.logs(rec.id).stdout_text.rstrip()

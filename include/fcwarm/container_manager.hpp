@@ -41,15 +41,19 @@ Result<ContainerState> ParseContainerState(std::string_view s);
 
 /// \brief What to run.
 struct ContainerRequest {
-  /// \brief The runtime image (the VM), by id or by name. Required.
+  /// \brief The runtime image (the VM), by id or by name. Empty: ContainerOptions::default_runtime_image, else
+  /// the one registered container runtime image (runtime check kind "docker"); InvalidArgument saying how to
+  /// choose when there is none or more than one. A VM-only runtime image is used only when named.
   std::string runtime_image;
   /// \brief Id for the container (UUID v4 text), or empty to generate one. The container's VM has the same id.
   std::string id;
   /// \brief Optional name (validated like image names: `[a-z0-9][a-z0-9._-]{0,62}`).
   std::string name;
-  /// \brief Container image reference inside the runtime, e.g. "busybox:latest". Required for a `docker`
-  /// runtime image (one whose runtime check kind is "docker"); must be empty for other images.
-  std::string container_image;
+  /// \brief The container image, a reference in Docker's grammar ("nginx:alpine",
+  /// "registry.local:5000/team/app:1.2"; see ParseImageReference()). Required for a container runtime image
+  /// (runtime check kind "docker"), which runs it (pulling it first when its daemon does not have it); must
+  /// be empty for a VM-only runtime image.
+  std::string image;
   /// \brief Command (argv). Docker runtime: the container's Cmd (empty: the image's default). Other runtime
   /// images: run in the VM through the agent's `exec` (at most `exec_timeout`); empty: the VM itself is the
   /// container.
@@ -70,7 +74,7 @@ struct ContainerRecord {
   /// \brief "docker" (a Docker container inside the VM) or "vm" (the VM is the container; a command runs
   /// through the agent).
   std::string runtime;
-  std::string container_image;                 ///< Container image reference (docker runtime), or empty.
+  std::string image;                           ///< Container image reference (docker runtime), or empty.
   std::vector<std::string> command;            ///< Command as requested.
   std::map<std::string, std::string> env;      ///< Environment as requested.
   ContainerState state = ContainerState::kProvisioning;  ///< Lifecycle state.
@@ -108,6 +112,9 @@ struct ContainerLogs {
 
 /// \brief Options of ContainerManager.
 struct ContainerOptions {
+  /// \brief Runtime image (id or name) of requests that name none. Empty: the one registered container runtime
+  /// image (runtime check kind "docker"), when there is exactly one.
+  std::string default_runtime_image;
   /// \brief Deadline of one Docker API request through the agent. Default: 60 s.
   std::chrono::milliseconds docker_timeout{60000};
   /// \brief Deadline of a `vm`-runtime command. Default: 60 s.

@@ -325,24 +325,17 @@ HttpResponse Api::CreateContainer(const HttpRequest& req) {
   if (!body.ok()) return StatusResponse(body.status());
   ObjectReader r(*body);
   ContainerRequest spec;
-  bool wait = false;
-  r.RequiredString("name", &spec.name);
-  r.RequiredString("image", &spec.runtime_image);
-  r.OptionalString("container_image", &spec.container_image);
+  bool wait = true;
+  r.OptionalString("name", &spec.name);
+  r.OptionalString("image", &spec.image);
+  r.OptionalString("runtime_image", &spec.runtime_image);
   r.OptionalStringArray("command", &spec.command, 256);
   r.OptionalStringMap("env", &spec.env, 256);
   r.OptionalBool("wait", &wait);
   r.OptionalBool("force_cold", &spec.force_cold);
   if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);
-  // The REST field for the runtime image is "image" (seed-compatible): name the field the caller sent.
   auto created = containers_.Create(spec, wait);
-  if (!created.ok()) {
-    const auto& st = created.status();
-    if (st.code() == StatusCode::kInvalidArgument && st.message().rfind("runtime_image:", 0) == 0) {
-      return StatusResponse(Status::InvalidArgument("image:" + st.message().substr(14)));
-    }
-    return StatusResponse(st);
-  }
+  if (!created.ok()) return StatusResponse(created.status());
   return JsonResponse(wait ? 201 : 202, *created);
 }
 

@@ -1,4 +1,5 @@
 #include "codec.hpp"
+#include "fcwarm/time_format.hpp"
 
 namespace fcwarm::server {
 namespace json = boost::json;
@@ -37,13 +38,9 @@ json::object SnapshotToJson(const RuntimeSnapshot& s) {
   o["consecutive_failures"] = s.consecutive_failures;
   o["build_failures"] = s.build_failures;
   o["last_error"] = s.last_error;
-  o["created_at"] = s.created_at;
-  o["updated_at"] = s.updated_at;
-  if (s.last_used_at) {
-    o["last_used_at"] = *s.last_used_at;
-  } else {
-    o["last_used_at"] = nullptr;
-  }
+  o["created_at"] = FormatRfc3339(s.created_at);
+  o["updated_at"] = FormatRfc3339(s.updated_at);
+  o["last_used_at"] = s.last_used_at ? json::value(FormatRfc3339(*s.last_used_at)) : json::value(nullptr);
   return o;
 }
 
@@ -63,14 +60,14 @@ json::object ImageToJson(const RuntimeImage& i) {
   o["runtime_check"] =
       json::object{{"kind", i.runtime_check.kind}, {"path", i.runtime_check.path}, {"argv", argv}};
   o["path"] = i.path();
-  o["created_at"] = i.created_at;
+  o["created_at"] = FormatRfc3339(i.created_at);
   return o;
 }
 
 json::object EventToJson(const Event& e) {
   json::object o;
   o["id"] = e.id;
-  o["time"] = e.time;
+  o["time"] = FormatRfc3339(e.time);
   o["kind"] = ToString(e.kind);
   o["runtime_image_id"] = e.runtime_image_id;
   o["snapshot_id"] = e.snapshot_id;

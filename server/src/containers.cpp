@@ -3,13 +3,16 @@
 #include <spdlog/spdlog.h>
 
 #include "codec.hpp"
+#include "fcwarm/time_format.hpp"
 
 namespace fcwarm::server {
 namespace json = boost::json;
 
 namespace {
 
-json::value OptInt(const std::optional<int64_t>& v) { return v ? json::value(*v) : json::value(nullptr); }
+json::value OptTime(const std::optional<int64_t>& v) {
+  return v ? json::value(FormatRfc3339(*v)) : json::value(nullptr);
+}
 
 // JSON strings must be UTF-8: container output may not be. Invalid bytes become U+FFFD.
 std::string Utf8(const std::string& s) {
@@ -51,9 +54,8 @@ json::object ContainerService::Render(const ContainerRecord& c) {
   auto vm_id = c.vm_id();
   o["vm_id"] = vm_id ? json::value(*vm_id) : json::value(nullptr);
   o["name"] = c.name;
-  o["image"] = c.runtime_image_id;
+  o["image"] = c.image;
   o["runtime_image_id"] = c.runtime_image_id;
-  o["container_image"] = c.container_image;
   o["runtime"] = c.runtime;
   o["state"] = ToString(c.state);
   o["exit_code"] = c.exit_code ? json::value(*c.exit_code) : json::value(nullptr);
@@ -69,10 +71,10 @@ json::object ContainerService::Render(const ContainerRecord& c) {
   o["hostname"] = c.hostname;
   o["vm_state"] = c.vm_state;
   o["last_error"] = c.last_error;
-  o["created_at"] = c.created_at;
-  o["updated_at"] = c.updated_at;
-  o["started_at"] = OptInt(c.started_at);
-  o["finished_at"] = OptInt(c.finished_at);
+  o["created_at"] = FormatRfc3339(c.created_at);
+  o["updated_at"] = FormatRfc3339(c.updated_at);
+  o["started_at"] = OptTime(c.started_at);
+  o["finished_at"] = OptTime(c.finished_at);
   json::array cmd;
   for (const auto& a : c.command) cmd.emplace_back(a);
   o["command"] = std::move(cmd);

@@ -54,6 +54,7 @@ struct Config {
   std::string firecracker_binary = "firecracker";
   std::string bootstrap_image_dir;
   std::string bootstrap_docker_image_dir;
+  std::string default_runtime_image;
   double none_delay_s = 0;
 };
 
@@ -208,6 +209,9 @@ int main(int argc, char** argv) {
   app.add_option("--bootstrap-docker-image-dir", cfg.bootstrap_docker_image_dir,
                  "Docker runtime image (bzImage, initramfs.cpio.gz, docker-rootfs.ext4; guest/build-docker-image.sh) "
                  "registered as image 'docker' at startup unless an image of that name exists");
+  app.add_option("--default-runtime-image", cfg.default_runtime_image,
+                 "Runtime image (id or name) of container requests that name none (default: the one registered "
+                 "container runtime image)");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -325,6 +329,7 @@ int main(int argc, char** argv) {
   opts.restore.wait_for_creating = Ms(cfg.wait_for_creating_s);
   opts.containers.start_workers = cfg.provision_workers;
   opts.containers.start_queue = cfg.provision_queue;
+  opts.containers.default_runtime_image = cfg.default_runtime_image;
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());

@@ -1,6 +1,9 @@
 #include "core/container_request.hpp"
 
+#include <algorithm>
+
 #include "fcwarm/ids.hpp"
+#include "fcwarm/image_reference.hpp"
 
 namespace fcwarm::internal {
 namespace {
@@ -19,27 +22,31 @@ Status ValidateEnvName(const std::string& k) {
   return Status::Ok();
 }
 
-// A Docker image reference: [registry/]name[:tag][@digest], printable, no spaces, not starting with '-'.
-Status ValidateImageRef(const std::string& ref) {
-  if (ref.empty()) return Status::InvalidArgument("container_image: is required for a docker runtime image");
-  if (ref.size() > 255) return Status::InvalidArgument("container_image: longer than 255 characters");
-  auto invalid = [&] {
-    return Status::InvalidArgument("container_image: '" + ref.substr(0, 64) +
-                                   "' is not a valid image reference");
-  };
-  if (ref[0] == '-' || ref[0] == '/' || ref[0] == '.' || ref[0] == ':') return invalid();
-  for (char c : ref) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-              c == '_' || c == '-' || c == '/' || c == ':' || c == '@';
-    if (!ok) return invalid();
+// The runtime image a request names, by id or by name; none named: the default (see ContainerRequest).
+Result<RuntimeImage> ResolveImage(const std::string& named, const std::string& default_image,
+                                  const ImageRegistry& images) {
+  std::string ref = named.empty() ? default_image : named;
+  if (ref.empty()) {
+    auto all = images.List();
+    if (!all.ok()) return all.status();
+    std::vector<RuntimeImage> runtimes;
+    for (auto& i : *all) {
+      if (RuntimeOf(i) == "docker") runtimes.push_back(std::move(i));
+    }
+    if (runtimes.size() == 1) return runtimes.front();
+    if (runtimes.empty()) {
+      return Status::InvalidArgument(
+          "runtime_image: none named and no container runtime image is registered (one whose runtime check "
+          "kind is 'docker'); register one, or name a runtime image");
+    }
+    std::sort(runtimes.begin(), runtimes.end(), [](const auto& x, const auto& y) { return x.name < y.name; });
+    std::string names;
+    for (const auto& i : runtimes) names += (names.empty() ? "" : ", ") + i.name;
+    return Status::InvalidArgument("runtime_image: none named and " + std::to_string(runtimes.size()) +
+                                   " container runtime images are registered (" + names +
+                                   "); name one with runtime_image, or set a default (fcwarm-server "
+                                   "--default-runtime-image)");
   }
-  if (ref.find("..") != std::string::npos || ref.find("//") != std::string::npos) return invalid();
-  return Status::Ok();
-}
-
-// The runtime image a request names, by id or by name.
-Result<RuntimeImage> ResolveImage(const std::string& ref, const ImageRegistry& images) {
-  if (ref.empty()) return Status::InvalidArgument("runtime_image: is required");
   if (Id::IsValid(ref)) return images.Get(ref);
   if (auto st = ValidateName("runtime_image", ref); !st.ok()) {
     return Status::InvalidArgument("runtime_image: '" + ref.substr(0, 64) +
@@ -49,11 +56,11 @@ Result<RuntimeImage> ResolveImage(const std::string& ref, const ImageRegistry& i
 }
 
 Status ValidateContainerImage(const ContainerRequest& req, const RuntimeImage& image) {
-  if (RuntimeOf(image) == "docker") return ValidateImageRef(req.container_image);
-  if (req.container_image.empty()) return Status::Ok();
-  return Status::InvalidArgument("container_image: runtime image '" + image.name +
+  if (RuntimeOf(image) == "docker") return ParseImageReference(req.image, "image").status();
+  if (req.image.empty()) return Status::Ok();
+  return Status::InvalidArgument("image: runtime image '" + image.name +
                                  "' has no container runtime (its runtime check is '" +
-                                 image.runtime_check.kind + "', not 'docker'); leave container_image empty");
+                                 image.runtime_check.kind + "', not 'docker'); leave image empty");
 }
 
 Status ValidateCommandAndEnv(const ContainerRequest& req) {
@@ -89,14 +96,15 @@ std::string RuntimeOf(const RuntimeImage& image) {
   return image.runtime_check.kind == "docker" ? "docker" : "vm";
 }
 
-Result<RuntimeImage> Validate(const ContainerRequest& req, const ImageRegistry& images) {
+Result<RuntimeImage> Validate(const ContainerRequest& req, const std::string& default_runtime_image,
+                              const ImageRegistry& images) {
   if (!req.id.empty()) {
     if (auto p = Id::Parse("id", req.id); !p.ok()) return p.status();
   }
   if (!req.name.empty()) {
     if (auto st = ValidateName("name", req.name); !st.ok()) return st;
   }
-  auto image = ResolveImage(req.runtime_image, images);
+  auto image = ResolveImage(req.runtime_image, default_runtime_image, images);
   if (!image.ok()) return image;
   if (auto st = ValidateContainerImage(req, *image); !st.ok()) return st;
   if (auto st = ValidateCommandAndEnv(req); !st.ok()) return st;

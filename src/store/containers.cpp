@@ -14,7 +14,7 @@ const RowMap<ContainerRow>& ContainerRows() {
       Col("c.name AS name", &ContainerRow::rec, &R::name),
       Col("c.runtime_image_id AS runtime_image_id", &ContainerRow::rec, &R::runtime_image_id),
       Col("c.runtime AS runtime", &ContainerRow::rec, &R::runtime),
-      Col("c.image AS image", &ContainerRow::rec, &R::container_image),
+      Col("c.image AS image", &ContainerRow::rec, &R::image),
       Col("c.command AS command", &ContainerRow::rec, &R::command),
       Col("c.env AS env", &ContainerRow::rec, &R::env),
       Col("c.force_cold AS force_cold", &ContainerRow::force_cold),
@@ -95,7 +95,7 @@ void InsertContainer(SQLite::Database& db, const ContainerRecord& rec, bool forc
   Exec(db,
        "INSERT INTO containers(id, name, runtime_image_id, runtime, image, command, env, force_cold, "
        "wait_for_creating_ms, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-       rec.id, rec.name, rec.runtime_image_id, rec.runtime, rec.container_image,
+       rec.id, rec.name, rec.runtime_image_id, rec.runtime, rec.image,
        util::StringListToJson(rec.command), util::StringMapToJson(rec.env), force_cold, wait_for_creating_ms,
        ContainerState::kProvisioning, now, now);
 }

@@ -90,7 +90,7 @@ struct DockerBed {
     ContainerRequest req;
     req.runtime_image = image.name;
     req.name = name;
-    req.container_image = "busybox:latest";
+    req.image = "busybox:latest";
     req.command = kCommand;
     auto c = svc->containers().Create(req);
     REQUIRE_MESSAGE(c.ok(), c.status().ToString());

@@ -131,7 +131,7 @@ def test_graceful_shutdown_finishes_in_flight_requests(start_server):
     results = {}
 
     def slow():
-        results["slow"] = s.post("/v1/containers", {"name": "inflight", "image": img["id"], "wait": True})
+        results["slow"] = s.post("/v1/containers", {"name": "inflight", "runtime_image": img["id"], "wait": True})
 
     t = threading.Thread(target=slow)
     t.start()

@@ -6,7 +6,7 @@ import uuid
 
 from conftest import assert_error, create_image, poll_item
 
-ITEM_FIELDS = {"id", "vm_id", "name", "image", "runtime_image_id", "container_image", "runtime", "state", "exit_code",
+ITEM_FIELDS = {"id", "vm_id", "name", "image", "runtime_image_id", "runtime", "state", "exit_code",
                "docker_id", "boot_method", "fallback_reason", "timings", "snapshot_id", "generation", "address", "mac",
                "hostname", "vm_state", "last_error", "created_at", "updated_at", "started_at", "finished_at",
                "command", "env"}
@@ -18,8 +18,8 @@ def wait_not_provisioning(server, cid, timeout=15):
 
 def test_background_provisioning_reports_failure(server):
     img = create_image(server, "ctr-a")
-    st, _, doc = server.post("/v1/containers", {"name": "web", "image": "ctr-a", "command": ["sleep", "1"],
-                                                "env": {"A": "1"}})
+    st, _, doc = server.post("/v1/containers", {"name": "web", "runtime_image": "ctr-a", "command": ["sleep", "1"],
+                                                "env": {"A": "1"}, "wait": False})
     assert st == 202, doc
     cid = doc["id"]
     assert doc["item"]["state"] == "provisioning"
@@ -38,29 +38,29 @@ def test_background_provisioning_reports_failure(server):
 
 def test_wait_true_returns_the_provisioning_error(server):
     img = create_image(server, "ctr-b")
-    msg = assert_error(server.post("/v1/containers", {"name": "w", "image": img["id"], "wait": True}), 503,
+    msg = assert_error(server.post("/v1/containers", {"name": "w", "runtime_image": img["id"], "wait": True}), 503,
                        "unavailable")
     assert "none" in msg
 
 
 def test_validation(server):
     create_image(server, "ctr-c")
-    assert_error(server.post("/v1/containers", {"image": "ctr-c"}), 400, "invalid_argument", "name")
-    assert_error(server.post("/v1/containers", {"name": "x"}), 400, "invalid_argument", "image")
-    assert_error(server.post("/v1/containers", {"name": "Bad Name", "image": "ctr-c"}), 400, "invalid_argument", "name")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": "ctr-c", "wait": "yes"}), 400,
+    assert_error(server.post("/v1/containers", {"name": 7, "runtime_image": "ctr-c", "wait": False}), 400, "invalid_argument", "name")
+    assert_error(server.post("/v1/containers", {"name": "x", "wait": False}), 400, "invalid_argument", "image")
+    assert_error(server.post("/v1/containers", {"name": "Bad Name", "runtime_image": "ctr-c", "wait": False}), 400, "invalid_argument", "name")
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": "ctr-c", "wait": "yes"}), 400,
                  "invalid_argument", "wait")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": "ctr-c", "command": "ls"}), 400,
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": "ctr-c", "command": "ls", "wait": False}), 400,
                  "invalid_argument", "command")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": "ctr-c", "env": {"A": 1}}), 400,
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": "ctr-c", "env": {"A": 1}, "wait": False}), 400,
                  "invalid_argument", "env.A")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": "ctr-c", "env": {"1BAD": "v"}}), 400,
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": "ctr-c", "env": {"1BAD": "v"}, "wait": False}), 400,
                  "invalid_argument", "env")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": "ctr-c", "tty": True}), 400,
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": "ctr-c", "tty": True, "wait": False}), 400,
                  "invalid_argument", "tty")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": "no-such-image"}), 404, "not_found")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": str(uuid.uuid4())}), 404, "not_found")
-    assert_error(server.post("/v1/containers", {"name": "x", "image": "../etc"}), 400, "invalid_argument", "image")
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": "no-such-image", "wait": False}), 404, "not_found")
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": str(uuid.uuid4()), "wait": False}), 404, "not_found")
+    assert_error(server.post("/v1/containers", {"name": "x", "runtime_image": "../etc", "wait": False}), 400, "invalid_argument", "image")
 
 
 def test_get_stop_delete_unknown(server):
@@ -72,7 +72,7 @@ def test_get_stop_delete_unknown(server):
 
 def test_stop_failed_container(server):
     create_image(server, "ctr-d")
-    _, _, doc = server.post("/v1/containers", {"name": "s", "image": "ctr-d"})
+    _, _, doc = server.post("/v1/containers", {"name": "s", "runtime_image": "ctr-d", "wait": False})
     item = wait_not_provisioning(server, doc["id"])
     assert item["state"] == "failed"
     st, _, doc2 = server.post(f"/v1/containers/{doc['id']}/stop")
@@ -83,7 +83,7 @@ def test_stop_failed_container(server):
 def test_provisioning_container_cannot_be_deleted(start_server):
     s = start_server("--none-delay", "2")
     create_image(s, "slow")
-    st, _, doc = s.post("/v1/containers", {"name": "slow1", "image": "slow"})
+    st, _, doc = s.post("/v1/containers", {"name": "slow1", "runtime_image": "slow", "wait": False})
     assert st == 202
     assert_error(s.delete("/v1/containers/" + doc["id"]), 409, "failed_precondition")
     assert_error(s.post(f"/v1/containers/{doc['id']}/stop"), 409, "failed_precondition")
@@ -94,25 +94,25 @@ def test_provisioning_container_cannot_be_deleted(start_server):
 def test_docker_runtime_fields_are_validated(server):
     dock = create_image(server, "dock-a", runtime_check={"kind": "docker", "path": "/var/run/docker.sock"})
     plain = create_image(server, "plain-a")
-    assert_error(server.post("/v1/containers", {"name": "d", "image": "dock-a"}), 400, "invalid_argument",
-                 "container_image")
+    assert_error(server.post("/v1/containers", {"name": "d", "runtime_image": "dock-a", "wait": False}), 400, "invalid_argument",
+                 "image")
     for bad in ("-rf", "a b", "../x", "x" * 300, "busy\nbox"):
-        assert_error(server.post("/v1/containers", {"name": "d", "image": "dock-a", "container_image": bad}), 400,
-                     "invalid_argument", "container_image")
-    msg = assert_error(server.post("/v1/containers", {"name": "p", "image": "plain-a", "container_image": "busybox"}),
-                       400, "invalid_argument", "container_image")
+        assert_error(server.post("/v1/containers", {"name": "d", "runtime_image": "dock-a", "image": bad, "wait": False}), 400,
+                     "invalid_argument", "image")
+    msg = assert_error(server.post("/v1/containers", {"name": "p", "runtime_image": "plain-a", "image": "busybox", "wait": False}),
+                       400, "invalid_argument", "image")
     assert "no container runtime" in msg
-    assert_error(server.post("/v1/containers", {"name": "d", "image": "dock-a", "container_image": "busybox",
-                                                "force_cold": "yes"}), 400, "invalid_argument", "force_cold")
+    assert_error(server.post("/v1/containers", {"name": "d", "runtime_image": "dock-a", "image": "busybox",
+                                                "force_cold": "yes", "wait": False}), 400, "invalid_argument", "force_cold")
     # Nothing was recorded by the refused requests.
     st, _, lst = server.get("/v1/containers?include_destroyed=true")
     assert st == 200
     assert [i for i in lst["items"] if i["runtime_image_id"] in (dock["id"], plain["id"])] == []
     # A valid one is recorded and fails in the background (backend none); its record keeps the request.
-    st, _, doc = server.post("/v1/containers", {"name": "d", "image": "dock-a", "container_image": "busybox:latest",
-                                                "command": ["echo", "hi"], "force_cold": True})
+    st, _, doc = server.post("/v1/containers", {"name": "d", "runtime_image": "dock-a", "image": "busybox:latest",
+                                                "command": ["echo", "hi"], "force_cold": True, "wait": False})
     assert st == 202, doc
-    assert doc["item"]["runtime"] == "docker" and doc["item"]["container_image"] == "busybox:latest"
+    assert doc["item"]["runtime"] == "docker" and doc["item"]["image"] == "busybox:latest"
     item = wait_not_provisioning(server, doc["id"])
     assert item["state"] == "failed" and item["exit_code"] is None and item["docker_id"] == ""
 
@@ -123,7 +123,7 @@ def test_logs_and_wait(server):
     assert_error(server.get(f"/v1/containers/{missing}/logs"), 404, "not_found")
     assert_error(server.post(f"/v1/containers/{missing}/wait"), 404, "not_found")
     assert_error(server.get("/v1/containers/not-an-id/logs"), 400, "invalid_argument", "id")
-    st, _, doc = server.post("/v1/containers", {"name": "lw1", "image": "lw"})
+    st, _, doc = server.post("/v1/containers", {"name": "lw1", "runtime_image": "lw", "wait": False})
     assert st == 202
     cid = doc["id"]
     assert_error(server.post(f"/v1/containers/{cid}/wait?timeout_ms=-1"), 400, "invalid_argument", "timeout_ms")

@@ -15,7 +15,7 @@ namespace {
 ContainerRequest Req(const RuntimeImage& img, std::vector<std::string> cmd) {
   ContainerRequest r;
   r.runtime_image = img.name;
-  r.container_image = "busybox:latest";
+  r.image = "busybox:latest";
   r.command = std::move(cmd);
   return r;
 }
@@ -110,7 +110,7 @@ TEST_CASE("docker runtime: an unknown container image fails the container and re
   TestBed bed;
   auto img = bed.AddImage("dock", "docker");
   auto req = Req(img, {"true"});
-  req.container_image = "nginx:latest";
+  req.image = "nginx:latest";
   auto c = bed.service->containers().Create(req);
   REQUIRE_FALSE(c.ok());
   CHECK(c.status().code() == StatusCode::kNotFound);
@@ -175,22 +175,23 @@ TEST_CASE("validation names the bad field and records nothing") {
     CHECK(c.status().code() == code);
     CHECK_MESSAGE(c.status().message().find(needle) != std::string::npos, c.status().message());
   };
-  expect(ContainerRequest{}, StatusCode::kInvalidArgument, "runtime_image");
+  expect(ContainerRequest{}, StatusCode::kInvalidArgument, "image: is required");  // runtime: the one "dock"
   expect({.runtime_image = "../etc"}, StatusCode::kInvalidArgument, "runtime_image");
   expect({.runtime_image = "nope"}, StatusCode::kNotFound, "nope");
-  expect({.runtime_image = "dock"}, StatusCode::kInvalidArgument, "container_image");
-  expect({.runtime_image = "dock", .container_image = "-rf"}, StatusCode::kInvalidArgument, "container_image");
-  expect({.runtime_image = "dock", .container_image = "a b"}, StatusCode::kInvalidArgument, "container_image");
-  expect({.runtime_image = "dock", .container_image = "../../x"}, StatusCode::kInvalidArgument, "container_image");
-  expect({.runtime_image = "plain", .container_image = "busybox"}, StatusCode::kInvalidArgument, "no container runtime");
-  expect({.runtime_image = "dock", .id = "not-a-uuid", .container_image = "busybox"}, StatusCode::kInvalidArgument, "id");
-  expect({.runtime_image = "dock", .name = "Bad Name", .container_image = "busybox"}, StatusCode::kInvalidArgument, "name");
-  expect({.runtime_image = "dock", .container_image = "busybox", .command = {std::string("a\0b", 3)}},
+  expect({.runtime_image = "dock"}, StatusCode::kInvalidArgument, "image: is required");
+  expect({.runtime_image = "dock", .image = "-rf"}, StatusCode::kInvalidArgument, "image: '-rf'");
+  expect({.runtime_image = "dock", .image = "a b"}, StatusCode::kInvalidArgument, "image: 'a b'");
+  expect({.runtime_image = "dock", .image = "../../x"}, StatusCode::kInvalidArgument, "image: '../../x'");
+  expect({.runtime_image = "dock", .image = "Nginx"}, StatusCode::kInvalidArgument, "lower case");
+  expect({.runtime_image = "plain", .image = "busybox"}, StatusCode::kInvalidArgument, "no container runtime");
+  expect({.runtime_image = "dock", .id = "not-a-uuid", .image = "busybox"}, StatusCode::kInvalidArgument, "id");
+  expect({.runtime_image = "dock", .name = "Bad Name", .image = "busybox"}, StatusCode::kInvalidArgument, "name");
+  expect({.runtime_image = "dock", .image = "busybox", .command = {std::string("a\0b", 3)}},
          StatusCode::kInvalidArgument, "command[0]");
-  expect({.runtime_image = "dock", .container_image = "busybox", .env = {{"1X", "v"}}}, StatusCode::kInvalidArgument, "env");
-  expect({.runtime_image = "dock", .container_image = "busybox", .command = {std::string(40000, 'x')}},
+  expect({.runtime_image = "dock", .image = "busybox", .env = {{"1X", "v"}}}, StatusCode::kInvalidArgument, "env");
+  expect({.runtime_image = "dock", .image = "busybox", .command = {std::string(40000, 'x')}},
          StatusCode::kInvalidArgument, "command/env");
-  expect({.runtime_image = "dock", .container_image = "busybox", .wait_for_creating = std::chrono::milliseconds(-1)},
+  expect({.runtime_image = "dock", .image = "busybox", .wait_for_creating = std::chrono::milliseconds(-1)},
          StatusCode::kInvalidArgument, "wait_for_creating");
   auto list = cm.List(true);
   REQUIRE(list.ok());
@@ -199,6 +200,41 @@ TEST_CASE("validation names the bad field and records nothing") {
   CHECK(cm.Get(Id::Generate().str()).status().code() == StatusCode::kNotFound);
   (void)dock;
   (void)plain;
+}
+
+TEST_CASE("the runtime image defaults to the one container runtime image, or to the configured one") {
+  TestBed none;
+  none.AddImage("plain");  // a VM-only image is never a default
+  auto r = none.service->containers().Create({.image = "busybox"});
+  REQUIRE_FALSE(r.ok());
+  CHECK(r.status().code() == StatusCode::kInvalidArgument);
+  CHECK_MESSAGE(r.status().message().find("runtime_image: none named and no container runtime image") == 0,
+                r.status().message());
+
+  TestBed bed;
+  auto dock = bed.AddImage("dock", "docker");
+  bed.AddImage("plain");
+  auto one = bed.service->containers().Create({.image = "busybox:latest", .command = {"true"}});
+  REQUIRE_MESSAGE(one.ok(), one.status().ToString());
+  CHECK(one->runtime_image_id == dock.id);
+  CHECK(one->image == "busybox:latest");
+  bed.AddImage("dock2", "docker");
+  auto two = bed.service->containers().Create({.image = "busybox"});
+  REQUIRE_FALSE(two.ok());
+  CHECK_MESSAGE(two.status().message().find("2 container runtime images are registered (dock, dock2)") !=
+                    std::string::npos,
+                two.status().message());
+  CHECK(two.status().message().find("--default-runtime-image") != std::string::npos);
+  auto named = bed.service->containers().Create({.runtime_image = "plain"});  // VM-only: by name
+  REQUIRE(named.ok());
+  CHECK(named->runtime == "vm");
+
+  TestBed configured([](ServiceOptions& o) { o.containers.default_runtime_image = "dock2"; });
+  configured.AddImage("dock", "docker");
+  auto d2 = configured.AddImage("dock2", "docker");
+  auto c = configured.service->containers().Create({.image = "busybox", .command = {"true"}});
+  REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+  CHECK(c->runtime_image_id == d2.id);
 }
 
 TEST_CASE("prepare/start: ids, double start, abandon, provisioning guards") {

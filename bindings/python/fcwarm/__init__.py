@@ -12,7 +12,7 @@ REST server and of C++ users. Typical use::
     svc.snapshots.wait_while_creating(snap.id, 600)
     vm = svc.engine.provision(image.id)
     print(vm.boot_method, vm.fallback_reason, vm.timings)
-    c = svc.containers.create("minimal", command=["cat", "/etc/hostname"])   # a container in its own VM
+    c = svc.containers.create(runtime_image="minimal", command=["cat", "/etc/hostname"])   # a container in its own VM
     print(c.state, c.exit_code, svc.containers.logs(c.id).stdout_text)
 """
 

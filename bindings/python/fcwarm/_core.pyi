@@ -56,6 +56,8 @@ class VmState(_Labeled):
 
 def is_valid_id(text: str) -> bool: ...
 def generate_id() -> str: ...
+def format_rfc3339(unix_ms: int) -> str: ...
+def parse_image_reference(text: str) -> Dict[str, str]: ...
 def validate_name(field: str, name: str) -> None: ...
 
 class RuntimeCheck:
@@ -213,6 +215,9 @@ class ContainerOptions:
     docker_timeout: datetime.timedelta
     exec_timeout: datetime.timedelta
     docker_api_version: str
+    default_runtime_image: str
+    start_workers: int
+    start_queue: int
     def __init__(self) -> None: ...
 
 class ServiceOptions:
@@ -375,19 +380,26 @@ class ContainerState(_Labeled):
     @staticmethod
     def parse(name: str) -> ContainerState: ...
 
+class _RequestFields(TypedDict, total=False):
+    """The keyword fields of a ContainerRequest (prepare/create/create_async)."""
+    runtime_image: Optional[str]
+    command: Optional[Sequence[str]]
+    env: Optional[Mapping[str, str]]
+    name: Optional[str]
+    id: Optional[str]
+    force_cold: bool
+    wait_for_creating: Optional[_Duration]
+
 class ContainerRequest:
     runtime_image: str
     id: str
     name: str
-    container_image: str
+    image: str
     command: List[str]
     env: Dict[str, str]
     force_cold: bool
     wait_for_creating: Optional[datetime.timedelta]
-    def __init__(self, runtime_image: str, *, container_image: Optional[str] = None,
-                 command: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None,
-                 name: Optional[str] = None, id: Optional[str] = None, force_cold: bool = False,
-                 wait_for_creating: Optional[_Duration] = None) -> None: ...
+    def __init__(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> None: ...
 
 class ContainerRecord:
     id: str
@@ -395,7 +407,7 @@ class ContainerRecord:
     name: str
     runtime_image_id: str
     runtime: str
-    container_image: str
+    image: str
     command: List[str]
     env: Dict[str, str]
     state: ContainerState
@@ -423,30 +435,20 @@ class ContainerLogs:
     stderr_text: str
     truncated: bool
 
-class _RequestFields(TypedDict, total=False):
-    """The keyword fields of a ContainerRequest (prepare/create/create_async)."""
-    container_image: Optional[str]
-    command: Optional[Sequence[str]]
-    env: Optional[Mapping[str, str]]
-    name: Optional[str]
-    id: Optional[str]
-    force_cold: bool
-    wait_for_creating: Optional[_Duration]
-
 class ContainerManager:
     @overload
     def prepare(self, request: ContainerRequest) -> ContainerRecord: ...
     @overload
-    def prepare(self, runtime_image: str, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
+    def prepare(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
     def start(self, id: str) -> ContainerRecord: ...
     @overload
     def create(self, request: ContainerRequest) -> ContainerRecord: ...
     @overload
-    def create(self, runtime_image: str, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
+    def create(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
     @overload
     def create_async(self, request: ContainerRequest) -> ContainerRecord: ...
     @overload
-    def create_async(self, runtime_image: str, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
+    def create_async(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> ContainerRecord: ...
     def abandon(self, id: str, reason: str) -> None: ...
     def get(self, id: str) -> ContainerRecord: ...
     def list(self, include_destroyed: bool = False) -> List[ContainerRecord]: ...

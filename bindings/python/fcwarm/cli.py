@@ -11,7 +11,6 @@ import functools
 import json
 import math
 import os
-import secrets
 import sys
 import time
 import urllib.error
@@ -86,9 +85,8 @@ def _container_item(c):
         "id": c.id,
         "vm_id": c.vm_id,
         "name": c.name,
-        "image": c.runtime_image_id,
+        "image": c.image,
         "runtime_image_id": c.runtime_image_id,
-        "container_image": c.container_image,
         "runtime": c.runtime,
         "state": c.state.label,
         "exit_code": c.exit_code,
@@ -103,10 +101,10 @@ def _container_item(c):
         "hostname": c.hostname,
         "vm_state": c.vm_state,
         "last_error": c.last_error,
-        "created_at": c.created_at,
-        "updated_at": c.updated_at,
-        "started_at": c.started_at,
-        "finished_at": c.finished_at,
+        "created_at": _core.format_rfc3339(c.created_at),
+        "updated_at": _core.format_rfc3339(c.updated_at),
+        "started_at": None if c.started_at is None else _core.format_rfc3339(c.started_at),
+        "finished_at": None if c.finished_at is None else _core.format_rfc3339(c.finished_at),
         "command": list(c.command),
         "env": dict(c.env),
     }
@@ -173,7 +171,7 @@ class LocalBackend:
         self.svc.snapshots.delete(sid)
 
     def container_run(self, spec):
-        rec = self.svc.containers.create(spec["image"], container_image=spec["container_image"] or None,
+        rec = self.svc.containers.create(spec["image"] or None, runtime_image=spec["runtime_image"] or None,
                                          command=spec["command"], env=spec["env"], name=spec["name"] or None,
                                          force_cold=spec["force_cold"])
         self._started.append(rec.id)
@@ -295,10 +293,14 @@ class RestBackend:
     MAX_WAIT_MS = 600000
 
     def container_run(self, spec):
-        # The REST API requires a name; the server answers once the container runs ("wait": true).
-        body = {"name": spec["name"] or "c-" + secrets.token_hex(4), "image": spec["image"], "wait": True}
-        if spec["container_image"]:
-            body["container_image"] = spec["container_image"]
+        # The server answers once the container runs ("wait" defaults to true).
+        body = {}
+        if spec["name"]:
+            body["name"] = spec["name"]
+        if spec["image"]:
+            body["image"] = spec["image"]
+        if spec["runtime_image"]:
+            body["runtime_image"] = spec["runtime_image"]
         if spec["command"]:
             body["command"] = list(spec["command"])
         if spec["env"]:
@@ -499,6 +501,9 @@ def _snapshot_create(backend, args, view):
         snap = _progress(backend, snap, sys.stderr if view.json else view.out,
                          view.out.isatty() and not view.json)
     view.show(snap)
+    if not view.json and snap["state"] == "ready":
+        size = sum(f.get("size", 0) for f in snap.get("files") or [])
+        print(f"snapshot {snap['id']} is ready: {size / (1 << 20):.1f} MiB on disk", file=view.out)
     return EXIT_FAILURE if snap["state"] == "unhealthy" else EXIT_OK
 
 
@@ -565,7 +570,7 @@ def _container_run(backend, args, view):
     timeout = _check_timeout(args.timeout)
     if timeout is not None and not args.wait:
         raise CliError("--timeout applies to --wait only", EXIT_USAGE)
-    spec = {"image": args.image, "name": args.name, "container_image": args.container_image,
+    spec = {"image": args.image or "", "name": args.name, "runtime_image": args.runtime_image,
             "command": list(args.command), "env": _parse_env(args.env), "force_cold": args.force_cold}
     item = backend.container_run(spec)
     if not args.wait:
@@ -596,9 +601,20 @@ def _container_run(backend, args, view):
 
 
 def _choose_image(backend, out):
+    """The container runtime images (runtime check kind docker) when there are any, else every image; one
+    candidate is taken without asking."""
     images = backend.image_ls()
     if not images:
         raise CliError("no runtime images are registered; add one with `fcwarm image add`", EXIT_NOT_FOUND)
+    runtimes = [i for i in images if (i.get("runtime_check") or {}).get("kind") == "docker"]
+    if runtimes:
+        images = runtimes
+    images = sorted(images, key=lambda i: i["name"])
+    if len(images) == 1:
+        kind = "container runtime image" if runtimes else "runtime image"
+        print(f"using the only {kind}: {images[0]['name']} ({images[0]['id']})", file=out)
+        return images[0]["id"]
+    print("container runtime images:" if runtimes else "runtime images:", file=out)
     for n, img in enumerate(images, 1):
         print(f"{n:3d}) {img['name']}  ({img['id']})", file=out)
     answer = input("image number: ").strip()
@@ -660,15 +676,17 @@ def _parser():
         dest="cmd", required=True)
     run = command(
         cont, "run", _container_run, help="start a container: its VM warm from the snapshot when possible",
-        usage="fcwarm container run IMAGE [--name N] [--container-image REF] [--env K=V ...] [--force-cold] "
+        usage="fcwarm container run [IMAGE] [--runtime-image R] [--name N] [--env K=V ...] [--force-cold] "
               "[--wait [--timeout S]] [-- COMMAND [ARG ...]]",
-        description="Starts a container in a new VM of runtime image IMAGE (id or name). A docker runtime image "
-                    "needs --container-image; the command after `--` is the container's command (docker) or "
-                    "runs in the VM (other images). No shell is involved.")
-    run.add_argument("image", help="runtime image id or name")
+        description="Starts container image IMAGE (a Docker reference such as nginx:alpine) in a new VM of a "
+                    "container runtime image: --runtime-image (id or name), else the default one. Without IMAGE, "
+                    "--runtime-image names a VM-only runtime image and the command runs in the VM. The command "
+                    "after `--` is the container's command (docker) or runs in the VM. No shell is involved.")
+    run.add_argument("image", nargs="?", default="", help="container image reference, e.g. nginx:alpine")
     run.add_argument("command", nargs="*", help=argparse.SUPPRESS)
     run.add_argument("--name", default="")
-    run.add_argument("--container-image", default="", help="container image inside the runtime, e.g. busybox:latest")
+    run.add_argument("--runtime-image", default="",
+                     help="runtime image (id or name) of the VM; default: the server's default container runtime")
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable); a bare K takes its value from this environment")
     run.add_argument("--force-cold", action="store_true", help="skip the warm path (cold boot)")

@@ -14,12 +14,12 @@ using std::chrono::milliseconds;
 
 // A ContainerRequest from keyword arguments, type-checked with errors naming the field. Values are checked by
 // the library (InvalidArgumentError naming the field).
-ContainerRequest MakeRequest(const pyb::object& runtime_image, const pyb::object& container_image,
+ContainerRequest MakeRequest(const pyb::object& image, const pyb::object& runtime_image,
                              const pyb::object& command, const pyb::object& env, const pyb::object& name,
                              const pyb::object& id, bool force_cold, const pyb::object& wait_for_creating) {
   ContainerRequest r;
-  r.runtime_image = ToStr(runtime_image, "runtime_image", false);
-  r.container_image = ToStr(container_image, "container_image", true);
+  r.image = ToStr(image, "image", true);
+  r.runtime_image = ToStr(runtime_image, "runtime_image", true);
   r.command = ToArgv(command, "command");
   r.env = ToStringMap(env, "env");
   r.name = ToStr(name, "name", true);
@@ -46,14 +46,14 @@ void DefRequestMethod(pyb::class_<ContainerManager>& cls, const char* name, cons
       pyb::arg("request"), doc);
   cls.def(
       name,
-      [](ContainerManager& c, const pyb::object& runtime_image, const pyb::object& container_image,
+      [](ContainerManager& c, const pyb::object& image, const pyb::object& runtime_image,
          const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
          bool force_cold, const pyb::object& wait_for_creating) {
-        auto r = MakeRequest(runtime_image, container_image, command, env, name, id, force_cold, wait_for_creating);
+        auto r = MakeRequest(image, runtime_image, command, env, name, id, force_cold, wait_for_creating);
         pyb::gil_scoped_release release;
         return Unwrap((c.*Method)(r));
       },
-      pyb::arg("runtime_image"), pyb::kw_only(), pyb::arg("container_image") = pyb::none(),
+      pyb::arg("image") = pyb::none(), pyb::kw_only(), pyb::arg("runtime_image") = pyb::none(),
       pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
       pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
       doc);
@@ -84,24 +84,28 @@ void BindContainers(pyb::module_& m) {
       .def(pyb::init<>())
       .def_readwrite("docker_timeout", &ContainerOptions::docker_timeout)
       .def_readwrite("exec_timeout", &ContainerOptions::exec_timeout)
-      .def_readwrite("docker_api_version", &ContainerOptions::docker_api_version);
+      .def_readwrite("docker_api_version", &ContainerOptions::docker_api_version)
+      .def_readwrite("default_runtime_image", &ContainerOptions::default_runtime_image)
+      .def_readwrite("start_workers", &ContainerOptions::start_workers)
+      .def_readwrite("start_queue", &ContainerOptions::start_queue);
 
   pyb::class_<ContainerRequest>(m, "ContainerRequest", "What to run (ContainerManager.prepare / create).")
-      .def(pyb::init(&MakeRequest), pyb::arg("runtime_image"), pyb::kw_only(),
-           pyb::arg("container_image") = pyb::none(), pyb::arg("command") = pyb::none(),
+      .def(pyb::init(&MakeRequest), pyb::arg("image") = pyb::none(), pyb::kw_only(),
+           pyb::arg("runtime_image") = pyb::none(), pyb::arg("command") = pyb::none(),
            pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(), pyb::arg("id") = pyb::none(),
            pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none())
       .def_readwrite("runtime_image", &ContainerRequest::runtime_image)
       .def_readwrite("id", &ContainerRequest::id)
       .def_readwrite("name", &ContainerRequest::name)
-      .def_readwrite("container_image", &ContainerRequest::container_image)
+      .def_readwrite("image", &ContainerRequest::image,
+                     "The container image (Docker reference); empty for a VM-only runtime image.")
       .def_readwrite("command", &ContainerRequest::command, "The argv (assign a new list; a copy is returned).")
       .def_readwrite("env", &ContainerRequest::env, "The environment (assign a new dict; a copy is returned).")
       .def_readwrite("force_cold", &ContainerRequest::force_cold)
       .def_readwrite("wait_for_creating", &ContainerRequest::wait_for_creating)
       .def("__repr__", [](const ContainerRequest& r) {
-        return "<fcwarm.ContainerRequest " + r.runtime_image +
-               (r.container_image.empty() ? "" : " " + r.container_image) + ">";
+        return "<fcwarm.ContainerRequest " + (r.image.empty() ? "(no image)" : r.image) +
+               (r.runtime_image.empty() ? "" : " on " + r.runtime_image) + ">";
       });
 
   pyb::class_<ContainerRecord>(m, "ContainerRecord", "A container and the VM it runs in.")
@@ -111,7 +115,7 @@ void BindContainers(pyb::module_& m) {
       .def_readonly("name", &ContainerRecord::name)
       .def_readonly("runtime_image_id", &ContainerRecord::runtime_image_id)
       .def_readonly("runtime", &ContainerRecord::runtime, "\"docker\" or \"vm\".")
-      .def_readonly("container_image", &ContainerRecord::container_image)
+      .def_readonly("image", &ContainerRecord::image, "The container image (docker runtime), or empty.")
       .def_readonly("command", &ContainerRecord::command)
       .def_readonly("env", &ContainerRecord::env)
       .def_readonly("state", &ContainerRecord::state)

@@ -1,4 +1,6 @@
 // Value types, enums, options and the Store.
+#include "fcwarm/image_reference.hpp"
+#include "fcwarm/time_format.hpp"
 #include "py_common.hpp"
 
 namespace fcwarm::py {
@@ -51,6 +53,23 @@ void BindTypes(pyb::module_& m) {
 
   m.def("is_valid_id", &Id::IsValid, pyb::arg("text"), "True when text is a valid fcwarm id (UUID v4).");
   m.def("generate_id", [] { return Id::Generate().str(); }, "A fresh random id.");
+  m.def("format_rfc3339", &FormatRfc3339, pyb::arg("unix_ms"),
+        "Unix milliseconds as the REST API shows times: RFC 3339 UTC, whole seconds (\"2026-01-27T10:00:00Z\").");
+  m.def(
+      "parse_image_reference",
+      [](const std::string& text) {
+        auto r = Unwrap(ParseImageReference(text, "image"));
+        pyb::dict d;
+        d["domain"] = r.domain;
+        d["path"] = r.path;
+        d["tag"] = r.tag;
+        d["digest"] = r.digest;
+        d["normalized"] = r.Normalized();
+        return d;
+      },
+      pyb::arg("text"),
+      "Parses a container image reference (Docker's grammar) into {domain, path, tag, digest, normalized}; "
+      "InvalidArgumentError says what is wrong.");
   m.def("validate_name", [](const std::string& field, const std::string& name) { Check(ValidateName(field, name)); },
         pyb::arg("field"), pyb::arg("name"), "Raises InvalidArgumentError unless name is a valid object name.");
 

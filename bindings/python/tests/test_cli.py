@@ -71,7 +71,7 @@ def test_snapshot_and_container_commands(env, capsys):
     assert code == 0 and sid in out and "STATE" in out
     code, out = run("--json", "snapshot", "get", sid)
     assert json.loads(out)["generation"] == 1
-    code, out = run("--json", "container", "run", "rt", "--name", "c1")
+    code, out = run("--json", "container", "run", "--runtime-image", "rt", "--name", "c1")
     item = json.loads(out)
     assert code == 0 and item["boot_method"] == "warm" and item["fallback_reason"] is None
     assert item["runtime"] == "vm" and item["state"] == "running" and item["name"] == "c1"
@@ -88,7 +88,7 @@ def test_snapshot_and_container_commands(env, capsys):
     assert code == 0 and "queued" in out
     code, out = run("snapshot", "rm", sid)
     assert code == 0
-    code, out = run("container", "run", "rt")
+    code, out = run("container", "run", "--runtime-image", "rt")
     assert code == 0 and "no_snapshot" in out and "cold" in out
     code, out = run("container", "rm", item["id"])
     assert code == 0
@@ -105,12 +105,24 @@ def test_snapshot_and_container_commands(env, capsys):
 def test_interactive_create(env, monkeypatch):
     run, kernel, _ = env
     run("image", "add", "a", "--kernel", kernel, "--backend", "fake", "--memory-mib", "128")
-    monkeypatch.setattr("builtins.input", lambda prompt="": "1")
+    asked = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": asked.append(prompt) or "1")
+    code, out = run("snapshot", "create", "-i")  # the only image: taken without asking
+    assert code == 0 and "using the only runtime image: a" in out and asked == []
+    assert "is ready:" in out and "MiB on disk" in out
+    run("image", "add", "b", "--kernel", kernel, "--backend", "fake", "--memory-mib", "128")
     code, out = run("snapshot", "create", "-i")
-    assert code == 0 and "1) a" in out
+    assert code == 0 and "1) a" in out and "2) b" in out and len(asked) == 1
     monkeypatch.setattr("builtins.input", lambda prompt="": "7")
     code, out = run("snapshot", "create", "-i")
     assert code == cli.EXIT_USAGE
+    # Container runtime images (runtime check kind docker) are the candidates when there are any.
+    for name in ("d1", "d2"):
+        run("image", "add", name, "--kernel", kernel, "--backend", "fake", "--memory-mib", "128",
+            "--check-kind", "docker", "--check-path", "/var/run/docker.sock")
+    monkeypatch.setattr("builtins.input", lambda prompt="": "2")
+    code, out = run("snapshot", "create", "-i")
+    assert code == 0 and "container runtime images:" in out and "2) d2" in out and ") a " not in out
 
 
 def test_usage_errors_and_version_from_the_command_line():
@@ -167,15 +179,15 @@ def test_cli_over_the_rest_api(tmpdir_path):
         assert run("snapshot", "get", "..")[0] in (cli.EXIT_USAGE, cli.EXIT_NOT_FOUND)
         assert run("container", "get", fcwarm.generate_id())[0] == cli.EXIT_NOT_FOUND
         assert run("image", "add", "rest-img", "--kernel", kernel, "--backend", "none")[0] == cli.EXIT_CONFLICT
-        code, _ = run("container", "run", "rest-img")  # the `none` backend cannot start VMs: 503
+        code, _ = run("container", "run", "--runtime-image", "rest-img")  # the `none` backend cannot start VMs: 503
         assert code == cli.EXIT_FAILURE
-        code, _ = run("container", "run", "rest-img", "--env", "1BAD=x", "--", "true")
+        code, _ = run("container", "run", "--runtime-image", "rest-img", "--env", "1BAD=x", "--", "true")
         assert code == cli.EXIT_USAGE
         # A container accepted in the background (202) fails on the `none` backend: wait, get, logs, stop, rm.
         import urllib.request
 
         req = urllib.request.Request(url + "/v1/containers", method="POST",
-                                     data=json.dumps({"name": "bg", "image": "rest-img"}).encode(),
+                                     data=json.dumps({"name": "bg", "runtime_image": "rest-img", "wait": False}).encode(),
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             assert resp.status == 202
@@ -203,7 +215,7 @@ def test_cli_over_the_rest_api(tmpdir_path):
 # ---- containers -----------------------------------------------------------------------------------------------
 
 # The fields of a container item of the REST API (GET /v1/containers/{id}); library mode prints the same.
-ITEM_KEYS = {"id", "vm_id", "name", "image", "runtime_image_id", "container_image", "runtime", "state", "exit_code",
+ITEM_KEYS = {"id", "vm_id", "name", "image", "runtime_image_id", "runtime", "state", "exit_code",
              "docker_id", "boot_method", "fallback_reason", "timings", "snapshot_id", "generation", "address", "mac",
              "hostname", "vm_state", "last_error", "created_at", "updated_at", "started_at", "finished_at",
              "command", "env"}
@@ -224,7 +236,7 @@ def docker_cli(env):
 
 def test_container_run_logs_wait_stop_local(docker_cli, capsys):
     run, image_id, fake = docker_cli
-    code, out = run("container", "run", "docker", "--name", "c1", "--container-image", "busybox:latest",
+    code, out = run("container", "run", "busybox:latest", "--runtime-image", "docker", "--name", "c1",
                     "--env", "A=1", "-e", "B=x=y", "--", "echo", "hello", "--name", "-e")
     assert code == 0, out
     assert out.splitlines()[0].split() == ["ID", "STATE", "BOOT_METHOD", "FALLBACK_REASON", "TIMINGS"]
@@ -236,11 +248,11 @@ def test_container_run_logs_wait_stop_local(docker_cli, capsys):
     # Everything after `--` is the command, verbatim; options before it are the CLI's.
     assert item["command"] == ["echo", "hello", "--name", "-e"]
     assert item["env"] == {"A": "1", "B": "x=y"}
-    assert item["name"] == "c1" and item["runtime"] == "docker" and item["container_image"] == "busybox:latest"
-    assert item["image"] == item["runtime_image_id"] == image_id and item["vm_id"] == cid
+    assert item["name"] == "c1" and item["runtime"] == "docker" and item["image"] == "busybox:latest"
+    assert item["runtime_image_id"] == image_id and item["vm_id"] == cid
     assert item["state"] == "exited" and item["exit_code"] == 0
     assert item["boot_method"] == "warm" and item["fallback_reason"] is None
-    assert isinstance(item["timings"]["total"], float) and isinstance(item["started_at"], int)
+    assert isinstance(item["timings"]["total"], float) and item["started_at"].endswith("Z")
 
     capsys.readouterr()
     code, out = run("container", "logs", cid)
@@ -268,14 +280,14 @@ def test_container_run_logs_wait_stop_local(docker_cli, capsys):
 def test_container_run_wait(docker_cli, capsys):
     run, _, _ = docker_cli
     capsys.readouterr()
-    code, out = run("container", "run", "docker", "--container-image", "busybox", "--wait", "--", "echo", "hi")
+    code, out = run("container", "run", "busybox", "--runtime-image", "docker", "--wait", "--", "echo", "hi")
     assert code == 0 and out == "echo hi\n"  # only the container's output
     assert capsys.readouterr().err == "done\n"
     # The container's failure is the command's failure.
-    code, out = run("container", "run", "docker", "--container-image", "busybox", "--wait", "--", "exit", "3")
+    code, out = run("container", "run", "busybox", "--runtime-image", "docker", "--wait", "--", "exit", "3")
     assert code == cli.EXIT_FAILURE and out == "exit 3\n"
     assert "exited with code 3" in capsys.readouterr().err
-    code, out = run("--json", "container", "run", "docker", "--container-image", "busybox", "--wait", "--force-cold",
+    code, out = run("--json", "container", "run", "busybox", "--runtime-image", "docker", "--wait", "--force-cold",
                     "--", "exit", "5")
     result = json.loads(out)
     assert code == cli.EXIT_FAILURE
@@ -285,7 +297,7 @@ def test_container_run_wait(docker_cli, capsys):
     assert result["logs"] == {"stdout": "exit 5\n", "stderr": "done\n", "truncated": False}
     # Still running at the deadline: failure; library mode then stops it, keeping its output.
     capsys.readouterr()
-    code, out = run("container", "run", "docker", "--container-image", "busybox", "--wait", "--timeout", "0.3",
+    code, out = run("container", "run", "busybox", "--runtime-image", "docker", "--wait", "--timeout", "0.3",
                     "--", "sleep", "100")
     err = capsys.readouterr().err
     assert code == cli.EXIT_FAILURE and "still running after 0.3 s" in err and "stopped: in library mode" in err
@@ -302,7 +314,7 @@ def test_container_run_vm_runtime_and_errors(env, docker_cli, capsys, monkeypatc
     run, _, fake = docker_cli
     _, kernel, _ = env
     assert run("image", "add", "plain", "--kernel", kernel, "--backend", "fake", "--memory-mib", "128")[0] == 0
-    code, out = run("--json", "container", "run", "plain", "--env", "K=V", "--", "echo", "x")
+    code, out = run("--json", "container", "run", "--runtime-image", "plain", "--env", "K=V", "--", "echo", "x")
     item = json.loads(out)
     assert code == 0 and item["runtime"] == "vm" and item["state"] == "exited" and item["docker_id"] == ""
     code, out = run("container", "logs", item["id"])
@@ -310,7 +322,7 @@ def test_container_run_vm_runtime_and_errors(env, docker_cli, capsys, monkeypatc
     # A bare --env NAME takes its value from the CLI's environment.
     monkeypatch.setenv("FCWARM_TEST_VALUE", "from-env")
     monkeypatch.delenv("FCWARM_TEST_UNSET", raising=False)
-    code, out = run("--json", "container", "run", "plain", "--env", "FCWARM_TEST_VALUE", "--", "true")
+    code, out = run("--json", "container", "run", "--runtime-image", "plain", "--env", "FCWARM_TEST_VALUE", "--", "true")
     assert code == 0 and json.loads(out)["env"] == {"FCWARM_TEST_VALUE": "from-env"}
     capsys.readouterr()
 
@@ -320,31 +332,31 @@ def test_container_run_vm_runtime_and_errors(env, docker_cli, capsys, monkeypatc
         assert code == expected_code, (argv, err)
         assert says in err, (argv, err)
 
-    fails(cli.EXIT_USAGE, "container", "run", "docker", "--env", "=x", says="--env '=x'")
-    fails(cli.EXIT_USAGE, "container", "run", "docker", "--env", "FCWARM_TEST_UNSET", says="FCWARM_TEST_UNSET")
-    fails(cli.EXIT_USAGE, "container", "run", "docker", "--container-image", "busybox", "--env", "1BAD=x",
+    fails(cli.EXIT_USAGE, "container", "run", "busybox", "--env", "=x", says="--env '=x'")
+    fails(cli.EXIT_USAGE, "container", "run", "busybox", "--env", "FCWARM_TEST_UNSET", says="FCWARM_TEST_UNSET")
+    fails(cli.EXIT_USAGE, "container", "run", "busybox", "--runtime-image", "docker", "--env", "1BAD=x",
           says="env: '1BAD'")
-    fails(cli.EXIT_USAGE, "container", "run", "docker", says="container_image: is required")
-    fails(cli.EXIT_USAGE, "container", "run", "docker", "--container-image=-x", says="container_image:")
-    fails(cli.EXIT_USAGE, "container", "run", "plain", "--container-image", "busybox", says="container_image:")
-    fails(cli.EXIT_USAGE, "container", "run", "docker", "--name", "Bad Name", "--container-image", "busybox",
+    fails(cli.EXIT_USAGE, "container", "run", "--runtime-image", "docker", says="image: is required")
+    fails(cli.EXIT_USAGE, "container", "run", "Busybox", says="image: 'Busybox'")
+    fails(cli.EXIT_USAGE, "container", "run", "busybox", "--runtime-image", "plain", says="image:")
+    fails(cli.EXIT_USAGE, "container", "run", "busybox", "--runtime-image", "docker", "--name", "Bad Name",
           says="name:")
-    fails(cli.EXIT_USAGE, "container", "run", "docker", "--container-image", "busybox", "--timeout", "3",
+    fails(cli.EXIT_USAGE, "container", "run", "busybox", "--runtime-image", "docker", "--timeout", "3",
           says="--timeout applies to --wait only")
-    fails(cli.EXIT_USAGE, "container", "run", "docker", "--container-image", "busybox", "--wait", "--timeout", "-1",
+    fails(cli.EXIT_USAGE, "container", "run", "busybox", "--runtime-image", "docker", "--wait", "--timeout", "-1",
           says="--timeout")
     fails(cli.EXIT_USAGE, "container", "wait", item["id"], "--timeout", "nan", says="--timeout")
-    fails(cli.EXIT_NOT_FOUND, "container", "run", "nope", "--container-image", "busybox", says="nope")
+    fails(cli.EXIT_NOT_FOUND, "container", "run", "busybox", "--runtime-image", "nope", says="nope")
     fails(cli.EXIT_NOT_FOUND, "container", "wait", fcwarm.generate_id(), says="not found")
     fails(cli.EXIT_NOT_FOUND, "container", "logs", fcwarm.generate_id(), says="not found")
     fails(cli.EXIT_NOT_FOUND, "container", "stop", fcwarm.generate_id(), says="not found")
     fails(cli.EXIT_USAGE, "container", "logs", "../x", says="id:")
-    code, out = run("--json", "container", "run", "plain")  # no command: the VM is the container
+    code, out = run("--json", "container", "run", "--runtime-image", "plain")  # no command: the VM is the container
     vm_item = json.loads(out)
     fails(cli.EXIT_CONFLICT, "container", "logs", vm_item["id"], says="no command")
     # The Docker daemon cannot be reached: the container fails and the command says why.
     fake.fail_docker = 1
-    fails(cli.EXIT_FAILURE, "container", "run", "docker", "--container-image", "busybox", says="docker")
+    fails(cli.EXIT_FAILURE, "container", "run", "busybox", "--runtime-image", "docker", says="docker")
     code, out = run("--json", "container", "ls")
     assert code == 0 and any(i["state"] == "failed" and "docker" in i["last_error"] for i in json.loads(out))
 
@@ -389,8 +401,8 @@ class _FakeRestServer:
     CID = "6f1c2a4e-8b7d-4c3e-9a1f-2d3b4c5e6f70"
 
     def item(self, state, exit_code=None):
-        return {"id": self.CID, "vm_id": self.CID, "name": "n", "image": "i", "runtime_image_id": "i",
-                "container_image": "busybox", "runtime": "docker", "state": state, "exit_code": exit_code,
+        return {"id": self.CID, "vm_id": self.CID, "name": "n", "image": "busybox", "runtime_image_id": "i",
+                "runtime": "docker", "state": state, "exit_code": exit_code,
                 "boot_method": "warm", "fallback_reason": None, "timings": {"total": 12.5}, "last_error": ""}
 
     def route(self, method, path, body):
@@ -423,23 +435,23 @@ def test_container_commands_speak_the_rest_api(capsys):
             return cli.main(["--server", srv.url, *argv], out=out), out.getvalue()
 
         srv.wait_answers = [srv.item("running"), srv.item("exited", 0)]
-        code, out = run("container", "run", "docker", "--container-image", "busybox", "-e", "A=1", "--force-cold",
+        code, out = run("container", "run", "busybox", "--runtime-image", "docker", "-e", "A=1", "--force-cold",
                         "--wait", "--", "echo", "--wait")
         assert code == 0 and out == "hello\n"
         assert capsys.readouterr().err == "warn\n"
         method, path, body = srv.requests[0]
         assert (method, path) == ("POST", "/v1/containers")
-        assert body["image"] == "docker" and body["container_image"] == "busybox" and body["wait"] is True
+        assert body["image"] == "busybox" and body["runtime_image"] == "docker" and "wait" not in body
         assert body["command"] == ["echo", "--wait"] and body["env"] == {"A": "1"} and body["force_cold"] is True
-        fcwarm.validate_name("name", body["name"])  # the REST API requires a name: one was generated
+        assert "name" not in body  # optional: the server generates none, the id names the container
         waits = [p for m, p, _ in srv.requests if "/wait" in p]
         assert waits == [f"/v1/containers/{srv.CID}/wait?timeout_ms=600000"] * 2  # no deadline: 600 s chunks
         assert srv.requests[-1][:2] == ("GET", f"/v1/containers/{srv.CID}/logs")
 
         srv.requests.clear()
-        code, out = run("container", "run", "docker", "--name", "web")  # minimal body
+        code, out = run("container", "run", "nginx:alpine", "--name", "web")  # minimal body
         assert code == 0 and srv.CID in out
-        assert srv.requests[0][2] == {"name": "web", "image": "docker", "wait": True}
+        assert srv.requests[0][2] == {"name": "web", "image": "nginx:alpine"}
 
         srv.requests.clear()
         srv.wait_answers = [srv.item("running")]

@@ -74,9 +74,9 @@ def test_container_options_defaults_and_service_options():
 
 
 def test_container_request_object():
-    r = fcwarm.ContainerRequest("docker", container_image="busybox:latest", command=("echo", "hi"),
+    r = fcwarm.ContainerRequest("busybox:latest", runtime_image="docker", command=("echo", "hi"),
                                 env={"A": "1"}, name="web", force_cold=True, wait_for_creating=1.5)
-    assert r.runtime_image == "docker" and r.container_image == "busybox:latest"
+    assert r.runtime_image == "docker" and r.image == "busybox:latest"
     assert r.command == ["echo", "hi"] and r.env == {"A": "1"} and r.name == "web" and r.id == ""
     assert r.force_cold is True
     assert r.wait_for_creating == datetime.timedelta(seconds=1.5)
@@ -92,24 +92,24 @@ def test_container_request_object():
 
 def test_create_async_starts_in_the_background(docker_env):
     svc, fake, image, snap = docker_env
-    rec = svc.containers.create_async("docker", container_image="busybox:latest", command=["echo", "bg"])
+    rec = svc.containers.create_async("busybox:latest", runtime_image="docker", command=["echo", "bg"])
     assert rec.state == fcwarm.ContainerState.PROVISIONING and rec.boot_method is None
     done = svc.containers.wait(rec.id, 20)
     assert done.state == fcwarm.ContainerState.EXITED and done.exit_code == 0
     assert done.boot_method == fcwarm.BootMethod.WARM
     assert "bg" in svc.containers.logs(rec.id).stdout_text
     with pytest.raises(fcwarm.InvalidArgumentError) as e:
-        svc.containers.create_async("docker", container_image="../x")
-    assert str(e.value).startswith("container_image:")
+        svc.containers.create_async("../x", runtime_image="docker")
+    assert str(e.value).startswith("image:")
 
 
 def test_docker_container_lifecycle(docker_env):
     svc, fake, image, snap = docker_env
-    rec = svc.containers.create("docker", container_image="busybox:latest", command=["echo", "hello"],
+    rec = svc.containers.create("busybox:latest", runtime_image="docker", command=["echo", "hello"],
                                 env={"GREETING": "hi"}, name="web-1")
     assert fcwarm.is_valid_id(rec.id) and rec.vm_id == rec.id
     assert rec.runtime == "docker" and rec.runtime_image_id == image.id
-    assert rec.container_image == "busybox:latest"
+    assert rec.image == "busybox:latest"
     assert rec.command == ["echo", "hello"] and rec.env == {"GREETING": "hi"} and rec.name == "web-1"
     assert rec.state in (fcwarm.ContainerState.RUNNING, fcwarm.ContainerState.EXITED)
     assert rec.boot_method == fcwarm.BootMethod.WARM and rec.fallback_reason == fcwarm.FallbackReason.NONE
@@ -146,11 +146,11 @@ def test_docker_container_lifecycle(docker_env):
 
 def test_docker_exit_code_running_container_wait_and_stop(docker_env):
     svc, fake, _, _ = docker_env
-    failed = svc.containers.create("docker", container_image="busybox", command=["exit", "7"])
+    failed = svc.containers.create("busybox", runtime_image="docker", command=["exit", "7"])
     done = svc.containers.wait(failed.id, datetime.timedelta(seconds=5))
     assert done.state == fcwarm.ContainerState.EXITED and done.exit_code == 7
 
-    sleeper = svc.containers.create("docker", container_image="busybox:latest", command=["sleep", "100"])
+    sleeper = svc.containers.create("busybox:latest", runtime_image="docker", command=["sleep", "100"])
     t0 = time.monotonic()
     still = svc.containers.wait(sleeper.id, 0.3)
     assert time.monotonic() - t0 >= 0.25
@@ -170,7 +170,7 @@ def test_docker_failures_fail_the_container_and_release_its_vm(docker_env):
     svc, fake, _, _ = docker_env
     fake.fail_docker = 1
     with pytest.raises(fcwarm.UnavailableError) as e:
-        svc.containers.create("docker", container_image="busybox:latest", command=["true"])
+        svc.containers.create("busybox:latest", runtime_image="docker", command=["true"])
     assert "docker" in str(e.value)
     assert fake.fail_docker == 0
     [rec] = svc.containers.list()
@@ -181,11 +181,11 @@ def test_docker_failures_fail_the_container_and_release_its_vm(docker_env):
         svc.containers.logs(rec.id)  # it never produced output
     # An image the daemon does not have.
     with pytest.raises(fcwarm.NotFoundError) as e:
-        svc.containers.create("docker", container_image="alpine:3", command=["true"])
+        svc.containers.create("alpine:3", runtime_image="docker", command=["true"])
     assert "No such image: alpine:3" in str(e.value)
     assert fake.live == 0
     # The next one works.
-    ok = svc.containers.create("docker", container_image="busybox:latest", command=["true"])
+    ok = svc.containers.create("busybox:latest", runtime_image="docker", command=["true"])
     assert ok.state != fcwarm.ContainerState.FAILED
 
 
@@ -200,7 +200,7 @@ def test_docker_api_version_option_reaches_the_daemon(tmpdir_path):
     try:
         add_image(svc, tmpdir_path)
         with pytest.raises(fcwarm.NotFoundError) as e:
-            svc.containers.create("docker", container_image="busybox:latest")
+            svc.containers.create("busybox:latest", runtime_image="docker")
         assert "page not found" in str(e.value)
     finally:
         svc = None
@@ -212,14 +212,14 @@ def test_docker_api_version_option_reaches_the_daemon(tmpdir_path):
 def test_force_cold_and_no_snapshot(fake_service):
     svc, fake, base = fake_service
     add_image(svc, base)
-    cold = svc.containers.create("docker", container_image="busybox:latest", command=["true"])
+    cold = svc.containers.create("busybox:latest", runtime_image="docker", command=["true"])
     assert cold.boot_method == fcwarm.BootMethod.COLD
     assert cold.fallback_reason == fcwarm.FallbackReason.NO_SNAPSHOT and cold.snapshot_id == ""
     assert "cold_boot" in cold.timings
     ready_snapshot(svc, svc.images.get_by_name("docker"))
-    forced = svc.containers.create("docker", container_image="busybox:latest", force_cold=True)
+    forced = svc.containers.create("busybox:latest", runtime_image="docker", force_cold=True)
     assert forced.boot_method == fcwarm.BootMethod.COLD and fake.cold_boots >= 2
-    warm = svc.containers.create("docker", container_image="busybox:latest", wait_for_creating=0.0)
+    warm = svc.containers.create("busybox:latest", runtime_image="docker", wait_for_creating=0.0)
     assert warm.boot_method == fcwarm.BootMethod.WARM
 
 
@@ -229,31 +229,31 @@ def test_vm_runtime_containers(fake_service):
     svc, fake, base = fake_service
     image = add_image(svc, base, "plain", docker=False)
     ready_snapshot(svc, image)
-    vm = svc.containers.create(image.id)  # by id; no command: the VM is the container
+    vm = svc.containers.create(runtime_image=image.id)  # by id; no command: the VM is the container
     assert vm.runtime == "vm" and vm.state == fcwarm.ContainerState.RUNNING
-    assert vm.docker_id == "" and vm.container_image == "" and vm.exit_code is None
+    assert vm.docker_id == "" and vm.image == "" and vm.exit_code is None
     assert vm.boot_method == fcwarm.BootMethod.WARM
     with pytest.raises(fcwarm.ConflictError) as e:
         svc.containers.logs(vm.id)
     assert "no command" in str(e.value)
     assert svc.engine.handle(vm.id).is_alive()
 
-    cmd = svc.containers.create("plain", command=["echo", "x y"], env={"K": "V"})
+    cmd = svc.containers.create(runtime_image="plain", command=["echo", "x y"], env={"K": "V"})
     assert cmd.state == fcwarm.ContainerState.EXITED and cmd.exit_code == 0
     assert "exec" in cmd.timings
     # The fake agent echoes the argv it ran: the environment is set through env(1), without a shell.
     assert svc.containers.logs(cmd.id).stdout == b"env K=V echo x y "
 
     with pytest.raises(fcwarm.InvalidArgumentError) as e:
-        svc.containers.create("plain", container_image="busybox:latest")
-    assert str(e.value).startswith("container_image:") and "docker" in str(e.value)
+        svc.containers.create("busybox:latest", runtime_image="plain")
+    assert str(e.value).startswith("image:") and "docker" in str(e.value)
     svc.containers.stop(vm.id)
     assert svc.containers.get(vm.id).state == fcwarm.ContainerState.STOPPED
 
 
 def test_prepare_start_abandon_and_ids(docker_env):
     svc, _, _, _ = docker_env
-    req = fcwarm.ContainerRequest("docker", container_image="busybox:latest", command=["sleep", "5"])
+    req = fcwarm.ContainerRequest("busybox:latest", runtime_image="docker", command=["sleep", "5"])
     prepared = svc.containers.prepare(req)
     assert prepared.state == fcwarm.ContainerState.PROVISIONING and prepared.vm_state == ""
     assert svc.containers.provisioning() == 1
@@ -266,7 +266,7 @@ def test_prepare_start_abandon_and_ids(docker_env):
     assert "cannot be started again" in str(e.value)
 
     given = fcwarm.generate_id()
-    other = svc.containers.prepare("docker", container_image="busybox", id=given, name="queued-1")
+    other = svc.containers.prepare("busybox", runtime_image="docker", id=given, name="queued-1")
     assert other.id == given and other.name == "queued-1"
     svc.containers.abandon(given, "queue full")
     gone = svc.containers.get(given)
@@ -274,7 +274,7 @@ def test_prepare_start_abandon_and_ids(docker_env):
     with pytest.raises(fcwarm.ConflictError):
         svc.containers.abandon(given, "again")
     with pytest.raises(fcwarm.ConflictError) as e:
-        svc.containers.create("docker", container_image="busybox", id=given)
+        svc.containers.create("busybox", runtime_image="docker", id=given)
     assert e.value.code == "already_exists" and "id" in str(e.value)
     with pytest.raises(fcwarm.NotFoundError):
         svc.containers.abandon(fcwarm.generate_id(), "x")
@@ -283,16 +283,19 @@ def test_prepare_start_abandon_and_ids(docker_env):
 # ---- validation: every error names its field ------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, error, field", [
-    (dict(runtime_image=""), fcwarm.InvalidArgumentError, "runtime_image"),
+    (dict(runtime_image="", image=None), fcwarm.InvalidArgumentError, "image: is required"),
     (dict(runtime_image="../etc"), fcwarm.InvalidArgumentError, "runtime_image"),
     (dict(runtime_image=7), TypeError, "runtime_image"),
     (dict(name="Bad Name"), fcwarm.InvalidArgumentError, "name"),
     (dict(name=3), TypeError, "name"),
     (dict(id="not-an-id"), fcwarm.InvalidArgumentError, "id"),
-    (dict(container_image=""), fcwarm.InvalidArgumentError, "container_image"),
-    (dict(container_image="-rm"), fcwarm.InvalidArgumentError, "container_image"),
-    (dict(container_image="busybox latest"), fcwarm.InvalidArgumentError, "container_image"),
-    (dict(container_image=b"busybox"), TypeError, "container_image"),
+    (dict(image=""), fcwarm.InvalidArgumentError, "image"),
+    (dict(image="-rm"), fcwarm.InvalidArgumentError, "image"),
+    (dict(image="busybox latest"), fcwarm.InvalidArgumentError, "image"),
+    (dict(image="Busybox"), fcwarm.InvalidArgumentError, "image"),
+    (dict(image="a" * 10240), fcwarm.InvalidArgumentError, "image"),
+    (dict(image="busybox@sha256:abc"), fcwarm.InvalidArgumentError, "image"),
+    (dict(image=b"busybox"), TypeError, "image"),
     (dict(command="echo hi"), TypeError, "command"),
     (dict(command={"echo"}), TypeError, "command"),
     (dict(command=["echo", 1]), TypeError, "command[1]"),
@@ -312,11 +315,10 @@ def test_prepare_start_abandon_and_ids(docker_env):
 ])
 def test_create_validation_names_the_field(docker_env, kwargs, error, field):
     svc, fake, _, _ = docker_env
-    args = dict(runtime_image="docker", container_image="busybox:latest")
+    args = dict(runtime_image="docker", image="busybox:latest")
     args.update(kwargs)
-    image = args.pop("runtime_image")
     with pytest.raises(error) as e:
-        svc.containers.create(image, **args)
+        svc.containers.create(**args)
     assert str(e.value).startswith(field), str(e.value)
     assert svc.containers.list(include_destroyed=True) == []  # nothing was recorded
     assert fake.live == 0
@@ -325,7 +327,7 @@ def test_create_validation_names_the_field(docker_env, kwargs, error, field):
 def test_lookup_errors(docker_env):
     svc, _, _, _ = docker_env
     with pytest.raises(fcwarm.NotFoundError):
-        svc.containers.create("no-such-image", container_image="busybox")
+        svc.containers.create("busybox", runtime_image="no-such-image")
     for call in (svc.containers.get, svc.containers.logs, svc.containers.stop, svc.containers.destroy,
                  svc.containers.wait):
         with pytest.raises(fcwarm.NotFoundError):
@@ -333,7 +335,7 @@ def test_lookup_errors(docker_env):
         with pytest.raises(fcwarm.InvalidArgumentError) as e:
             call("../x")
         assert str(e.value).startswith("id:")
-    rec = svc.containers.create("docker", container_image="busybox", command=["sleep", "1"])
+    rec = svc.containers.create("busybox", runtime_image="docker", command=["sleep", "1"])
     for bad in (-1, math.inf, math.nan, datetime.timedelta(seconds=-1)):
         with pytest.raises(fcwarm.InvalidArgumentError) as e:
             svc.containers.wait(rec.id, bad)
@@ -347,7 +349,7 @@ def test_lookup_errors(docker_env):
 
 def test_docker_requests_through_a_vm_handle(docker_env):
     svc, _, _, _ = docker_env
-    rec = svc.containers.create("docker", container_image="busybox:latest", command=["sleep", "9"])
+    rec = svc.containers.create("busybox:latest", runtime_image="docker", command=["sleep", "9"])
     vm = svc.engine.handle(rec.id)
     r = vm.docker("GET", f"/v1.41/containers/{rec.docker_id}/json")
     assert r.status == 200 and r.json()["State"]["Status"] == "running"
@@ -378,7 +380,7 @@ def test_after_restore_hook_sees_the_restored_vm(docker_env, hooked):
     hooked(hook)
     results = []
     worker = threading.Thread(target=lambda: results.append(
-        svc.containers.create("docker", container_image="busybox:latest", command=["true"])))
+        svc.containers.create("busybox:latest", runtime_image="docker", command=["true"])))
     worker.start()
     worker.join(30)
     [rec] = results
@@ -397,10 +399,10 @@ def test_after_restore_hook_sees_the_restored_vm(docker_env, hooked):
     assert "after-restore hook" in str(e.value)
 
     # Cold boots are not restores: no call. None removes the hook.
-    svc.containers.create("docker", container_image="busybox:latest", force_cold=True)
+    svc.containers.create("busybox:latest", runtime_image="docker", force_cold=True)
     assert len(calls) == 1
     hooked(None)
-    svc.containers.create("docker", container_image="busybox:latest")
+    svc.containers.create("busybox:latest", runtime_image="docker")
     assert len(calls) == 1
 
 
@@ -415,7 +417,7 @@ def test_after_restore_hook_exception_is_reported_not_fatal(docker_env, hooked):
     old = sys.unraisablehook
     sys.unraisablehook = reported.append
     try:
-        rec = svc.containers.create("docker", container_image="busybox:latest", command=["true"])
+        rec = svc.containers.create("busybox:latest", runtime_image="docker", command=["true"])
     finally:
         sys.unraisablehook = old
     # Provisioning went on as if there were no hook.
@@ -439,7 +441,7 @@ def test_after_restore_hook_injects_a_fault(docker_env, hooked):
         killed.append((vm_id, vm.is_alive()))
 
     hooked(hook)
-    rec = svc.containers.create("docker", container_image="busybox:latest", command=["echo", "ok"])
+    rec = svc.containers.create("busybox:latest", runtime_image="docker", command=["echo", "ok"])
     assert killed == [(rec.id, False)]
     assert rec.boot_method == fcwarm.BootMethod.COLD
     assert rec.fallback_reason == fcwarm.FallbackReason.VERIFY_FAILED
@@ -457,7 +459,7 @@ def test_two_threads_create_containers_concurrently(docker_env):
     def create(n):
         try:
             start = time.monotonic()
-            rec = svc.containers.create("docker", container_image="busybox:latest", command=["echo", str(n)],
+            rec = svc.containers.create("busybox:latest", runtime_image="docker", command=["echo", str(n)],
                                         name=f"par-{n}")
             spans[n] = (start, time.monotonic(), rec)
         except Exception as e:  # noqa: BLE001
@@ -493,7 +495,7 @@ def test_many_threads_with_a_python_hook(docker_env, hooked):
     def worker(n):
         try:
             for i in range(4):
-                rec = svc.containers.create("docker", container_image="busybox", command=["echo", f"{n}-{i}"])
+                rec = svc.containers.create("busybox", runtime_image="docker", command=["echo", f"{n}-{i}"])
                 svc.containers.get(rec.id)
                 svc.containers.list()
                 svc.containers.destroy(rec.id)

@@ -26,7 +26,7 @@ def _skip_reason():
 
 
 def _run(svc, image, name):
-    rec = svc.containers.create(image.id, name=name, container_image="busybox:latest", command=COMMAND,
+    rec = svc.containers.create("busybox:latest", runtime_image=image.id, name=name, command=COMMAND,
                                 env={"GREETING": "hello"})
     assert rec.runtime == "docker" and len(rec.docker_id) == 64
     done = svc.containers.wait(rec.id, timeout=120)

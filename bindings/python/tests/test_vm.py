@@ -46,7 +46,7 @@ def test_warm_restore_through_qemu(tmpdir_path):
         assert out.stdout.decode().strip() == vm.hostname
         svc.engine.destroy(vm.id)
         # A `vm`-runtime container: a warm clone runs the command through the agent (argv, no shell).
-        rec = svc.containers.create(image.id, command=["cat", "/proc/sys/kernel/hostname"], name="py-cat")
+        rec = svc.containers.create(runtime_image=image.id, command=["cat", "/proc/sys/kernel/hostname"], name="py-cat")
         assert rec.boot_method == fcwarm.BootMethod.WARM, rec.fallback_reason
         assert rec.state == fcwarm.ContainerState.EXITED and rec.exit_code == 0, rec.last_error
         assert svc.containers.logs(rec.id).stdout_text.strip() == rec.hostname
