@@ -8,7 +8,6 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -177,22 +176,6 @@ Result<FirecrackerVersion> ProbeFirecracker(const std::string& binary, std::chro
 }
 
 namespace {
-
-std::string HostKernel() {
-  utsname u{};
-  return ::uname(&u) == 0 ? std::string(u.release) : std::string("unknown");
-}
-
-std::string CpuDigest() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line, model, flags;
-  while (std::getline(f, line)) {
-    if (model.empty() && line.rfind("model name", 0) == 0) model = line;
-    if (flags.empty() && line.rfind("flags", 0) == 0) flags = line;
-    if (!model.empty() && !flags.empty()) break;
-  }
-  return util::Xxh3Hex(model + "\n" + flags);
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // One VM: a Firecracker process and the host resources made for it.
@@ -731,10 +714,8 @@ class FirecrackerVmm : public Vmm {
     std::map<std::string, std::string> m;
     m["vmm.version"] = v->text;
     m["vmm.snapshot_version"] = v->snapshot_version;
-    m["host.kernel"] = HostKernel();
-    m["host.cpu"] = CpuDigest();
-    m["host.accel"] = "kvm";
-    m["firecracker.jailed"] = opts_.jailer.binary.empty() ? "false" : "true";
+    m["vmm.accel"] = "kvm";
+    m["vmm.jailed"] = opts_.jailer.binary.empty() ? "false" : "true";
     return m;
   }
 

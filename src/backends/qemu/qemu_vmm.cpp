@@ -6,7 +6,6 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -141,23 +140,6 @@ Status FsyncFile(const std::string& path) {
   if (!fd.valid() || ::fsync(fd.get()) != 0)
     return Status::Unavailable("fsync " + path + ": " + std::strerror(errno));
   return Status::Ok();
-}
-
-std::string HostKernel() {
-  utsname u{};
-  if (::uname(&u) != 0) return "unknown";
-  return u.release;
-}
-
-std::string CpuDigest() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line, model, flags;
-  while (std::getline(f, line)) {
-    if (model.empty() && line.rfind("model name", 0) == 0) model = line;
-    if (flags.empty() && line.rfind("flags", 0) == 0) flags = line;
-    if (!model.empty() && !flags.empty()) break;
-  }
-  return util::Xxh3Hex(model + "\n" + flags).substr(0, 16);
 }
 
 std::string ResolveAccel(const std::string& accel) {
@@ -592,14 +574,11 @@ class QemuVmm final : public Vmm {
     auto v = Version();
     if (!v.ok()) return v.status();
     return std::map<std::string, std::string>{
-        {"vmm", "qemu"},
-        {"qemu_version", *v},
-        {"machine", "microvm"},
-        {"accelerator", ResolveAccel(opt_.accelerator)},
-        {"cpu_model", opt_.cpu_model},
-        {"snapshot_format", "fcwarm-qemu-" + std::to_string(qemu::kSidecarFormat)},
-        {"host_kernel", HostKernel()},
-        {"host_cpu", CpuDigest()},
+        {"vmm.version", *v},
+        {"vmm.snapshot_version", "fcwarm-qemu-" + std::to_string(qemu::kSidecarFormat)},
+        {"vmm.machine", "microvm"},
+        {"vmm.accel", ResolveAccel(opt_.accelerator)},
+        {"vmm.cpu_model", opt_.cpu_model},
     };
   }
 
