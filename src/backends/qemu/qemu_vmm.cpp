@@ -760,13 +760,13 @@ class QemuVmm final : public Vmm {
     plan.tap = qemu::kTapName;
     if (auto st = net::NamesForVm(spec.vm_id, opt_.netns_prefix, opt_.veth_prefix, &plan); !st.ok())
       return st;
-    if (spec.network.index >= 0 && !spec.network.ip_cidr.empty() && !spec.network.gateway.empty()) {
+    if (spec.network.index >= 0) {
       auto gw = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
       if (!gw.ok()) return gw.status();
       plan.gateway_cidr = *gw;
-    } else {
-      plan.host_veth.clear();  // a VM without an identity (a build VM) is not linked to the host
     }
+    // A VM without an identity (a build VM) is not linked to the host.
+    if (plan.gateway_cidr.empty()) plan.host_veth.clear();
     return plan;
   }
 
