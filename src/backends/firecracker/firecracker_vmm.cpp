@@ -715,6 +715,8 @@ class FirecrackerVmm : public Vmm {
 
   std::string Kind() const override { return "firecracker"; }
 
+  // Facts about Firecracker only, under vmm.*; the host's part of the key is the core's (core/host_facts.cpp).
+  // QemuVmm's looks alike because both implement the same Vmm contract.
   Result<std::map<std::string, std::string>> HostCompatibility() override {
     auto v = Version();
     if (!v.ok()) return v.status();

@@ -570,6 +570,8 @@ class QemuVmm final : public Vmm {
 
   std::string Kind() const override { return "qemu"; }
 
+  // Facts about QEMU only, under vmm.*; the host's part of the key is the core's (core/host_facts.cpp).
+  // FirecrackerVmm's looks alike because both implement the same Vmm contract.
   Result<std::map<std::string, std::string>> HostCompatibility() override {
     auto v = Version();
     if (!v.ok()) return v.status();
@@ -602,18 +604,10 @@ class QemuVmm final : public Vmm {
     if (!spec.image.rootfs_path.empty()) cfg.disk = Join(spec.work_dir, qemu::kDiskName);
     cfg.nic = opt_.network_mode == QemuNetworkMode::kNetns;
     cfg.mac = MacFor(spec);
-    std::optional<net::NetnsPlan> plan;
-    if (cfg.nic) {
-      auto p = NetPlan(spec);
-      if (!p.ok()) return p.status();
-      plan = *p;
-    }
-    auto vm = std::make_unique<QemuVm>(opt_, cfg, *version, spec.on_process_started);
     std::string base_format = spec.image.rootfs_path.empty() ? "" : ImageFormat(spec.image.rootfs_path);
-    if (auto st = vm->Start(spec.image.rootfs_path, base_format, plan ? &*plan : nullptr); !st.ok()) {
-      return st.WithContext("cold boot of vm " + spec.vm_id);
-    }
-    return std::unique_ptr<Vm>(std::move(vm));
+    auto vm = StartVm(spec, cfg, *version, spec.image.rootfs_path, base_format);
+    if (!vm.ok()) return vm.status().WithContext("cold boot of vm " + spec.vm_id);
+    return std::unique_ptr<Vm>(std::move(*vm));
   }
 
   Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& snapshot_dir) override {
@@ -690,19 +684,25 @@ class QemuVmm final : public Vmm {
     cfg.nic = sc->nic;
     cfg.mac = spec.network.mac.empty() ? sc->mac : spec.network.mac;
     cfg.incoming = true;
+    auto vm = StartVm(spec, cfg, *version, sc->disk ? Join(dir, qemu::kDiskName) : "", "qcow2");
+    if (!vm.ok()) return vm.status();
+    if (auto s = (*vm)->Incoming(dir); !s.ok()) return s;
+    return std::unique_ptr<Vm>(std::move(*vm));
+  }
+
+  // Starts the QEMU process of a cold boot or a restore: the VM's network namespace when `cfg` has a NIC, then
+  // the process with an overlay on `base_disk` (of `base_format`; "" for no disk).
+  Result<std::unique_ptr<QemuVm>> StartVm(const LaunchSpec& spec, const VmConfig& cfg, const std::string& version,
+                                          const std::string& base_disk, const std::string& base_format) {
     std::optional<net::NetnsPlan> plan;
     if (cfg.nic) {
       auto p = NetPlan(spec);
       if (!p.ok()) return p.status();
       plan = *p;
     }
-    auto vm = std::make_unique<QemuVm>(opt_, cfg, *version, spec.on_process_started);
-    if (auto s = vm->Start(sc->disk ? Join(dir, qemu::kDiskName) : "", "qcow2", plan ? &*plan : nullptr);
-        !s.ok()) {
-      return s;
-    }
-    if (auto s = vm->Incoming(dir); !s.ok()) return s;
-    return std::unique_ptr<Vm>(std::move(vm));
+    auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started);
+    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr); !st.ok()) return st;
+    return vm;
   }
 
   Status CheckSpec(const LaunchSpec& spec) {
