@@ -194,8 +194,10 @@ class Vmm {
   virtual ~Vmm() = default;
   /// \brief Backend name as used in RuntimeImage::backend ("qemu", "firecracker", ...).
   virtual std::string Kind() const = 0;
-  /// \brief Host facts a snapshot depends on: VMM version, snapshot format version, host kernel, CPU model
-  /// digest, accelerator. Part of the compatibility key.
+  /// \brief Facts about this backend's VMM that a snapshot depends on, named `vmm.<name>`: binary version,
+  /// snapshot format version, accelerator, machine type and the like. Part of the compatibility key; the
+  /// library adds the host's own facts (`host.kernel`, `host.cpu`) and `vmm.kind` itself, so a backend does not
+  /// report them (docs/architecture.md, "Manifest and compatibility key").
   /// \return Name/value pairs, or Unavailable when the VMM binary cannot be queried.
   virtual Result<std::map<std::string, std::string>> HostCompatibility() = 0;
   /// \brief Starts a VM from the image's kernel. Returns once the VMM process runs (not when the guest is

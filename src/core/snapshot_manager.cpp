@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "core/host_facts.hpp"
 #include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
 #include "store/images.hpp"
@@ -227,9 +228,12 @@ class SnapshotManager::Impl {
   Result<std::pair<std::string, std::map<std::string, std::string>>> CompatibilityKeyFor(const RuntimeImage& image) const {
     auto vmm = vmms_.Find(image.backend);
     if (!vmm) return Status::Unavailable("backend '" + image.backend + "' is not available");
-    auto host = vmm->HostCompatibility();
+    auto vmm_facts = vmm->HostCompatibility();
+    if (!vmm_facts.ok()) return vmm_facts.status();
+    auto host = internal::HostFacts();  // the host's part is the core's, the same for every backend
     if (!host.ok()) return host.status();
-    std::map<std::string, std::string> c = *host;
+    std::map<std::string, std::string> c = *vmm_facts;
+    for (const auto& [name, value] : *host) c[name] = value;
     c["vmm.kind"] = vmm->Kind();
     auto add_file = [&](const std::string& name, const std::string& path) -> Status {
       if (path.empty()) return Status::Ok();

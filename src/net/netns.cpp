@@ -1,9 +1,6 @@
 #include "net/netns.hpp"
 
-#include <arpa/inet.h>
-#include <net/if.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -11,18 +8,8 @@
 #include <regex>
 
 #include "util/common.hpp"
-#include "util/process.hpp"
 
 namespace fcwarm::net {
-
-namespace {
-
-bool ValidIpv4(const std::string& s) {
-  in_addr a{};
-  return ::inet_pton(AF_INET, s.c_str(), &a) == 1;
-}
-
-}  // namespace
 
 Status NamesForVm(const std::string& vm_id, const std::string& netns_prefix, const std::string& veth_prefix,
                   NetnsPlan* plan) {
@@ -41,36 +28,8 @@ Status NamesForVm(const std::string& vm_id, const std::string& netns_prefix, con
   return Status::Ok();
 }
 
-Result<std::string> GatewayCidr(const std::string& gateway, const std::string& guest_ip_cidr) {
-  auto slash = guest_ip_cidr.find('/');
-  if (slash == std::string::npos)
-    return Status::InvalidArgument("ip_cidr '" + guest_ip_cidr + "' has no prefix");
-  std::string ip = guest_ip_cidr.substr(0, slash);
-  std::string prefix = guest_ip_cidr.substr(slash + 1);
-  if (!ValidIpv4(ip))
-    return Status::InvalidArgument("ip_cidr '" + guest_ip_cidr + "' is not an IPv4 address");
-  if (prefix.empty() || prefix.size() > 2 || prefix.find_first_not_of("0123456789") != std::string::npos ||
-      std::stoi(prefix) < 8 || std::stoi(prefix) > 30) {
-    return Status::InvalidArgument("ip_cidr '" + guest_ip_cidr + "' needs a prefix length of 8-30");
-  }
-  if (!ValidIpv4(gateway)) return Status::InvalidArgument("gateway '" + gateway + "' is not an IPv4 address");
-  return gateway + "/" + prefix;
-}
-
 Status NetnsNetwork::Ip(const std::vector<std::string>& args) {
-  std::vector<std::string> argv{plan_.ip_binary};
-  argv.insert(argv.end(), args.begin(), args.end());
-  auto r = util::Run(argv, plan_.timeout);
-  std::string cmd;
-  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
-  if (!r.ok()) return r.status().WithContext(cmd);
-  if (r->exit_code != 0) {
-    std::string out = r->output;
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    return Status::Unavailable("'" + cmd + "' failed (exit " + std::to_string(r->exit_code) +
-                               "): " + out.substr(0, 400));
-  }
-  return Status::Ok();
+  return RunIp(plan_.ip_binary, args, plan_.timeout);
 }
 
 Status NetnsNetwork::Batch(const std::vector<std::vector<std::string>>& commands, const std::string& netns) {
@@ -170,13 +129,6 @@ Status NetnsNetwork::Release() {
     created_ns_ = false;
   }
   return result;
-}
-
-bool InterfaceExists(const std::string& name) { return ::if_nametoindex(name.c_str()) != 0; }
-
-bool NetnsExists(const std::string& name) {
-  struct stat st {};
-  return ::stat(("/run/netns/" + name).c_str(), &st) == 0;
 }
 
 }  // namespace fcwarm::net

@@ -1,5 +1,6 @@
 // Private: per-VM network namespace with a TAP for the VMM, bridged to a veth pair whose host end is the
-// guest's gateway (docs/qemu-backend.md, "Networking").
+// guest's gateway (the QEMU backend's networking, docs/qemu-backend.md, "Networking"). Firecracker's TAP is
+// tap.hpp; what both share (running `ip`, the gateway address, interface questions) is ip.hpp.
 //
 //   root namespace                 | namespace <netns>
 //   <host_veth> gateway/prefix  <--+--> veth0 --+
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "fcwarm/status.hpp"
+#include "net/ip.hpp"
 
 namespace fcwarm::net {
 
@@ -33,10 +35,9 @@ struct NetnsPlan {
 Status NamesForVm(const std::string& vm_id, const std::string& netns_prefix, const std::string& veth_prefix,
                   NetnsPlan* plan);
 
-/// "10.213.0.21" + "10.213.0.22/30" → "10.213.0.21/30"; InvalidArgument when either is malformed.
-Result<std::string> GatewayCidr(const std::string& gateway, const std::string& guest_ip_cidr);
-
 /// Owns the namespace and devices of one VM. Release() is idempotent; the destructor calls it.
+/// (TapNetwork in tap.hpp has the same owner shape on purpose: a plan, Create, idempotent Release. What they
+/// create differs, and each backend depends on its layout, so they are two classes.)
 /// Thread safety: not thread-safe; owned by one VM object that serializes access.
 class NetnsNetwork {
  public:
@@ -59,10 +60,5 @@ class NetnsNetwork {
   bool created_ns_ = false;
   bool created_veth_ = false;
 };
-
-/// True when a network interface with this name exists in the caller's namespace.
-bool InterfaceExists(const std::string& name);
-/// True when /run/netns/<name> exists.
-bool NetnsExists(const std::string& name);
 
 }  // namespace fcwarm::net

@@ -226,6 +226,7 @@ FakeVmm::FakeVmm(std::string kind) : kind_(std::move(kind)) {}
 
 Result<std::map<std::string, std::string>> FakeVmm::HostCompatibility() {
   std::lock_guard lock(mu_);
+  // host.kernel is the core's to report; the fake reports one anyway so that a test sees the core's win.
   return std::map<std::string, std::string>{{"vmm.version", host_version_}, {"host.kernel", "test"}};
 }
 

@@ -186,7 +186,8 @@ TEST_CASE("qemu: cold boot, snapshot, and four concurrent clones that are unique
   CHECK(vmm->Kind() == "qemu");
   auto compat = vmm->HostCompatibility();
   REQUIRE_MESSAGE(compat.ok(), compat.status().ToString());
-  CHECK(compat->at("accelerator") == "tcg");
+  CHECK(compat->at("vmm.accel") == "tcg");
+  for (const auto& [name, value] : *compat) CHECK_MESSAGE(name.rfind("vmm.", 0) == 0, name);
 
   TempDir root;
   const size_t fds_before = OpenFds();

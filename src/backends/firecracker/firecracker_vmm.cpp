@@ -8,7 +8,6 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
@@ -21,9 +20,10 @@
 
 #include "backends/firecracker/api_client.hpp"
 #include "backends/firecracker/files.hpp"
-#include "backends/firecracker/host_net.hpp"
 #include "backends/firecracker/vsock.hpp"
 #include "guest/stream_channel.hpp"
+#include "net/ip.hpp"
+#include "net/tap.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -178,22 +178,6 @@ Result<FirecrackerVersion> ProbeFirecracker(const std::string& binary, std::chro
 
 namespace {
 
-std::string HostKernel() {
-  utsname u{};
-  return ::uname(&u) == 0 ? std::string(u.release) : std::string("unknown");
-}
-
-std::string CpuDigest() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line, model, flags;
-  while (std::getline(f, line)) {
-    if (model.empty() && line.rfind("model name", 0) == 0) model = line;
-    if (flags.empty() && line.rfind("flags", 0) == 0) flags = line;
-    if (!model.empty() && !flags.empty()) break;
-  }
-  return util::Xxh3Hex(model + "\n" + flags);
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // One VM: a Firecracker process and the host resources made for it.
 
@@ -345,16 +329,19 @@ class FirecrackerVm : public Vm {
     }
     std::string netns;
     if (spec.network.index >= 0 || opts_.nic_without_identity) {
-      firecracker::NetPlan plan;
+      net::TapPlan plan;
+      plan.ip_binary = opts_.ip_binary;
       if (spec.network.index >= 0) {
         plan.tap = opts_.tap_prefix + std::to_string(spec.network.index);
-        plan.gateway_cidr = firecracker::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
+        auto gateway = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
+        if (!gateway.ok()) return gateway.status().WithContext("network");
+        plan.gateway_cidr = *gateway;
       } else {
         // No identity (a build VM): an isolated TAP, so that the snapshot carries a NIC for its clones.
         plan.tap = kIsolatedTap;
         plan.netns = netns = opts_.netns_prefix + vm_id_;
       }
-      net_ = std::make_unique<firecracker::HostNet>(opts_.ip_binary, plan);
+      net_ = std::make_unique<net::TapNetwork>(plan);
       if (auto st = net_->Create(); !st.ok()) return st;
       iface_id_ = kIfaceId;
       host_dev_name_ = plan.tap;
@@ -448,8 +435,11 @@ class FirecrackerVm : public Vm {
     json::array overrides;
     std::string netns;
     if (!side->iface_id.empty()) {
-      firecracker::NetPlan plan;
-      plan.gateway_cidr = firecracker::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
+      net::TapPlan plan;
+      plan.ip_binary = opts_.ip_binary;
+      auto gateway = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
+      if (!gateway.ok()) return gateway.status().WithContext("network");
+      plan.gateway_cidr = *gateway;
       if (version_.AtLeast(1, 12) && spec.network.index >= 0) {
         plan.tap = opts_.tap_prefix + std::to_string(spec.network.index);
         overrides.push_back(json::object{{"iface_id", side->iface_id}, {"host_dev_name", plan.tap}});
@@ -459,7 +449,7 @@ class FirecrackerVm : public Vm {
         plan.netns = opts_.netns_prefix + vm_id_;
         netns = plan.netns;
       }
-      net_ = std::make_unique<firecracker::HostNet>(opts_.ip_binary, plan);
+      net_ = std::make_unique<net::TapNetwork>(plan);
       if (auto st = net_->Create(); !st.ok()) return st;
       iface_id_ = side->iface_id;
       host_dev_name_ =
@@ -701,7 +691,7 @@ class FirecrackerVm : public Vm {
   Layout layout_;
   std::unique_ptr<firecracker::ApiClient> api_;
   std::unique_ptr<GuestChannel> guest_;
-  std::unique_ptr<firecracker::HostNet> net_;
+  std::unique_ptr<net::TapNetwork> net_;
 
   mutable std::mutex mu_;
   int pid_ = -1;
@@ -725,16 +715,16 @@ class FirecrackerVmm : public Vmm {
 
   std::string Kind() const override { return "firecracker"; }
 
+  // Facts about Firecracker only, under vmm.*; the host's part of the key is the core's (core/host_facts.cpp).
+  // QemuVmm's looks alike because both implement the same Vmm contract.
   Result<std::map<std::string, std::string>> HostCompatibility() override {
     auto v = Version();
     if (!v.ok()) return v.status();
     std::map<std::string, std::string> m;
     m["vmm.version"] = v->text;
     m["vmm.snapshot_version"] = v->snapshot_version;
-    m["host.kernel"] = HostKernel();
-    m["host.cpu"] = CpuDigest();
-    m["host.accel"] = "kvm";
-    m["firecracker.jailed"] = opts_.jailer.binary.empty() ? "false" : "true";
+    m["vmm.accel"] = "kvm";
+    m["vmm.jailed"] = opts_.jailer.binary.empty() ? "false" : "true";
     return m;
   }
 

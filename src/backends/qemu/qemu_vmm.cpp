@@ -6,7 +6,6 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -141,23 +140,6 @@ Status FsyncFile(const std::string& path) {
   if (!fd.valid() || ::fsync(fd.get()) != 0)
     return Status::Unavailable("fsync " + path + ": " + std::strerror(errno));
   return Status::Ok();
-}
-
-std::string HostKernel() {
-  utsname u{};
-  if (::uname(&u) != 0) return "unknown";
-  return u.release;
-}
-
-std::string CpuDigest() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line, model, flags;
-  while (std::getline(f, line)) {
-    if (model.empty() && line.rfind("model name", 0) == 0) model = line;
-    if (flags.empty() && line.rfind("flags", 0) == 0) flags = line;
-    if (!model.empty() && !flags.empty()) break;
-  }
-  return util::Xxh3Hex(model + "\n" + flags).substr(0, 16);
 }
 
 std::string ResolveAccel(const std::string& accel) {
@@ -588,18 +570,17 @@ class QemuVmm final : public Vmm {
 
   std::string Kind() const override { return "qemu"; }
 
+  // Facts about QEMU only, under vmm.*; the host's part of the key is the core's (core/host_facts.cpp).
+  // FirecrackerVmm's looks alike because both implement the same Vmm contract.
   Result<std::map<std::string, std::string>> HostCompatibility() override {
     auto v = Version();
     if (!v.ok()) return v.status();
     return std::map<std::string, std::string>{
-        {"vmm", "qemu"},
-        {"qemu_version", *v},
-        {"machine", "microvm"},
-        {"accelerator", ResolveAccel(opt_.accelerator)},
-        {"cpu_model", opt_.cpu_model},
-        {"snapshot_format", "fcwarm-qemu-" + std::to_string(qemu::kSidecarFormat)},
-        {"host_kernel", HostKernel()},
-        {"host_cpu", CpuDigest()},
+        {"vmm.version", *v},
+        {"vmm.snapshot_version", "fcwarm-qemu-" + std::to_string(qemu::kSidecarFormat)},
+        {"vmm.machine", "microvm"},
+        {"vmm.accel", ResolveAccel(opt_.accelerator)},
+        {"vmm.cpu_model", opt_.cpu_model},
     };
   }
 
@@ -623,18 +604,10 @@ class QemuVmm final : public Vmm {
     if (!spec.image.rootfs_path.empty()) cfg.disk = Join(spec.work_dir, qemu::kDiskName);
     cfg.nic = opt_.network_mode == QemuNetworkMode::kNetns;
     cfg.mac = MacFor(spec);
-    std::optional<net::NetnsPlan> plan;
-    if (cfg.nic) {
-      auto p = NetPlan(spec);
-      if (!p.ok()) return p.status();
-      plan = *p;
-    }
-    auto vm = std::make_unique<QemuVm>(opt_, cfg, *version, spec.on_process_started);
     std::string base_format = spec.image.rootfs_path.empty() ? "" : ImageFormat(spec.image.rootfs_path);
-    if (auto st = vm->Start(spec.image.rootfs_path, base_format, plan ? &*plan : nullptr); !st.ok()) {
-      return st.WithContext("cold boot of vm " + spec.vm_id);
-    }
-    return std::unique_ptr<Vm>(std::move(vm));
+    auto vm = StartVm(spec, cfg, *version, spec.image.rootfs_path, base_format);
+    if (!vm.ok()) return vm.status().WithContext("cold boot of vm " + spec.vm_id);
+    return std::unique_ptr<Vm>(std::move(*vm));
   }
 
   Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& snapshot_dir) override {
@@ -711,19 +684,25 @@ class QemuVmm final : public Vmm {
     cfg.nic = sc->nic;
     cfg.mac = spec.network.mac.empty() ? sc->mac : spec.network.mac;
     cfg.incoming = true;
+    auto vm = StartVm(spec, cfg, *version, sc->disk ? Join(dir, qemu::kDiskName) : "", "qcow2");
+    if (!vm.ok()) return vm.status();
+    if (auto s = (*vm)->Incoming(dir); !s.ok()) return s;
+    return std::unique_ptr<Vm>(std::move(*vm));
+  }
+
+  // Starts the QEMU process of a cold boot or a restore: the VM's network namespace when `cfg` has a NIC, then
+  // the process with an overlay on `base_disk` (of `base_format`; "" for no disk).
+  Result<std::unique_ptr<QemuVm>> StartVm(const LaunchSpec& spec, const VmConfig& cfg, const std::string& version,
+                                          const std::string& base_disk, const std::string& base_format) {
     std::optional<net::NetnsPlan> plan;
     if (cfg.nic) {
       auto p = NetPlan(spec);
       if (!p.ok()) return p.status();
       plan = *p;
     }
-    auto vm = std::make_unique<QemuVm>(opt_, cfg, *version, spec.on_process_started);
-    if (auto s = vm->Start(sc->disk ? Join(dir, qemu::kDiskName) : "", "qcow2", plan ? &*plan : nullptr);
-        !s.ok()) {
-      return s;
-    }
-    if (auto s = vm->Incoming(dir); !s.ok()) return s;
-    return std::unique_ptr<Vm>(std::move(vm));
+    auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started);
+    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr); !st.ok()) return st;
+    return vm;
   }
 
   Status CheckSpec(const LaunchSpec& spec) {
@@ -781,13 +760,13 @@ class QemuVmm final : public Vmm {
     plan.tap = qemu::kTapName;
     if (auto st = net::NamesForVm(spec.vm_id, opt_.netns_prefix, opt_.veth_prefix, &plan); !st.ok())
       return st;
-    if (spec.network.index >= 0 && !spec.network.ip_cidr.empty() && !spec.network.gateway.empty()) {
+    if (spec.network.index >= 0) {
       auto gw = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
       if (!gw.ok()) return gw.status();
       plan.gateway_cidr = *gw;
-    } else {
-      plan.host_veth.clear();  // a VM without an identity (a build VM) is not linked to the host
     }
+    // A VM without an identity (a build VM) is not linked to the host.
+    if (plan.gateway_cidr.empty()) plan.host_veth.clear();
     return plan;
   }
 

@@ -1,49 +1,17 @@
-#include "backends/firecracker/host_net.hpp"
+#include "net/tap.hpp"
 
-#include <net/if.h>
+#include "net/ip.hpp"
 
-#include <filesystem>
-#include <vector>
+namespace fcwarm::net {
 
-#include "util/process.hpp"
-
-namespace fcwarm::firecracker {
-namespace {
-constexpr std::chrono::milliseconds kIpTimeout{10000};
-
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
-  return s;
-}
-}  // namespace
-
-std::string GatewayCidr(const std::string& gateway, const std::string& guest_ip_cidr) {
-  auto slash = guest_ip_cidr.find('/');
-  if (gateway.empty() || slash == std::string::npos) return "";
-  return gateway + guest_ip_cidr.substr(slash);
-}
-
-bool InterfaceExists(const std::string& name) { return !name.empty() && ::if_nametoindex(name.c_str()) != 0; }
-
-Status HostNet::Ip(const std::vector<std::string>& args, bool in_netns) {
-  std::vector<std::string> argv{ip_};
-  if (in_netns && !plan_.netns.empty()) {
-    argv.push_back("-n");
-    argv.push_back(plan_.netns);
-  }
+Status TapNetwork::Ip(const std::vector<std::string>& args, bool in_netns) {
+  std::vector<std::string> argv;
+  if (in_netns && !plan_.netns.empty()) argv = {"-n", plan_.netns};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto r = util::Run(argv, kIpTimeout);
-  std::string cmd;
-  for (const auto& a : argv) cmd += (cmd.empty() ? "" : " ") + a;
-  if (!r.ok()) return r.status().WithContext(cmd);
-  if (r->exit_code != 0) {
-    return Status::Unavailable("'" + cmd + "' failed (exit " + std::to_string(r->exit_code) +
-                               "): " + Trim(r->output));
-  }
-  return Status::Ok();
+  return RunIp(plan_.ip_binary, argv, plan_.timeout);
 }
 
-Status HostNet::Create() {
+Status TapNetwork::Create() {
   if (plan_.tap.empty() || plan_.tap.size() > 15) {
     return Status::InvalidArgument("TAP name '" + plan_.tap + "' must have 1-15 characters");
   }
@@ -72,7 +40,7 @@ Status HostNet::Create() {
   return Status::Ok();
 }
 
-Status HostNet::Release() {
+Status TapNetwork::Release() {
   Status result;
   if (created_ns_) {
     result = Ip({"netns", "del", plan_.netns}, false);
@@ -87,4 +55,4 @@ Status HostNet::Release() {
   return result;
 }
 
-}  // namespace fcwarm::firecracker
+}  // namespace fcwarm::net
