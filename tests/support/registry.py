@@ -404,7 +404,7 @@ class Registry:
         with Registry() as reg:          # starts; images pushed with reg.push_standard_images()
             reg.push_standard_images()
             reg.url                      # "http://10.214.N.2:5000"
-            reg.pulls("library/nginx")   # {"manifests": 0, "blobs": 0}
+            reg.pulls("library/nginx")   # {"manifests": 0, "blobs": 0, "manifest_heads": 0}
 
     Thread safety: none; one test owns one Registry.
     """
@@ -646,16 +646,19 @@ class Registry:
         return len(self.requests())
 
     def pulls(self, name=None, since=0):
-        """Successful pull requests from `since` on: {"manifests": GETs of manifests, "blobs": GETs of blobs}
-        (HEADs not counted), for repository `name` (e.g. "library/nginx") or all. A pull of an image whose
-        layers the puller already has still GETs its manifest, so {"manifests": 0, ...} means no pull."""
-        counts = {"manifests": 0, "blobs": 0}
+        """Successful requests of a pull from `since` on, for repository `name` (e.g. "library/nginx") or all:
+        {"manifests": GETs of manifests, "blobs": GETs of blobs, "manifest_heads": HEADs of manifests}.
+        dockerd 20.10 pulls by HEAD manifests/<tag>, GET manifests/<digest>, then GET of every missing blob; a
+        pull of an image it already has may stop after the HEAD. So "no pull at all" is all three zero (or no
+        `requests(since)` for the name)."""
+        counts = {"manifests": 0, "blobs": 0, "manifest_heads": 0}
         for r in self.requests(since):
-            if r.method != "GET" or r.kind is None or r.status >= 400:
+            if r.kind is None or r.status >= 400 or (name is not None and r.name != name):
                 continue
-            if name is not None and r.name != name:
-                continue
-            counts["manifests" if r.kind == "manifest" else "blobs"] += 1
+            if r.method == "GET":
+                counts["manifests" if r.kind == "manifest" else "blobs"] += 1
+            elif r.method == "HEAD" and r.kind == "manifest":
+                counts["manifest_heads"] += 1
         return counts
 
 
