@@ -139,6 +139,11 @@ install -D -m 0644 "${SCRIPT_DIR}/common.sh" "${root}/lib/fcwarm/common.sh"
 echo fcwarm-docker >"${root}/etc/hostname"
 mkdir -p "${root}/etc/docker"
 echo '{"log-driver": "json-file"}' >"${root}/etc/docker/daemon.json"
+# debootstrap leaves the build host's resolv.conf in the image; guests get theirs from `identity` (dns). Until
+# then there is no nameserver (the resolver tries localhost), so nothing from the build host leaks into a VM.
+rm -f "${root}/etc/resolv.conf"
+printf '# no nameserver: fcwarm-agent writes this file at identity (dns)\n' >"${root}/etc/resolv.conf"
+chmod 0644 "${root}/etc/resolv.conf"
 
 # ---- busybox image in `docker load` format -----------------------------------------------------------------
 ta=$(date +%s.%N)

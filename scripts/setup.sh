@@ -19,6 +19,8 @@ packages=(
   qemu-system-x86 qemu-utils busybox-static lz4 cpio iproute2 e2fsprogs kmod zstd xz-utils gzip
   # host networking: egress policy and published ports (docs/networking.md)
   iptables
+  # the offline test registry (tests/support/registry.py): Docker distribution 2.8 and skopeo to push
+  docker-registry skopeo
 )
 if [[ -n "${FCWARM_EXTRA_PACKAGES:-}" ]]; then
   read -r -a extra <<<"${FCWARM_EXTRA_PACKAGES}"
@@ -41,6 +43,12 @@ if ((${#missing[@]} > 0)); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # docker-registry's package enables a system service listening on :5000 on every address. The tests run
+  # their own registry in a network namespace; a registry open to the network was not asked for, so switch
+  # the service off when this run installed it (and systemd is there to have started it).
+  if [[ " ${missing[*]} " == *" docker-registry "* ]] && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now docker-registry.service || echo "setup: could not disable docker-registry.service" >&2
+  fi
 else
   echo "setup: all ${#packages[@]} packages present"
 fi

@@ -66,7 +66,8 @@ stage setup ./scripts/setup.sh
 stage build build_all
 stage guest-artifacts guest_artifacts
 stage docker-image docker_image
-export FCWARM_REQUIRE_DOCKER=1 # the docker tier must run here, not skip
+export FCWARM_REQUIRE_DOCKER=1   # the docker tier must run here, not skip
+export FCWARM_REQUIRE_REGISTRY=1 # so must the offline test registry (label `registry`)
 stage ctest ctest --preset ci --output-junit "$PWD/$report_dir/ctest.xml" || true
 # libFuzzer over HTTP parsing, routing and JSON decoding, bounded time; runs even when ctest failed.
 fuzz() { ./scripts/fuzz.sh 60 2>&1 | tee "$report_dir/fuzz.log"; }

@@ -3,11 +3,14 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/json.hpp>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <thread>
 
 namespace fcwarm::agent {
 namespace json = boost::json;
@@ -155,6 +158,270 @@ bool ValidIfaceName(std::string_view s) {
   return true;
 }
 
+// An optional array of strings: nullopt when absent or null; every element must be a non-empty string.
+std::optional<std::vector<std::string>> OptStringArray(const json::object& o, std::string_view key,
+                                                       std::string_view where, std::size_t max_items) {
+  const json::value* v = Find(o, key);
+  if (!v || v->is_null()) return std::nullopt;
+  std::string name = std::string(where) + std::string(key);
+  if (!v->is_array()) throw Failure{"bad_request", name + " must be an array of strings"};
+  const auto& arr = v->get_array();
+  if (arr.size() > max_items)
+    throw Failure{"bad_request", name + " has " + std::to_string(arr.size()) + " entries, at most " +
+                                     std::to_string(max_items) + " are allowed"};
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < arr.size(); ++i) {
+    if (!arr[i].is_string())
+      throw Failure{"bad_request", name + "[" + std::to_string(i) + "] must be a string"};
+    out.emplace_back(arr[i].get_string());
+  }
+  return out;
+}
+
+// "a.b.c.d" in canonical form, or nullopt.
+std::optional<std::string> CanonicalIpv4(const std::string& s) {
+  auto a = ParseIpv4(s);
+  if (!a) return std::nullopt;
+  char buf[INET_ADDRSTRLEN];
+  in_addr in{};
+  in.s_addr = *a;
+  if (!inet_ntop(AF_INET, &in, buf, sizeof buf)) return std::nullopt;
+  return std::string(buf);
+}
+
+// A registry host: a DNS name (labels of [A-Za-z0-9-], not starting or ending with '-'), an IPv4 address, or
+// an IPv6 address in brackets.
+bool ValidRegistryHost(std::string_view h) {
+  if (h.empty() || h.size() > 253) return false;
+  if (h.front() == '[') {
+    if (h.back() != ']' || h.size() < 3) return false;
+    std::string inner(h.substr(1, h.size() - 2));
+    in6_addr a{};
+    return inet_pton(AF_INET6, inner.c_str(), &a) == 1;
+  }
+  std::size_t start = 0;
+  for (;;) {
+    auto dot = h.find('.', start);
+    std::string_view label =
+        h.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
+    for (char c : label) {
+      bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-';
+      if (!ok) return false;
+    }
+    if (dot == std::string_view::npos) return true;
+    start = dot + 1;
+  }
+}
+
+// "host" or "host:port" (port 1-65535).
+bool ValidHostPort(std::string_view hp) {
+  std::string_view host = hp, port;
+  auto colon = hp.rfind(':');
+  auto bracket = hp.rfind(']');
+  if (colon != std::string_view::npos && (bracket == std::string_view::npos || colon > bracket)) {
+    host = hp.substr(0, colon);
+    port = hp.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos)
+      return false;
+    int p = std::stoi(std::string(port));
+    if (p < 1 || p > 65535) return false;
+  }
+  return ValidRegistryHost(host);
+}
+
+// A registry mirror URL as dockerd accepts it: http:// or https://, host[:port], nothing after an optional
+// final "/". Returns dockerd's normalized form (with the final "/", as GET /info reports it).
+std::optional<std::string> NormalizeMirror(std::string_view url) {
+  if (url.size() > 256) return std::nullopt;
+  std::string_view rest;
+  if (url.substr(0, 7) == "http://")
+    rest = url.substr(7);
+  else if (url.substr(0, 8) == "https://")
+    rest = url.substr(8);
+  else
+    return std::nullopt;
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  if (rest.find_first_of("/?#@") != std::string_view::npos || !ValidHostPort(rest)) return std::nullopt;
+  return std::string(url.substr(0, url.size() - (url.back() == '/' ? 1 : 0))) + "/";
+}
+
+// An insecure registry: "host[:port]" as given, or an IPv4 CIDR in canonical form (host bits cleared, as
+// dockerd reports it).
+std::optional<std::string> NormalizeInsecureRegistry(std::string_view r) {
+  if (r.empty() || r.size() > 256) return std::nullopt;
+  auto slash = r.find('/');
+  if (slash == std::string_view::npos)
+    return ValidHostPort(r) ? std::optional<std::string>(std::string(r)) : std::nullopt;
+  std::string_view p = r.substr(slash + 1);
+  if (p.empty() || p.size() > 2 || p.find_first_not_of("0123456789") != std::string_view::npos)
+    return std::nullopt;
+  int prefix = std::stoi(std::string(p));
+  auto a = ParseIpv4(std::string(r.substr(0, slash)));
+  if (!a || prefix > 32) return std::nullopt;
+  uint32_t host = ntohl(*a);
+  uint32_t mask = prefix == 0 ? 0 : ~uint32_t(0) << (32 - prefix);
+  in_addr net{};
+  net.s_addr = htonl(host & mask);
+  char buf[INET_ADDRSTRLEN];
+  if (!inet_ntop(AF_INET, &net, buf, sizeof buf)) return std::nullopt;
+  return std::string(buf) + "/" + std::to_string(prefix);
+}
+
+bool IsCidr(const std::string& s) { return s.find('/') != std::string::npos; }
+
+// The `docker` field of `identity`, validated.
+struct DockerSettings {
+  std::optional<std::vector<std::string>> mirrors;   // normalized; replaces "registry-mirrors"
+  std::optional<std::vector<std::string>> insecure;  // normalized; replaces "insecure-registries"
+  std::chrono::milliseconds timeout{kDefaultDockerReloadTimeoutMs};
+};
+
+DockerSettings ParseDockerSettings(const json::value& v) {
+  if (!v.is_object()) throw Failure{"bad_request", "docker must be an object"};
+  const auto& o = v.get_object();
+  DockerSettings d;
+  d.mirrors = OptStringArray(o, "registry_mirrors", "docker.", 16);
+  if (d.mirrors) {
+    for (std::size_t i = 0; i < d.mirrors->size(); ++i) {
+      auto n = NormalizeMirror((*d.mirrors)[i]);
+      if (!n)
+        throw Failure{"bad_request",
+                      "docker.registry_mirrors[" + std::to_string(i) +
+                          "] must be an http:// or https:// URL of a host[:port] without path, "
+                          "query or user (got \"" +
+                          Printable((*d.mirrors)[i], 64) + "\")"};
+      (*d.mirrors)[i] = *n;
+    }
+  }
+  d.insecure = OptStringArray(o, "insecure_registries", "docker.", 64);
+  if (d.insecure) {
+    for (std::size_t i = 0; i < d.insecure->size(); ++i) {
+      auto n = NormalizeInsecureRegistry((*d.insecure)[i]);
+      if (!n)
+        throw Failure{"bad_request", "docker.insecure_registries[" + std::to_string(i) +
+                                         "] must be host[:port] or an IPv4 CIDR such as 10.0.0.0/8 (got \"" +
+                                         Printable((*d.insecure)[i], 64) + "\")"};
+      (*d.insecure)[i] = *n;
+    }
+  }
+  if (!d.mirrors && !d.insecure)
+    throw Failure{"bad_request", "docker must set registry_mirrors and/or insecure_registries"};
+  auto t = OptInt(o, "timeout_ms", "docker.");
+  if (t) {
+    if (*t <= 0 || *t > kMaxDockerReloadTimeoutMs)
+      throw Failure{"bad_request",
+                    "docker.timeout_ms must be in 1.." + std::to_string(kMaxDockerReloadTimeoutMs)};
+    d.timeout = std::chrono::milliseconds(*t);
+  }
+  return d;
+}
+
+// dockerd as found in /proc: pid, API socket and configuration file (from its command line, else defaults).
+struct Dockerd {
+  int pid = 0;  // 0: not running
+  std::string socket;
+  std::string config_file;
+};
+
+// Value of a flag in argv: "--name value", "--name=value", and for a short form "-H value" / "-Hvalue".
+// Returns every occurrence in order.
+std::vector<std::string> FlagValues(const std::vector<std::string>& argv, std::string_view long_name,
+                                    std::string_view short_name = "") {
+  std::vector<std::string> out;
+  for (std::size_t i = 1; i < argv.size(); ++i) {
+    const std::string& a = argv[i];
+    if (a == long_name || (!short_name.empty() && a == short_name)) {
+      if (i + 1 < argv.size()) out.push_back(argv[++i]);
+    } else if (a.size() > long_name.size() && a.compare(0, long_name.size(), long_name) == 0 &&
+               a[long_name.size()] == '=') {
+      out.push_back(a.substr(long_name.size() + 1));
+    } else if (!short_name.empty() && a.size() > short_name.size() &&
+               a.compare(0, short_name.size(), short_name) == 0) {
+      std::string v = a.substr(short_name.size());
+      if (!v.empty() && v[0] == '=') v.erase(0, 1);
+      out.push_back(v);
+    }
+  }
+  return out;
+}
+
+Dockerd FindDockerd(AgentContext& ctx) {
+  Dockerd d;
+  d.config_file = ctx.root + std::string(kDockerDaemonJson);
+  auto procs = ctx.sys->FindProcesses("dockerd");
+  if (procs.empty()) return d;
+  d.pid = procs.front().pid;
+  const auto& argv = procs.front().argv;
+  auto cfg = FlagValues(argv, "--config-file");
+  if (!cfg.empty() && !cfg.back().empty() && cfg.back()[0] == '/') d.config_file = cfg.back();
+  for (const auto& h : FlagValues(argv, "--host", "-H")) {
+    if (h.rfind("unix://", 0) == 0 && h.size() > 7) {
+      d.socket = h.substr(7);
+      break;
+    }
+  }
+  return d;
+}
+
+// The first unix:// entry of daemon.json's "hosts", or "".
+std::string SocketFromDaemonJson(const json::object& cfg) {
+  const json::value* hosts = Find(cfg, "hosts");
+  if (!hosts || !hosts->is_array()) return "";
+  for (const auto& h : hosts->get_array()) {
+    if (!h.is_string()) continue;
+    std::string_view s = h.get_string();
+    if (s.substr(0, 7) == "unix://" && s.size() > 7) return std::string(s.substr(7));
+  }
+  return "";
+}
+
+// True when GET /info's RegistryConfig shows exactly the wanted mirrors and insecure registries (dockerd
+// always adds 127.0.0.0/8 to the insecure CIDRs, and lists docker.io among the index configs).
+bool RegistryConfigMatches(const std::string& info_body, const DockerSettings& want) {
+  std::error_code ec;
+  json::value info = json::parse(info_body, ec);
+  if (ec || !info.is_object()) return false;
+  const json::value* rc = Find(info.get_object(), "RegistryConfig");
+  if (!rc || !rc->is_object()) return false;
+  const auto& reg = rc->get_object();
+  auto strings = [](const json::value* v) {
+    std::vector<std::string> out;
+    if (v && v->is_array())
+      for (const auto& e : v->get_array())
+        if (e.is_string()) out.emplace_back(e.get_string());
+    return out;
+  };
+  if (want.mirrors && strings(Find(reg, "Mirrors")) != *want.mirrors) return false;
+  if (want.insecure) {
+    std::vector<std::string> want_cidrs{"127.0.0.0/8"}, want_hosts;
+    for (const auto& r : *want.insecure) {
+      if (!IsCidr(r))
+        want_hosts.push_back(r);
+      else if (r != "127.0.0.0/8")
+        want_cidrs.push_back(r);
+    }
+    auto have_cidrs = strings(Find(reg, "InsecureRegistryCIDRs"));
+    std::vector<std::string> have_hosts;
+    if (const json::value* ic = Find(reg, "IndexConfigs"); ic && ic->is_object()) {
+      for (const auto& kv : ic->get_object()) {
+        if (!kv.value().is_object()) continue;
+        const json::value* secure = Find(kv.value().get_object(), "Secure");
+        if (secure && secure->is_bool() && !secure->get_bool()) have_hosts.emplace_back(kv.key());
+      }
+    }
+    auto same_set = [](std::vector<std::string> a, std::vector<std::string> b) {
+      std::sort(a.begin(), a.end());
+      a.erase(std::unique(a.begin(), a.end()), a.end());
+      std::sort(b.begin(), b.end());
+      b.erase(std::unique(b.begin(), b.end()), b.end());
+      return a == b;
+    };
+    if (!same_set(have_cidrs, want_cidrs) || !same_set(have_hosts, want_hosts)) return false;
+  }
+  return true;
+}
+
 // ---- operations ----
 
 json::object OpPing(const json::object&, AgentContext& ctx) {
@@ -165,6 +432,123 @@ json::object OpPing(const json::object&, AgentContext& ctx) {
   r["uptime_ms"] = static_cast<int64_t>(ctx.sys->Uptime().count());
   r["hostname"] = Printable(ctx.sys->Hostname());
   return r;
+}
+
+// Reads and parses the daemon.json that `identity` will merge into; part of validation (nothing changed yet).
+json::object ReadDaemonJson(AgentContext& ctx, const std::string& path) {
+  FileContent f = ctx.sys->ReadFile(path, kMaxDaemonJsonBytes);
+  if (!f.exists) return {};
+  if (!f.error.empty()) throw Failure{"failed", Printable("docker: " + f.error + "; nothing was changed")};
+  if (f.truncated)
+    throw Failure{"failed", Printable("docker: " + path + " is larger than " +
+                                      std::to_string(kMaxDaemonJsonBytes) + " bytes; nothing was changed")};
+  if (f.content.find_first_not_of(" \t\r\n") == std::string::npos) return {};
+  std::error_code ec;
+  json::value v = json::parse(f.content, ec);
+  if (ec || !v.is_object())
+    throw Failure{"failed",
+                  Printable("docker: " + path + " is not a JSON object (" +
+                            (ec ? ec.message() : std::string("not an object")) + "); nothing was changed")};
+  return v.get_object();
+}
+
+// Merges the settings into daemon.json (only those keys), writes it atomically and makes a running dockerd
+// apply it (SIGHUP; dockerd reloads registry-mirrors and insecure-registries live), confirmed through GET
+// /info.
+json::object ApplyDocker(AgentContext& ctx, const DockerSettings& want, const Dockerd& d, json::object cfg) {
+  using Clock = std::chrono::steady_clock;
+  auto to_array = [](const std::vector<std::string>& v) {
+    json::array a;
+    for (const auto& s : v) a.emplace_back(s);
+    return a;
+  };
+  // Always written as lists, possibly empty: dockerd's reload only changes keys present in the file.
+  if (want.mirrors) cfg["registry-mirrors"] = to_array(*want.mirrors);
+  if (want.insecure) cfg["insecure-registries"] = to_array(*want.insecure);
+  if (auto s = ctx.sys->ReplaceFile(d.config_file, json::serialize(cfg) + "\n", 0644); !s.ok())
+    throw Failure{"failed", Printable("docker: " + s.error)};
+  json::object r;
+  r["config_file"] = d.config_file;
+  if (d.pid == 0) {
+    r["dockerd"] = "not_running";  // it reads the file when it starts
+    return r;
+  }
+  std::string sock = d.socket;
+  if (sock.empty()) sock = SocketFromDaemonJson(cfg);
+  if (sock.empty()) sock = std::string(kDefaultDockerSocket);
+  r["pid"] = d.pid;
+  r["socket"] = sock;
+  const auto deadline = Clock::now() + want.timeout;
+  auto left = [&] {
+    return std::max<int64_t>(
+        1, std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count());
+  };
+  auto expired = [&] { return Clock::now() >= deadline; };
+  std::string last_error;
+  auto ping = [&] {
+    auto t = std::chrono::milliseconds(std::min<int64_t>(2000, left()));
+    HttpExchange x = ctx.sys->UnixHttp(sock, BuildHttpRequest("GET", "/_ping", std::nullopt), t, 64);
+    if (!x.ok()) {
+      last_error = x.error;
+      return false;
+    }
+    if (x.response.status != 200) last_error = sock + " answered \"" + x.response.status_line + "\"";
+    return x.response.status == 200;
+  };
+  auto applied = [&] {
+    auto t = std::chrono::milliseconds(std::min<int64_t>(5000, left()));
+    HttpExchange x =
+        ctx.sys->UnixHttp(sock, BuildHttpRequest("GET", "/info", std::nullopt), t, kMaxStreamBytes);
+    if (!x.ok()) {
+      last_error = x.error;
+      return false;
+    }
+    if (x.response.status != 200) {
+      last_error = "GET /info answered \"" + x.response.status_line + "\"";
+      return false;
+    }
+    last_error = "GET /info does not show the new registry configuration yet";
+    return RegistryConfigMatches(x.response.body, want);
+  };
+
+  // dockerd handles SIGHUP only once it serves its API; before that the signal would kill it (Go's default).
+  if (!ping()) {
+    // The image's init still reloads dockerd once it answers, after this write (fcwarm-init.sh): done here.
+    if (ctx.sys->PathExists(ctx.root + std::string(kDockerReloadPendingMarker))) {
+      r["dockerd"] = "reload_pending";
+      return r;
+    }
+    bool up = false;
+    while (!up && !expired()) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::min<int64_t>(100, left())));
+      up = ping();
+    }
+    if (!up)
+      throw Failure{"failed",
+                    Printable("docker: dockerd (pid " + std::to_string(d.pid) + ") did not answer within " +
+                              std::to_string(want.timeout.count()) + " ms (" + last_error + "); " +
+                              d.config_file + " was written but not applied")};
+  }
+  // A clone of a snapshot whose daemon already had these settings: nothing to reload.
+  if (applied()) {
+    r["dockerd"] = "unchanged";
+    return r;
+  }
+  if (auto s = ctx.sys->SendSignal(d.pid, SIGHUP); !s.ok())
+    throw Failure{"failed",
+                  Printable("docker: SIGHUP to dockerd (pid " + std::to_string(d.pid) + "): " + s.error)};
+  while (!expired()) {
+    if (applied()) {
+      r["dockerd"] = "reloaded";
+      return r;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::min<int64_t>(50, left())));
+  }
+  throw Failure{"failed", Printable("docker: dockerd (pid " + std::to_string(d.pid) +
+                                    ") did not apply the registry configuration within " +
+                                    std::to_string(want.timeout.count()) + " ms of SIGHUP (" + last_error +
+                                    "; its log says why, e.g. an option given both as a flag and in " +
+                                    d.config_file + ")")};
 }
 
 json::object OpIdentity(const json::object& req, AgentContext& ctx) {
@@ -210,6 +594,28 @@ json::object OpIdentity(const json::object& req, AgentContext& ctx) {
   }
   auto clock_ns = OptInt(req, "wall_clock_ns");
   if (clock_ns && *clock_ns < 0) throw Failure{"bad_request", "wall_clock_ns must not be negative"};
+  // glibc reads at most 3 nameservers (MAXNS).
+  auto dns = OptStringArray(req, "dns", "", 3);
+  if (dns) {
+    if (dns->empty()) throw Failure{"bad_request", "dns must list 1 to 3 IPv4 nameserver addresses"};
+    for (std::size_t i = 0; i < dns->size(); ++i) {
+      auto c = CanonicalIpv4((*dns)[i]);
+      uint32_t host = c ? ntohl(*ParseIpv4(*c)) : 0;
+      if (!c || host == 0 || host == 0xffffffffu || (host >> 28) == 0xe)
+        throw Failure{"bad_request", "dns[" + std::to_string(i) + "] must be a unicast IPv4 address (got \"" +
+                                         Printable((*dns)[i], 64) + "\")"};
+      (*dns)[i] = *c;
+    }
+  }
+  std::optional<DockerSettings> docker;
+  Dockerd dockerd;
+  json::object daemon_json;
+  if (const json::value* dv = Find(req, "docker"); dv && !dv->is_null()) {
+    docker = ParseDockerSettings(*dv);
+    // Reads, still before any change: which daemon and file, and a file that cannot be merged into.
+    dockerd = FindDockerd(ctx);
+    daemon_json = ReadDaemonJson(ctx, dockerd.config_file);
+  }
 
   auto check = [](const char* step, const OpStatus& s) {
     if (!s.ok()) throw Failure{"failed", std::string(step) + ": " + s.error};
@@ -228,6 +634,13 @@ json::object OpIdentity(const json::object& req, AgentContext& ctx) {
   if (gateway_text) check("gateway", ctx.sys->SetDefaultRoute(iface, gateway));
   if (entropy_b64) check("entropy_b64", ctx.sys->AddEntropy(entropy));
   if (clock_ns) check("wall_clock_ns", ctx.sys->SetWallClock(*clock_ns));
+  if (dns) {
+    std::string text = "# written by fcwarm-agent (identity)\n";
+    for (const auto& ns : *dns) text += "nameserver " + ns + "\n";
+    check("dns", ctx.sys->ReplaceFile(ctx.root + std::string(kResolvConf), text, 0644));
+  }
+  json::value docker_result = nullptr;
+  if (docker) docker_result = ApplyDocker(ctx, *docker, dockerd, std::move(daemon_json));
 
   r["hostname"] = Printable(ctx.sys->Hostname());
   r["iface"] = iface;
@@ -235,6 +648,14 @@ json::object OpIdentity(const json::object& req, AgentContext& ctx) {
   r["ip_cidr"] = cidr ? json::value(*cidr) : json::value(nullptr);
   r["entropy_bytes"] = static_cast<int64_t>(entropy.size());
   r["clock_set"] = clock_ns.has_value();
+  if (dns) {
+    json::array a;
+    for (const auto& ns : *dns) a.emplace_back(ns);
+    r["dns"] = std::move(a);
+  } else {
+    r["dns"] = nullptr;
+  }
+  r["docker"] = std::move(docker_result);
   return r;
 }
 

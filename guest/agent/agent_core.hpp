@@ -31,6 +31,19 @@ inline constexpr std::size_t kMaxHttpTargetBytes = 2048;
 /// Longest HTTP response head (status line + headers) UnixHttp accepts.
 inline constexpr std::size_t kMaxHttpHeadBytes = 65536;
 inline constexpr std::string_view kDefaultDockerSocket = "/var/run/docker.sock";
+/// Docker's default daemon configuration file (relative to AgentContext::root).
+inline constexpr std::string_view kDockerDaemonJson = "/etc/docker/daemon.json";
+/// The resolver configuration `identity` writes for `dns` (relative to AgentContext::root).
+inline constexpr std::string_view kResolvConf = "/etc/resolv.conf";
+/// Present while the image's init will still send dockerd a SIGHUP once it answers (relative to
+/// AgentContext::root; guest/docker/fcwarm-init.sh). See the `docker` field of `identity`.
+inline constexpr std::string_view kDockerReloadPendingMarker = "/run/fcwarm/dockerd-reload-pending";
+/// Default and longest wait of `identity` for dockerd to answer and apply a new registry configuration.
+inline constexpr int64_t kDefaultDockerReloadTimeoutMs = 5000;
+/// Longest `docker.timeout_ms` of `identity`.
+inline constexpr int64_t kMaxDockerReloadTimeoutMs = 60000;
+/// Largest daemon.json the agent merges into.
+inline constexpr std::size_t kMaxDaemonJsonBytes = 1 << 20;
 
 /// \brief Outcome of a system call wrapper: empty `error` means success.
 struct OpStatus {
@@ -57,6 +70,20 @@ struct ProcessResult {
   std::string err;         ///< Captured stderr (at most max_output bytes).
   bool truncated = false;  ///< A stream exceeded max_output.
   std::string error;       ///< Why the process could not be started.
+};
+
+/// \brief A file read by SystemOps::ReadFile.
+struct FileContent {
+  bool exists = false;     ///< False when the path does not exist (then `error` is empty).
+  std::string content;     ///< The bytes read (at most the requested maximum).
+  bool truncated = false;  ///< The file is longer than the requested maximum.
+  std::string error;       ///< Why an existing file could not be read; empty on success.
+};
+
+/// \brief A running process (SystemOps::FindProcesses).
+struct ProcessEntry {
+  int pid = 0;                    ///< Process id.
+  std::vector<std::string> argv;  ///< Its command line (/proc/<pid>/cmdline split at NUL bytes).
 };
 
 /// \brief An HTTP response read by SystemOps::UnixHttp.
@@ -141,6 +168,18 @@ class SystemOps {
   virtual std::vector<std::string> ListFiles(const std::string& dir) = 0;
   /// \brief unlink(); a missing file is not an error.
   virtual OpStatus RemoveFile(const std::string& path) = 0;
+  /// \brief Reads at most `max_bytes` of a file (symlinks are followed).
+  virtual FileContent ReadFile(const std::string& path, std::size_t max_bytes) = 0;
+  /// \brief Replaces `path` atomically: a new file in the same directory (created with mode 0755 when
+  /// missing, one level), written, fsync'ed, then renamed over `path` (a symlink at `path` is replaced, not
+  /// followed) and the directory fsync'ed. Readers see the old or the new content, never a mix. \param path
+  /// Absolute path. \param content The whole new content. \param mode Permission bits of the new file, e.g.
+  /// 0644.
+  virtual OpStatus ReplaceFile(const std::string& path, const std::string& content, unsigned mode) = 0;
+  /// \brief Live (not zombie) processes whose /proc/<pid>/comm is `comm`, lowest pid first.
+  virtual std::vector<ProcessEntry> FindProcesses(const std::string& comm) = 0;
+  /// \brief kill(pid, signal).
+  virtual OpStatus SendSignal(int pid, int signal) = 0;
   // --- processes and sockets ---
   virtual ProcessResult Run(const ProcessSpec& spec) = 0;
   /// \brief One HTTP exchange on a Unix stream socket (the `docker` op and the docker readiness check).
@@ -176,6 +215,10 @@ class LinuxSystemOps final : public SystemOps {
   OpStatus FlushNeighbours() override;
   std::vector<std::string> ListFiles(const std::string& dir) override;
   OpStatus RemoveFile(const std::string& path) override;
+  FileContent ReadFile(const std::string& path, std::size_t max_bytes) override;
+  OpStatus ReplaceFile(const std::string& path, const std::string& content, unsigned mode) override;
+  std::vector<ProcessEntry> FindProcesses(const std::string& comm) override;
+  OpStatus SendSignal(int pid, int signal) override;
   ProcessResult Run(const ProcessSpec& spec) override;
   HttpExchange UnixHttp(const std::string& socket_path, const std::string& request,
                         std::chrono::milliseconds timeout, std::size_t max_body) override;

@@ -9,6 +9,8 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -386,6 +388,128 @@ std::vector<std::string> LinuxSystemOps::ListFiles(const std::string& dir) {
 OpStatus LinuxSystemOps::RemoveFile(const std::string& path) {
   if (unlink(path.c_str()) != 0 && errno != ENOENT && errno != ENOTDIR)
     return OpStatus::Fail(Errno("unlink"));
+  return OpStatus::Ok();
+}
+
+FileContent LinuxSystemOps::ReadFile(const std::string& path, std::size_t max_bytes) {
+  FileContent out;
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno != ENOENT) {
+      out.exists = true;
+      out.error = Errno(path.c_str());
+    }
+    return out;
+  }
+  Fd guard(fd);
+  out.exists = true;
+  char buf[65536];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      out.error = Errno(path.c_str());
+      return out;
+    }
+    if (n == 0) break;
+    std::size_t room = max_bytes - out.content.size();
+    out.content.append(buf, std::min(static_cast<std::size_t>(n), room));
+    if (static_cast<std::size_t>(n) > room) {
+      out.truncated = true;
+      break;
+    }
+  }
+  return out;
+}
+
+OpStatus LinuxSystemOps::ReplaceFile(const std::string& path, const std::string& content, unsigned mode) {
+  auto slash = path.rfind('/');
+  if (path.empty() || path[0] != '/' || slash == std::string::npos || slash + 1 == path.size())
+    return OpStatus::Fail(path + ": not an absolute file path");
+  std::string dir = slash == 0 ? "/" : path.substr(0, slash);
+  if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return OpStatus::Fail(Errno(dir.c_str()));
+  // A unique temporary name in the same directory: concurrent writers never share one.
+  std::string tmp = dir + "/." + path.substr(slash + 1) + ".fcwarm-XXXXXX";
+  int fd = mkostemp(tmp.data(), O_CLOEXEC);
+  if (fd < 0) return OpStatus::Fail(Errno(tmp.c_str()));
+  auto fail = [&](const char* what) {
+    std::string why = Errno(what);
+    close(fd);
+    unlink(tmp.c_str());
+    return OpStatus::Fail(path + ": " + why);
+  };
+  if (fchmod(fd, static_cast<mode_t>(mode & 07777)) != 0) return fail("fchmod");
+  std::size_t off = 0;
+  while (off < content.size()) {
+    ssize_t w = write(fd, content.data() + off, content.size() - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return fail("write");
+    }
+    off += static_cast<std::size_t>(w);
+  }
+  if (fsync(fd) != 0) return fail("fsync");
+  if (close(fd) != 0) {
+    std::string why = Errno("close");
+    unlink(tmp.c_str());
+    return OpStatus::Fail(path + ": " + why);
+  }
+  if (rename(tmp.c_str(), path.c_str()) != 0) {
+    std::string why = Errno("rename");
+    unlink(tmp.c_str());
+    return OpStatus::Fail(path + ": " + why);
+  }
+  int dfd = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    (void)fsync(dfd);  // the rename is done; a failed directory fsync only weakens durability
+    close(dfd);
+  }
+  return OpStatus::Ok();
+}
+
+std::vector<ProcessEntry> LinuxSystemOps::FindProcesses(const std::string& comm) {
+  std::vector<ProcessEntry> out;
+  DIR* d = opendir("/proc");
+  if (!d) return out;
+  while (dirent* e = readdir(d)) {
+    std::string name = e->d_name;
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string base = "/proc/" + name;
+    auto c = ReadFile(base + "/comm", 64);
+    if (!c.error.empty() || c.content.empty()) continue;
+    std::string cm = c.content;
+    if (cm.back() == '\n') cm.pop_back();
+    if (cm != comm) continue;
+    // Field 3 of /proc/<pid>/stat is the state; it follows the parenthesized comm.
+    auto st = ReadFile(base + "/stat", 4096);
+    auto close_paren = st.content.rfind(')');
+    if (close_paren == std::string::npos || close_paren + 2 >= st.content.size()) continue;
+    char state = st.content[close_paren + 2];
+    if (state == 'Z' || state == 'X') continue;
+    ProcessEntry p;
+    p.pid = std::stoi(name);
+    auto cl = ReadFile(base + "/cmdline", 65536);
+    std::string arg;
+    for (char ch : cl.content) {
+      if (ch == '\0') {
+        p.argv.push_back(std::move(arg));
+        arg.clear();
+      } else {
+        arg.push_back(ch);
+      }
+    }
+    if (!arg.empty()) p.argv.push_back(std::move(arg));
+    out.push_back(std::move(p));
+  }
+  closedir(d);
+  std::sort(out.begin(), out.end(),
+            [](const ProcessEntry& a, const ProcessEntry& b) { return a.pid < b.pid; });
+  return out;
+}
+
+OpStatus LinuxSystemOps::SendSignal(int pid, int signal) {
+  if (pid <= 0) return OpStatus::Fail("kill: invalid pid " + std::to_string(pid));
+  if (kill(pid, signal) != 0) return OpStatus::Fail(Errno("kill"));
   return OpStatus::Ok();
 }
 

@@ -11,6 +11,11 @@
 # means: daemon up, images loaded, a container has run. If loading or the pre-warm run fails, the socket is
 # never published and /run/fcwarm-docker-failed says why. Timings (guest uptime) go to the console and to
 # /run/fcwarm-timings.
+# dockerd reads /etc/docker/daemon.json (its default location); the agent's `identity` merges registry-mirrors
+# and insecure-registries into it and reloads dockerd (SIGHUP). No dockerd flag below may set an option that
+# daemon.json sets too (dockerd refuses to start, or to reload, when one is given both ways). Containers run with
+# NetworkMode "host" (one container per VM), hence --bridge=none; pulls go out through the VM's eth0 and
+# /etc/resolv.conf, both set by `identity`.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 umask 022
 . /lib/fcwarm/common.sh
@@ -53,15 +58,34 @@ t "containerd socket"
 priv=/run/fcwarm/dockerd.sock
 mkdir -p /run/fcwarm
 rm -f /var/run/docker.sock "${priv}"
+# The agent may write daemon.json while dockerd starts, but must not SIGHUP it before it serves its API (the
+# signal would kill it then). While this marker exists the agent leaves that reload to us (docs/guest-protocol.md,
+# `identity`); it is removed before our SIGHUP, so a later write finds dockerd answering and reloads it itself.
+reload_marker=/run/fcwarm/dockerd-reload-pending
+touch "${reload_marker}"
 dockerd --iptables=false --ip-forward=false --ip-masq=false --bridge=none \
   --storage-driver=overlay2 --containerd=/run/containerd/containerd.sock \
   -H "unix://${priv}" >/var/log/dockerd.log 2>&1 &
+dockerd_pid=$!
 i=0
 while [ ! -S "${priv}" ] && [ "$i" -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
 t "dockerd socket (private)"
 i=0
-until docker -H "unix://${priv}" version >/dev/null 2>&1 || [ "$i" -ge 600 ]; do sleep 0.2; i=$((i + 1)); done
+answers=""
+while [ "$i" -lt 600 ]; do
+  if docker -H "unix://${priv}" version >/dev/null 2>&1; then
+    answers=1
+    break
+  fi
+  sleep 0.2
+  i=$((i + 1))
+done
 t "dockerd answers"
+# Only a dockerd that serves its API has its SIGHUP handler installed.
+if [ -n "${answers}" ]; then
+  rm -f "${reload_marker}"
+  kill -HUP "${dockerd_pid}" 2>/dev/null && t "dockerd reloads daemon.json"
+fi
 
 failed=""
 fail() {

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -29,6 +30,16 @@ struct GuestInfo {
   std::string hostname;       ///< Current hostname.
 };
 
+/// \brief Registry settings of the guest's Docker daemon (the `docker` field of the `identity` op): written to
+/// its daemon.json and applied live (SIGHUP, confirmed through GET /info), see docs/guest-protocol.md.
+struct GuestDockerSettings {
+  /// Replaces daemon.json's `registry-mirrors`: "http://host:port" or "https://host[:port]" URLs without path.
+  /// Empty clears the mirrors. Dockerd consults mirrors for Docker Hub images only.
+  std::vector<std::string> registry_mirrors;
+  /// Replaces daemon.json's `insecure-registries`: "host[:port]" or IPv4 CIDRs. Empty clears the list.
+  std::vector<std::string> insecure_registries;
+};
+
 /// \brief What a clone must become (the `identity` op).
 struct IdentityRequest {
   std::string hostname;     ///< New hostname.
@@ -38,6 +49,10 @@ struct IdentityRequest {
   std::string gateway;      ///< Default route, or empty to keep.
   std::string entropy;      ///< Raw random bytes fed to the guest kernel RNG.
   int64_t wall_clock_ns = 0;  ///< Wall clock to set (Unix ns), or 0 to keep.
+  /// IPv4 nameservers (1 to 3) written to the guest's /etc/resolv.conf, or empty to keep it.
+  std::vector<std::string> dns;
+  /// Registry settings for the guest's Docker daemon, or nullopt to leave its configuration alone.
+  std::optional<GuestDockerSettings> docker;
 };
 
 /// \brief The agent's answer to `identity`.
@@ -47,6 +62,10 @@ struct IdentityResult {
   std::string ip_cidr;    ///< Address now set.
   int64_t entropy_bytes = 0;  ///< Bytes credited to the RNG.
   bool clock_set = false;     ///< Whether the clock was set.
+  /// \brief What the Docker daemon did with `docker` settings: "reloaded", "unchanged" (it already had them),
+  /// "not_running" (it reads them when it starts), "reload_pending" (the image's init reloads it once it
+  /// answers); empty when no settings were sent.
+  std::string docker_state;
 };
 
 /// \brief The agent's answer to `runtime_ready`.

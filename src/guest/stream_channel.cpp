@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
@@ -145,6 +146,20 @@ class StreamGuestChannel final : public GuestChannel {
     if (!req.gateway.empty()) a["gateway"] = req.gateway;
     if (!req.entropy.empty()) a["entropy_b64"] = B64Encode(req.entropy);
     if (req.wall_clock_ns != 0) a["wall_clock_ns"] = req.wall_clock_ns;
+    auto strings = [](const std::vector<std::string>& v) {
+      json::array arr;
+      for (const auto& s : v) arr.emplace_back(s);
+      return arr;
+    };
+    if (!req.dns.empty()) a["dns"] = strings(req.dns);
+    if (req.docker) {
+      // The agent waits for dockerd to apply the settings; leave it room to answer before our deadline.
+      const int64_t guest_ms =
+          timeout.count() > 2000 ? timeout.count() - 1000 : std::max<int64_t>(1, timeout.count() / 2);
+      a["docker"] = json::object{{"registry_mirrors", strings(req.docker->registry_mirrors)},
+                                 {"insecure_registries", strings(req.docker->insecure_registries)},
+                                 {"timeout_ms", std::min<int64_t>(guest_ms, 60000)}};
+    }
     auto r = Call("identity", std::move(a), timeout);
     if (!r.ok()) return r.status();
     IdentityResult out;
@@ -153,6 +168,8 @@ class StreamGuestChannel final : public GuestChannel {
     out.ip_cidr = Str(*r, "ip_cidr");
     out.entropy_bytes = Int(*r, "entropy_bytes");
     out.clock_set = Bool(*r, "clock_set");
+    if (auto d = r->find("docker"); d != r->end() && d->value().is_object())
+      out.docker_state = Str(d->value().get_object(), "dockerd");
     return out;
   }
 

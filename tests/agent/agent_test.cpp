@@ -7,16 +7,20 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -98,6 +102,33 @@ class RecordingOps final : public fa::SystemOps {
     REQUIRE(path.rfind(root_guard, 0) == 0);
     return real.RemoveFile(path);
   }
+  fa::FileContent ReadFile(const std::string& path, std::size_t max_bytes) override {
+    return real.ReadFile(path, max_bytes);
+  }
+  fa::OpStatus ReplaceFile(const std::string& path, const std::string& content, unsigned mode) override {
+    // Only ever inside the test's temporary root.
+    REQUIRE(path.rfind(root_guard, 0) == 0);
+    {
+      std::lock_guard l(mu);
+      calls.push_back("replace " + path);
+    }
+    return real.ReplaceFile(path, content, mode);
+  }
+  std::vector<fa::ProcessEntry> FindProcesses(const std::string& comm) override {
+    std::lock_guard l(mu);
+    auto it = processes.find(comm);
+    return it == processes.end() ? std::vector<fa::ProcessEntry>{} : it->second;
+  }
+  fa::OpStatus SendSignal(int pid, int sig) override {
+    std::function<void()> hook;
+    {
+      std::lock_guard l(mu);
+      calls.push_back("signal " + std::to_string(pid) + " " + std::to_string(sig));
+      hook = on_signal;
+    }
+    if (hook) hook();
+    return {};
+  }
   fa::ProcessResult Run(const fa::ProcessSpec& spec) override { return fa::RunProcess(spec); }
   fa::HttpExchange UnixHttp(const std::string& sock, const std::string& request, std::chrono::milliseconds t,
                             std::size_t max_body) override {
@@ -124,6 +155,8 @@ class RecordingOps final : public fa::SystemOps {
   int64_t clock_ns = -1;
   bool fail_mac = false;
   std::string root_guard = "/nonexistent-root";
+  std::map<std::string, std::vector<fa::ProcessEntry>> processes;  // FindProcesses answers, by comm
+  std::function<void()> on_signal;                                 // what a signal does (a fake reload)
 
  private:
   fa::LinuxSystemOps real;  // used only for reads, processes and socket reads
@@ -259,6 +292,120 @@ class FakeHttpServer {
   std::string request_;
   int connections_ = 0;
 };
+
+// A dockerd double on a Unix socket, for `identity`'s docker step: serves any number of HTTP/1.0 exchanges
+// (GET /_ping, GET /info), reporting in /info's RegistryConfig what it last loaded from its daemon.json, as
+// dockerd does: at start and on Reload() (what SIGHUP does), where only keys present in the file change.
+class FakeDockerd {
+ public:
+  FakeDockerd(const std::string& sock, std::string config_file) : config_file_(std::move(config_file)) {
+    Load();
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    REQUIRE(sock.size() < sizeof a.sun_path);
+    memcpy(a.sun_path, sock.c_str(), sock.size() + 1);
+    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(listen(fd_, 16) == 0);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~FakeDockerd() {
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    thread_.join();
+  }
+  // What SIGHUP does.
+  void Reload() {
+    Load();
+    std::lock_guard l(mu_);
+    ++reloads_;
+  }
+  int reloads() {
+    std::lock_guard l(mu_);
+    return reloads_;
+  }
+  std::vector<std::string> requests() {
+    std::lock_guard l(mu_);
+    return requests_;
+  }
+
+ private:
+  // Reads daemon.json like dockerd (at start and on reload): keys present replace the running values.
+  void Load() {
+    std::ifstream in(config_file_);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.empty()) return;
+    auto cfg = json::parse(text).as_object();
+    std::lock_guard l(mu_);
+    auto strings = [](const json::value& v) {
+      std::vector<std::string> out;
+      for (const auto& e : v.as_array()) out.emplace_back(e.as_string());
+      return out;
+    };
+    if (cfg.contains("registry-mirrors")) {
+      mirrors_.clear();
+      for (auto m : strings(cfg.at("registry-mirrors"))) {
+        if (!m.empty() && m.back() == '/') m.pop_back();
+        mirrors_.push_back(m + "/");
+      }
+    }
+    if (cfg.contains("insecure-registries")) insecure_ = strings(cfg.at("insecure-registries"));
+  }
+  std::string Info() {
+    std::lock_guard l(mu_);
+    json::array cidrs{"127.0.0.0/8"};
+    json::object index{
+        {"docker.io", json::object{{"Name", "docker.io"}, {"Secure", true}, {"Official", true}}}};
+    for (const auto& r : insecure_) {
+      if (r.find('/') != std::string::npos)
+        cidrs.emplace_back(r);
+      else
+        index[r] = json::object{{"Name", r}, {"Secure", false}, {"Official", false}};
+    }
+    json::array mirrors;
+    for (const auto& m : mirrors_) mirrors.emplace_back(m);
+    json::object rc{{"InsecureRegistryCIDRs", cidrs}, {"IndexConfigs", index}, {"Mirrors", mirrors}};
+    return json::serialize(json::object{{"ID", "fake"}, {"RegistryConfig", rc}});
+  }
+  void Serve() {
+    for (;;) {
+      int c = accept(fd_, nullptr, nullptr);
+      if (c < 0) return;
+      std::string req;
+      char buf[4096];
+      while (req.find("\r\n\r\n") == std::string::npos) {
+        ssize_t n = read(c, buf, sizeof buf);
+        if (n <= 0) break;
+        req.append(buf, static_cast<size_t>(n));
+      }
+      std::string line = req.substr(0, req.find("\r\n"));
+      {
+        std::lock_guard l(mu_);
+        requests_.push_back(line);
+      }
+      std::string body = line.rfind("GET /_ping ", 0) == 0  ? "OK"
+                         : line.rfind("GET /info ", 0) == 0 ? Info()
+                                                            : "{\"message\":\"page not found\"}";
+      std::string status = body.rfind("{\"message\"", 0) == 0 ? "404 Not Found" : "200 OK";
+      std::string resp =
+          "HTTP/1.0 " + status + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+      (void)send(c, resp.data(), resp.size(), MSG_NOSIGNAL);
+      close(c);
+    }
+  }
+  std::string config_file_;
+  int fd_ = -1;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<std::string> mirrors_, insecure_, requests_;
+  int reloads_ = 0;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
 
 // A docker op request line.
 std::string DockerReq(const std::string& socket, const std::string& method, const std::string& path,
@@ -891,5 +1038,335 @@ TEST_CASE_FIXTURE(Fixture, "docker: requests and responses over a real Unix sock
     auto [code, msg] = Err(DockerReq(sock, "GET", "/x"));
     CHECK(code == "failed");
     CHECK(msg.find("header") != std::string::npos);
+  }
+}
+
+// ---- identity: dns and docker registry settings ----
+
+namespace {
+// A guest root in a temporary directory with /etc, and the double's writes confined to it.
+struct GuestRoot {
+  explicit GuestRoot(Fixture& f) {
+    fs::create_directories(dir.path + "/etc/docker");
+    f.ctx.root = dir.path;
+    f.ops.root_guard = dir.path;
+  }
+  std::string path(const std::string& p) const { return dir.path + p; }
+  TempDir dir;
+};
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "identity dns replaces resolv.conf atomically") {
+  GuestRoot root(*this);
+  // The image's resolv.conf may be a symlink (e.g. to a resolver's stub file): it is replaced, not followed.
+  std::ofstream(root.path("/etc/stub-resolv.conf")) << "nameserver 127.0.0.53\n";
+  fs::create_symlink("stub-resolv.conf", root.path("/etc/resolv.conf"));
+  auto r = Ok(R"({"v":1,"id":1,"op":"identity","dns":["10.0.0.53","192.168.1.1"],"wall_clock_ns":1})");
+  CHECK(ops.calls == std::vector<std::string>{"clock", "replace " + root.path("/etc/resolv.conf")});
+  CHECK(!fs::is_symlink(root.path("/etc/resolv.conf")));
+  CHECK(ReadAll(root.path("/etc/resolv.conf")) ==
+        "# written by fcwarm-agent (identity)\nnameserver 10.0.0.53\nnameserver 192.168.1.1\n");
+  CHECK(ReadAll(root.path("/etc/stub-resolv.conf")) == "nameserver 127.0.0.53\n");
+  CHECK((fs::status(root.path("/etc/resolv.conf")).permissions() & fs::perms::all) ==
+        (fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read | fs::perms::others_read));
+  CHECK(json::serialize(r.at("dns")) == R"(["10.0.0.53","192.168.1.1"])");
+  CHECK(r.at("docker").is_null());
+  // No temporary file is left next to it.
+  int entries = 0;
+  for (const auto& e : fs::directory_iterator(root.path("/etc"))) entries += e.path().filename() != "docker";
+  CHECK(entries == 2);
+  // Without dns, resolv.conf is not touched and the result says null.
+  CHECK(Ok(R"({"v":1,"id":2,"op":"identity","wall_clock_ns":1})").at("dns").is_null());
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity validates dns and docker before changing anything") {
+  GuestRoot root(*this);
+  struct Case {
+    std::string fields;
+    std::string field;  // the message starts with it
+  };
+  const std::string ok = R"("hostname":"clone-1","wall_clock_ns":1,)";
+  for (const auto& c : {
+           Case{R"("dns":"10.0.0.53")", "dns must be an array"},
+           Case{R"("dns":[])", "dns must list 1 to 3"},
+           Case{R"("dns":["1.1.1.1","1.0.0.1","8.8.8.8","9.9.9.9"])", "dns has 4 entries"},
+           Case{R"("dns":["10.0.0.53",53])", "dns[1] must be a string"},
+           Case{R"("dns":["ns.example"])", "dns[0] must be a unicast IPv4"},
+           Case{R"("dns":["10.0.0.300"])", "dns[0]"},
+           Case{R"("dns":["0.0.0.0"])", "dns[0]"},
+           Case{R"("dns":["224.0.0.1"])", "dns[0]"},
+           Case{R"("dns":["::1"])", "dns[0]"},
+           Case{R"("docker":[])", "docker must be an object"},
+           Case{R"("docker":{})", "docker must set registry_mirrors and/or insecure_registries"},
+           Case{R"("docker":{"registry_mirrors":"http://m:5000"})",
+                "docker.registry_mirrors must be an array"},
+           Case{R"("docker":{"registry_mirrors":["ftp://m"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["m:5000"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://ok:5000","http://m/v2/"]})",
+                "docker.registry_mirrors[1]"},
+           Case{R"("docker":{"registry_mirrors":["http://m/?x=1"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://u:p@m/"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://m:0"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://m:70000"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://-m-/"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://m n/"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://"]})", "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"registry_mirrors":["http://)" + std::string(300, 'a') + R"("]})",
+                "docker.registry_mirrors[0]"},
+           Case{R"("docker":{"insecure_registries":["http://r:5000"]})", "docker.insecure_registries[0]"},
+           Case{R"("docker":{"insecure_registries":["10.0.0.0/33"]})", "docker.insecure_registries[0]"},
+           Case{R"("docker":{"insecure_registries":["10.0.0/8"]})", "docker.insecure_registries[0]"},
+           Case{R"("docker":{"insecure_registries":["r:5000/x"]})", "docker.insecure_registries[0]"},
+           Case{R"("docker":{"insecure_registries":[""]})", "docker.insecure_registries[0]"},
+           Case{R"("docker":{"insecure_registries":[5]})", "docker.insecure_registries[0] must be a string"},
+           Case{R"("docker":{"insecure_registries":["r"],"timeout_ms":0})", "docker.timeout_ms"},
+           Case{R"("docker":{"insecure_registries":["r"],"timeout_ms":600001})", "docker.timeout_ms"},
+           Case{R"("docker":{"insecure_registries":["r"],"timeout_ms":"5s"})", "docker.timeout_ms"},
+       }) {
+    std::string req = R"({"v":1,"id":1,"op":"identity",)" + ok + c.fields + "}";
+    CAPTURE(req);
+    auto [code, msg] = Err(req);
+    CHECK(code == "bad_request");
+    CHECK(msg.rfind(c.field, 0) == 0);
+  }
+  std::string many = R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":[)";
+  for (int i = 0; i < 17; ++i) many += std::string(i ? "," : "") + "\"http://m" + std::to_string(i) + "/\"";
+  CHECK(Err(many + "]}}").second.rfind("docker.registry_mirrors has 17 entries", 0) == 0);
+  CHECK(ops.calls.empty());
+  CHECK(!fs::exists(root.path("/etc/resolv.conf")));
+  CHECK(!fs::exists(root.path("/etc/docker/daemon.json")));
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity docker merges daemon.json when dockerd is not running") {
+  GuestRoot root(*this);
+  std::ofstream(root.path("/etc/docker/daemon.json"))
+      << R"({"log-driver": "json-file", "registry-mirrors": ["http://old:5000/"], "debug": true})";
+  auto r = Ok(R"({"v":1,"id":1,"op":"identity","docker":{
+      "registry_mirrors":["http://10.214.7.2:5000","https://mirror.example/"],
+      "insecure_registries":["10.214.7.2:5000","10.214.7.1/30","[fd00::1]:5000"]}})");
+  CHECK(ops.calls == std::vector<std::string>{"replace " + root.path("/etc/docker/daemon.json")});
+  auto cfg = json::parse(ReadAll(root.path("/etc/docker/daemon.json"))).as_object();
+  CHECK(cfg.at("log-driver").as_string() == "json-file");
+  CHECK(cfg.at("debug").as_bool());
+  // Normalized as dockerd reports them: mirrors end in "/", CIDRs have their host bits cleared.
+  CHECK(json::serialize(cfg.at("registry-mirrors")) ==
+        R"(["http://10.214.7.2:5000/","https://mirror.example/"])");
+  CHECK(json::serialize(cfg.at("insecure-registries")) ==
+        R"(["10.214.7.2:5000","10.214.7.0/30","[fd00::1]:5000"])");
+  const auto& d = r.at("docker").as_object();
+  CHECK(d.at("dockerd").as_string() == "not_running");
+  CHECK(d.at("config_file").as_string() == root.path("/etc/docker/daemon.json"));
+
+  SUBCASE("only the given key changes, an empty list clears it") {
+    Ok(R"({"v":1,"id":2,"op":"identity","docker":{"registry_mirrors":[]}})");
+    auto again = json::parse(ReadAll(root.path("/etc/docker/daemon.json"))).as_object();
+    CHECK(again.at("registry-mirrors").as_array().empty());
+    CHECK(again.at("insecure-registries").as_array().size() == 3);
+    CHECK(again.at("log-driver").as_string() == "json-file");
+  }
+  SUBCASE("a missing daemon.json (and /etc/docker) is created") {
+    fs::remove_all(root.path("/etc/docker"));
+    Ok(R"({"v":1,"id":2,"op":"identity","docker":{"insecure_registries":["registry.local"]}})");
+    CHECK(ReadAll(root.path("/etc/docker/daemon.json")) ==
+          "{\"insecure-registries\":[\"registry.local\"]}\n");
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity refuses a daemon.json it cannot merge, before changing anything") {
+  GuestRoot root(*this);
+  for (std::string bad : {"{\"log-driver\": ", "[1, 2]", "\"text\""}) {
+    CAPTURE(bad);
+    std::ofstream(root.path("/etc/docker/daemon.json"), std::ios::trunc) << bad;
+    auto [code, msg] = Err(R"({"v":1,"id":1,"op":"identity","hostname":"clone-2","dns":["10.0.0.53"],
+                               "docker":{"registry_mirrors":["http://m:5000"]}})");
+    CHECK(code == "failed");
+    CHECK(msg.rfind("docker: " + root.path("/etc/docker/daemon.json") + " is not a JSON object", 0) == 0);
+    CHECK(msg.find("nothing was changed") != std::string::npos);
+    CHECK(ReadAll(root.path("/etc/docker/daemon.json")) == bad);
+  }
+  CHECK(ops.calls.empty());
+  CHECK(ops.hostname == "host-under-test");
+  CHECK(!fs::exists(root.path("/etc/resolv.conf")));
+}
+
+TEST_CASE_FIXTURE(Fixture,
+                  "identity docker reloads a running dockerd with SIGHUP and confirms it in GET /info") {
+  GuestRoot root(*this);
+  const std::string config = root.path("/etc/docker/daemon.json");
+  std::ofstream(config) << R"({"log-driver": "json-file"})";
+  const std::string sock = root.path("/dockerd.sock");
+  FakeDockerd dockerd(sock, config);
+  // Found through /proc; its API socket comes from its -H flag (as fcwarm-init.sh starts it).
+  ops.processes["dockerd"] = {fa::ProcessEntry{4242, {"dockerd", "--bridge=none", "-H", "unix://" + sock}}};
+  ops.on_signal = [&] { dockerd.Reload(); };
+  const std::string req = R"({"v":1,"id":1,"op":"identity","docker":{
+      "registry_mirrors":["http://10.214.7.2:5000"],"insecure_registries":["10.214.7.2:5000"]}})";
+  auto d = Ok(req).at("docker").as_object();
+  CHECK(d.at("dockerd").as_string() == "reloaded");
+  CHECK(d.at("pid").as_int64() == 4242);
+  CHECK(d.at("socket").as_string() == sock);
+  CHECK(ops.calls == std::vector<std::string>{"replace " + config, "signal 4242 " + std::to_string(SIGHUP)});
+  CHECK(dockerd.reloads() == 1);
+  auto reqs = dockerd.requests();
+  REQUIRE(reqs.size() >= 3);
+  CHECK(reqs[0] == "GET /_ping HTTP/1.0");  // answering, so its SIGHUP handler is installed
+  CHECK(reqs[1] == "GET /info HTTP/1.0");   // not yet applied
+  CHECK(reqs.back() == "GET /info HTTP/1.0");
+
+  SUBCASE("the same settings again: already applied, no signal") {
+    ops.calls.clear();
+    auto again = Ok(req).at("docker").as_object();
+    CHECK(again.at("dockerd").as_string() == "unchanged");
+    CHECK(ops.calls == std::vector<std::string>{"replace " + config});
+    CHECK(dockerd.reloads() == 1);
+  }
+  SUBCASE("an insecure registry dropped from the list counts as a change") {
+    ops.calls.clear();
+    auto again = Ok(R"({"v":1,"id":2,"op":"identity","docker":{"insecure_registries":["10.214.7.0/30"]}})");
+    CHECK(again.at("docker").at("dockerd").as_string() == "reloaded");
+    CHECK(dockerd.reloads() == 2);
+  }
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity docker takes the socket and config file from dockerd's command line") {
+  GuestRoot root(*this);
+  const std::string config = root.path("/custom-daemon.json");
+  const std::string sock = root.path("/api.sock");
+  FakeDockerd dockerd(sock, config);
+  ops.processes["dockerd"] = {
+      fa::ProcessEntry{77, {"/usr/bin/dockerd", "--config-file", config, "--host=unix://" + sock}}};
+  ops.on_signal = [&] { dockerd.Reload(); };
+  auto d = Ok(R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":["https://m.example:443"]}})")
+               .at("docker")
+               .as_object();
+  CHECK(d.at("dockerd").as_string() == "reloaded");
+  CHECK(d.at("config_file").as_string() == config);
+  CHECK(d.at("socket").as_string() == sock);
+  CHECK(!fs::exists(root.path("/etc/docker/daemon.json")));
+  CHECK(json::parse(ReadAll(config)).at("registry-mirrors").as_array().at(0).as_string() ==
+        "https://m.example:443/");
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity docker fails clearly when dockerd does not apply the settings") {
+  GuestRoot root(*this);
+  const std::string config = root.path("/etc/docker/daemon.json");
+  const std::string sock = root.path("/dockerd.sock");
+  FakeDockerd dockerd(sock, config);
+  ops.processes["dockerd"] = {fa::ProcessEntry{4242, {"dockerd", "-Hunix://" + sock}}};
+  // SIGHUP arrives but the daemon keeps its old settings (e.g. a key given both as a flag and in the file).
+  auto t0 = std::chrono::steady_clock::now();
+  auto [code, msg] = Err(
+      R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":["http://m:5000"],"timeout_ms":300}})");
+  auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(code == "failed");
+  CHECK(msg.rfind("docker: dockerd (pid 4242) did not apply the registry configuration within 300 ms", 0) ==
+        0);
+  CHECK(took >= std::chrono::milliseconds(290));
+  CHECK(took < std::chrono::seconds(3));
+  CHECK(ops.calls.back() == "signal 4242 " + std::to_string(SIGHUP));
+}
+
+TEST_CASE_FIXTURE(Fixture, "identity docker with a dockerd that does not answer yet") {
+  GuestRoot root(*this);
+  const std::string config = root.path("/etc/docker/daemon.json");
+  ops.processes["dockerd"] = {
+      fa::ProcessEntry{4242, {"dockerd", "-H", "unix://" + root.path("/starting.sock")}}};
+  const std::string req =
+      R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":["http://m:5000"],"timeout_ms":300}})";
+  SUBCASE("the image's init reloads it once it answers: no signal now (it would kill a starting dockerd)") {
+    fs::create_directories(root.path("/run/fcwarm"));
+    std::ofstream(root.path(std::string(fa::kDockerReloadPendingMarker))) << "";
+    auto d = Ok(req).at("docker").as_object();
+    CHECK(d.at("dockerd").as_string() == "reload_pending");
+    CHECK(ops.calls == std::vector<std::string>{"replace " + config});
+  }
+  SUBCASE("no init reload pending: waits for it, then fails naming the socket") {
+    auto [code, msg] = Err(req);
+    CHECK(code == "failed");
+    CHECK(msg.rfind("docker: dockerd (pid 4242) did not answer within 300 ms", 0) == 0);
+    CHECK(msg.find(root.path("/starting.sock") + ": connect") != std::string::npos);
+    CHECK(ops.calls == std::vector<std::string>{"replace " + config});  // written, never signalled
+  }
+  SUBCASE("it starts answering while the agent waits: reloaded") {
+    const std::string sock = root.path("/starting.sock");
+    std::unique_ptr<FakeDockerd> dockerd;
+    std::thread later([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      dockerd =
+          std::make_unique<FakeDockerd>(sock, root.path("/old-config.json"));  // started before the write
+    });
+    ops.on_signal = [&] {
+      // The socket can answer before `dockerd` is assigned: wait for the thread. Reload reads the agent's
+      // file.
+      if (later.joinable()) later.join();
+      std::ofstream(root.path("/old-config.json")) << ReadAll(config);
+      dockerd->Reload();
+    };
+    auto d =
+        Ok(R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":["http://m:5000"],"timeout_ms":5000}})")
+            .at("docker")
+            .as_object();
+    if (later.joinable()) later.join();
+    CHECK(d.at("dockerd").as_string() == "reloaded");
+  }
+}
+
+TEST_CASE("LinuxSystemOps file, process and signal primitives") {
+  fa::LinuxSystemOps sys;
+  TempDir dir;
+  SUBCASE("ReadFile") {
+    CHECK(!sys.ReadFile(dir.path + "/absent", 10).exists);
+    CHECK(sys.ReadFile(dir.path + "/absent", 10).error.empty());
+    std::ofstream(dir.path + "/f") << "0123456789abc";
+    auto f = sys.ReadFile(dir.path + "/f", 10);
+    CHECK(f.exists);
+    CHECK(f.content == "0123456789");
+    CHECK(f.truncated);
+    CHECK(!sys.ReadFile(dir.path + "/f", 100).truncated);
+    auto d = sys.ReadFile(dir.path, 100);  // a directory: exists, cannot be read
+    CHECK(d.exists);
+    CHECK(!d.error.empty());
+  }
+  SUBCASE("ReplaceFile") {
+    CHECK(sys.ReplaceFile(dir.path + "/new/file", "one", 0600).ok());  // parent created
+    CHECK(ReadAll(dir.path + "/new/file") == "one");
+    CHECK((fs::status(dir.path + "/new/file").permissions() & fs::perms::all) ==
+          (fs::perms::owner_read | fs::perms::owner_write));
+    std::ofstream(dir.path + "/target") << "keep";
+    fs::create_symlink(dir.path + "/target", dir.path + "/link");
+    CHECK(sys.ReplaceFile(dir.path + "/link", "two", 0644).ok());
+    CHECK(!fs::is_symlink(dir.path + "/link"));
+    CHECK(ReadAll(dir.path + "/link") == "two");
+    CHECK(ReadAll(dir.path + "/target") == "keep");
+    CHECK(!sys.ReplaceFile("relative", "x", 0644).ok());
+    auto s = sys.ReplaceFile(dir.path + "/a/b/c", "x", 0644);  // only one missing level is created
+    CHECK(s.error.find(dir.path + "/a/b") != std::string::npos);
+    int files = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir.path)) files += e.is_regular_file();
+    CHECK(files == 3);  // new/file, target, link: no temporary file left
+  }
+  SUBCASE("FindProcesses and SendSignal") {
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+      execlp("sleep", "sleep", "30", "0.5", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    std::vector<fa::ProcessEntry> found;
+    for (int i = 0; i < 200; ++i) {
+      found = sys.FindProcesses("sleep");
+      if (std::any_of(found.begin(), found.end(), [&](const auto& p) { return p.pid == child; })) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    auto it = std::find_if(found.begin(), found.end(), [&](const auto& p) { return p.pid == child; });
+    REQUIRE(it != found.end());
+    CHECK(it->argv == std::vector<std::string>{"sleep", "30", "0.5"});
+    CHECK(sys.SendSignal(child, SIGTERM).ok());
+    int status = 0;
+    REQUIRE(waitpid(child, &status, 0) == child);
+    CHECK(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGTERM);
+    CHECK(!sys.SendSignal(0, SIGTERM).ok());
+    CHECK(sys.FindProcesses("no-such-comm-xyz").empty());
   }
 }

@@ -56,6 +56,10 @@ class FakeAgent {
     std::lock_guard<std::mutex> l(mu_);
     return docker_requests_;
   }
+  std::vector<json::object> identity_requests() {
+    std::lock_guard<std::mutex> l(mu_);
+    return identity_requests_;
+  }
 
  private:
   void Serve() {
@@ -153,9 +157,16 @@ class FakeAgent {
         ok({{"status", 404}, {"body_b64", "eyJtZXNzYWdlIjoibm8ifQ=="}, {"truncated", false}});
       }
     } else if (op == "identity") {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        identity_requests_.push_back(v);
+      }
       ok({{"hostname", v["hostname"]},
           {"entropy_bytes", v.contains("entropy_b64") ? 3 : 0},
-          {"clock_set", false}});
+          {"clock_set", false},
+          {"dns", v.contains("dns") ? v["dns"] : json::value(nullptr)},
+          {"docker", v.contains("docker") ? json::value(json::object{{"dockerd", "reloaded"}})
+                                          : json::value(nullptr)}});
     } else {
       Send(fd,
            json::serialize(json::object{
@@ -173,6 +184,7 @@ class FakeAgent {
   std::atomic<int> connections_{0};
   std::mutex mu_;
   std::vector<json::object> docker_requests_;
+  std::vector<json::object> identity_requests_;
 };
 
 std::unique_ptr<GuestChannel> Channel(const FakeAgent& agent, guest::StreamChannelOptions o = {}) {
@@ -226,6 +238,37 @@ TEST_CASE("guest channel: base64 both ways, identity, error mapping") {
   CHECK(ch->Exec(big, 2s).status().code() == StatusCode::kInvalidArgument);
   ExecRequest none;
   CHECK(ch->Exec(none, 2s).status().code() == StatusCode::kInvalidArgument);
+}
+
+TEST_CASE("guest channel: identity sends dns and docker settings only when set") {
+  FakeAgent agent;
+  auto ch = Channel(agent);
+  IdentityRequest plain;
+  plain.hostname = "clone-1";
+  auto r = ch->SetIdentity(plain, 2s);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  CHECK(r->docker_state.empty());
+  IdentityRequest full;
+  full.hostname = "clone-2";
+  full.dns = {"10.0.0.53", "10.0.0.54"};
+  full.docker = GuestDockerSettings{{"http://10.214.7.2:5000"}, {"10.214.7.2:5000", "10.214.7.0/30"}};
+  r = ch->SetIdentity(full, 10s);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  CHECK(r->docker_state == "reloaded");
+  IdentityRequest clear;  // settings with empty lists are sent: they clear the daemon's lists
+  clear.hostname = "clone-3";
+  clear.docker = GuestDockerSettings{};
+  REQUIRE(ch->SetIdentity(clear, 1500ms).ok());
+  auto sent = agent.identity_requests();
+  REQUIRE(sent.size() == 3);
+  CHECK(!sent[0].contains("dns"));
+  CHECK(!sent[0].contains("docker"));
+  CHECK(json::serialize(sent[1].at("dns")) == R"(["10.0.0.53","10.0.0.54"])");
+  CHECK(json::serialize(sent[1].at("docker")) ==
+        R"({"registry_mirrors":["http://10.214.7.2:5000"],"insecure_registries":["10.214.7.2:5000",)"
+        R"("10.214.7.0/30"],"timeout_ms":9000})");
+  CHECK(json::serialize(sent[2].at("docker")) ==
+        R"({"registry_mirrors":[],"insecure_registries":[],"timeout_ms":750})");
 }
 
 TEST_CASE("guest channel: deadline, late replies, oversized reply, hang-up and reconnect") {
