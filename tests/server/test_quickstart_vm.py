@@ -40,7 +40,7 @@ def test_quickstart_warm_then_cold(qemu_server):
     item = poll_item(s, "/v1/runtime-snapshots/" + snap, "creating", 300, interval=0.5)
     assert item["state"] == "ready", item
 
-    st, _, doc = s.post("/v1/containers", {"name": "c1", "image": "busybox", "wait": True})
+    st, _, doc = s.post("/v1/containers", {"name": "c1", "runtime_image": "busybox", "wait": True})
     assert st == 201, doc
     assert doc["item"]["state"] == "running"
     assert doc["item"]["boot_method"] == "warm", doc
@@ -49,7 +49,7 @@ def test_quickstart_warm_then_cold(qemu_server):
 
     st, _, _ = s.delete("/v1/runtime-snapshots/" + snap)
     assert st == 200
-    st, _, doc = s.post("/v1/containers", {"name": "c2", "image": "busybox"})
+    st, _, doc = s.post("/v1/containers", {"name": "c2", "runtime_image": "busybox", "wait": False})
     assert st == 202
     cid = doc["id"]
     item = poll_item(s, "/v1/containers/" + cid, "provisioning", 300, interval=0.5)
