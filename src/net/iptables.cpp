@@ -228,18 +228,9 @@ class TransactionLock {
 
 // Runs iptables-restore --noflush on `text` (passed through a memfd, never a shell).
 Status Restore(const IptablesOptions& opts, const std::string& text) {
-  int fd = ::memfd_create("fcwarm-iptables", MFD_CLOEXEC);
-  if (fd < 0) return Status::Unavailable(std::string("memfd_create: ") + std::strerror(errno));
-  size_t off = 0;
-  while (off < text.size()) {
-    ssize_t n = ::write(fd, text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      return Status::Unavailable(std::string("write iptables batch: ") + std::strerror(errno));
-    }
-    off += static_cast<size_t>(n);
-  }
+  auto memfd = util::MemfdWithText("fcwarm-iptables", text);
+  if (!memfd.ok()) return memfd.status();
+  int fd = *memfd;
   // "-w" takes an optional number of seconds from the next word unless it starts with '-': keep an option
   // after it, or the file name would be taken for the wait time (and the batch read from stdin).
   std::vector<std::string> argv{opts.iptables_restore, "-w", "--noflush",

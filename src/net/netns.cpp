@@ -45,18 +45,9 @@ Status NetnsNetwork::Batch(const std::vector<std::vector<std::string>>& commands
     }
     text.back() = '\n';
   }
-  int fd = ::memfd_create("fcwarm-ip-batch", MFD_CLOEXEC);
-  if (fd < 0) return Status::Unavailable(std::string("memfd_create: ") + std::strerror(errno));
-  size_t off = 0;
-  while (off < text.size()) {
-    ssize_t n = ::write(fd, text.data() + off, text.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      ::close(fd);
-      return Status::Unavailable(std::string("write batch: ") + std::strerror(errno));
-    }
-    off += static_cast<size_t>(n);
-  }
+  auto memfd = util::MemfdWithText("fcwarm-ip-batch", text);
+  if (!memfd.ok()) return memfd.status();
+  int fd = *memfd;
   std::vector<std::string> args;
   if (!netns.empty()) args = {"-n", netns};
   args.push_back("-batch");

@@ -1,6 +1,7 @@
 #include "util/common.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -57,6 +58,23 @@ Result<std::string> Xxh3File(const fs::path& path) {
   XXH3_freeState(st);
   if (!err.ok()) return err;
   return Hex128(digest);
+}
+
+Result<int> MemfdWithText(const char* name, const std::string& text) {
+  int fd = ::memfd_create(name, MFD_CLOEXEC);
+  if (fd < 0) return Status::Unavailable(std::string("memfd_create: ") + std::strerror(errno));
+  size_t off = 0;
+  while (off < text.size()) {
+    ssize_t n = ::write(fd, text.data() + off, text.size() - off);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = errno;
+      ::close(fd);
+      return Status::Unavailable(std::string("write ") + name + ": " + std::strerror(err));
+    }
+    off += static_cast<size_t>(n);
+  }
+  return fd;
 }
 
 Status FsyncPath(const fs::path& path) {

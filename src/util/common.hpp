@@ -31,6 +31,9 @@ Status WriteFileDurable(const std::filesystem::path& path, std::string_view data
 Result<std::string> ReadFile(const std::filesystem::path& path, size_t max_bytes = 16u << 20);
 /// fsync a file or a directory by path.
 Status FsyncPath(const std::filesystem::path& path);
+/// An anonymous in-memory file (memfd, close-on-exec) holding `text`, for a child that reads it by the path
+/// /proc/<pid>/fd/<fd> (batch input without a shell or a temp file). The caller closes the descriptor.
+Result<int> MemfdWithText(const char* name, const std::string& text);
 /// Creates a directory and its parents.
 Status MakeDirs(const std::filesystem::path& path);
 /// Removes a tree; never throws; returns bytes freed (allocated size).

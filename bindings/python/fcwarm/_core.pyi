@@ -402,31 +402,32 @@ class ContainerRequest:
     def __init__(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> None: ...
 
 class ContainerRecord:
+    # Fields in the order of the REST API's container item (docs/api.md), then what only Python has.
     id: str
     vm_id: Optional[str]
     name: str
+    image: str
     runtime_image_id: str
     runtime: str
-    image: str
-    command: List[str]
-    env: Dict[str, str]
     state: ContainerState
-    docker_id: str
     exit_code: Optional[int]
+    docker_id: str
     boot_method: Optional[BootMethod]
     fallback_reason: FallbackReason
     timings: Dict[str, float]
     snapshot_id: str
     generation: int
-    vm_state: str
     address: str
     mac: str
     hostname: str
+    vm_state: str
     last_error: str
     created_at: int
     updated_at: int
     started_at: Optional[int]
     finished_at: Optional[int]
+    command: List[str]
+    env: Dict[str, str]
 
 class ContainerLogs:
     stdout: bytes
