@@ -21,8 +21,14 @@ bind="${FCWARM_BIND:-127.0.0.1:18080}"
 
 mkdir -p "$data_dir"
 log="$data_dir/fcwarm-server.log"
+# FCWARM_REGISTRY_MIRROR: comma-separated mirror URLs; FCWARM_EGRESS: all (default), none or CIDR,...
+extra=(--egress "${FCWARM_EGRESS:-all}")
+IFS=',' read -r -a mirrors <<<"${FCWARM_REGISTRY_MIRROR:-}"
+for m in "${mirrors[@]}"; do
+  [[ -n "$m" ]] && extra+=(--registry-mirror "$m")
+done
 build/release/server/fcwarm-server --bind "$bind" --data-dir "$data_dir" --bootstrap-image-dir "$guest_dir" \
-  --bootstrap-docker-image-dir "$docker_dir" >>"$log" 2>&1 &
+  --bootstrap-docker-image-dir "$docker_dir" "${extra[@]}" >>"$log" 2>&1 &
 server=$!
 trap 'kill -TERM "$server" 2>/dev/null; wait "$server"' INT TERM
 for _ in $(seq 1 100); do

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace fcwarm {
 
@@ -83,6 +84,18 @@ struct RestoreOptions {
   std::chrono::milliseconds stop_grace{3000};
   /// \brief Boot cold when the warm path fails (false: return the error instead). Default: true.
   bool fallback_to_cold = true;
+  /// \brief Egress of VMs with a network identity: "all" (the internet, never the host's services, other VMs,
+  /// private or link-local ranges), "none", or "CIDR[,CIDR...]" (docs/networking.md). Empty: no egress rules
+  /// at all, nothing is forwarded (the library's default; fcwarm-server defaults to "all").
+  std::string egress;
+  /// \brief Resolvers for guests (identity `dns`, reachable under every egress policy). Empty: the host's
+  /// resolvers (its resolv.conf without loopback entries) when egress is set.
+  std::vector<std::string> dns;
+  /// \brief Registry mirrors ("http://host:port") for the Docker daemon of container runtime images, applied
+  /// at every cold boot and restore (identity `docker`); their addresses are allowed by every egress policy.
+  std::vector<std::string> registry_mirrors;
+  /// \brief Registries the Docker daemon may reach over plain HTTP ("host:port" or CIDR).
+  std::vector<std::string> insecure_registries;
 };
 
 }  // namespace fcwarm

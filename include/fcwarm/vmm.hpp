@@ -157,6 +157,14 @@ struct NetworkIdentity {
   std::string ip_cidr;    ///< Guest address with prefix, e.g. "10.213.0.22/30".
   std::string gateway;    ///< Host-side address of the VM's link, e.g. "10.213.0.21".
   std::string hostname;   ///< Guest hostname.
+  /// \brief What the guest may reach beyond the host (docs/networking.md): "all", "none" or "CIDR,...";
+  /// empty: no egress rules, nothing is forwarded (the guest reaches its gateway link only). Backends apply it
+  /// on the host side of the VM's link and remove it with the VM.
+  std::string egress;
+  /// \brief Addresses or CIDRs reachable under every egress policy (registry mirrors).
+  std::vector<std::string> egress_allow;
+  /// \brief IPv4 resolvers the guest may reach on port 53 under every egress policy.
+  std::vector<std::string> dns;
 };
 
 /// \brief Everything a backend needs to start one VM process.

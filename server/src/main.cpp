@@ -55,6 +55,10 @@ struct Config {
   std::string bootstrap_image_dir;
   std::string bootstrap_docker_image_dir;
   std::string default_runtime_image;
+  std::string egress = "all";
+  std::vector<std::string> dns;
+  std::vector<std::string> registry_mirrors;
+  std::vector<std::string> insecure_registries;
   double none_delay_s = 0;
 };
 
@@ -212,6 +216,15 @@ int main(int argc, char** argv) {
   app.add_option("--default-runtime-image", cfg.default_runtime_image,
                  "Runtime image (id or name) of container requests that name none (default: the one registered "
                  "container runtime image)");
+  app.add_option("--egress", cfg.egress,
+                 "What VMs may reach beyond the host: all (the internet, never the host's services, other VMs, "
+                 "private or link-local ranges), none, or CIDR[,CIDR...]; registry mirrors are always allowed")
+      ->capture_default_str();
+  app.add_option("--dns", cfg.dns, "Resolver for guests (repeatable, at most 3; default: the host's resolvers)");
+  app.add_option("--registry-mirror", cfg.registry_mirrors,
+                 "Registry mirror (http://host:port) for the guests' Docker daemons (repeatable)");
+  app.add_option("--insecure-registry", cfg.insecure_registries,
+                 "Registry the guests' Docker daemons may reach over plain HTTP (host:port or CIDR; repeatable)");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -330,6 +343,10 @@ int main(int argc, char** argv) {
   opts.containers.start_workers = cfg.provision_workers;
   opts.containers.start_queue = cfg.provision_queue;
   opts.containers.default_runtime_image = cfg.default_runtime_image;
+  opts.restore.egress = cfg.egress;
+  opts.restore.dns = cfg.dns;
+  opts.restore.registry_mirrors = cfg.registry_mirrors;
+  opts.restore.insecure_registries = cfg.insecure_registries;
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 
+#include "core/guest_network.hpp"
 #include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
 #include "store/images.hpp"
@@ -54,6 +55,12 @@ class RestoreEngine::Impl {
     in_addr a{};
     if (::inet_pton(AF_INET, opts_.address_pool_base.c_str(), &a) == 1) pool_base_ = ntohl(a.s_addr);
     (void)util::MakeDirs(opts_.vm_dir);
+    auto net = internal::ResolveGuestNetwork(opts_);  // Service::Open refuses invalid settings first
+    if (net.ok()) {
+      guest_net_ = std::move(net).value();
+    } else {
+      spdlog::error("restore options: {}; VMs get no egress, resolvers or registry settings", net.status().ToString());
+    }
   }
 
   ~Impl() {
@@ -115,6 +122,11 @@ class RestoreEngine::Impl {
     spec.image = *image;
     spec.work_dir = rec.work_dir;
     spec.network = net;
+    if (net.index >= 0) {
+      spec.network.egress = guest_net_.egress;
+      spec.network.egress_allow = guest_net_.egress_allow;
+      spec.network.dns = guest_net_.dns;
+    }
     std::string owner = "vm:" + rec.id;
     spec.on_process_started = [this, owner](int pid) { internal::RecordProcess(store_, pid, "vm", owner); };
 
@@ -423,6 +435,12 @@ class RestoreEngine::Impl {
     id.entropy = internal::RandomBytes(64);
     id.wall_clock_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
                            std::chrono::system_clock::now().time_since_epoch()).count();
+    // Resolvers and registry settings go to container runtime images only: a VM-only image may have no
+    // writable /etc, and has no daemon that pulls (docs/networking.md).
+    if (spec.image.runtime_check.kind == "docker") {
+      id.dns = spec.network.dns;
+      if (guest_net_.has_docker_settings) id.docker = guest_net_.docker;
+    }
     auto r = vm.guest().SetIdentity(id, std::chrono::milliseconds(10000));
     timings["identity"] = util::MsSince(t);
     if (!r.ok()) return r.status().WithContext("identity");
@@ -545,6 +563,7 @@ class RestoreEngine::Impl {
   SnapshotManager& snapshots_;
   HealthTracker& health_;
   RestoreOptions opts_;
+  internal::GuestNetwork guest_net_;  // egress, resolvers and registry settings for every VM
   uint32_t pool_base_ = 0x0AD50000;  // 10.213.0.0
   mutable std::mutex mu_;
   std::map<std::string, std::shared_ptr<Vm>> live_;

@@ -1,5 +1,7 @@
 #include "fcwarm/service.hpp"
 
+#include "core/guest_network.hpp"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -24,6 +26,9 @@ ServiceOptions ServiceOptions::UnderDirectory(const std::string& data_dir) {
 
 Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shared_ptr<VmmRegistry> vmms) {
   if (!vmms) return Status::InvalidArgument("vmms: must not be null");
+  if (auto net = internal::ResolveGuestNetwork(options.restore); !net.ok()) {
+    return net.status().WithContext("restore options");
+  }
   std::unique_ptr<Service> s(new Service());
   s->vmms_ = std::move(vmms);
   if (options.store.path != ":memory:") {

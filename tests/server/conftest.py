@@ -31,6 +31,9 @@ class Server:
             self.args += ["--bind", "127.0.0.1:0"]
         if "--backend" not in extra:
             self.args += ["--backend", "none"]
+        # Tests never let guests reach beyond this machine: no egress unless a test asks for one.
+        if not any(a == "--egress" or a.startswith("--egress=") for a in extra):
+            self.args += ["--egress", "none"]
         self.args += list(extra)
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)

@@ -172,3 +172,17 @@ def test_client_that_never_reads_is_cut_off(start_server):
     _, _, text = s.get("/metrics")
     assert "fcwarm_http_timeouts_total{kind=\"idle\"} 1" in text
     assert s.get("/healthz")[0] == 200
+
+
+def test_bad_network_options_stop_the_server_naming_them(tmp_path):
+    from conftest import Server
+    for args, needle in ((["--egress", "sometimes"], "egress"),
+                         (["--dns", "resolver.local"], "dns[0]"),
+                         (["--registry-mirror", "ftp://10.0.0.1"], "registry_mirrors[0]"),
+                         (["--insecure-registry", "a b"], "insecure_registries[0]")):
+        s = Server(*args, expect_start=False)
+        try:
+            assert s.wait_exit(15) != 0, args
+            assert needle in s.read_log(), (args, s.read_log())
+        finally:
+            s.close()

@@ -120,6 +120,7 @@ class FakeGuest : public GuestChannel {
     if (!Alive()) return Status::Unavailable("agent socket closed");
     hostname_ = r.hostname;
     vmm_.NoteIdentity(vm_id_, r.hostname);
+    vmm_.NoteIdentityRequest(vm_id_, r);
     IdentityResult out;
     out.hostname = r.hostname;
     out.mac = r.mac;
@@ -243,6 +244,18 @@ void FakeVmm::NoteIdentity(const std::string& vm_id, const std::string& hostname
   std::lock_guard lock(mu_);
   identities_[vm_id] = hostname;
 }
+void FakeVmm::NoteIdentityRequest(const std::string& vm_id, const IdentityRequest& r) {
+  std::lock_guard lock(mu_);
+  identity_requests_[vm_id] = r;
+}
+std::map<std::string, IdentityRequest> FakeVmm::identity_requests() const {
+  std::lock_guard lock(mu_);
+  return identity_requests_;
+}
+std::map<std::string, NetworkIdentity> FakeVmm::networks() const {
+  std::lock_guard lock(mu_);
+  return networks_;
+}
 void FakeVmm::NoteLive(int delta) {
   int now = live += delta;
   int prev = max_live.load();
@@ -256,6 +269,10 @@ Result<std::unique_ptr<Vm>> FakeVmm::Start(const LaunchSpec& spec, bool restored
   auto child = util::Spawn(o);
   if (!child.ok()) return child.status();
   if (spec.on_process_started) spec.on_process_started(child->pid);
+  {
+    std::lock_guard lock(mu_);
+    networks_[spec.vm_id] = spec.network;
+  }
   bool dead = false;
   if (restored && script.kill_after_restore > 0) {
     script.kill_after_restore--;

@@ -48,6 +48,10 @@ class FakeVmm : public Vmm {
   // Hostnames set through identity, by vm id.
   std::map<std::string, std::string> identities() const;
   void NoteIdentity(const std::string& vm_id, const std::string& hostname);
+  // The last identity request of each VM (dns, docker settings, ...), and the network each VM was launched with.
+  void NoteIdentityRequest(const std::string& vm_id, const IdentityRequest& r);
+  std::map<std::string, IdentityRequest> identity_requests() const;
+  std::map<std::string, NetworkIdentity> networks() const;
   void NoteLive(int delta);
 
  private:
@@ -56,6 +60,8 @@ class FakeVmm : public Vmm {
   mutable std::mutex mu_;
   std::string host_version_ = "1.0";
   std::map<std::string, std::string> identities_;
+  std::map<std::string, IdentityRequest> identity_requests_;
+  std::map<std::string, NetworkIdentity> networks_;
 };
 
 }  // namespace fcwarm::testing

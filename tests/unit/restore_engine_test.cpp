@@ -322,3 +322,52 @@ TEST_CASE("ServiceOptions::UnderDirectory puts every file under one absolute dir
   CHECK(rel.store.path == (fs::current_path() / "data" / "fcwarm.db").string());
   CHECK(rel.restore.wait_for_creating == RestoreOptions{}.wait_for_creating);  // everything else default
 }
+
+TEST_CASE("network settings: egress, resolvers and registry settings reach every VM, invalid ones stop Open") {
+  TestBed bed([](ServiceOptions& o) {
+    o.restore.egress = "10.214.0.0/16";
+    o.restore.dns = {"192.0.2.53"};
+    o.restore.registry_mirrors = {"http://10.214.7.2:5000"};
+    o.restore.insecure_registries = {"10.214.7.2:5000"};
+  });
+  auto dock = bed.AddImage("dock", "docker");
+  auto plain = bed.AddImage("plain");
+  auto d = bed.service->engine().Provision({.runtime_image_id = dock.id});
+  REQUIRE_MESSAGE(d.ok(), d.status().ToString());
+  auto p = bed.service->engine().Provision({.runtime_image_id = plain.id});
+  REQUIRE(p.ok());
+  auto nets = bed.vmm->networks();
+  REQUIRE(nets.count(d->id) == 1);
+  CHECK(nets[d->id].egress == "10.214.0.0/16");
+  CHECK(nets[d->id].egress_allow == std::vector<std::string>{"10.214.7.2"});  // the mirror's address
+  CHECK(nets[d->id].dns == std::vector<std::string>{"192.0.2.53"});
+  CHECK(nets[p->id].egress == "10.214.0.0/16");  // egress is per VM, whatever its runtime
+  auto ids = bed.vmm->identity_requests();
+  REQUIRE(ids.count(d->id) == 1);
+  CHECK(ids[d->id].dns == std::vector<std::string>{"192.0.2.53"});
+  REQUIRE(ids[d->id].docker.has_value());
+  CHECK(ids[d->id].docker->registry_mirrors == std::vector<std::string>{"http://10.214.7.2:5000"});
+  CHECK(ids[d->id].docker->insecure_registries == std::vector<std::string>{"10.214.7.2:5000"});
+  // A VM-only image gets neither resolvers nor Docker settings (it may have no writable /etc, and no daemon).
+  CHECK(ids[p->id].dns.empty());
+  CHECK_FALSE(ids[p->id].docker.has_value());
+
+  auto open_with = [](std::function<void(RestoreOptions&)> f) {
+    TempDir dir;
+    auto opts = ServiceOptions::UnderDirectory(dir.path().string());
+    f(opts.restore);
+    auto vmms = std::make_shared<VmmRegistry>();
+    return Service::Open(opts, vmms).status();
+  };
+  auto expect = [&](std::function<void(RestoreOptions&)> f, const std::string& needle) {
+    auto st = open_with(std::move(f));
+    CHECK(st.code() == StatusCode::kInvalidArgument);
+    CHECK_MESSAGE(st.message().find(needle) != std::string::npos, st.message());
+  };
+  expect([](RestoreOptions& r) { r.egress = "some"; }, "egress");
+  expect([](RestoreOptions& r) { r.dns = {"not-an-ip"}; }, "dns[0]");
+  expect([](RestoreOptions& r) { r.registry_mirrors = {"ftp://x"}; }, "registry_mirrors[0]");
+  expect([](RestoreOptions& r) { r.registry_mirrors = {"http://10.0.0.1:5000/path"}; }, "registry_mirrors[0]");
+  expect([](RestoreOptions& r) { r.insecure_registries = {"a b"}; }, "insecure_registries[0]");
+  CHECK(open_with([](RestoreOptions& r) { r.egress = "none"; }).ok());
+}

@@ -1,0 +1,81 @@
+#include "core/guest_network.hpp"
+
+#include "net/egress.hpp"
+#include "net/ipv4.hpp"
+
+namespace fcwarm::internal {
+
+Result<std::string> RegistryUrlHost(const std::string& url, const std::string& field) {
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument(field + ": '" + url.substr(0, 128) + "' " + why);
+  };
+  std::string rest;
+  if (url.rfind("http://", 0) == 0) {
+    rest = url.substr(7);
+  } else if (url.rfind("https://", 0) == 0) {
+    rest = url.substr(8);
+  } else {
+    return bad("is not an http:// or https:// URL");
+  }
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  if (rest.empty() || rest.find_first_of("/?#@ ") != std::string::npos) {
+    return bad("must be scheme://host[:port] without path, query or credentials");
+  }
+  auto colon = rest.rfind(':');
+  std::string host = colon == std::string::npos ? rest : rest.substr(0, colon);
+  if (colon != std::string::npos) {
+    std::string port = rest.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
+        std::stoi(port) < 1 || std::stoi(port) > 65535) {
+      return bad("has no valid port");
+    }
+  }
+  if (host.empty()) return bad("has no host");
+  return host;
+}
+
+Result<GuestNetwork> ResolveGuestNetwork(const RestoreOptions& opts) {
+  GuestNetwork g;
+  if (!opts.egress.empty()) {
+    auto policy = net::ParseEgressPolicy(opts.egress, "egress");
+    if (!policy.ok()) return policy.status();
+    g.egress = policy->ToString();
+  }
+  for (size_t i = 0; i < opts.dns.size(); ++i) {
+    if (!net::ParseIpv4(opts.dns[i])) {
+      return Status::InvalidArgument("dns[" + std::to_string(i) + "]: '" + opts.dns[i].substr(0, 64) +
+                                     "' is not an IPv4 address");
+    }
+  }
+  if (opts.dns.size() > 3) return Status::InvalidArgument("dns: at most 3 resolvers (resolv.conf's limit)");
+  g.dns = opts.dns;
+  if (g.dns.empty() && !g.egress.empty()) {
+    g.dns = net::HostResolvers();
+    if (g.dns.size() > 3) g.dns.resize(3);
+  }
+  for (size_t i = 0; i < opts.registry_mirrors.size(); ++i) {
+    const std::string field = "registry_mirrors[" + std::to_string(i) + "]";
+    auto host = RegistryUrlHost(opts.registry_mirrors[i], field);
+    if (!host.ok()) return host.status();
+    // Egress rules are by address: a mirror named by a DNS name is reachable only when the policy allows it.
+    if (net::ParseIpv4(*host)) g.egress_allow.push_back(*host);
+  }
+  for (size_t i = 0; i < opts.insecure_registries.size(); ++i) {
+    const auto& r = opts.insecure_registries[i];
+    bool ok = r.find('/') != std::string::npos
+                  ? net::ParseCidr(r, "insecure_registries").ok()
+                  : !r.empty() && r.size() <= 255 &&
+                        r.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:") ==
+                            std::string::npos;
+    if (!ok) {
+      return Status::InvalidArgument("insecure_registries[" + std::to_string(i) + "]: '" + r.substr(0, 64) +
+                                     "' is neither host[:port] nor an IPv4 CIDR");
+    }
+  }
+  g.docker.registry_mirrors = opts.registry_mirrors;
+  g.docker.insecure_registries = opts.insecure_registries;
+  g.has_docker_settings = !opts.registry_mirrors.empty() || !opts.insecure_registries.empty();
+  return g;
+}
+
+}  // namespace fcwarm::internal
