@@ -165,6 +165,8 @@ struct NetworkIdentity {
   std::vector<std::string> egress_allow;
   /// \brief IPv4 resolvers the guest may reach on port 53 under every egress policy.
   std::vector<std::string> dns;
+  /// \brief CIDRs denied before `egress_allow` under every policy: the guest address pool (other VMs).
+  std::vector<std::string> egress_deny;
 };
 
 /// \brief Everything a backend needs to start one VM process.

@@ -40,6 +40,9 @@ Result<GuestNetwork> ResolveGuestNetwork(const RestoreOptions& opts) {
     auto policy = net::ParseEgressPolicy(opts.egress, "egress");
     if (!policy.ok()) return policy.status();
     g.egress = policy->ToString();
+    auto pool = net::AddressPoolCidr(opts.address_pool_base, opts.address_pool_size);
+    if (!pool.ok()) return pool.status().WithContext("address_pool_base");
+    g.egress_deny.push_back(pool->ToString());
   }
   for (size_t i = 0; i < opts.dns.size(); ++i) {
     if (!net::ParseIpv4(opts.dns[i])) {

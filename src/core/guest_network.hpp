@@ -16,6 +16,7 @@ struct GuestNetwork {
   std::string egress;                     // policy text, or empty (no egress rules)
   std::vector<std::string> egress_allow;  // registry mirror hosts (IPv4), allowed under every policy
   std::vector<std::string> dns;           // resolvers for guests (empty: keep the guest's)
+  std::vector<std::string> egress_deny;   // the guest address pool: other VMs are never reachable
   GuestDockerSettings docker;             // registry settings for docker runtime images
   bool has_docker_settings = false;       // any mirror or insecure registry configured
 };

@@ -10,6 +10,7 @@
 
 #include "core/guest_network.hpp"
 #include "core/internal.hpp"
+#include "net/iptables.hpp"
 #include "fcwarm/ids.hpp"
 #include "store/images.hpp"
 #include "store/snapshots.hpp"
@@ -73,6 +74,11 @@ class RestoreEngine::Impl {
       (void)vm->Stop(opts_.stop_grace);
       Release(id, VmState::kStopped, "");
     }
+    // The last fcwarm process on the host with egress rules takes the fcwarm chains away with it (refused, and
+    // harmless, while another process's VMs still have rules).
+    if (!guest_net_.egress.empty()) {
+      if (auto st = net::RemoveBaseChains({}); !st.ok()) spdlog::debug("fcwarm chains stay: {}", st.ToString());
+    }
   }
 
   Result<VmRecord> Provision(const ProvisionRequest& req) {
@@ -126,6 +132,7 @@ class RestoreEngine::Impl {
       spec.network.egress = guest_net_.egress;
       spec.network.egress_allow = guest_net_.egress_allow;
       spec.network.dns = guest_net_.dns;
+      spec.network.egress_deny = guest_net_.egress_deny;
     }
     std::string owner = "vm:" + rec.id;
     spec.on_process_started = [this, owner](int pid) { internal::RecordProcess(store_, pid, "vm", owner); };

@@ -243,3 +243,22 @@ def start_server():
     for s in started:
         s.stop()
         s.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _restore_ip_forward():
+    """A server with egress rules turns IPv4 forwarding on (and never off, like Docker); the tests put back
+    what they found."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    try:
+        with open(path) as f:
+            before = f.read()
+    except OSError:
+        before = None
+    yield
+    if before is not None:
+        try:
+            with open(path, "w") as f:
+                f.write(before)
+        except OSError:
+            pass

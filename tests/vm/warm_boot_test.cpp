@@ -14,8 +14,11 @@
 #include <thread>
 
 #include "fcwarm/fcwarm.hpp"
+#include "net/iptables.hpp"
 #include "support/test_env.hpp"
+#include "util/common.hpp"
 #include "util/process.hpp"
+#include "util/scope_guard.hpp"
 #include "vm/vm_support.hpp"
 
 using namespace fcwarm;
@@ -71,7 +74,7 @@ struct QemuBed {
   std::unique_ptr<Service> svc;
   RuntimeImage image;
 
-  QemuBed() {
+  explicit QemuBed(std::function<void(ServiceOptions&)> tweak = {}) {
     QemuOptions q;
     q.netns_prefix = netns_prefix;
     q.veth_prefix = veth_prefix;
@@ -79,6 +82,7 @@ struct QemuBed {
     vmms->Add(vmm);
     auto o = ServiceOptions::UnderDirectory(dir.str());
     o.health.rebuild_backoff_initial = 100ms;
+    if (tweak) tweak(o);
     auto s = Service::Open(o, vmms);
     REQUIRE_MESSAGE(s.ok(), s.status().ToString());
     svc = std::move(s).value();
@@ -266,4 +270,39 @@ TEST_CASE("core+qemu: QEMU killed with SIGKILL during a restore falls back to co
       FAIL_CHECK("overlay leaked: " << e.path());
     }
   }
+}
+
+TEST_CASE("core+qemu: a VM's egress rules exist while it runs and are gone with it") {
+  SKIP_UNLESS_READY();
+  // egress none: the guest may reach only the (documentation-range) resolver and allowed mirror, nothing else;
+  // no packet is sent by this test, the policy is checked in the host's rule set. Egress turns IPv4 forwarding
+  // on; the test puts back what it found, and the engine removes the fcwarm chains when it goes away.
+  auto forward = util::ReadFile("/proc/sys/net/ipv4/ip_forward", 16);
+  REQUIRE(forward.ok());
+  util::ScopeGuard restore_forward([&] { std::ofstream("/proc/sys/net/ipv4/ip_forward") << *forward; });
+  QemuBed bed([](ServiceOptions& o) {
+    o.restore.egress = "none";
+    o.restore.dns = {"192.0.2.53"};
+    o.restore.registry_mirrors = {"http://192.0.2.80:5000"};
+  });
+  auto vm = bed.svc->engine().Provision({.runtime_image_id = bed.image.id});
+  REQUIRE_MESSAGE(vm.ok(), vm.status().ToString());
+  auto rules = net::ListVmRules({}, vm->id);
+  REQUIRE_MESSAGE(rules.ok(), rules.status().ToString());
+  REQUIRE_FALSE(rules->empty());
+  std::string all;
+  for (const auto& r : *rules) all += r.spec + "\n";
+  std::string guest_ip = vm->address.substr(0, vm->address.find('/'));
+  CHECK_MESSAGE(all.find(guest_ip) != std::string::npos, all);
+  CHECK_MESSAGE(all.find("192.0.2.53") != std::string::npos, all);  // DNS to the resolver
+  CHECK_MESSAGE(all.find("192.0.2.80") != std::string::npos, all);  // the mirror, under egress none
+  CHECK_MESSAGE(all.find("10.213.0.0/16") != std::string::npos, all);  // other VMs: never
+  REQUIRE(bed.svc->engine().Destroy(vm->id).ok());
+  auto after = net::ListVmRules({}, vm->id);
+  REQUIRE(after.ok());
+  CHECK(after->empty());
+  bed.svc.reset();
+  auto chains = util::Run({"iptables-save"}, 20s);
+  REQUIRE(chains.ok());
+  CHECK_MESSAGE(chains->output.find("fcwarm:vm:" + vm->id) == std::string::npos, chains->output);
 }

@@ -24,6 +24,7 @@
 #include "backends/qemu/qmp_client.hpp"
 #include "guest/line_stream.hpp"
 #include "guest/stream_channel.hpp"
+#include "net/egress.hpp"
 #include "net/netns.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
@@ -234,9 +235,11 @@ class QemuVm final : public Vm {
   ~QemuVm() override { (void)Stop(opt_.destroy_grace); }
 
   // Creates the per-VM resources and starts QEMU. On error everything is released.
-  Status Start(const std::string& base_disk, const std::string& base_format, const net::NetnsPlan* net_plan) {
+  // `egress`: the VM's egress rules, applied on the host end of its veth once the namespace exists (or null).
+  Status Start(const std::string& base_disk, const std::string& base_format, const net::NetnsPlan* net_plan,
+               const net::EgressRequest* egress) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto st = StartLocked(base_disk, base_format, net_plan);
+    auto st = StartLocked(base_disk, base_format, net_plan, egress);
     if (!st.ok()) (void)StopLocked(0ms);
     return st;
   }
@@ -328,7 +331,7 @@ class QemuVm final : public Vm {
   }
 
   Status StartLocked(const std::string& base_disk, const std::string& base_format,
-                     const net::NetnsPlan* net_plan) {
+                     const net::NetnsPlan* net_plan, const net::EgressRequest* egress) {
     if (Join(cfg_.work_dir, qemu::kQmpSock).size() > kMaxSunPath ||
         Join(cfg_.work_dir, qemu::kAgentSock).size() > kMaxSunPath) {
       return Status::InvalidArgument("work_dir " + cfg_.work_dir + " is too long for a Unix socket path");
@@ -340,6 +343,17 @@ class QemuVm final : public Vm {
       if (auto st = net_->Create(); !st.ok()) {
         net_.reset();
         return st;
+      }
+      if (egress && !net_plan->host_veth.empty()) {
+        net::EgressRequest req = *egress;
+        req.host_veth = net_plan->host_veth;
+        auto handle = net::ApplyEgress(req);
+        if (!handle.ok()) {
+          (void)net_->Release();
+          net_.reset();
+          return handle.status().WithContext("egress of vm " + req.vm_id);
+        }
+        egress_ = std::move(handle).value();
       }
     }
     if (!base_disk.empty()) {
@@ -535,6 +549,10 @@ class QemuVm final : public Vm {
     if (p > 0 && !exit_status_)
       result = Status::Internal("QEMU pid " + std::to_string(p) + " could not be reaped");
     view_->pid.store(-1);
+    if (egress_) {
+      if (auto st = egress_->Release(); !st.ok() && result.ok()) result = st;
+      egress_.reset();
+    }
     if (net_) {
       if (auto st = net_->Release(); !st.ok() && result.ok()) result = st;
       net_.reset();
@@ -557,6 +575,8 @@ class QemuVm final : public Vm {
   std::optional<int> exit_status_;
   qemu::QmpClient qmp_;
   std::unique_ptr<net::NetnsNetwork> net_;
+  std::unique_ptr<net::RuleHandle> egress_;  // the VM's egress rules (docs/networking.md), released before net_
+
   std::unique_ptr<GuestChannel> guest_;
   std::vector<std::string> owned_files_;
   bool stopped_ = false;
@@ -700,8 +720,21 @@ class QemuVmm final : public Vmm {
       if (!p.ok()) return p.status();
       plan = *p;
     }
+    std::optional<net::EgressRequest> egress;
+    if (plan && spec.network.index >= 0 && !spec.network.egress.empty()) {
+      auto policy = net::ParseEgressPolicy(spec.network.egress, "egress");
+      if (!policy.ok()) return policy.status();
+      egress.emplace();
+      egress->vm_id = spec.vm_id;
+      egress->guest_ip = spec.network.ip_cidr.substr(0, spec.network.ip_cidr.find('/'));
+      egress->policy = *policy;
+      egress->allow = spec.network.egress_allow;
+      egress->dns_servers = spec.network.dns;
+      egress->never = spec.network.egress_deny;
+    }
     auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started);
-    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr); !st.ok()) return st;
+    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr, egress ? &*egress : nullptr); !st.ok())
+      return st;
     return vm;
   }
 
