@@ -40,7 +40,7 @@ json::object SnapshotToJson(const RuntimeSnapshot& s) {
   o["last_error"] = s.last_error;
   o["created_at"] = FormatRfc3339(s.created_at);
   o["updated_at"] = FormatRfc3339(s.updated_at);
-  o["last_used_at"] = s.last_used_at ? json::value(FormatRfc3339(*s.last_used_at)) : json::value(nullptr);
+  o["last_used_at"] = TimeOrNull(s.last_used_at);
   return o;
 }
 
@@ -62,6 +62,10 @@ json::object ImageToJson(const RuntimeImage& i) {
   o["path"] = i.path();
   o["created_at"] = FormatRfc3339(i.created_at);
   return o;
+}
+
+json::value TimeOrNull(const std::optional<int64_t>& unix_ms) {
+  return unix_ms ? json::value(FormatRfc3339(*unix_ms)) : json::value(nullptr);
 }
 
 json::object EventToJson(const Event& e) {

@@ -24,6 +24,8 @@ boost::json::object SnapshotToJson(const RuntimeSnapshot& s);
 boost::json::object ImageToJson(const RuntimeImage& i);
 boost::json::object EventToJson(const Event& e);
 boost::json::object TimingsToJson(const Timings& t);
+/// A time that may be unset: its RFC 3339 text (FormatRfc3339), or null.
+boost::json::value TimeOrNull(const std::optional<int64_t>& unix_ms);
 
 /// Parses a request body that must be one JSON object (at most 32 levels deep).
 /// \return The object, or InvalidArgument naming "body".

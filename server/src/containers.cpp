@@ -10,10 +10,6 @@ namespace json = boost::json;
 
 namespace {
 
-json::value OptTime(const std::optional<int64_t>& v) {
-  return v ? json::value(FormatRfc3339(*v)) : json::value(nullptr);
-}
-
 // JSON strings must be UTF-8: container output may not be. Invalid bytes become U+FFFD.
 std::string Utf8(const std::string& s) {
   std::string out;
@@ -73,8 +69,8 @@ json::object ContainerService::Render(const ContainerRecord& c) {
   o["last_error"] = c.last_error;
   o["created_at"] = FormatRfc3339(c.created_at);
   o["updated_at"] = FormatRfc3339(c.updated_at);
-  o["started_at"] = OptTime(c.started_at);
-  o["finished_at"] = OptTime(c.finished_at);
+  o["started_at"] = TimeOrNull(c.started_at);
+  o["finished_at"] = TimeOrNull(c.finished_at);
   json::array cmd;
   for (const auto& a : c.command) cmd.emplace_back(a);
   o["command"] = std::move(cmd);

@@ -2,6 +2,7 @@
 
 #include "net/egress.hpp"
 #include "net/ipv4.hpp"
+#include "net/ports.hpp"
 
 namespace fcwarm::internal {
 
@@ -24,11 +25,8 @@ Result<std::string> RegistryUrlHost(const std::string& url, const std::string& f
   auto colon = rest.rfind(':');
   std::string host = colon == std::string::npos ? rest : rest.substr(0, colon);
   if (colon != std::string::npos) {
-    std::string port = rest.substr(colon + 1);
-    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos ||
-        std::stoi(port) < 1 || std::stoi(port) > 65535) {
-      return bad("has no valid port");
-    }
+    auto port = net::ParsePortNumber(rest.substr(colon + 1), "port", field + ": '" + url.substr(0, 128) + "': ");
+    if (!port.ok()) return port.status();
   }
   if (host.empty()) return bad("has no host");
   return host;

@@ -2,6 +2,8 @@
 
 #include <cctype>
 
+#include "net/ports.hpp"
+
 namespace fcwarm {
 namespace {
 
@@ -43,13 +45,8 @@ std::string CheckDomain(std::string_view d) {
   std::string_view host = d;
   if (auto colon = d.rfind(':'); colon != std::string_view::npos) {
     host = d.substr(0, colon);
-    std::string_view port = d.substr(colon + 1);
-    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string_view::npos) {
-      return "registry port '" + std::string(port.substr(0, 16)) + "' is not a number";
-    }
-    if (std::stoi(std::string(port)) > 65535 || std::stoi(std::string(port)) == 0) {
-      return "registry port " + std::string(port) + " is out of range";
-    }
+    auto port = net::ParsePortNumber(d.substr(colon + 1, 16), "registry port", "");
+    if (!port.ok()) return std::string(port.status().message());
   }
   if (host.empty()) return "the registry host is empty";
   size_t start = 0;

@@ -26,22 +26,6 @@ bool IsLoopback(const std::string& ip) {
 // Serves 127.0.0.1 (a loopback address or every address).
 bool ServesLoopback(const std::string& ip) { return ip == "0.0.0.0" || IsLoopback(ip); }
 
-// "80" → 80; errors name `what` ("host port", "container port").
-Result<uint16_t> ParsePortNumber(std::string_view s, const std::string& what, const std::string& prefix) {
-  if (s.find('-') != std::string_view::npos) {
-    return Status::InvalidArgument(prefix + "port ranges are not supported (" + what + " '" + std::string(s) +
-                                   "')");
-  }
-  if (s.empty()) return Status::InvalidArgument(prefix + what + " is empty");
-  if (s.size() > 5 || s.find_first_not_of("0123456789") != std::string_view::npos) {
-    return Status::InvalidArgument(prefix + what + " '" + std::string(s) + "' is not a number");
-  }
-  int v = std::stoi(std::string(s));
-  if (v < 1 || v > 65535) {
-    return Status::InvalidArgument(prefix + what + " " + std::to_string(v) + " is out of range (1-65535)");
-  }
-  return static_cast<uint16_t>(v);
-}
 
 std::string HostPortText(const PortMapping& p) {
   return p.host_ip + ":" + std::to_string(p.host_port) + "/" + std::string(ProtocolName(p.protocol));
@@ -95,6 +79,22 @@ Status CheckOne(const PortMapping& p, const std::string& field, const std::vecto
 }
 
 }  // namespace
+
+Result<uint16_t> ParsePortNumber(std::string_view s, const std::string& what, const std::string& prefix) {
+  if (s.find('-') != std::string_view::npos) {
+    return Status::InvalidArgument(prefix + "port ranges are not supported (" + what + " '" + std::string(s) +
+                                   "')");
+  }
+  if (s.empty()) return Status::InvalidArgument(prefix + what + " is empty");
+  if (s.size() > 5 || s.find_first_not_of("0123456789") != std::string_view::npos) {
+    return Status::InvalidArgument(prefix + what + " '" + std::string(s) + "' is not a number");
+  }
+  int v = std::stoi(std::string(s));
+  if (v < 1 || v > 65535) {
+    return Status::InvalidArgument(prefix + what + " " + std::to_string(v) + " is out of range (1-65535)");
+  }
+  return static_cast<uint16_t>(v);
+}
 
 std::string_view ProtocolName(Protocol p) { return p == Protocol::kTcp ? "tcp" : "udp"; }
 

@@ -50,6 +50,10 @@ struct PortMapping {
   }
 };
 
+/// "80" → 80: one port number, 1-65535 (no ranges). InvalidArgument starting with `prefix`, naming `what`
+/// ("host port", "registry port", ...): empty, not a number, out of range.
+Result<uint16_t> ParsePortNumber(std::string_view s, const std::string& what, const std::string& prefix);
+
 /// Parses one spec. InvalidArgument starting with `field`, quoting the spec and naming what is wrong.
 Result<PortMapping> ParsePort(std::string_view spec, const std::string& default_host_ip = "127.0.0.1",
                               std::string_view field = "ports");

@@ -235,7 +235,7 @@ class QemuVm final : public Vm {
   ~QemuVm() override { (void)Stop(opt_.destroy_grace); }
 
   // Creates the per-VM resources and starts QEMU. On error everything is released.
-  // `egress`: the VM's egress rules, applied on the host end of its veth once the namespace exists (or null).
+  // `egress`: the VM's egress rules (host_veth set), applied once its namespace exists (or null).
   Status Start(const std::string& base_disk, const std::string& base_format, const net::NetnsPlan* net_plan,
                const net::EgressRequest* egress) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -344,14 +344,12 @@ class QemuVm final : public Vm {
         net_.reset();
         return st;
       }
-      if (egress && !net_plan->host_veth.empty()) {
-        net::EgressRequest req = *egress;
-        req.host_veth = net_plan->host_veth;
-        auto handle = net::ApplyEgress(req);
+      if (egress) {
+        auto handle = net::ApplyEgress(*egress);
         if (!handle.ok()) {
           (void)net_->Release();
           net_.reset();
-          return handle.status().WithContext("egress of vm " + req.vm_id);
+          return handle.status().WithContext("egress of vm " + egress->vm_id);
         }
         egress_ = std::move(handle).value();
       }
@@ -720,12 +718,14 @@ class QemuVmm final : public Vmm {
       if (!p.ok()) return p.status();
       plan = *p;
     }
+    // Egress rules go on the host end of the VM's veth; a VM without a link (a build VM) has none.
     std::optional<net::EgressRequest> egress;
-    if (plan && spec.network.index >= 0 && !spec.network.egress.empty()) {
+    if (plan && !plan->host_veth.empty() && !spec.network.egress.empty()) {
       auto policy = net::ParseEgressPolicy(spec.network.egress, "egress");
       if (!policy.ok()) return policy.status();
       egress.emplace();
       egress->vm_id = spec.vm_id;
+      egress->host_veth = plan->host_veth;
       egress->guest_ip = spec.network.ip_cidr.substr(0, spec.network.ip_cidr.find('/'));
       egress->policy = *policy;
       egress->allow = spec.network.egress_allow;
