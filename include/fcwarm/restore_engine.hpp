@@ -30,6 +30,11 @@ struct ProvisionRequest {
   std::optional<std::chrono::milliseconds> wait_for_creating;
   /// \brief Skip the warm path (forces a cold boot; reason recorded as no_snapshot). Default: false.
   bool force_cold = false;
+  /// \brief Host ports to forward to the VM while it runs, each "HOST_IP:HOST_PORT:GUEST_PORT/PROTO" with every
+  /// part set (NetworkIdentity::ports); InvalidArgument naming the entry otherwise. The caller checks that the
+  /// host ports are free (ContainerManager does, before anything starts). Needs a network identity
+  /// (RestoreOptions::allocate_network).
+  std::vector<std::string> ports;
 };
 
 /// \brief Implements the warm-boot decision (DESIGN §4): find the newest snapshot, wait while it is being

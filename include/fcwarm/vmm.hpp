@@ -167,6 +167,11 @@ struct NetworkIdentity {
   std::vector<std::string> dns;
   /// \brief CIDRs denied before `egress_allow` under every policy: the guest address pool (other VMs).
   std::vector<std::string> egress_deny;
+  /// \brief Published ports, each "HOST_IP:HOST_PORT:GUEST_PORT/PROTO" with every part set (e.g.
+  /// "127.0.0.1:8080:80/tcp"; docs/networking.md, "Published ports"): forwarded from the host to the guest's
+  /// address while the VM runs. Backends publish them on the host side of the VM's link when the VM starts and
+  /// remove them with it (stop, destroy, a failed start). Empty: nothing is published.
+  std::vector<std::string> ports;
 };
 
 /// \brief Everything a backend needs to start one VM process.

@@ -11,6 +11,7 @@
 #include "core/guest_network.hpp"
 #include "core/internal.hpp"
 #include "net/iptables.hpp"
+#include "net/ports.hpp"
 #include "fcwarm/ids.hpp"
 #include "store/images.hpp"
 #include "store/snapshots.hpp"
@@ -81,6 +82,25 @@ class RestoreEngine::Impl {
     }
   }
 
+  // Published ports reach the backend fully resolved: every part set, no two on one host port.
+  Status CheckPublished(const std::vector<std::string>& ports) const {
+    if (ports.empty()) return Status::Ok();
+    if (!opts_.allocate_network) {
+      return Status::FailedPrecondition("ports: VMs of this engine have no network (allocate_network is off)");
+    }
+    auto parsed = net::ParsePorts(ports, "127.0.0.1", "ports");
+    if (!parsed.ok()) return parsed.status();
+    for (size_t i = 0; i < parsed->size(); ++i) {
+      const auto& m = (*parsed)[i];
+      if (m.host_port == 0 || ports[i] != m.ToString()) {
+        return Status::InvalidArgument("ports[" + std::to_string(i) + "]: '" + ports[i] +
+                                       "' is not resolved (HOST_IP:HOST_PORT:GUEST_PORT/PROTO, e.g. " +
+                                       "127.0.0.1:8080:80/tcp)");
+      }
+    }
+    return Status::Ok();
+  }
+
   Result<VmRecord> Provision(const ProvisionRequest& req) {
     auto t_total = Clock::now();
     if (auto p = Id::Parse("runtime_image_id", req.runtime_image_id); !p.ok()) return p.status();
@@ -93,6 +113,7 @@ class RestoreEngine::Impl {
     if (req.wait_for_creating && (req.wait_for_creating->count() < 0 || *req.wait_for_creating > std::chrono::hours(1))) {
       return Status::InvalidArgument("wait_for_creating: must be between 0 and 3600000 ms");
     }
+    if (auto st = CheckPublished(req.ports); !st.ok()) return st;
     auto image =
         detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ImageById(db, req.runtime_image_id); });
     if (!image.ok()) return image.status();
@@ -133,6 +154,7 @@ class RestoreEngine::Impl {
       spec.network.egress_allow = guest_net_.egress_allow;
       spec.network.dns = guest_net_.dns;
       spec.network.egress_deny = guest_net_.egress_deny;
+      spec.network.ports = req.ports;
     }
     std::string owner = "vm:" + rec.id;
     spec.on_process_started = [this, owner](int pid) { internal::RecordProcess(store_, pid, "vm", owner); };

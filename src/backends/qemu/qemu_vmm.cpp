@@ -26,6 +26,7 @@
 #include "guest/stream_channel.hpp"
 #include "net/egress.hpp"
 #include "net/netns.hpp"
+#include "net/ports.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -172,6 +173,12 @@ Result<std::string> QemuVersion(const QemuOptions& o) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // What the guest channel needs to explain a failure without touching the Vm (no locks shared).
+// Host-side rules of one VM, on the host end of its veth.
+struct HostRules {
+  std::optional<net::EgressRequest> egress;  // what the guest may reach
+  std::optional<net::PublishRequest> ports;  // what the host forwards to it
+};
+
 struct ProcessView {
   std::atomic<int> pid{-1};
   std::atomic<bool> exited{false};  // set once the Vm reaped it (the pid may then be reused)
@@ -235,11 +242,11 @@ class QemuVm final : public Vm {
   ~QemuVm() override { (void)Stop(opt_.destroy_grace); }
 
   // Creates the per-VM resources and starts QEMU. On error everything is released.
-  // `egress`: the VM's egress rules (host_veth set), applied once its namespace exists (or null).
+  // `rules`: the VM's egress rules and published ports (host_veth set), applied once its namespace exists.
   Status Start(const std::string& base_disk, const std::string& base_format, const net::NetnsPlan* net_plan,
-               const net::EgressRequest* egress) {
+               const HostRules& rules) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto st = StartLocked(base_disk, base_format, net_plan, egress);
+    auto st = StartLocked(base_disk, base_format, net_plan, rules);
     if (!st.ok()) (void)StopLocked(0ms);
     return st;
   }
@@ -331,7 +338,7 @@ class QemuVm final : public Vm {
   }
 
   Status StartLocked(const std::string& base_disk, const std::string& base_format,
-                     const net::NetnsPlan* net_plan, const net::EgressRequest* egress) {
+                     const net::NetnsPlan* net_plan, const HostRules& rules) {
     if (Join(cfg_.work_dir, qemu::kQmpSock).size() > kMaxSunPath ||
         Join(cfg_.work_dir, qemu::kAgentSock).size() > kMaxSunPath) {
       return Status::InvalidArgument("work_dir " + cfg_.work_dir + " is too long for a Unix socket path");
@@ -344,14 +351,16 @@ class QemuVm final : public Vm {
         net_.reset();
         return st;
       }
-      if (egress) {
-        auto handle = net::ApplyEgress(*egress);
-        if (!handle.ok()) {
-          (void)net_->Release();
-          net_.reset();
-          return handle.status().WithContext("egress of vm " + egress->vm_id);
-        }
+      // On an error the caller's StopLocked() releases what was applied (rules first, then the namespace).
+      if (rules.egress) {
+        auto handle = net::ApplyEgress(*rules.egress);
+        if (!handle.ok()) return handle.status().WithContext("egress of vm " + rules.egress->vm_id);
         egress_ = std::move(handle).value();
+      }
+      if (rules.ports) {
+        auto handle = net::PublishPorts(*rules.ports);
+        if (!handle.ok()) return handle.status().WithContext("published ports of vm " + rules.ports->vm_id);
+        ports_ = std::move(handle).value();
       }
     }
     if (!base_disk.empty()) {
@@ -547,9 +556,10 @@ class QemuVm final : public Vm {
     if (p > 0 && !exit_status_)
       result = Status::Internal("QEMU pid " + std::to_string(p) + " could not be reaped");
     view_->pid.store(-1);
-    if (egress_) {
-      if (auto st = egress_->Release(); !st.ok() && result.ok()) result = st;
-      egress_.reset();
+    for (auto* rules : {&ports_, &egress_}) {
+      if (!*rules) continue;
+      if (auto st = (*rules)->Release(); !st.ok() && result.ok()) result = st;
+      rules->reset();
     }
     if (net_) {
       if (auto st = net_->Release(); !st.ok() && result.ok()) result = st;
@@ -574,6 +584,7 @@ class QemuVm final : public Vm {
   qemu::QmpClient qmp_;
   std::unique_ptr<net::NetnsNetwork> net_;
   std::unique_ptr<net::RuleHandle> egress_;  // the VM's egress rules (docs/networking.md), released before net_
+  std::unique_ptr<net::RuleHandle> ports_;   // its published ports, released before egress_
 
   std::unique_ptr<GuestChannel> guest_;
   std::vector<std::string> owned_files_;
@@ -718,23 +729,35 @@ class QemuVmm final : public Vmm {
       if (!p.ok()) return p.status();
       plan = *p;
     }
-    // Egress rules go on the host end of the VM's veth; a VM without a link (a build VM) has none.
-    std::optional<net::EgressRequest> egress;
-    if (plan && !plan->host_veth.empty() && !spec.network.egress.empty()) {
+    // Egress rules and published ports go on the host end of the VM's veth; a VM without a link (a build VM)
+    // has neither.
+    HostRules rules;
+    bool linked = plan && !plan->host_veth.empty();
+    std::string guest_ip = spec.network.ip_cidr.substr(0, spec.network.ip_cidr.find('/'));
+    if (linked && !spec.network.egress.empty()) {
       auto policy = net::ParseEgressPolicy(spec.network.egress, "egress");
       if (!policy.ok()) return policy.status();
-      egress.emplace();
-      egress->vm_id = spec.vm_id;
-      egress->host_veth = plan->host_veth;
-      egress->guest_ip = spec.network.ip_cidr.substr(0, spec.network.ip_cidr.find('/'));
-      egress->policy = *policy;
-      egress->allow = spec.network.egress_allow;
-      egress->dns_servers = spec.network.dns;
-      egress->never = spec.network.egress_deny;
+      auto& e = rules.egress.emplace();
+      e.vm_id = spec.vm_id;
+      e.host_veth = plan->host_veth;
+      e.guest_ip = guest_ip;
+      e.policy = *policy;
+      e.allow = spec.network.egress_allow;
+      e.dns_servers = spec.network.dns;
+      e.never = spec.network.egress_deny;
+    }
+    if (!spec.network.ports.empty()) {
+      if (!linked) return Status::FailedPrecondition("ports: vm " + spec.vm_id + " has no network link to publish on");
+      auto ports = net::ParsePorts(spec.network.ports, "127.0.0.1", "network.ports");
+      if (!ports.ok()) return ports.status();
+      auto& p = rules.ports.emplace();
+      p.vm_id = spec.vm_id;
+      p.host_veth = plan->host_veth;
+      p.guest_ip = guest_ip;
+      p.ports = std::move(ports).value();
     }
     auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started);
-    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr, egress ? &*egress : nullptr); !st.ok())
-      return st;
+    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr, rules); !st.ok()) return st;
     return vm;
   }
 
