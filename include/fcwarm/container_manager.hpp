@@ -22,6 +22,8 @@ namespace fcwarm {
 /// \brief Lifecycle of a container record.
 enum class ContainerState {
   kProvisioning,  ///< Recorded; its VM is being started (warm or cold) or its container created.
+  /// \brief Its VM runs and the guest's Docker daemon is pulling the container image (it did not have it).
+  kPulling,
   kRunning,       ///< The container process runs (or, for the `vm` runtime without a command, the VM runs).
   kExited,        ///< The container process exited; `exit_code` is set.
   kStopped,       ///< Stopped by a caller (its VM is stopped).
@@ -33,7 +35,7 @@ enum class ContainerState {
 /// \brief Stable lower-case name ("provisioning", "running", ...).
 std::string_view ToString(ContainerState v);
 /// \brief True for the states a container never leaves by itself (exited, stopped, failed, lost, destroyed):
-/// its process is not running and will not start. Provisioning and running are not terminal.
+/// its process is not running and will not start. Provisioning, pulling and running are not terminal.
 bool IsTerminal(ContainerState v);
 /// \brief Parses a ContainerState name.
 /// \return The value or InvalidArgument.
@@ -60,10 +62,23 @@ struct ContainerRequest {
   std::vector<std::string> command;
   /// \brief Environment variables (names `[A-Za-z_][A-Za-z0-9_]*`).
   std::map<std::string, std::string> env;
+  /// \brief Host ports published to the container, in Docker's `-p` syntax (IPv4):
+  /// "[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/tcp|/udp]", e.g. "8080:80", "127.0.0.1:8443:443/tcp",
+  /// "5353:53/udp". HOST_IP defaults to ContainerOptions::publish_address; without HOST_PORT a free port is
+  /// chosen. One container per VM, in the VM's network namespace (Docker's host network mode), so
+  /// CONTAINER_PORT is the port the container listens on inside its VM. At most 64 entries.
+  std::vector<std::string> ports;
   /// \brief Skip the warm path (forces a cold boot; reason no_snapshot). Default: false.
   bool force_cold = false;
   /// \brief Overrides RestoreOptions::wait_for_creating for this request.
   std::optional<std::chrono::milliseconds> wait_for_creating;
+};
+
+/// \brief What pulling a container's image took (docker runtime, when the daemon did not have the image).
+struct ImagePull {
+  int layers = 0;       ///< Layers downloaded (layers the daemon had already are not counted).
+  int64_t bytes = 0;    ///< Compressed bytes of the downloaded layers, as the registry announced them.
+  double ms = 0;        ///< Duration of the pull.
 };
 
 /// \brief A container and the VM it runs in.
@@ -77,6 +92,12 @@ struct ContainerRecord {
   std::string image;                           ///< Container image reference (docker runtime), or empty.
   std::vector<std::string> command;            ///< Command as requested.
   std::map<std::string, std::string> env;      ///< Environment as requested.
+  /// \brief Published ports, resolved: "HOST_IP:HOST_PORT:CONTAINER_PORT/PROTO" (e.g. "127.0.0.1:8080:80/tcp"),
+  /// in request order. Forwarded while the container's VM runs.
+  std::vector<std::string> ports;
+  /// \brief The image pull, once one finished (state `pulling` while it runs); empty when the daemon had the
+  /// image (a warm clone of a snapshot that preloaded it, or an image baked into the runtime image).
+  std::optional<ImagePull> pull;
   ContainerState state = ContainerState::kProvisioning;  ///< Lifecycle state.
   std::string docker_id;                       ///< Docker's container id (docker runtime), or empty.
   std::optional<int> exit_code;                ///< Exit code once exited.
@@ -117,6 +138,11 @@ struct ContainerOptions {
   std::string default_runtime_image;
   /// \brief Deadline of one Docker API request through the agent. Default: 60 s.
   std::chrono::milliseconds docker_timeout{60000};
+  /// \brief Deadline of an image pull (the container then fails with the pull's error). Default: 300 s.
+  std::chrono::milliseconds pull_timeout{300000};
+  /// \brief Host address published ports bind to when a request names none: "127.0.0.1" (the default; only
+  /// this host reaches them), "0.0.0.0" (every address of the host) or one address of this host.
+  std::string publish_address = "127.0.0.1";
   /// \brief Deadline of a `vm`-runtime command. Default: 60 s.
   std::chrono::milliseconds exec_timeout{60000};
   /// \brief Docker Engine API version used in request paths. Default: "v1.41" (Docker 20.10).
@@ -151,10 +177,14 @@ class ContainerManager {
   /// \brief Validates a request and records the container as `provisioning` without starting anything
   /// (for callers that start it in the background with Start()).
   /// \param request What to run.
-  /// \return The record; InvalidArgument naming the bad field; NotFound for an unknown runtime image;
-  /// AlreadyExists for a used id.
+  /// The published ports are checked and reserved here, before any VM starts.
+  /// \param request What to run.
+  /// \return The record; InvalidArgument naming the bad field (a port out of range, two entries on one host
+  /// port, an address not of this host); FailedPrecondition when a host port is taken (published for another
+  /// container, or held by another program); NotFound for an unknown runtime image; AlreadyExists for a used id.
   Result<ContainerRecord> Prepare(const ContainerRequest& request);
-  /// \brief Starts a prepared container: provisions its VM, creates and starts the container. Blocks.
+  /// \brief Starts a prepared container: provisions its VM (publishing its ports), pulls the image when the
+  /// guest's daemon does not have it (state `pulling`), creates and starts the container. Blocks.
   /// \param id A container in state `provisioning` that was not started yet.
   /// \return The record (state running or exited); the provisioning or start error (the record then has
   /// state `failed` and its VM is destroyed); FailedPrecondition when it is not a fresh prepared container.
@@ -184,7 +214,7 @@ class ContainerManager {
   /// \param include_destroyed Include destroyed containers.
   /// \return The records.
   Result<std::vector<ContainerRecord>> List(bool include_destroyed);
-  /// \brief Waits until the container is no longer provisioning or running, or the deadline passes.
+  /// \brief Waits until the container is no longer provisioning, pulling or running, or the deadline passes.
   /// \param id The container.
   /// \param timeout Deadline.
   /// \return The record (check its state: still running at the deadline is not an error).

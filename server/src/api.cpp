@@ -331,6 +331,7 @@ HttpResponse Api::CreateContainer(const HttpRequest& req) {
   r.OptionalString("runtime_image", &spec.runtime_image);
   r.OptionalStringArray("command", &spec.command, 256);
   r.OptionalStringMap("env", &spec.env, 256);
+  r.OptionalStringArray("ports", &spec.ports, 64);
   r.OptionalBool("wait", &wait);
   r.OptionalBool("force_cold", &spec.force_cold);
   if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);

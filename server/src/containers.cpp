@@ -62,7 +62,15 @@ json::object ContainerService::Render(const ContainerRecord& c) {
   o["timings"] = TimingsToJson(c.timings);
   o["snapshot_id"] = c.snapshot_id;
   o["generation"] = c.generation;
-  o["address"] = c.address;
+  o["address"] = c.address.substr(0, c.address.find('/'));
+  json::array ports;
+  for (const auto& p : c.ports) ports.emplace_back(p);
+  o["ports"] = std::move(ports);
+  if (c.pull) {
+    o["pull"] = json::object{{"layers", c.pull->layers}, {"bytes", c.pull->bytes}, {"ms", c.pull->ms}};
+  } else {
+    o["pull"] = nullptr;
+  }
   o["mac"] = c.mac;
   o["hostname"] = c.hostname;
   o["vm_state"] = c.vm_state;

@@ -59,6 +59,8 @@ struct Config {
   std::vector<std::string> dns;
   std::vector<std::string> registry_mirrors;
   std::vector<std::string> insecure_registries;
+  std::string publish_address = "127.0.0.1";
+  int pull_timeout_s = 300;
   double none_delay_s = 0;
 };
 
@@ -223,6 +225,13 @@ int main(int argc, char** argv) {
   app.add_option("--dns", cfg.dns, "Resolver for guests (repeatable, at most 3; default: the host's resolvers)");
   app.add_option("--registry-mirror", cfg.registry_mirrors,
                  "Registry mirror (http://host:port) for the guests' Docker daemons (repeatable)");
+  app.add_option("--publish-address", cfg.publish_address,
+                 "Host address published container ports bind to when a request names none: 127.0.0.1 (only "
+                 "this host), 0.0.0.0 (every address) or one address of this host")
+      ->capture_default_str();
+  app.add_option("--pull-timeout", cfg.pull_timeout_s, "Seconds an image pull in a guest may take")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
   app.add_option("--insecure-registry", cfg.insecure_registries,
                  "Registry the guests' Docker daemons may reach over plain HTTP (host:port or CIDR; repeatable)");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
@@ -347,6 +356,8 @@ int main(int argc, char** argv) {
   opts.restore.dns = cfg.dns;
   opts.restore.registry_mirrors = cfg.registry_mirrors;
   opts.restore.insecure_registries = cfg.insecure_registries;
+  opts.containers.publish_address = cfg.publish_address;
+  opts.containers.pull_timeout = Ms(cfg.pull_timeout_s);
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());

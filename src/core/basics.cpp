@@ -208,7 +208,9 @@ Result<BootMethod> ParseBootMethod(std::string_view s) { return ParseEnum("boot_
 Result<FallbackReason> ParseFallbackReason(std::string_view s) { return ParseEnum("fallback_reason", s, kReasons); }
 Result<VmState> ParseVmState(std::string_view s) { return ParseEnum("vm state", s, kVmStates); }
 
-bool IsTerminal(ContainerState v) { return v != ContainerState::kProvisioning && v != ContainerState::kRunning; }
+bool IsTerminal(ContainerState v) {
+  return v != ContainerState::kProvisioning && v != ContainerState::kPulling && v != ContainerState::kRunning;
+}
 
 std::string RuntimeImage::path() const {
   if (!rootfs_path.empty()) return rootfs_path;

@@ -10,6 +10,7 @@
 #include "core/container_request.hpp"
 #include "docker/docker_client.hpp"
 #include "fcwarm/ids.hpp"
+#include "net/ports.hpp"
 #include "store/containers.hpp"
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
@@ -25,9 +26,14 @@ using Clock = std::chrono::steady_clock;
 using detail::ContainerRow;
 
 constexpr size_t kMaxLogBytes = 1 << 20;
+constexpr size_t kMaxPorts = 64;
+
+// Still on its way to running: provisioning or pulling.
+bool Starting(ContainerState s) { return s == ContainerState::kProvisioning || s == ContainerState::kPulling; }
 
 const std::pair<ContainerState, std::string_view> kStateNames[] = {
-    {ContainerState::kProvisioning, "provisioning"}, {ContainerState::kRunning, "running"},
+    {ContainerState::kProvisioning, "provisioning"}, {ContainerState::kPulling, "pulling"},
+    {ContainerState::kRunning, "running"},
     {ContainerState::kExited, "exited"},             {ContainerState::kStopped, "stopped"},
     {ContainerState::kFailed, "failed"},             {ContainerState::kLost, "lost"},
     {ContainerState::kDestroyed, "destroyed"},
@@ -130,12 +136,27 @@ class ContainerManager::Impl {
     rec.image = req.image;
     rec.command = req.command;
     rec.env = req.env;
+    if (req.ports.size() > kMaxPorts) {
+      return Status::InvalidArgument("ports: more than " + std::to_string(kMaxPorts) + " entries");
+    }
+    auto ports = net::ParsePorts(req.ports, opts_.publish_address, "ports");
+    if (!ports.ok()) return ports.status();
     std::optional<int64_t> wait_ms;
     if (req.wait_for_creating) wait_ms = req.wait_for_creating->count();
     const std::string& id = rec.id;
+    // Checking the host ports and recording them is one step, so two requests cannot take one port.
+    std::lock_guard ports_lock(ports_mu_);
     auto st = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       if (detail::ContainerExists(db, id) || detail::VmExists(db, id)) {
         return Status::AlreadyExists("id: a container or VM with id '" + id + "' exists already");
+      }
+      if (!ports->empty()) {
+        std::vector<net::PortMapping> published;
+        for (const auto& p : detail::PublishedPorts(db)) {
+          if (auto m = net::ParsePort(p); m.ok()) published.push_back(*m);
+        }
+        if (auto ps = net::AssignHostPorts(&*ports, published); !ps.ok()) return ps;
+        for (const auto& m : *ports) rec.ports.push_back(m.ToString());
       }
       detail::InsertContainer(db, rec, req.force_cold, wait_ms, util::NowMillis());
       return Status::Ok();
@@ -171,6 +192,7 @@ class ContainerManager::Impl {
     preq.vm_id = id;
     preq.name = row->rec.name;
     preq.force_cold = row->force_cold;
+    preq.ports = row->rec.ports;
     if (row->wait_for_creating_ms) preq.wait_for_creating = std::chrono::milliseconds(*row->wait_for_creating_ms);
     auto vm = engine_.Provision(preq);
     if (!vm.ok()) {
@@ -248,7 +270,7 @@ class ContainerManager::Impl {
     while (true) {
       auto r = Get(id);
       if (!r.ok()) return r;
-      if (r->state != ContainerState::kProvisioning && r->state != ContainerState::kRunning) return r;
+      if (!Starting(r->state) && r->state != ContainerState::kRunning) return r;
       if (Clock::now() >= deadline) return r;
       std::this_thread::sleep_for(std::min(poll, std::chrono::duration_cast<std::chrono::milliseconds>(
                                                      deadline - Clock::now()) + std::chrono::milliseconds(1)));
@@ -266,7 +288,7 @@ class ContainerManager::Impl {
       if (!row->has_logs) return live.status();
     }
     if (row->has_logs) return StoredLogs(id);
-    if (row->rec.state == ContainerState::kProvisioning) {
+    if (Starting(row->rec.state)) {
       return Status::FailedPrecondition("container '" + id + "' is still provisioning; it has no output yet");
     }
     if (row->rec.runtime == "vm" && row->rec.command.empty()) {
@@ -282,8 +304,8 @@ class ContainerManager::Impl {
     if (auto p = Id::Parse("id", id); !p.ok()) return p.status();
     auto row = ReadRowById(id);
     if (!row.ok()) return row.status();
-    if (row->rec.state == ContainerState::kProvisioning) {
-      return Status::FailedPrecondition("container '" + id + "' is still provisioning");
+    if (Starting(row->rec.state)) {
+      return Status::FailedPrecondition("container '" + id + "' is still " + std::string(ToString(row->rec.state)));
     }
     Refresh(*row);
     // An exited container's output was kept when its exit was seen; fetch it only if that did not happen.
@@ -297,8 +319,9 @@ class ContainerManager::Impl {
     if (auto p = Id::Parse("id", id); !p.ok()) return p.status();
     auto row = ReadRowById(id);
     if (!row.ok()) return row.status();
-    if (row->rec.state == ContainerState::kProvisioning) {
-      return Status::FailedPrecondition("container '" + id + "' is still provisioning; delete it once it runs");
+    if (Starting(row->rec.state)) {
+      return Status::FailedPrecondition("container '" + id + "' is still " + std::string(ToString(row->rec.state)) +
+                                        "; delete it once it runs");
     }
     if (row->rec.state == ContainerState::kDestroyed) return Status::Ok();
     if (auto st = engine_.Destroy(id); !st.ok() && st.code() != StatusCode::kNotFound) return st;
@@ -307,9 +330,10 @@ class ContainerManager::Impl {
   }
 
   std::chrono::milliseconds StartDeadline() const {
-    // The VM, then either two Docker requests (create, start) or one command, each with its channel margin.
+    // The VM, then either Docker's requests (image inspect, a pull with its own deadline, inspect again,
+    // create, start) or one command, each with its channel margin.
     constexpr std::chrono::milliseconds kChannelMargin{5000};
-    auto docker = 2 * (opts_.docker_timeout + kChannelMargin);
+    auto docker = 4 * (opts_.docker_timeout + kChannelMargin) + opts_.pull_timeout + kChannelMargin;
     auto exec = opts_.exec_timeout + kChannelMargin;
     return engine_.ProvisionDeadline() + std::max(docker, exec);
   }
@@ -348,9 +372,11 @@ class ContainerManager::Impl {
     config.cmd = c.command;
     for (const auto& [k, v] : c.env) config.env.push_back(k + "=" + v);
     config.labels = {{"org.fcwarm.container", id}};
-    // The runtime's dockerd runs without a bridge: containers get loopback only.
-    config.network_mode = "none";
+    // One container per VM, in the VM's own network namespace: its ports are the VM's (published ports
+    // forward to the VM's address), its DNS and egress the VM's. The runtime's dockerd runs without a bridge.
+    config.network_mode = "host";
     auto client = DockerIn(vm);
+    if (auto st = PullIfMissing(id, c.image, vm, timings); !st.ok()) return st;
     auto t = Clock::now();
     auto created = client.Create(config);
     timings["container_create"] = util::MsSince(t);
@@ -362,6 +388,36 @@ class ContainerManager::Impl {
     timings["container_start"] = util::MsSince(t);
     if (!started.ok()) return started;
     return MarkRunning(id);
+  }
+
+  // Pulls the container image when the guest's daemon does not have it (state `pulling` meanwhile).
+  Status PullIfMissing(const std::string& id, const std::string& image, Vm& vm, Timings& timings) {
+    auto client = DockerIn(vm);
+    auto has = client.HasImage(image);
+    if (!has.ok()) return has.status();
+    if (*has) return Status::Ok();
+    (void)detail::DbOf(store_).Do(
+        [&](SQLite::Database& db) { detail::SetContainerPulling(db, id, true, util::NowMillis()); });
+    spdlog::info("container {}: pulling {}", id, image);
+    docker::Client puller(std::make_unique<docker::GuestTransport>(vm.guest()),
+                          {opts_.docker_api_version, opts_.pull_timeout});
+    auto t = Clock::now();
+    auto pulled = puller.Pull(image);
+    timings["pull"] = util::MsSince(t);
+    if (!pulled.ok()) return pulled.status().WithContext("pull " + image);
+    if (!pulled->complete) {  // the progress stream was cut short: believe the daemon, not the stream
+      auto now_has = client.HasImage(image);
+      if (!now_has.ok()) return now_has.status().WithContext("pull " + image);
+      if (!*now_has) return Status::Unavailable("pull " + image + ": the daemon ended the pull without the image");
+    }
+    ImagePull info{pulled->layers, pulled->bytes, timings["pull"]};
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
+      detail::RecordImagePull(db, id, info, util::NowMillis());
+      detail::SetContainerPulling(db, id, false, util::NowMillis());
+    });
+    spdlog::info("container {}: pulled {} ({} layer(s), {} bytes) in {:.0f} ms", id, image, info.layers, info.bytes,
+                 info.ms);
+    return Status::Ok();
   }
 
   Status MarkRunning(const std::string& id) {
@@ -470,6 +526,7 @@ class ContainerManager::Impl {
   RestoreEngine& engine_;
   ContainerOptions opts_;
   mutable std::mutex mu_;
+  std::mutex ports_mu_;  // held while a request's host ports are checked and recorded
   std::set<std::string> provisioning_;
   std::set<std::string> queued_;  // handed to starts_ by CreateAsync(), not started yet
   std::unique_ptr<util::WorkerPool> starts_;  // last member: its threads stop before the rest is destroyed

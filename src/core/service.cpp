@@ -1,6 +1,7 @@
 #include "fcwarm/service.hpp"
 
 #include "core/guest_network.hpp"
+#include "net/ipv4.hpp"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -28,6 +29,13 @@ Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shar
   if (!vmms) return Status::InvalidArgument("vmms: must not be null");
   if (auto net = internal::ResolveGuestNetwork(options.restore); !net.ok()) {
     return net.status().WithContext("restore options");
+  }
+  if (!net::ParseIpv4(options.containers.publish_address)) {
+    return Status::InvalidArgument("containers.publish_address: '" + options.containers.publish_address.substr(0, 64) +
+                                   "' is not an IPv4 address");
+  }
+  if (options.containers.pull_timeout.count() <= 0) {
+    return Status::InvalidArgument("containers.pull_timeout: must be positive");
   }
   std::unique_ptr<Service> s(new Service());
   s->vmms_ = std::move(vmms);

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <boost/json.hpp>
+#include <map>
+
+#include "fcwarm/image_reference.hpp"
 
 namespace fcwarm::docker {
 namespace json = boost::json;
@@ -77,6 +80,46 @@ std::string ErrorMessage(const DockerResponse& reply) {
   for (auto& c : b)
     if (static_cast<unsigned char>(c) < 0x20) c = ' ';
   return b;
+}
+
+Result<PullSummary> ParsePullStream(std::string_view body) {
+  PullSummary out;
+  std::map<std::string, int64_t> sizes;  // layer id -> announced total
+  std::map<std::string, bool> pulled;    // layer id -> downloaded by this pull
+  size_t pos = 0;
+  while (pos < body.size()) {
+    size_t end = body.find('\n', pos);
+    if (end == std::string_view::npos) end = body.size();
+    std::string_view line = body.substr(pos, end - pos);
+    pos = end + 1;
+    boost::system::error_code ec;
+    auto v = json::parse(line, ec);
+    if (ec || !v.is_object()) continue;  // a blank line, or the last one cut short
+    const auto& o = v.as_object();
+    std::string error = StringField(o, "error");
+    if (const auto* d = o.if_contains("errorDetail"); error.empty() && d && d->is_object()) {
+      error = StringField(d->as_object(), "message");
+    }
+    if (!error.empty()) return Status::Unavailable("docker pull: " + error);
+    std::string status = StringField(o, "status");
+    std::string id = StringField(o, "id");
+    if (status == "Downloading" && !id.empty()) {
+      if (const auto* d = o.if_contains("progressDetail"); d && d->is_object()) {
+        if (const auto* t = d->as_object().if_contains("total"); t && t->is_int64()) {
+          sizes[id] = std::max(sizes[id], t->as_int64());
+        }
+      }
+    } else if (status == "Pull complete" && !id.empty()) {
+      pulled[id] = true;
+    } else if (status.rfind("Status: ", 0) == 0) {
+      out.complete = true;
+    }
+  }
+  for (const auto& [id, done] : pulled) {
+    out.layers++;
+    if (auto it = sizes.find(id); it != sizes.end()) out.bytes += it->second;
+  }
+  return out;
 }
 
 // ---- client -------------------------------------------------------------------
@@ -186,6 +229,28 @@ Result<int> Client::Wait(const std::string& id) {
     }
   }
   return static_cast<int>(code->as_int64());
+}
+
+Result<bool> Client::HasImage(const std::string& reference) {
+  auto ref = ParseImageReference(reference, "image");
+  if (!ref.ok()) return ref.status().WithContext("docker image inspect");
+  auto reply = Call("image inspect", "GET", "/images/" + ref->str() + "/json");
+  if (!reply.ok()) return reply.status();
+  if (reply->status == 404) return false;
+  if (reply->status != 200) return HttpError("image inspect", *reply, Blame::kDaemon);
+  return true;
+}
+
+Result<PullSummary> Client::Pull(const std::string& reference) {
+  auto ref = ParseImageReference(reference, "image");
+  if (!ref.ok()) return ref.status().WithContext("docker pull");
+  // Every character of a valid reference is allowed as is in a query ([a-z0-9._/:@-], tags [A-Za-z0-9_.-]).
+  std::string name = ref->domain.empty() ? ref->path : ref->domain + "/" + ref->path;
+  std::string tag = !ref->digest.empty() ? ref->digest : (ref->tag.empty() ? "latest" : ref->tag);
+  auto reply = Call("pull", "POST", "/images/create?fromImage=" + name + "&tag=" + tag);
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 200) return HttpError("pull", *reply, reply->status == 404 ? Blame::kRequest : Blame::kDaemon);
+  return ParsePullStream(reply->body);
 }
 
 }  // namespace fcwarm::docker

@@ -73,6 +73,19 @@ Output Demultiplex(std::string_view body, bool truncated);
 /// control characters blanked).
 std::string ErrorMessage(const DockerResponse& reply);
 
+/// What a finished image pull took.
+struct PullSummary {
+  int layers = 0;      ///< Layers downloaded ("Pull complete"); layers the daemon had ("Already exists") are not.
+  int64_t bytes = 0;   ///< Their compressed sizes as the registry announced them (the progress totals).
+  bool complete = false;  ///< The stream ended with Docker's final "Status: ..." line.
+};
+
+/// Reads the progress stream of POST /images/create (one JSON object per line). Docker answers HTTP 200 and
+/// reports a failure inside the stream: the first object with an `error` (or `errorDetail.message`) is
+/// returned as Unavailable "docker pull: <Docker's message>". A body cut short (`truncated`) or without the
+/// final status line gives a summary with complete == false (the caller checks the image instead).
+Result<PullSummary> ParsePullStream(std::string_view body);
+
 /// Options of a Client.
 struct ClientOptions {
   /// \brief Engine API version in request paths. Default: "v1.41" (Docker 20.10).
@@ -102,6 +115,13 @@ class Client {
   Status Stop(const std::string& id, std::chrono::seconds grace);
   /// POST /containers/{id}/wait until the container is not running. \return Its exit code.
   Result<int> Wait(const std::string& id);
+  /// GET /images/{reference}/json. \return True when the daemon has the image, false when it answers 404.
+  Result<bool> HasImage(const std::string& reference);
+  /// POST /images/create?fromImage=NAME&tag=TAG (or the digest): the daemon pulls the image through the VM's
+  /// network, from its registry mirrors first for Docker Hub images. `reference` must be valid
+  /// (ParseImageReference); without a tag or digest "latest" is pulled. \return What the pull took; Docker's
+  /// error (ParsePullStream), or InvalidArgument for a malformed reference.
+  Result<PullSummary> Pull(const std::string& reference);
 
  private:
   // Who an unexpected HTTP status blames: the request's content (Create) or the daemon.

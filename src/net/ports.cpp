@@ -190,7 +190,7 @@ bool PortsConflict(const PortMapping& a, const PortMapping& b) {
 Status CheckPortsFree(const std::vector<PortMapping>& ports, const std::vector<PortMapping>& published) {
   for (size_t i = 0; i < ports.size(); ++i) {
     if (ports[i].host_port == 0) continue;
-    std::string f = "ports[" + std::to_string(i) + "] '" + ports[i].ToString() + "'";
+    std::string f = "ports[" + std::to_string(i) + "]: '" + ports[i].ToString() + "'";
     if (auto st = CheckOne(ports[i], f, published); !st.ok()) return st;
   }
   return Status::Ok();
@@ -200,7 +200,7 @@ Status AssignHostPorts(std::vector<PortMapping>* ports, const std::vector<PortMa
   for (size_t i = 0; i < ports->size(); ++i) {
     PortMapping& p = (*ports)[i];
     if (p.host_port != 0) continue;
-    std::string f = "ports[" + std::to_string(i) + "] '" + p.ToString() + "'";
+    std::string f = "ports[" + std::to_string(i) + "]: '" + p.ToString() + "'";
     bool found = false;
     for (int attempt = 0; attempt < 32 && !found; ++attempt) {
       int r = TryBind(p.host_ip, 0, p.protocol);

@@ -1,5 +1,7 @@
 #include "store/containers.hpp"
 
+#include <cmath>
+
 #include "store/sql.hpp"
 #include "util/common.hpp"
 
@@ -17,6 +19,10 @@ const RowMap<ContainerRow>& ContainerRows() {
       Col("c.image AS image", &ContainerRow::rec, &R::image),
       Col("c.command AS command", &ContainerRow::rec, &R::command),
       Col("c.env AS env", &ContainerRow::rec, &R::env),
+      Col("c.ports AS ports", &ContainerRow::rec, &R::ports),
+      Col("c.pull_layers AS pull_layers", &ContainerRow::pull_layers),
+      Col("c.pull_bytes AS pull_bytes", &ContainerRow::pull_bytes),
+      Col("c.pull_ms AS pull_ms", &ContainerRow::pull_ms),
       Col("c.force_cold AS force_cold", &ContainerRow::force_cold),
       Col("c.wait_for_creating_ms AS wait_for_creating_ms", &ContainerRow::wait_for_creating_ms),
       EnumCol("c.state AS state", &ContainerRow::rec, &R::state, ContainerState::kFailed),
@@ -60,8 +66,10 @@ constexpr const char* kFromContainers = "FROM containers c LEFT JOIN vms v ON v.
 // The boot method is a fact once the container's VM got past `starting` and the container past `provisioning`
 // (before, the VM row holds a placeholder): the one place that decides it.
 ContainerRow WithBootMethod(ContainerRow row) {
+  if (row.pull_layers) row.rec.pull = ImagePull{static_cast<int>(*row.pull_layers), row.pull_bytes.value_or(0),
+                                                static_cast<double>(row.pull_ms.value_or(0))};
   bool vm_started = !row.rec.vm_state.empty() && row.rec.vm_state != ToString(VmState::kStarting);
-  if (vm_started && row.rec.state != ContainerState::kProvisioning) {
+  if (vm_started && row.rec.state != ContainerState::kProvisioning) {  // pulling: its VM runs
     row.rec.boot_method = row.vm_boot_method;
   } else {
     row.rec.boot_method.reset();
@@ -93,10 +101,10 @@ bool ContainerExists(SQLite::Database& db, const std::string& id) {
 void InsertContainer(SQLite::Database& db, const ContainerRecord& rec, bool force_cold,
                      std::optional<int64_t> wait_for_creating_ms, int64_t now) {
   Exec(db,
-       "INSERT INTO containers(id, name, runtime_image_id, runtime, image, command, env, force_cold, "
-       "wait_for_creating_ms, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-       rec.id, rec.name, rec.runtime_image_id, rec.runtime, rec.image,
-       util::StringListToJson(rec.command), util::StringMapToJson(rec.env), force_cold, wait_for_creating_ms,
+       "INSERT INTO containers(id, name, runtime_image_id, runtime, image, command, env, ports, force_cold, "
+       "wait_for_creating_ms, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+       rec.id, rec.name, rec.runtime_image_id, rec.runtime, rec.image, util::StringListToJson(rec.command),
+       util::StringMapToJson(rec.env), util::StringListToJson(rec.ports), force_cold, wait_for_creating_ms,
        ContainerState::kProvisioning, now, now);
 }
 
@@ -114,9 +122,33 @@ bool AbandonContainer(SQLite::Database& db, const std::string& id, const std::st
 }
 
 int FailProvisioningContainers(SQLite::Database& db, const std::string& error, int64_t now) {
-  return Exec(
-      db, "UPDATE containers SET state = ?, last_error = ?, updated_at = ?, finished_at = ? WHERE state = ?",
-      ContainerState::kFailed, error, now, now, ContainerState::kProvisioning);
+  return Exec(db,
+              "UPDATE containers SET state = ?, last_error = ?, updated_at = ?, finished_at = ? "
+              "WHERE state IN (?, ?)",
+              ContainerState::kFailed, error, now, now, ContainerState::kProvisioning, ContainerState::kPulling);
+}
+
+void SetContainerPulling(SQLite::Database& db, const std::string& id, bool pulling, int64_t now) {
+  Exec(db, "UPDATE containers SET state = ?, updated_at = ? WHERE id = ? AND state = ?",
+       pulling ? ContainerState::kPulling : ContainerState::kProvisioning, now, id,
+       pulling ? ContainerState::kProvisioning : ContainerState::kPulling);
+}
+
+void RecordImagePull(SQLite::Database& db, const std::string& id, const ImagePull& pull, int64_t now) {
+  Exec(db, "UPDATE containers SET pull_layers = ?, pull_bytes = ?, pull_ms = ?, updated_at = ? WHERE id = ?",
+       static_cast<int64_t>(pull.layers), pull.bytes, static_cast<int64_t>(std::llround(pull.ms)), now, id);
+}
+
+std::vector<std::string> PublishedPorts(SQLite::Database& db) {
+  std::vector<std::string> out;
+  SQLite::Statement q(db, "SELECT ports FROM containers WHERE ports != '[]' AND state IN (?, ?, ?)");
+  q.bind(1, std::string(ToString(ContainerState::kProvisioning)));
+  q.bind(2, std::string(ToString(ContainerState::kPulling)));
+  q.bind(3, std::string(ToString(ContainerState::kRunning)));
+  while (q.executeStep()) {
+    for (auto& p : util::StringListFromJson(q.getColumn(0).getString())) out.push_back(std::move(p));
+  }
+  return out;
 }
 
 int LoseRunningContainers(SQLite::Database& db, const std::string& error, int64_t now) {

@@ -24,6 +24,9 @@ struct ContainerRow {
   bool has_logs = false;                        ///< A copy of its output is stored.
   Timings vm_timings;                           ///< Its VM's timings.
   std::string vm_last_error;                    ///< Its VM's last error.
+  std::optional<int64_t> pull_layers;           ///< The image pull (rec.pull), once one finished.
+  std::optional<int64_t> pull_bytes;            ///< As pull_layers.
+  std::optional<int64_t> pull_ms;               ///< As pull_layers (whole ms).
   BootMethod vm_boot_method = BootMethod::kCold;  ///< Its VM's boot method as stored (rec.boot_method says when
                                                   ///< it is known).
 };
@@ -42,8 +45,16 @@ void InsertContainer(SQLite::Database& db, const ContainerRecord& rec, bool forc
 bool ClaimContainer(SQLite::Database& db, const std::string& id, int64_t now);
 /// A prepared container never started becomes `failed` with `reason`; false when it was started.
 bool AbandonContainer(SQLite::Database& db, const std::string& id, const std::string& reason, int64_t now);
-/// Every `provisioning` container becomes `failed` with `error`; returns how many.
+/// Every `provisioning` or `pulling` container becomes `failed` with `error`; returns how many.
 int FailProvisioningContainers(SQLite::Database& db, const std::string& error, int64_t now);
+/// A provisioning container starts pulling its image (`pulling` true), or is done with it (back to
+/// `provisioning` while its container is created).
+void SetContainerPulling(SQLite::Database& db, const std::string& id, bool pulling, int64_t now);
+/// Records a finished image pull.
+void RecordImagePull(SQLite::Database& db, const std::string& id, const ImagePull& pull, int64_t now);
+/// The published ports ("HOST_IP:HOST_PORT:CONTAINER_PORT/PROTO") of every container that holds them
+/// (provisioning, pulling or running).
+std::vector<std::string> PublishedPorts(SQLite::Database& db);
 /// Every `running` container becomes `lost` with `error`; returns how many.
 int LoseRunningContainers(SQLite::Database& db, const std::string& error, int64_t now);
 /// Records Docker's id of the container.

@@ -129,6 +129,47 @@ CREATE TABLE containers (
 );
 CREATE INDEX containers_by_state ON containers(state);
 )SQL"},
+      // Containers get published ports and image pulls (state `pulling`); SQLite cannot change a CHECK
+      // constraint in place, so the table is copied.
+      {3, R"SQL(
+CREATE TABLE containers_v3 (
+  id               TEXT PRIMARY KEY,
+  name             TEXT NOT NULL DEFAULT '',
+  runtime_image_id TEXT NOT NULL REFERENCES runtime_images(id) ON DELETE CASCADE,
+  runtime          TEXT NOT NULL CHECK (runtime IN ('docker','vm')),
+  image            TEXT NOT NULL DEFAULT '',
+  command          TEXT NOT NULL DEFAULT '[]',
+  env              TEXT NOT NULL DEFAULT '{}',
+  ports            TEXT NOT NULL DEFAULT '[]',
+  force_cold       INTEGER NOT NULL DEFAULT 0,
+  wait_for_creating_ms INTEGER,
+  state            TEXT NOT NULL CHECK (state IN ('provisioning','pulling','running','exited','stopped','failed','lost','destroyed')),
+  started          INTEGER NOT NULL DEFAULT 0,
+  docker_id        TEXT NOT NULL DEFAULT '',
+  exit_code        INTEGER,
+  pull_layers      INTEGER,
+  pull_bytes       INTEGER,
+  pull_ms          INTEGER,
+  timings          TEXT NOT NULL DEFAULT '{}',
+  last_error       TEXT NOT NULL DEFAULT '',
+  stdout_data      BLOB,
+  stderr_data      BLOB,
+  logs_truncated   INTEGER NOT NULL DEFAULT 0,
+  created_at       INTEGER NOT NULL,
+  updated_at       INTEGER NOT NULL,
+  started_at       INTEGER,
+  finished_at      INTEGER
+);
+INSERT INTO containers_v3(id, name, runtime_image_id, runtime, image, command, env, force_cold,
+  wait_for_creating_ms, state, started, docker_id, exit_code, timings, last_error, stdout_data, stderr_data,
+  logs_truncated, created_at, updated_at, started_at, finished_at)
+SELECT id, name, runtime_image_id, runtime, image, command, env, force_cold, wait_for_creating_ms, state, started,
+  docker_id, exit_code, timings, last_error, stdout_data, stderr_data, logs_truncated, created_at, updated_at,
+  started_at, finished_at FROM containers;
+DROP TABLE containers;
+ALTER TABLE containers_v3 RENAME TO containers;
+CREATE INDEX containers_by_state ON containers(state);
+)SQL"},
   };
   return kMigrations;
 }

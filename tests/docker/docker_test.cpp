@@ -145,6 +145,7 @@ TEST_CASE("docker runtime: warm containers are unique, a dead dockerd falls back
       CHECK_MESSAGE(c.timings.count(step) == 1, step);
     }
     hostnames.insert(lines[0]);
+    CHECK(lines[0] == c.hostname);  // host network mode: the container's hostname is its VM's
     randoms.insert(lines[1]);
     vm_hostnames.insert(c.hostname);
     addresses.insert(c.address);

@@ -41,7 +41,7 @@ def check_ran(s, cid):
     assert item["finished_at"] >= item["started_at"] and item["started_at"].endswith("Z")
     st, _, logs = s.get(f"/v1/containers/{cid}/logs")
     assert st == 200, logs
-    assert logs["stdout"] == f"out-{item['docker_id'][:12]}\n"
+    assert logs["stdout"] == f"out-{item['hostname']}\n"  # host network mode: the VM's hostname
     assert logs["stderr"] == "err-line\n"
     assert logs["truncated"] is False
     return item

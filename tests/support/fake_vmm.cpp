@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <set>
 #include <fstream>
 #include <thread>
 
@@ -17,14 +18,20 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// A scripted Docker daemon inside one fake VM (Engine API v1.41 subset: create, start, inspect, logs).
-// Images: busybox:latest (and "busybox"). A container's output is its Cmd joined by spaces on stdout and
-// "done" on stderr; Cmd ["sleep", ...] keeps running, ["exit", "N"] exits with N, anything else exits 0.
+// A scripted Docker daemon inside one fake VM (Engine API v1.41 subset: create, start, inspect, logs, image
+// inspect, image pull). It has busybox:latest (also as "busybox"); its "registry" (FakeVmm::pullable) serves
+// more, each pulled as two layers of 1000 and 2345 bytes; pulling anything else fails inside the stream, as
+// Docker does. A container's output is its Cmd joined by spaces on stdout and "done" on stderr; Cmd
+// ["sleep", ...] keeps running, ["exit", "N"] exits with N, anything else exits 0.
 class FakeDocker {
  public:
+  explicit FakeDocker(FakeVmm& vmm) : vmm_(vmm) {}
+
   Result<DockerResponse> Handle(const DockerRequest& r) {
     namespace json = boost::json;
     std::lock_guard lock(mu_);
+    const std::string images = "/v1.41/images/";
+    if (r.path.rfind(images, 0) == 0) return HandleImage(r, r.path.substr(images.size()));
     const std::string prefix = "/v1.41/containers/";
     if (r.path.rfind(prefix, 0) != 0) return Reply(404, R"({"message":"page not found"})");
     std::string rest = r.path.substr(prefix.size());
@@ -34,7 +41,7 @@ class FakeDocker {
       if (ec || !v.is_object()) return Reply(400, R"({"message":"invalid JSON"})");
       const auto& o = v.as_object();
       std::string image = o.contains("Image") && o.at("Image").is_string() ? std::string(o.at("Image").as_string()) : "";
-      if (image != "busybox:latest" && image != "busybox") {
+      if (!images_.count(image)) {
         return Reply(404, json::serialize(json::object{{"message", "No such image: " + image}}));
       }
       Container c;
@@ -77,6 +84,51 @@ class FakeDocker {
   }
 
  private:
+  Result<DockerResponse> HandleImage(const DockerRequest& r, const std::string& rest) {
+    namespace json = boost::json;
+    const std::string create = "create?fromImage=";
+    if (r.method == "POST" && rest.rfind(create, 0) == 0) {
+      auto amp = rest.find("&tag=");
+      if (amp == std::string::npos) return Reply(400, R"({"message":"no tag"})");
+      std::string name = rest.substr(create.size(), amp - create.size());
+      std::string tag = rest.substr(amp + 5);
+      std::string ref = name + (tag.rfind("sha256:", 0) == 0 ? "@" : ":") + tag;
+      ++vmm_.pulls;
+      bool known = false;
+      {
+        std::lock_guard lock(vmm_.pull_mu);
+        known = vmm_.pullable.count(ref) > 0;
+      }
+      if (!known) {
+        std::string msg = "manifest for " + ref + " not found: manifest unknown: manifest unknown";
+        return Reply(200, json::serialize(json::object{{"status", "Pulling from " + name}, {"id", tag}}) + "\n" +
+                              json::serialize(json::object{{"errorDetail", json::object{{"message", msg}}},
+                                                           {"error", msg}}) +
+                              "\n");
+      }
+      std::string body;
+      for (auto [id, size] : {std::pair<const char*, int>{"aaa", 1000}, {"bbb", 2345}}) {
+        body += json::serialize(json::object{{"status", "Pulling fs layer"}, {"id", id}}) + "\n";
+        body += json::serialize(json::object{{"status", "Downloading"},
+                                             {"progressDetail", json::object{{"current", size / 2}, {"total", size}}},
+                                             {"id", id}}) +
+                "\n";
+        body += json::serialize(json::object{{"status", "Pull complete"}, {"id", id}}) + "\n";
+      }
+      body += json::serialize(json::object{{"status", "Status: Downloaded newer image for " + ref}}) + "\n";
+      images_.insert(ref);
+      return Reply(200, body);
+    }
+    if (r.method == "GET" && rest.size() > 5 && rest.substr(rest.size() - 5) == "/json") {
+      std::string ref = rest.substr(0, rest.size() - 5);
+      if (images_.count(ref) || (ref.find(':') == std::string::npos && images_.count(ref + ":latest"))) {
+        return Reply(200, json::serialize(json::object{{"Id", "sha256:0123"}}));
+      }
+      return Reply(404, json::serialize(json::object{{"message", "No such image: " + ref}}));
+    }
+    return Reply(404, R"({"message":"page not found"})");
+  }
+
   struct Container {
     std::vector<std::string> cmd;
     bool started = false;
@@ -99,15 +151,17 @@ class FakeDocker {
     h[7] = static_cast<char>(n);
     return h + payload;
   }
+  FakeVmm& vmm_;
   std::mutex mu_;
   std::map<std::string, Container> containers_;
+  std::set<std::string> images_{"busybox:latest", "busybox"};
   unsigned next_ = 0;
 };
 
 class FakeGuest : public GuestChannel {
  public:
   FakeGuest(FakeVmm& vmm, std::string vm_id, std::function<bool()> alive, bool verify_fails)
-      : vmm_(vmm), vm_id_(std::move(vm_id)), alive_(std::move(alive)), verify_fails_(verify_fails) {}
+      : vmm_(vmm), vm_id_(std::move(vm_id)), alive_(std::move(alive)), verify_fails_(verify_fails), docker_(vmm) {}
   Result<GuestInfo> Ping(std::chrono::milliseconds) override {
     if (!Alive()) return Status::Unavailable("agent socket closed (VMM process is gone)");
     GuestInfo g;

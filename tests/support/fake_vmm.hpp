@@ -44,6 +44,11 @@ class FakeVmm : public Vmm {
   std::atomic<int> live{0};  // VM objects alive
   std::atomic<int> max_live{0};
   std::atomic<int> docker_requests{0};  // Docker API requests served by the fake daemons
+  std::atomic<int> pulls{0};            // image pulls the fake daemons were asked for
+  // Images the fake daemons can pull (references as Docker is asked for them: "nginx:alpine"); guarded by
+  // pull_mu.
+  std::set<std::string> pullable{"nginx:alpine"};
+  std::mutex pull_mu;
 
   // Hostnames set through identity, by vm id.
   std::map<std::string, std::string> identities() const;

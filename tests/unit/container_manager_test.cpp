@@ -2,6 +2,7 @@
 // Docker daemon inside a real VM is exercised by tests/docker (label `docker`).
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -106,23 +107,49 @@ TEST_CASE("docker runtime: exit codes, long-running containers, stop") {
   CHECK(list->front().id == sleeper->id);  // newest first
 }
 
-TEST_CASE("docker runtime: an unknown container image fails the container and releases its VM") {
+TEST_CASE("docker runtime: an image the daemon lacks is pulled, its pull recorded, then it runs") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  auto req = Req(img, {"sleep", "100"});
+  req.image = "nginx:alpine";
+  auto c = bed.service->containers().Create(req);
+  REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+  CHECK(c->state == ContainerState::kRunning);
+  CHECK(bed.vmm->pulls == 1);
+  REQUIRE(c->pull.has_value());
+  CHECK(c->pull->layers == 2);
+  CHECK(c->pull->bytes == 3345);
+  CHECK(c->timings.count("pull") == 1);
+  CHECK(std::abs(c->pull->ms - c->timings.at("pull")) <= 1.0);  // stored in whole ms
+  // An image the daemon has is not pulled again, and such a container shows no pull.
+  auto again = bed.service->containers().Create(Req(img, {"sleep", "100"}));
+  REQUIRE(again.ok());
+  CHECK(bed.vmm->pulls == 1);
+  CHECK_FALSE(again->pull.has_value());
+  CHECK(again->timings.count("pull") == 0);
+}
+
+TEST_CASE("docker runtime: a failed pull fails the container with Docker's message and releases its VM") {
   TestBed bed;
   auto img = bed.AddImage("dock", "docker");
   auto req = Req(img, {"true"});
   req.image = "nginx:latest";
   auto c = bed.service->containers().Create(req);
   REQUIRE_FALSE(c.ok());
-  CHECK(c.status().code() == StatusCode::kNotFound);
-  CHECK(c.status().message().find("No such image: nginx:latest") != std::string::npos);
+  CHECK(c.status().code() == StatusCode::kUnavailable);
+  CHECK_MESSAGE(c.status().message().find("pull nginx:latest: docker pull: manifest for nginx:latest not found") !=
+                    std::string::npos,
+                c.status().message());
   auto list = bed.service->containers().List(true);
   REQUIRE(list.ok());
   REQUIRE(list->size() == 1);
   const auto& rec = list->front();
   CHECK(rec.state == ContainerState::kFailed);
-  CHECK(rec.last_error.find("No such image") != std::string::npos);
+  CHECK(rec.last_error.find("manifest unknown") != std::string::npos);
   CHECK(rec.vm_state == "destroyed");
-  CHECK(rec.timings.count("container_create") == 1);
+  CHECK_FALSE(rec.pull.has_value());
+  CHECK(rec.timings.count("pull") == 1);
+  CHECK(rec.timings.count("container_create") == 0);
   CHECK(bed.vmm->live == 0);
   auto logs = bed.service->containers().Logs(rec.id);
   CHECK(logs.status().code() == StatusCode::kFailedPrecondition);
@@ -134,7 +161,7 @@ TEST_CASE("docker runtime: the daemon unreachable at create time fails the conta
   bed.vmm->script.fail_docker = 1;
   auto c = bed.service->containers().Create(Req(img, {"true"}));
   REQUIRE_FALSE(c.ok());
-  CHECK(c.status().message().find("docker create") != std::string::npos);
+  CHECK_MESSAGE(c.status().message().find("docker image inspect") != std::string::npos, c.status().message());
   CHECK(bed.vmm->live == 0);
   auto vms = bed.service->engine().List(false);
   REQUIRE(vms.ok());
@@ -381,4 +408,60 @@ TEST_CASE("CreateAsync: starts in the background, bounded queue, queued starts f
   // Its start finished before the manager went away (the container ran; the restart then lost its VM).
   CHECK(ran->state == ContainerState::kLost);
   CHECK_FALSE(ran->docker_id.empty());
+}
+
+TEST_CASE("published ports: resolved and reserved before any VM starts, given to the VM, freed with it") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  auto& cm = bed.service->containers();
+  // Two free host ports of this machine, found the way the manager looks (a trial bind).
+  auto probe = Req(img, {"sleep", "100"});
+  probe.ports = {"80", "127.0.0.1::53/udp"};
+  auto a = cm.Create(probe);
+  REQUIRE_MESSAGE(a.ok(), a.status().ToString());
+  REQUIRE(a->ports.size() == 2);
+  CHECK(a->ports[0].rfind("127.0.0.1:", 0) == 0);
+  CHECK(a->ports[0].size() > std::string("127.0.0.1::80/tcp").size());
+  CHECK(a->ports[0].substr(a->ports[0].size() - 7) == ":80/tcp");
+  CHECK(a->ports[1].substr(a->ports[1].size() - 7) == ":53/udp");
+  auto nets = bed.vmm->networks();
+  REQUIRE(nets.count(a->id) == 1);
+  CHECK(nets.at(a->id).ports == a->ports);
+
+  // The same host port again: refused before anything starts (no VM, no record left provisioning).
+  const int boots = bed.vmm->cold_boots + bed.vmm->restores;
+  std::string taken = a->ports[0].substr(0, a->ports[0].rfind(':'));  // "127.0.0.1:PORT"
+  auto dup = Req(img, {"sleep", "100"});
+  dup.ports = {taken + ":8080"};
+  auto refused = cm.Create(dup);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == StatusCode::kFailedPrecondition);
+  CHECK_MESSAGE(refused.status().message().find(taken.substr(10)) != std::string::npos, refused.status().message());
+  CHECK(bed.vmm->cold_boots + bed.vmm->restores == boots);
+  auto all = cm.List(true);
+  REQUIRE(all.ok());
+  CHECK(all->size() == 1);
+
+  // Bad specs name the entry.
+  for (const char* bad : {"0:80", "70000:80", "8080:0", "8080:80/sctp", "1.2.3.4.5:8080:80", "abc"}) {
+    auto r = Req(img, {"true"});
+    r.ports = {bad};
+    auto st = cm.Prepare(r);
+    REQUIRE_FALSE(st.ok());
+    CHECK_MESSAGE(st.status().code() == StatusCode::kInvalidArgument, bad);
+    CHECK_MESSAGE(st.status().message().find("ports[0]") != std::string::npos, st.status().message());
+  }
+  auto twice = Req(img, {"true"});
+  twice.ports = {"18080:80", "18080:81"};
+  auto tw = cm.Prepare(twice);
+  REQUIRE_FALSE(tw.ok());
+  CHECK(tw.status().code() == StatusCode::kInvalidArgument);
+  CHECK(tw.status().message().find("ports[1]") != std::string::npos);
+
+  // Once the container is destroyed its port is free again.
+  REQUIRE(cm.Destroy(a->id).ok());
+  auto reuse = cm.Create(dup);
+  REQUIRE_MESSAGE(reuse.ok(), reuse.status().ToString());
+  CHECK(reuse->ports == std::vector<std::string>{taken + ":8080/tcp"});
+  REQUIRE(cm.Destroy(reuse->id).ok());
 }

@@ -213,6 +213,8 @@ class RestoreOptions:
 
 class ContainerOptions:
     docker_timeout: datetime.timedelta
+    pull_timeout: datetime.timedelta
+    publish_address: str
     exec_timeout: datetime.timedelta
     docker_api_version: str
     default_runtime_image: str
@@ -369,6 +371,7 @@ class RestoreEngine:
 
 class ContainerState(_Labeled):
     PROVISIONING: ContainerState
+    PULLING: ContainerState
     RUNNING: ContainerState
     EXITED: ContainerState
     STOPPED: ContainerState
@@ -389,6 +392,7 @@ class _RequestFields(TypedDict, total=False):
     id: Optional[str]
     force_cold: bool
     wait_for_creating: Optional[_Duration]
+    ports: Optional[Sequence[str]]
 
 class ContainerRequest:
     runtime_image: str
@@ -399,7 +403,13 @@ class ContainerRequest:
     env: Dict[str, str]
     force_cold: bool
     wait_for_creating: Optional[datetime.timedelta]
+    ports: List[str]
     def __init__(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> None: ...
+
+class ImagePull:
+    layers: int
+    bytes: int
+    ms: float
 
 class ContainerRecord:
     # Fields in the order of the REST API's container item (docs/api.md), then what only Python has.
@@ -418,6 +428,8 @@ class ContainerRecord:
     snapshot_id: str
     generation: int
     address: str
+    ports: List[str]
+    pull: Optional[ImagePull]
     mac: str
     hostname: str
     vm_state: str

@@ -96,7 +96,9 @@ def _container_item(c):
         "timings": dict(c.timings),
         "snapshot_id": c.snapshot_id,
         "generation": c.generation,
-        "address": c.address,
+        "address": c.address.split("/")[0],
+        "ports": list(c.ports),
+        "pull": None if c.pull is None else {"layers": c.pull.layers, "bytes": c.pull.bytes, "ms": c.pull.ms},
         "mac": c.mac,
         "hostname": c.hostname,
         "vm_state": c.vm_state,
@@ -173,7 +175,7 @@ class LocalBackend:
     def container_run(self, spec):
         rec = self.svc.containers.create(spec["image"] or None, runtime_image=spec["runtime_image"] or None,
                                          command=spec["command"], env=spec["env"], name=spec["name"] or None,
-                                         force_cold=spec["force_cold"])
+                                         force_cold=spec["force_cold"], ports=spec["ports"])
         self._started.append(rec.id)
         # Get refreshes a docker container from its daemon: one that exited already is recorded with its output.
         return _plain(self.svc.containers.get(rec.id))
@@ -307,6 +309,8 @@ class RestBackend:
             body["env"] = dict(spec["env"])
         if spec["force_cold"]:
             body["force_cold"] = True
+        if spec["ports"]:
+            body["ports"] = list(spec["ports"])
         return self._call("POST", "/v1/containers", body)["item"]
 
     def _container_path(self, cid, suffix=""):
@@ -571,7 +575,8 @@ def _container_run(backend, args, view):
     if timeout is not None and not args.wait:
         raise CliError("--timeout applies to --wait only", EXIT_USAGE)
     spec = {"image": args.image or "", "name": args.name, "runtime_image": args.runtime_image,
-            "command": list(args.command), "env": _parse_env(args.env), "force_cold": args.force_cold}
+            "command": list(args.command), "env": _parse_env(args.env), "force_cold": args.force_cold,
+            "ports": list(args.publish)}
     item = backend.container_run(spec)
     if not args.wait:
         view.table([item], ["id", "state", "boot_method", "fallback_reason", "timings"], item)
@@ -579,7 +584,7 @@ def _container_run(backend, args, view):
     item = backend.container_wait(item["id"], timeout)
     state = item["state"]
     logs = None
-    if state not in ("provisioning", "failed"):
+    if state not in ("provisioning", "pulling", "failed"):
         from .errors import Error
 
         try:
@@ -676,7 +681,8 @@ def _parser():
         dest="cmd", required=True)
     run = command(
         cont, "run", _container_run, help="start a container: its VM warm from the snapshot when possible",
-        usage="fcwarm container run [IMAGE] [--runtime-image R] [--name N] [--env K=V ...] [--force-cold] "
+        usage="fcwarm container run [IMAGE] [--runtime-image R] [--name N] [--env K=V ...] [-p PORTS ...] "
+              "[--force-cold] "
               "[--wait [--timeout S]] [-- COMMAND [ARG ...]]",
         description="Starts container image IMAGE (a Docker reference such as nginx:alpine) in a new VM of a "
                     "container runtime image: --runtime-image (id or name), else the default one. Without IMAGE, "
@@ -689,6 +695,8 @@ def _parser():
                      help="runtime image (id or name) of the VM; default: the server's default container runtime")
     run.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable); a bare K takes its value from this environment")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:][HOST_PORT:]PORT[/PROTO]",
+                     help="publish a container port on the host, Docker's syntax (repeatable), e.g. 8080:80")
     run.add_argument("--force-cold", action="store_true", help="skip the warm path (cold boot)")
     run.add_argument("--wait", action="store_true",
                      help="wait for the container to exit, print its output and exit 0 only if it exited 0")

@@ -16,7 +16,8 @@ using std::chrono::milliseconds;
 // the library (InvalidArgumentError naming the field).
 ContainerRequest MakeRequest(const pyb::object& image, const pyb::object& runtime_image,
                              const pyb::object& command, const pyb::object& env, const pyb::object& name,
-                             const pyb::object& id, bool force_cold, const pyb::object& wait_for_creating) {
+                             const pyb::object& id, bool force_cold, const pyb::object& wait_for_creating,
+                             const pyb::object& ports) {
   ContainerRequest r;
   r.image = ToStr(image, "image", true);
   r.runtime_image = ToStr(runtime_image, "runtime_image", true);
@@ -25,6 +26,7 @@ ContainerRequest MakeRequest(const pyb::object& image, const pyb::object& runtim
   r.name = ToStr(name, "name", true);
   r.id = ToStr(id, "id", true);
   r.force_cold = force_cold;
+  r.ports = ToArgv(ports, "ports");
   if (!wait_for_creating.is_none()) r.wait_for_creating = ToMillis(wait_for_creating, "wait_for_creating");
   return r;
 }
@@ -48,15 +50,15 @@ void DefRequestMethod(pyb::class_<ContainerManager>& cls, const char* name, cons
       name,
       [](ContainerManager& c, const pyb::object& image, const pyb::object& runtime_image,
          const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
-         bool force_cold, const pyb::object& wait_for_creating) {
-        auto r = MakeRequest(image, runtime_image, command, env, name, id, force_cold, wait_for_creating);
+         bool force_cold, const pyb::object& wait_for_creating, const pyb::object& ports) {
+        auto r = MakeRequest(image, runtime_image, command, env, name, id, force_cold, wait_for_creating, ports);
         pyb::gil_scoped_release release;
         return Unwrap((c.*Method)(r));
       },
       pyb::arg("image") = pyb::none(), pyb::kw_only(), pyb::arg("runtime_image") = pyb::none(),
       pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
       pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
-      doc);
+      pyb::arg("ports") = pyb::none(), doc);
 }
 
 pyb::object Decode(const std::string& s) { return pyb::bytes(s).attr("decode")("utf-8", "replace"); }
@@ -66,6 +68,7 @@ pyb::object Decode(const std::string& s) { return pyb::bytes(s).attr("decode")("
 void BindContainers(pyb::module_& m) {
   pyb::enum_<ContainerState> state(m, "ContainerState", "Lifecycle of a container record.");
   state.value("PROVISIONING", ContainerState::kProvisioning)
+      .value("PULLING", ContainerState::kPulling)
       .value("RUNNING", ContainerState::kRunning)
       .value("EXITED", ContainerState::kExited)
       .value("STOPPED", ContainerState::kStopped)
@@ -83,6 +86,8 @@ void BindContainers(pyb::module_& m) {
   pyb::class_<ContainerOptions>(m, "ContainerOptions", "Options of the container manager.")
       .def(pyb::init<>())
       .def_readwrite("docker_timeout", &ContainerOptions::docker_timeout)
+      .def_readwrite("pull_timeout", &ContainerOptions::pull_timeout)
+      .def_readwrite("publish_address", &ContainerOptions::publish_address)
       .def_readwrite("exec_timeout", &ContainerOptions::exec_timeout)
       .def_readwrite("docker_api_version", &ContainerOptions::docker_api_version)
       .def_readwrite("default_runtime_image", &ContainerOptions::default_runtime_image)
@@ -93,7 +98,7 @@ void BindContainers(pyb::module_& m) {
       .def(pyb::init(&MakeRequest), pyb::arg("image") = pyb::none(), pyb::kw_only(),
            pyb::arg("runtime_image") = pyb::none(), pyb::arg("command") = pyb::none(),
            pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(), pyb::arg("id") = pyb::none(),
-           pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none())
+           pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(), pyb::arg("ports") = pyb::none())
       .def_readwrite("runtime_image", &ContainerRequest::runtime_image)
       .def_readwrite("id", &ContainerRequest::id)
       .def_readwrite("name", &ContainerRequest::name)
@@ -102,10 +107,20 @@ void BindContainers(pyb::module_& m) {
       .def_readwrite("command", &ContainerRequest::command, "The argv (assign a new list; a copy is returned).")
       .def_readwrite("env", &ContainerRequest::env, "The environment (assign a new dict; a copy is returned).")
       .def_readwrite("force_cold", &ContainerRequest::force_cold)
+      .def_readwrite("ports", &ContainerRequest::ports,
+                     "Published ports in Docker's -p syntax, e.g. [\"8080:80\"] (assign a new list).")
       .def_readwrite("wait_for_creating", &ContainerRequest::wait_for_creating)
       .def("__repr__", [](const ContainerRequest& r) {
         return "<fcwarm.ContainerRequest " + (r.image.empty() ? "(no image)" : r.image) +
                (r.runtime_image.empty() ? "" : " on " + r.runtime_image) + ">";
+      });
+
+  pyb::class_<ImagePull>(m, "ImagePull", "What pulling a container's image took.")
+      .def_readonly("layers", &ImagePull::layers, "Layers downloaded.")
+      .def_readonly("bytes", &ImagePull::bytes, "Their compressed sizes.")
+      .def_readonly("ms", &ImagePull::ms, "Duration in ms.")
+      .def("__repr__", [](const ImagePull& p) {
+        return "<fcwarm.ImagePull layers=" + std::to_string(p.layers) + " bytes=" + std::to_string(p.bytes) + ">";
       });
 
   pyb::class_<ContainerRecord>(m, "ContainerRecord", "A container and the VM it runs in.")
@@ -118,6 +133,8 @@ void BindContainers(pyb::module_& m) {
       .def_readonly("image", &ContainerRecord::image, "The container image (docker runtime), or empty.")
       .def_readonly("command", &ContainerRecord::command)
       .def_readonly("env", &ContainerRecord::env)
+      .def_readonly("ports", &ContainerRecord::ports, "Published ports, resolved: \"127.0.0.1:8080:80/tcp\".")
+      .def_readonly("pull", &ContainerRecord::pull, "The image pull (ImagePull) once one finished, else None.")
       .def_readonly("state", &ContainerRecord::state)
       .def_readonly("docker_id", &ContainerRecord::docker_id)
       .def_readonly("exit_code", &ContainerRecord::exit_code, "Exit code once exited, else None.")

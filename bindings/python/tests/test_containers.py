@@ -180,9 +180,10 @@ def test_docker_failures_fail_the_container_and_release_its_vm(docker_env):
     with pytest.raises(fcwarm.ConflictError):
         svc.containers.logs(rec.id)  # it never produced output
     # An image the daemon does not have.
-    with pytest.raises(fcwarm.NotFoundError) as e:
+    # An image the daemon does not have and cannot pull: the pull's error, in Docker's words.
+    with pytest.raises(fcwarm.UnavailableError) as e:
         svc.containers.create("alpine:3", runtime_image="docker", command=["true"])
-    assert "No such image: alpine:3" in str(e.value)
+    assert "pull alpine:3: docker pull: manifest for alpine:3 not found" in str(e.value)
     assert fake.live == 0
     # The next one works.
     ok = svc.containers.create("busybox:latest", runtime_image="docker", command=["true"])

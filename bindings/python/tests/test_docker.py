@@ -33,7 +33,8 @@ def _run(svc, image, name):
     assert done.state == fcwarm.ContainerState.EXITED, done.last_error
     assert done.exit_code == 0
     lines = svc.containers.logs(rec.id).stdout_text.splitlines()
-    assert len(lines) == 2 and lines[0] == "hello " + rec.docker_id[:12], lines
+    # One container per VM in the VM's network namespace (host network mode): its hostname is the VM's.
+    assert len(lines) == 2 and lines[0] == "hello " + rec.hostname, lines
     return rec, lines
 
 
