@@ -18,6 +18,14 @@ HttpResponse JsonResponse(int status, const json::value& v) {
   return r;
 }
 
+// One resource: its fields at the top level and the same object under "item" (docs/api.md, "Responses"):
+// the quick start reads both `.item.boot_method` and `{state, success_count, failure_count}`.
+HttpResponse ItemResponse(int status, json::object item) {
+  json::object out = item;
+  out["item"] = std::move(item);
+  return JsonResponse(status, out);
+}
+
 HttpResponse Invalid(const std::string& message) { return StatusResponse(Status::InvalidArgument(message)); }
 
 // Rejects query parameters a route does not know.
@@ -226,7 +234,7 @@ HttpResponse Api::CreateSnapshot(const HttpRequest& req) {
   if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);
   auto snap = service_.snapshots().CreateSnapshot(image_id);
   if (!snap.ok()) return StatusResponse(snap.status());
-  return JsonResponse(202, json::object{{"id", snap->id}, {"item", SnapshotToJson(*snap)}});
+  return ItemResponse(202, SnapshotToJson(*snap));
 }
 
 HttpResponse Api::ListSnapshots(const Target& t) {
@@ -254,14 +262,14 @@ HttpResponse Api::ListSnapshots(const Target& t) {
 HttpResponse Api::GetSnapshot(const std::string& id) {
   auto s = service_.snapshots().Get(id);
   if (!s.ok()) return StatusResponse(s.status());
-  return JsonResponse(200, json::object{{"item", SnapshotToJson(*s)}});
+  return ItemResponse(200, SnapshotToJson(*s));
 }
 
 HttpResponse Api::RebuildSnapshot(const HttpRequest& req, const std::string& id) {
   if (auto st = CheckNoBody(req); !st.ok()) return StatusResponse(st);
   auto s = service_.snapshots().Rebuild(id);
   if (!s.ok()) return StatusResponse(s.status());
-  return JsonResponse(202, json::object{{"id", s->id}, {"item", SnapshotToJson(*s)}});
+  return ItemResponse(202, SnapshotToJson(*s));
 }
 
 HttpResponse Api::DeleteSnapshot(const std::string& id) {
@@ -295,7 +303,7 @@ HttpResponse Api::CreateImage(const HttpRequest& req) {
   if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);
   auto stored = service_.images().Register(std::move(img));
   if (!stored.ok()) return StatusResponse(stored.status());
-  return JsonResponse(201, json::object{{"id", stored->id}, {"item", ImageToJson(*stored)}});
+  return ItemResponse(201, ImageToJson(*stored));
 }
 
 HttpResponse Api::ListImages() {
@@ -309,7 +317,7 @@ HttpResponse Api::ListImages() {
 HttpResponse Api::GetImage(const std::string& id) {
   auto i = service_.images().Get(id);
   if (!i.ok()) return StatusResponse(i.status());
-  return JsonResponse(200, json::object{{"item", ImageToJson(*i)}});
+  return ItemResponse(200, ImageToJson(*i));
 }
 
 HttpResponse Api::DeleteImage(const std::string& id) {
@@ -337,7 +345,7 @@ HttpResponse Api::CreateContainer(const HttpRequest& req) {
   if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);
   auto created = containers_.Create(spec, wait);
   if (!created.ok()) return StatusResponse(created.status());
-  return JsonResponse(wait ? 201 : 202, *created);
+  return ItemResponse(wait ? 201 : 202, std::move(created).value());
 }
 
 HttpResponse Api::ListContainers(const Target& t) {
@@ -351,14 +359,14 @@ HttpResponse Api::ListContainers(const Target& t) {
 HttpResponse Api::GetContainer(const std::string& id) {
   auto c = containers_.Get(id);
   if (!c.ok()) return StatusResponse(c.status());
-  return JsonResponse(200, json::object{{"item", std::move(c).value()}});
+  return ItemResponse(200, std::move(c).value());
 }
 
 HttpResponse Api::StopContainer(const HttpRequest& req, const std::string& id) {
   if (auto st = CheckNoBody(req); !st.ok()) return StatusResponse(st);
   auto c = containers_.Stop(id);
   if (!c.ok()) return StatusResponse(c.status());
-  return JsonResponse(200, json::object{{"item", std::move(c).value()}});
+  return ItemResponse(200, std::move(c).value());
 }
 
 HttpResponse Api::ContainerLogs(const std::string& id) {
@@ -373,7 +381,7 @@ HttpResponse Api::WaitContainer(const HttpRequest& req, const Target& t, const s
   if (!timeout.ok()) return StatusResponse(timeout.status());
   auto c = containers_.Wait(id, std::chrono::milliseconds(*timeout));
   if (!c.ok()) return StatusResponse(c.status());
-  return JsonResponse(200, json::object{{"item", std::move(c).value()}});
+  return ItemResponse(200, std::move(c).value());
 }
 
 HttpResponse Api::DeleteContainer(const std::string& id) {

@@ -92,7 +92,7 @@ Result<json::object> ContainerService::Create(const ContainerRequest& request, b
   auto& cm = service_.containers();
   auto c = wait ? cm.Create(request) : cm.CreateAsync(request);
   if (!c.ok()) return c.status();
-  return json::object{{"id", c->id}, {"item", Render(*c)}};
+  return Render(*c);
 }
 
 Result<json::object> ContainerService::Get(const std::string& id) {

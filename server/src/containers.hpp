@@ -20,7 +20,7 @@ class ContainerService {
 
   /// Creates a container: synchronously when `wait` (ContainerManager::Create), else recorded at once and
   /// started in the background (ContainerManager::CreateAsync).
-  /// \return {"id", "item"}; the library's validation errors; ResourceExhausted (queue full); the start
+  /// \return The container item; the library's validation errors; ResourceExhausted (queue full); the start
   /// error when waiting.
   Result<boost::json::object> Create(const ContainerRequest& request, bool wait);
   Result<boost::json::object> Get(const std::string& id);

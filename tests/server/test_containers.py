@@ -24,6 +24,8 @@ def test_background_provisioning_reports_failure(server):
     cid = doc["id"]
     assert doc["item"]["state"] == "provisioning"
     assert set(doc["item"]) == ITEM_FIELDS
+    # One resource: its fields at the top level and under "item" (docs/api.md, Conventions).
+    assert {k: v for k, v in doc.items() if k != "item"} == doc["item"]
     item = wait_not_provisioning(server, cid)
     assert item["state"] == "failed"
     assert "none" in item["last_error"]

@@ -36,6 +36,12 @@ def test_create_get_fields_and_failed_build(server):
     assert item["build_failures"] >= 1
     assert item["last_used_at"] is None
     assert set(item) == FIELDS
+    # The quick start's filter reads the top level of a single snapshot: values, not nulls.
+    st, _, one = server.get("/v1/runtime-snapshots/" + doc["id"])
+    assert st == 200
+    assert {k: one[k] for k in ("state", "success_count", "failure_count")} == {
+        "state": "unhealthy", "success_count": 0, "failure_count": item["failure_count"]}
+    assert {k: v for k, v in one.items() if k != "item"} == one["item"]
 
 
 def test_list_filters_and_order(server):
