@@ -122,9 +122,9 @@ std::vector<std::string> Sockets(const fs::path& dir) {
 
 bool NetnsExists(const std::string& name) { return fs::exists("/run/netns/" + name); }
 
-// Root with iptables and TAPs: the backend's host rules (egress, published ports) can be checked. They go into
-// the root namespace's rule set, like a server's; the test that applies them puts ip_forward back and removes
-// the fcwarm chains when no tagged rule is left (HostRulesGuard).
+// Root with iptables and TAPs: the backend's host rules (egress, published ports) can be checked. They go
+// into the root namespace's rule set, like a server's; the test that applies them puts ip_forward back and
+// removes the fcwarm chains when no tagged rule is left (HostRulesGuard).
 bool CanManageRules() {
   static const bool ok = ::geteuid() == 0 && util::FindProgram("iptables-save") &&
                          util::FindProgram("iptables-restore") && CanManageTaps();
@@ -220,7 +220,8 @@ struct World {
     if (s.network.index >= 0)
       CHECK_MESSAGE(!fs::exists("/sys/class/net/" + Tap(s)), "TAP " << Tap(s) << " leaked");
     CHECK_MESSAGE(!NetnsExists(opts.netns_prefix + s.vm_id), "netns leaked");
-    if (CanManageRules()) CHECK_MESSAGE(SavedVmRules(s.vm_id).empty(), "rules of vm " << s.vm_id << " leaked");
+    if (CanManageRules())
+      CHECK_MESSAGE(SavedVmRules(s.vm_id).empty(), "rules of vm " << s.vm_id << " leaked");
   }
 
   // Every request the backend sent was accepted by the strict double.
@@ -776,11 +777,11 @@ void ExpectRulesOnTap(World& w, const LaunchSpec& spec) {
   CHECK(rules.find("fcwarm:vm:" + spec.vm_id + ":ports:") != std::string::npos);
   CHECK(rules.find("-i " + tap + " ") != std::string::npos);
   CHECK(rules.find("-o " + tap + " ") != std::string::npos);
-  CHECK(rules.find("-d 192.0.2.53/32") != std::string::npos);      // DNS to the resolver
-  CHECK(rules.find("-d 192.0.2.80/32") != std::string::npos);      // the allowed mirror, under egress none
-  CHECK(rules.find("-d 10.250.0.0/16") != std::string::npos);      // the address pool: never
+  CHECK(rules.find("-d 192.0.2.53/32") != std::string::npos);  // DNS to the resolver
+  CHECK(rules.find("-d 192.0.2.80/32") != std::string::npos);  // the allowed mirror, under egress none
+  CHECK(rules.find("-d 10.250.0.0/16") != std::string::npos);  // the address pool: never
   CHECK(rules.find("-s " + GuestIp(spec) + "/32") != std::string::npos);  // anti-spoofing, MASQUERADE
-  std::string port = spec.network.ports.at(0);                    // 127.0.0.1:<host port>:80/tcp
+  std::string port = spec.network.ports.at(0);                            // 127.0.0.1:<host port>:80/tcp
   std::string host_port = port.substr(10, port.find(':', 10) - 10);
   CHECK(rules.find("--dport " + host_port + " ") != std::string::npos);
   CHECK(rules.find("--to-destination " + GuestIp(spec) + ":80") != std::string::npos);

@@ -21,6 +21,7 @@
 #include "backends/firecracker/api_client.hpp"
 #include "backends/firecracker/files.hpp"
 #include "backends/firecracker/vsock.hpp"
+#include "backends/host_leftovers.hpp"
 #include "guest/stream_channel.hpp"
 #include "net/egress.hpp"
 #include "net/ip.hpp"
@@ -138,8 +139,8 @@ Result<HostRules> PlanHostRules(const LaunchSpec& spec, const std::string& root_
     if (!spec.network.ports.empty()) {
       return Status::FailedPrecondition(
           "ports: vm " + spec.vm_id +
-          " has no network link to the host to publish on (its TAP is in a network namespace of its own: a VM "
-          "without a network identity, or a clone on Firecracker < 1.12)");
+          " has no network link to the host to publish on (its TAP is in a network namespace of its own: "
+          "a VM without a network identity, or a clone on Firecracker < 1.12)");
     }
     return rules;
   }
@@ -804,7 +805,7 @@ class FirecrackerVm : public Vm {
 // ---------------------------------------------------------------------------------------------------------------
 // The backend.
 
-class FirecrackerVmm : public Vmm {
+class FirecrackerVmm : public Vmm, public HostLeftovers {
  public:
   explicit FirecrackerVmm(FirecrackerOptions opts) : opts_(std::move(opts)) {}
 
@@ -831,6 +832,31 @@ class FirecrackerVmm : public Vmm {
   Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& snapshot_dir) override {
     return Launch(
         spec, [&](FirecrackerVm& vm) { return vm.Restore(spec, snapshot_dir); }, "restore");
+  }
+
+  // A crashed run's VM: the namespace named from its id (a VM without identity, a clone on < 1.12) and the
+  // TAP named from its allocation index in the root namespace — unless a running VMM holds that TAP open (a
+  // TAP has a carrier only while a process has it open), which is then not this VM's.
+  Result<int> RemoveVmLeftovers(const std::string& vm_id, int64_t index) override {
+    int removed = 0;
+    constexpr auto kTimeout = std::chrono::milliseconds(10000);
+    if (!vm_id.empty() && vm_id.find('/') == std::string::npos) {
+      auto ns = net::DeleteNetnsIfPresent(opts_.ip_binary, opts_.netns_prefix + vm_id, kTimeout);
+      if (!ns.ok()) return ns.status();
+      removed += *ns ? 1 : 0;
+    }
+    if (index >= 0) {
+      std::string tap = opts_.tap_prefix + std::to_string(index);
+      if (net::InterfaceHasCarrier(tap)) {
+        spdlog::warn("firecracker: TAP {} of lost vm {} is held open by a running process; left in place",
+                     tap, vm_id);
+      } else {
+        auto deleted = net::DeleteInterfaceIfPresent(opts_.ip_binary, tap, kTimeout);
+        if (!deleted.ok()) return deleted.status();
+        removed += *deleted ? 1 : 0;
+      }
+    }
+    return removed;
   }
 
  private:
