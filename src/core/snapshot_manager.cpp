@@ -432,7 +432,9 @@ class SnapshotManager::Impl {
   // booting: a cold boot of the build VM.
   Status BootBuildVm(Build& b) {
     LaunchSpec spec;
-    spec.vm_id = Id::Generate().str();
+    // The work directory is named after the VM (a fresh UUID), so that after a crash reconciliation can tell
+    // the backends which build VM's namespace to remove.
+    spec.vm_id = b.work_dir.filename().string();
     spec.image = b.image;
     spec.work_dir = b.work_dir.string();
     spec.network.hostname = "fcwarm-build";
@@ -603,7 +605,7 @@ class SnapshotManager::Impl {
     b.snap_dir = fs::path(opts_.root_dir) / job.image_id / job.snapshot_id;
     b.final_dir = b.snap_dir / ("gen-" + std::to_string(gen));
     b.tmp_dir = b.snap_dir / (".tmp-gen-" + std::to_string(gen));
-    b.work_dir = fs::path(opts_.build_dir) / (job.snapshot_id + "-gen-" + std::to_string(gen));
+    b.work_dir = fs::path(opts_.build_dir) / Id::Generate().str();  // named after the build VM (its id)
     b.owner = "build:" + job.snapshot_id;
 
     BuildPhase phase = BuildPhase::kQueued;
@@ -706,7 +708,9 @@ class SnapshotManager::Impl {
         }
       }
     }
+    std::vector<std::string> build_vms;  // a build VM's id is its work directory's name
     for (const auto& w : fs::directory_iterator(opts_.build_dir, ec)) {
+      if (w.is_directory()) build_vms.push_back(w.path().filename().string());
       util::RemoveTree(w.path());
       report_.removed_temp_dirs++;
     }
@@ -744,7 +748,7 @@ class SnapshotManager::Impl {
       return Status::Ok();
     });
     // 5. Host networking left behind: rules, namespaces, veths, TAPs.
-    SweepHostNetwork(lost);
+    SweepHostNetwork(lost, build_vms);
     if (report_.interrupted_builds || report_.killed_processes || report_.lost_vms ||
         report_.removed_temp_dirs || report_.released_networks) {
       spdlog::warn(
@@ -768,8 +772,10 @@ class SnapshotManager::Impl {
   //    is every VM of the store (one store has one owner process: Service's lock), so rules leaked by an
   //    earlier failed release go too. Rules of VMs the store does not know (another fcwarm process's, with
   //    its own store) and of live VMs are never touched;
-  //  - the network namespaces, veths and TAPs the backends name from a lost VM's id or allocation index.
-  void SweepHostNetwork(const std::vector<LostVm>& lost) {
+  //  - the network namespaces, veths and TAPs the backends name from a lost VM's id or allocation index, and
+  //    the namespaces of interrupted builds' VMs (`build_vms`: their ids; they have no rules).
+  void SweepHostNetwork(std::vector<LostVm> lost, const std::vector<std::string>& build_vms) {
+    for (const auto& id : build_vms) lost.push_back(LostVm{id, -1, ""});
     std::set<std::string> released;
     bool known_vms = false;
     (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {

@@ -160,7 +160,14 @@ TEST_CASE("reconcile removes the host networking of the VMs its store knows, and
   net::NetnsPlan qnames;
   REQUIRE(net::NamesForVm(qemu_vm, qemu.netns_prefix, qemu.veth_prefix, &qnames).ok());
   const std::string fc_netns = fc.netns_prefix + fc_vm, unknown_netns = fc.netns_prefix + unknown_vm;
-  std::vector<std::string> namespaces{fc_netns, qnames.netns, unknown_netns};
+  // An interrupted build: its work directory is named after its VM; a Firecracker and a QEMU build VM's
+  // namespaces (build VMs have no rules).
+  const std::string build_vm = Id::Generate().str();
+  fs::create_directories(dir.path() / "build" / build_vm);
+  net::NetnsPlan bnames;
+  REQUIRE(net::NamesForVm(build_vm, qemu.netns_prefix, qemu.veth_prefix, &bnames).ok());
+  const std::string fc_build_netns = fc.netns_prefix + build_vm;
+  std::vector<std::string> namespaces{fc_netns, qnames.netns, unknown_netns, fc_build_netns, bnames.netns};
   util::ScopeGuard remove_namespaces([&] {
     for (const auto& ns : namespaces) (void)net::DeleteNetnsIfPresent("ip", ns, 10s);
   });
@@ -193,7 +200,8 @@ TEST_CASE("reconcile removes the host networking of the VMs its store knows, and
   REQUIRE_MESSAGE(manager.ok(), manager.status().ToString());
   const auto& report = (*manager)->reconcile_report();
   CHECK(report.lost_vms == 3);
-  CHECK(report.released_networks == 3);  // fc_vm, qemu_vm (rules and devices), old_vm (rules)
+  // fc_vm, qemu_vm (rules and devices), old_vm (rules), build_vm (namespaces)
+  CHECK(report.released_networks == 4);
 
   // The store's VMs: no rule left, their devices gone — but the TAP a running VMM holds.
   for (const auto& id : {fc_vm, qemu_vm, old_vm}) {
@@ -206,6 +214,8 @@ TEST_CASE("reconcile removes the host networking of the VMs its store knows, and
   CHECK_FALSE(net::InterfaceExists(qnames.host_veth));
   CHECK_FALSE(net::NetnsExists(qnames.netns));
   CHECK(net::InterfaceExists("rct4"));
+  CHECK_FALSE(net::NetnsExists(fc_build_netns));
+  CHECK_FALSE(net::NetnsExists(bnames.netns));
   // The unknown VM keeps everything.
   CHECK(RuleCount(unknown_vm, net::RuleKind::kEgress) > 0);
   CHECK(RuleCount(unknown_vm, net::RuleKind::kPorts) > 0);
