@@ -1,7 +1,7 @@
 #include "fcwarm/snapshot_manager.hpp"
 
-#include <signal.h>
 #include <spdlog/spdlog.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <atomic>

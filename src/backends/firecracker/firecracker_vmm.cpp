@@ -139,8 +139,8 @@ Result<HostRules> PlanHostRules(const LaunchSpec& spec, const std::string& root_
     if (!spec.network.ports.empty()) {
       return Status::FailedPrecondition(
           "ports: vm " + spec.vm_id +
-          " has no network link to the host to publish on (its TAP is in a network namespace of its own: "
-          "a VM without a network identity, or a clone on Firecracker < 1.12)");
+          " has no network link to the host to publish on (no TAP in the root namespace: a VM without a "
+          "network identity, a snapshot without a NIC, or a clone on Firecracker < 1.12)");
     }
     return rules;
   }
