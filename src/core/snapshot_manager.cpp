@@ -12,9 +12,11 @@
 #include <set>
 #include <thread>
 
+#include "backends/host_leftovers.hpp"
 #include "core/host_facts.hpp"
 #include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
+#include "net/iptables.hpp"
 #include "store/images.hpp"
 #include "store/snapshots.hpp"
 #include "store/store_db.hpp"
@@ -430,7 +432,9 @@ class SnapshotManager::Impl {
   // booting: a cold boot of the build VM.
   Status BootBuildVm(Build& b) {
     LaunchSpec spec;
-    spec.vm_id = Id::Generate().str();
+    // The work directory is named after the VM (a fresh UUID), so that after a crash reconciliation can tell
+    // the backends which build VM's namespace to remove.
+    spec.vm_id = b.work_dir.filename().string();
     spec.image = b.image;
     spec.work_dir = b.work_dir.string();
     spec.network.hostname = "fcwarm-build";
@@ -601,7 +605,7 @@ class SnapshotManager::Impl {
     b.snap_dir = fs::path(opts_.root_dir) / job.image_id / job.snapshot_id;
     b.final_dir = b.snap_dir / ("gen-" + std::to_string(gen));
     b.tmp_dir = b.snap_dir / (".tmp-gen-" + std::to_string(gen));
-    b.work_dir = fs::path(opts_.build_dir) / (job.snapshot_id + "-gen-" + std::to_string(gen));
+    b.work_dir = fs::path(opts_.build_dir) / Id::Generate().str();  // named after the build VM (its id)
     b.owner = "build:" + job.snapshot_id;
 
     BuildPhase phase = BuildPhase::kQueued;
@@ -704,7 +708,9 @@ class SnapshotManager::Impl {
         }
       }
     }
+    std::vector<std::string> build_vms;  // a build VM's id is its work directory's name
     for (const auto& w : fs::directory_iterator(opts_.build_dir, ec)) {
+      if (w.is_directory()) build_vms.push_back(w.path().filename().string());
       util::RemoveTree(w.path());
       report_.removed_temp_dirs++;
     }
@@ -724,10 +730,16 @@ class SnapshotManager::Impl {
       });
     }
     // 4. VMs the previous run owned: their processes are gone, release what they held.
+    std::vector<LostVm> lost;
     (void)detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
+      lost.clear();
       for (const auto& vm : detail::LiveVms(db)) {
         const std::string& id = vm.id;
         const std::string& dir = vm.work_dir;
+        LostVm& l = lost.emplace_back();
+        l.id = id;
+        l.index = detail::AddressIndexOf(db, id);  // names a Firecracker TAP; read before it is released
+        if (auto image = detail::ImageById(db, vm.runtime_image_id); image.ok()) l.backend = image->backend;
         detail::SetVmState(db, id, VmState::kLost, "owner process restarted", util::NowMillis());
         detail::ReleaseAddress(db, id);
         if (!dir.empty() && fs::path(dir).filename() == id) util::RemoveTree(dir);
@@ -735,11 +747,94 @@ class SnapshotManager::Impl {
       }
       return Status::Ok();
     });
-    if (report_.interrupted_builds || report_.killed_processes || report_.lost_vms || report_.removed_temp_dirs) {
-      spdlog::warn("reconcile: {} interrupted build(s), {} temp dir(s) removed, {} process(es) killed, {} VM(s) lost",
-                   report_.interrupted_builds, report_.removed_temp_dirs, report_.killed_processes, report_.lost_vms);
+    // 5. Host networking left behind: rules, namespaces, veths, TAPs.
+    SweepHostNetwork(lost, build_vms);
+    if (report_.interrupted_builds || report_.killed_processes || report_.lost_vms ||
+        report_.removed_temp_dirs || report_.released_networks) {
+      spdlog::warn(
+          "reconcile: {} interrupted build(s), {} temp dir(s) removed, {} process(es) killed, {} VM(s) lost, "
+          "host networking of {} VM(s) removed",
+          report_.interrupted_builds, report_.removed_temp_dirs, report_.killed_processes, report_.lost_vms,
+          report_.released_networks);
     }
     (void)CollectGarbage();
+  }
+
+  // A VM of the previous run, as step 4 of Reconcile() found it.
+  struct LostVm {
+    std::string id;
+    int64_t index = -1;   // its address allocation index, -1 when none
+    std::string backend;  // its image's backend, empty when the image is gone
+  };
+
+  // What a crashed run left on the host for its VMs (docs/networking.md, "Cleanup and crash recovery"):
+  //  - the egress and published-port rules of every VM this store knows that is not live. After step 4 that
+  //    is every VM of the store (one store has one owner process: Service's lock), so rules leaked by an
+  //    earlier failed release go too. Rules of VMs the store does not know (another fcwarm process's, with
+  //    its own store) and of live VMs are never touched;
+  //  - the network namespaces, veths and TAPs the backends name from a lost VM's id or allocation index, and
+  //    the namespaces of interrupted builds' VMs (`build_vms`: their ids; they have no rules).
+  void SweepHostNetwork(std::vector<LostVm> lost, const std::vector<std::string>& build_vms) {
+    for (const auto& id : build_vms) lost.push_back(LostVm{id, -1, ""});
+    std::set<std::string> released;
+    bool known_vms = false;
+    (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
+      known_vms = detail::AnyVm(db);
+      return Status::Ok();
+    });
+    const net::IptablesOptions iptables;  // what the backends apply with
+    auto rules = known_vms ? net::ListRules(iptables)
+                           : Result<std::vector<net::RuleLine>>(std::vector<net::RuleLine>());
+    if (!rules.ok()) {
+      spdlog::debug("reconcile: no iptables rule sweep: {}", rules.status().ToString());
+    } else {
+      std::set<std::string> tagged, ours;
+      for (const auto& r : *rules) {
+        if (auto id = net::VmIdOfTag(iptables, r.comment); !id.empty()) tagged.insert(std::move(id));
+      }
+      if (!tagged.empty()) {
+        (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
+          for (const auto& id : tagged) {
+            auto vm = detail::VmById(db, id);
+            if (vm.ok() && !detail::IsLiveState(vm->state)) ours.insert(id);
+          }
+          return Status::Ok();
+        });
+      }
+      if (!ours.empty()) {
+        auto swept = net::DeleteVmRules(iptables, ours);
+        if (!swept.ok()) {
+          spdlog::warn("reconcile: cannot remove the iptables rules of {} VM(s): {}", ours.size(),
+                       swept.status().ToString());
+        } else {
+          for (const auto& id : *swept) {
+            spdlog::info("reconcile: removed the leftover egress/port rules of vm {}", id);
+            released.insert(id);
+          }
+        }
+      }
+    }
+    for (const auto& vm : lost) {
+      std::vector<std::shared_ptr<Vmm>> backends;
+      if (auto b = vm.backend.empty() ? nullptr : vmms_.Find(vm.backend)) {
+        backends.push_back(std::move(b));
+      } else {
+        for (const auto& kind : vmms_.Kinds()) backends.push_back(vmms_.Find(kind));
+      }
+      for (const auto& b : backends) {
+        auto* leftovers = dynamic_cast<HostLeftovers*>(b.get());
+        if (!leftovers) continue;
+        auto n = leftovers->RemoveVmLeftovers(vm.id, vm.index);
+        if (!n.ok()) {
+          spdlog::warn("reconcile: cannot remove the {} network devices of vm {}: {}", b->Kind(), vm.id,
+                       n.status().ToString());
+        } else if (*n > 0) {
+          spdlog::info("reconcile: removed {} leftover network device(s) of vm {}", *n, vm.id);
+          released.insert(vm.id);
+        }
+      }
+    }
+    report_.released_networks += static_cast<int>(released.size());
   }
 
   Store& store_;

@@ -1,8 +1,15 @@
 #include "net/ip.hpp"
 
 #include <arpa/inet.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
 #include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
 
 #include "util/process.hpp"
 
@@ -56,6 +63,44 @@ bool InterfaceExists(const std::string& name) { return !name.empty() && ::if_nam
 bool NetnsExists(const std::string& name) {
   struct stat st {};
   return !name.empty() && ::stat(("/run/netns/" + name).c_str(), &st) == 0;
+}
+
+bool InterfaceHasCarrier(const std::string& name) {
+  if (name.empty() || name.size() >= IFNAMSIZ) return false;
+  int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  // ETHTOOL_GLINK reads the carrier itself; IFF_RUNNING would follow it only after the kernel's link watch
+  // ran.
+  ethtool_value link{};
+  link.cmd = ETHTOOL_GLINK;
+  ifreq req{};
+  std::memcpy(req.ifr_name, name.c_str(), name.size());
+  req.ifr_data = reinterpret_cast<char*>(&link);
+  bool carrier = ::ioctl(fd, SIOCETHTOOL, &req) == 0 && link.data != 0;
+  ::close(fd);
+  return carrier;
+}
+
+Result<bool> DeleteInterfaceIfPresent(const std::string& ip_binary, const std::string& name,
+                                      std::chrono::milliseconds timeout) {
+  if (!InterfaceExists(name)) return false;
+  auto st = RunIp(ip_binary, {"link", "del", "dev", name}, timeout);
+  if (!st.ok()) {
+    if (!InterfaceExists(name)) return false;  // gone meanwhile (e.g. with its namespace)
+    return st;
+  }
+  return true;
+}
+
+Result<bool> DeleteNetnsIfPresent(const std::string& ip_binary, const std::string& name,
+                                  std::chrono::milliseconds timeout) {
+  if (!NetnsExists(name)) return false;
+  auto st = RunIp(ip_binary, {"netns", "del", name}, timeout);
+  if (!st.ok()) {
+    if (!NetnsExists(name)) return false;
+    return st;
+  }
+  return true;
 }
 
 }  // namespace fcwarm::net

@@ -27,5 +27,16 @@ Result<std::string> GatewayCidr(const std::string& gateway, const std::string& g
 bool InterfaceExists(const std::string& name);
 /// True when /run/netns/<name> exists (false for "").
 bool NetnsExists(const std::string& name);
+/// True when the interface has a carrier: for a TAP, a process holds it open.
+bool InterfaceHasCarrier(const std::string& name);
+
+/// Deletes the interface `name` (a veth: both ends) when it exists in the caller's namespace. True when one
+/// was deleted; the `ip` error otherwise.
+Result<bool> DeleteInterfaceIfPresent(const std::string& ip_binary, const std::string& name,
+                                      std::chrono::milliseconds timeout);
+/// Deletes the network namespace `name` (with the devices in it) when /run/netns/<name> exists. True when one
+/// was deleted; the `ip` error otherwise.
+Result<bool> DeleteNetnsIfPresent(const std::string& ip_binary, const std::string& name,
+                                  std::chrono::milliseconds timeout);
 
 }  // namespace fcwarm::net

@@ -452,25 +452,28 @@ Status DeleteTaggedRules(const IptablesOptions& opts, const std::string& tag) {
   });
 }
 
-Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts,
-                                            const std::set<std::string>& live_vm_ids) {
+std::string VmIdOfTag(const IptablesOptions& opts, const std::string& comment) {
+  if (opts.tag_prefix.empty() || comment.rfind(opts.tag_prefix, 0) != 0) return "";
+  std::string rest = comment.substr(opts.tag_prefix.size());
+  auto colon = rest.find(':');  // VM ids have no ':'
+  if (colon == std::string::npos || colon == 0) return "";
+  return rest.substr(0, colon);
+}
+
+namespace {
+
+// Deletes, in one transaction, every tagged rule whose VM id `doomed` accepts; returns those ids.
+Result<std::vector<std::string>> DeleteRulesOfVms(const IptablesOptions& opts,
+                                                  const std::function<bool(const std::string&)>& doomed) {
   std::set<std::string> removed;
-  auto dead = [&](const RuleLine& r, std::string* vm) {
-    if (r.comment.rfind(opts.tag_prefix, 0) != 0) return false;
-    std::string rest = r.comment.substr(opts.tag_prefix.size());
-    auto colon = rest.find(':');  // VM ids have no ':'
-    if (colon == std::string::npos || colon == 0) return false;
-    *vm = rest.substr(0, colon);
-    return live_vm_ids.count(*vm) == 0;
-  };
   Status st = Transact(opts, [&](const SaveState& state) -> Result<std::string> {
     removed.clear();
     Batch b;
     AddDeletes(
         state,
         [&](const RuleLine& r) {
-          std::string vm;
-          if (!dead(r, &vm)) return false;
+          std::string vm = VmIdOfTag(opts, r.comment);
+          if (vm.empty() || !doomed(vm)) return false;
           removed.insert(vm);
           return true;
         },
@@ -479,6 +482,19 @@ Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts,
   });
   if (!st.ok()) return st;
   return std::vector<std::string>(removed.begin(), removed.end());
+}
+
+}  // namespace
+
+Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts,
+                                            const std::set<std::string>& live_vm_ids) {
+  return DeleteRulesOfVms(opts, [&](const std::string& vm) { return live_vm_ids.count(vm) == 0; });
+}
+
+Result<std::vector<std::string>> DeleteVmRules(const IptablesOptions& opts,
+                                               const std::set<std::string>& vm_ids) {
+  if (vm_ids.empty()) return std::vector<std::string>();
+  return DeleteRulesOfVms(opts, [&](const std::string& vm) { return vm_ids.count(vm) != 0; });
 }
 
 Status EnsureBaseChains(const IptablesOptions& opts) {

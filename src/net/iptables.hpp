@@ -75,8 +75,8 @@ struct RuleLine {
   uint64_t bytes = 0;    // byte counter
 };
 
-/// The filter and nat rules of `iptables-save [-c]` output (other tables skipped). Internal when a line is not
-/// understood or a table has no COMMIT (truncated output).
+/// The filter and nat rules of `iptables-save [-c]` output (other tables skipped). Internal when a line is
+/// not understood or a table has no COMMIT (truncated output).
 Result<std::vector<RuleLine>> ParseIptablesSave(const std::string& text);
 
 /// Every rule of the filter and nat tables, with counters. Unavailable when iptables-save fails.
@@ -99,6 +99,15 @@ Status DeleteTaggedRules(const IptablesOptions& opts, const std::string& tag);
 /// Returns the VM ids whose rules were removed (sorted, unique).
 Result<std::vector<std::string>> SweepRules(const IptablesOptions& opts,
                                             const std::set<std::string>& live_vm_ids);
+
+/// The VM id a per-VM tag names ("<tag_prefix><vm id>:<kind>[:<nonce>]"); empty when `comment` is not one.
+std::string VmIdOfTag(const IptablesOptions& opts, const std::string& comment);
+
+/// Deletes every rule (egress and published ports alike) tagged for one of `vm_ids`, in one transaction, and
+/// returns the ids whose rules were removed (sorted, unique). Rules of other VMs are never touched: the
+/// startup sweep of the VMs one store knows, while other fcwarm processes keep theirs.
+Result<std::vector<std::string>> DeleteVmRules(const IptablesOptions& opts,
+                                               const std::set<std::string>& vm_ids);
 
 /// Creates the fcwarm chains and jumps that are missing (ReplaceTaggedRules does it too).
 Status EnsureBaseChains(const IptablesOptions& opts);

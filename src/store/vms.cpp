@@ -68,6 +68,12 @@ bool VmExists(SQLite::Database& db, const std::string& id) {
   return Exists(db, "SELECT 1 FROM vms WHERE id = ?", id);
 }
 
+bool AnyVm(SQLite::Database& db) { return Exists(db, "SELECT 1 FROM vms LIMIT 1"); }
+
+bool IsLiveState(VmState state) {
+  return state == VmState::kStarting || state == VmState::kRunning || state == VmState::kStopped;
+}
+
 void InsertVm(SQLite::Database& db, const VmRecord& rec, int64_t now) {
   Exec(db,
        "INSERT INTO vms(id, name, runtime_image_id, state, boot_method, work_dir, hostname, created_at, "
@@ -117,6 +123,12 @@ void AllocateAddress(SQLite::Database& db, int64_t index, const std::string& vm_
   Exec(db, "INSERT INTO address_allocations(idx, vm_id, mac, ip_cidr, allocated_at) VALUES (?,?,?,?,?)",
        index, vm_id, mac, ip_cidr, now);
   Exec(db, "UPDATE vms SET address = ?, mac = ? WHERE id = ?", ip_cidr, mac, vm_id);
+}
+
+int64_t AddressIndexOf(SQLite::Database& db, const std::string& vm_id) {
+  SQLite::Statement q(db, "SELECT idx FROM address_allocations WHERE vm_id = ?");
+  q.bind(1, vm_id);
+  return q.executeStep() ? q.getColumn("idx").getInt64() : -1;
 }
 
 void ReleaseAddress(SQLite::Database& db, const std::string& vm_id) {

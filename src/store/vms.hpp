@@ -25,6 +25,10 @@ std::vector<VmRecord> LiveVms(SQLite::Database& db);
 int64_t CountLiveVms(SQLite::Database& db, const std::string& image_id);
 /// True when a VM has this id.
 bool VmExists(SQLite::Database& db, const std::string& id);
+/// True when any VM record exists (destroyed ones included).
+bool AnyVm(SQLite::Database& db);
+/// True for the states in which a VM may still hold resources (LiveVms()).
+bool IsLiveState(VmState state);
 /// Inserts a new VM record: `starting`, `cold`, with `rec`'s id, name, image, work directory and hostname.
 void InsertVm(SQLite::Database& db, const VmRecord& rec, int64_t now);
 /// Records a VM as running, with how it booted and its timings.
@@ -48,6 +52,8 @@ int64_t LowestFreeAddressIndex(SQLite::Database& db);
 /// Allocates index `index` (with its MAC and address) to a VM and records them on the VM.
 void AllocateAddress(SQLite::Database& db, int64_t index, const std::string& vm_id, const std::string& mac,
                      const std::string& ip_cidr, int64_t now);
+/// The allocation index a VM holds, or -1.
+int64_t AddressIndexOf(SQLite::Database& db, const std::string& vm_id);
 /// Frees a VM's address allocation.
 void ReleaseAddress(SQLite::Database& db, const std::string& vm_id);
 

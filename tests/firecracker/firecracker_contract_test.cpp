@@ -10,12 +10,16 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "backends/firecracker/api_client.hpp"
 #include "backends/firecracker/vsock.hpp"
 #include "fcwarm/firecracker_vmm.hpp"
+#include "net/iptables.hpp"
+#include "net/ports.hpp"
 #include "support/test_env.hpp"
+#include "util/common.hpp"
 #include "util/process.hpp"
 
 namespace fs = std::filesystem;
@@ -118,6 +122,42 @@ std::vector<std::string> Sockets(const fs::path& dir) {
 
 bool NetnsExists(const std::string& name) { return fs::exists("/run/netns/" + name); }
 
+// Root with iptables and TAPs: the backend's host rules (egress, published ports) can be checked. They go
+// into the root namespace's rule set, like a server's; the test that applies them puts ip_forward back and
+// removes the fcwarm chains when no tagged rule is left (HostRulesGuard).
+bool CanManageRules() {
+  static const bool ok = ::geteuid() == 0 && util::FindProgram("iptables-save") &&
+                         util::FindProgram("iptables-restore") && CanManageTaps();
+  return ok;
+}
+
+// The lines of `iptables-save` that carry a tag of this VM (its egress and published-port rules).
+std::string SavedVmRules(const std::string& vm_id) {
+  auto r = util::Run({"iptables-save"}, 20s);
+  REQUIRE(r.ok());
+  REQUIRE(r->exit_code == 0);
+  std::string out, line;
+  std::istringstream in(r->output);
+  while (std::getline(in, line)) {
+    if (line.find("fcwarm:vm:" + vm_id + ":") != std::string::npos) out += line + "\n";
+  }
+  return out;
+}
+
+// Puts back what applying host rules changes outside the rules themselves: net.ipv4.ip_forward (ApplyEgress
+// turns it on and never off) and the fcwarm chains (removed once no tagged rule of any process is left).
+class HostRulesGuard {
+ public:
+  HostRulesGuard() : forward_(util::ReadFile("/proc/sys/net/ipv4/ip_forward", 16)) { REQUIRE(forward_.ok()); }
+  ~HostRulesGuard() {
+    std::ofstream("/proc/sys/net/ipv4/ip_forward") << *forward_;
+    if (auto st = net::RemoveBaseChains({}); !st.ok()) MESSAGE("fcwarm chains stay: " << st.ToString());
+  }
+
+ private:
+  Result<std::string> forward_;
+};
+
 // A scratch world: image files, a log of API requests, backend options pointing at the fake binary.
 struct World {
   TempDir dir;
@@ -180,6 +220,8 @@ struct World {
     if (s.network.index >= 0)
       CHECK_MESSAGE(!fs::exists("/sys/class/net/" + Tap(s)), "TAP " << Tap(s) << " leaked");
     CHECK_MESSAGE(!NetnsExists(opts.netns_prefix + s.vm_id), "netns leaked");
+    if (CanManageRules())
+      CHECK_MESSAGE(SavedVmRules(s.vm_id).empty(), "rules of vm " << s.vm_id << " leaked");
   }
 
   // Every request the backend sent was accepted by the strict double.
@@ -708,6 +750,153 @@ TEST_CASE("jailer mode: chroot layout, uid/gid, snapshot files moved out of and 
   auto refused = vmm->Restore(w.Spec("clone2", false), psnap.str());
   CHECK(refused.status().code() == StatusCode::kFailedPrecondition);
   CHECK(refused.status().message().find("jailer") != std::string::npos);
+}
+
+namespace {
+
+// Network settings of a VM with an egress policy and one published port (127.0.0.1, a free host port).
+void WithHostRules(LaunchSpec& spec) {
+  spec.network.egress = "none";
+  spec.network.dns = {"192.0.2.53"};
+  spec.network.egress_allow = {"192.0.2.80/32"};
+  spec.network.egress_deny = {"10.250.0.0/16"};
+  auto ports = net::ParsePorts({"127.0.0.1::80/tcp"});
+  REQUIRE(ports.ok());
+  REQUIRE(net::AssignHostPorts(&*ports, {}).ok());
+  spec.network.ports = {ports->at(0).ToString()};
+}
+
+std::string GuestIp(const LaunchSpec& s) { return s.network.ip_cidr.substr(0, s.network.ip_cidr.find('/')); }
+
+// The VM's egress and port rules are in the host's rule set, on its TAP.
+void ExpectRulesOnTap(World& w, const LaunchSpec& spec) {
+  std::string rules = SavedVmRules(spec.vm_id);
+  CAPTURE(rules);
+  std::string tap = w.Tap(spec);
+  CHECK(rules.find("fcwarm:vm:" + spec.vm_id + ":egress:") != std::string::npos);
+  CHECK(rules.find("fcwarm:vm:" + spec.vm_id + ":ports:") != std::string::npos);
+  CHECK(rules.find("-i " + tap + " ") != std::string::npos);
+  CHECK(rules.find("-o " + tap + " ") != std::string::npos);
+  CHECK(rules.find("-d 192.0.2.53/32") != std::string::npos);  // DNS to the resolver
+  CHECK(rules.find("-d 192.0.2.80/32") != std::string::npos);  // the allowed mirror, under egress none
+  CHECK(rules.find("-d 10.250.0.0/16") != std::string::npos);  // the address pool: never
+  CHECK(rules.find("-s " + GuestIp(spec) + "/32") != std::string::npos);  // anti-spoofing, MASQUERADE
+  std::string port = spec.network.ports.at(0);                            // 127.0.0.1:<host port>:80/tcp
+  std::string host_port = port.substr(10, port.find(':', 10) - 10);
+  CHECK(rules.find("--dport " + host_port + " ") != std::string::npos);
+  CHECK(rules.find("--to-destination " + GuestIp(spec) + ":80") != std::string::npos);
+  // 127.0.0.1 is served: route_localnet on the TAP (never host-wide); forwarding is on.
+  auto localnet = net::GetSysctl("net/ipv4/conf/" + tap + "/route_localnet");
+  CHECK((localnet.ok() && *localnet == "1"));
+  auto forward = net::GetSysctl("net/ipv4/ip_forward");
+  CHECK((forward.ok() && *forward == "1"));
+}
+
+}  // namespace
+
+TEST_CASE("host rules: egress and published ports on the TAP of a VM with a network identity") {
+  if (!CanManageRules()) {
+    MESSAGE("skipped: needs root, iptables and TAP devices");
+    return;
+  }
+  HostRulesGuard guard;
+  // One case on purpose: its guard restores ip_forward, which concurrent cases of this binary would race on.
+
+  // A build VM (no identity, isolated TAP in its own namespace) gets no rules, even with settings given.
+  World w;
+  auto vmm = MakeFirecrackerVmm(w.opts);
+  auto build = w.Spec("build", false);
+  build.network.egress = "all";
+  build.network.dns = {"192.0.2.53"};
+  auto bvm = vmm->ColdBoot(build);
+  REQUIRE_MESSAGE(bvm.ok(), bvm.status().ToString());
+  CHECK(NetnsExists(w.opts.netns_prefix + build.vm_id));
+  CHECK(SavedVmRules(build.vm_id).empty());
+  REQUIRE((*bvm)->Pause().ok());
+  TempDir snap;
+  auto snapped = (*bvm)->Snapshot(snap.str());
+  REQUIRE_MESSAGE(snapped.ok(), snapped.ToString());
+  CHECK((*bvm)->Stop(1s).ok());
+  w.ExpectNothingLeaked(build);
+  // ... and a port cannot be published on it: refused before anything is created.
+  auto nolink = w.Spec("nolink", false);
+  nolink.network.ports = {"127.0.0.1:8080:80/tcp"};
+  auto refused = vmm->ColdBoot(nolink);
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.status().code() == StatusCode::kFailedPrecondition);
+  CHECK(refused.status().message().find("ports: vm " + nolink.vm_id + " has no network link") !=
+        std::string::npos);
+  CHECK(w.pids.size() == 1);  // the build VM's only
+  w.ExpectNothingLeaked(nolink);
+
+  {
+    // Cold boot: the rules exist while the VM runs and are gone after Stop().
+    auto spec = w.Spec("cold", true);
+    WithHostRules(spec);
+    auto vm = vmm->ColdBoot(spec);
+    REQUIRE_MESSAGE(vm.ok(), vm.status().ToString());
+    ExpectRulesOnTap(w, spec);
+    CHECK((*vm)->Stop(1s).ok());
+    w.ExpectNothingLeaked(spec);
+    CHECK_FALSE(fs::exists("/proc/sys/net/ipv4/conf/" + w.Tap(spec)));
+  }
+  {
+    // Restore (>= 1.12, network_overrides): on the clone's own TAP; destroying the object releases them.
+    auto c1 = w.Spec("clone1", true), c2 = w.Spec("clone2", true);
+    WithHostRules(c1);
+    WithHostRules(c2);
+    auto a = vmm->Restore(c1, snap.str());
+    auto b = vmm->Restore(c2, snap.str());
+    REQUIRE_MESSAGE(a.ok(), a.status().ToString());
+    REQUIRE_MESSAGE(b.ok(), b.status().ToString());
+    ExpectRulesOnTap(w, c1);
+    ExpectRulesOnTap(w, c2);
+    a->reset();
+    CHECK(SavedVmRules(c1.vm_id).empty());
+    CHECK_FALSE(fs::exists("/sys/class/net/" + w.Tap(c1)));
+    ExpectRulesOnTap(w, c2);  // the other clone keeps its rules
+    b->reset();
+    w.ExpectNothingLeaked(c1);
+    w.ExpectNothingLeaked(c2);
+  }
+  {
+    // A start that fails after the rules were applied releases them (and the TAP).
+    w.env.Set("FCWARM_FAKE_FC_DIE_ON", "PUT /actions");
+    auto spec = w.Spec("dies", true);
+    WithHostRules(spec);
+    auto vm = vmm->ColdBoot(spec);
+    REQUIRE_FALSE(vm.ok());
+    CHECK(vm.status().message().find("PUT /actions") != std::string::npos);
+    w.ExpectNothingLeaked(spec);
+    w.env.Unset("FCWARM_FAKE_FC_DIE_ON");
+  }
+  {
+    // Before 1.12 a clone's TAP lives in a namespace of its own, with no link to the root namespace: nothing
+    // is forwarded for it, so no egress rule is applied (and none could name its TAP in the root namespace);
+    // a published port is refused before anything is created.
+    World old("1.7.0");
+    auto ovmm = MakeFirecrackerVmm(old.opts);
+    TempDir osnap;
+    BuildSnapshot(old, osnap.path(), false);
+    auto spec = old.Spec("clone", true);
+    spec.network.egress = "all";
+    auto clone = ovmm->Restore(spec, osnap.str());
+    REQUIRE_MESSAGE(clone.ok(), clone.status().ToString());
+    CHECK(NetnsExists(old.opts.netns_prefix + spec.vm_id));
+    CHECK(SavedVmRules(spec.vm_id).empty());
+    CHECK((*clone)->Stop(1s).ok());
+    old.ExpectNothingLeaked(spec);
+    auto pspec = old.Spec("ports", true);
+    WithHostRules(pspec);
+    size_t started = old.pids.size();
+    auto no = ovmm->Restore(pspec, osnap.str());
+    REQUIRE_FALSE(no.ok());
+    CHECK(no.status().code() == StatusCode::kFailedPrecondition);
+    CHECK(no.status().message().find("has no network link") != std::string::npos);
+    CHECK(old.pids.size() == started);
+    old.ExpectNothingLeaked(pspec);
+  }
+  w.ExpectAllAccepted();
 }
 
 }  // namespace fcwarm

@@ -21,8 +21,11 @@
 #include "backends/firecracker/api_client.hpp"
 #include "backends/firecracker/files.hpp"
 #include "backends/firecracker/vsock.hpp"
+#include "backends/host_leftovers.hpp"
 #include "guest/stream_channel.hpp"
+#include "net/egress.hpp"
 #include "net/ip.hpp"
+#include "net/ports.hpp"
 #include "net/tap.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
@@ -117,6 +120,54 @@ struct Sidecar {
     return s;
   }
 };
+
+// Host-side rules of one VM, on its TAP (docs/networking.md, "Firecracker").
+struct HostRules {
+  std::optional<net::EgressRequest> egress;  // what the guest may reach
+  std::optional<net::PublishRequest> ports;  // what the host forwards to it
+};
+
+// The rules for `spec` on `root_tap`, the VM's TAP when it lives in the root namespace; empty when it lives
+// in a namespace of its own (a build VM, a clone on Firecracker < 1.12) or the VM has no NIC. Such a TAP has
+// no link to the root namespace: nothing is forwarded for the guest anywhere, so there is no egress to filter
+// (the guest reaches nothing beyond its own namespace, tighter than any policy) and no port can be published
+// (FailedPrecondition). Rules in the root namespace would be wrong there as well: they match interface names,
+// and the TAP's recorded name may belong to another VM's TAP in the root namespace.
+Result<HostRules> PlanHostRules(const LaunchSpec& spec, const std::string& root_tap) {
+  HostRules rules;
+  if (root_tap.empty() || spec.network.index < 0) {
+    if (!spec.network.ports.empty()) {
+      return Status::FailedPrecondition(
+          "ports: vm " + spec.vm_id +
+          " has no network link to the host to publish on (no TAP in the root namespace: a VM without a "
+          "network identity, a snapshot without a NIC, or a clone on Firecracker < 1.12)");
+    }
+    return rules;
+  }
+  std::string guest_ip = spec.network.ip_cidr.substr(0, spec.network.ip_cidr.find('/'));
+  if (!spec.network.egress.empty()) {
+    auto policy = net::ParseEgressPolicy(spec.network.egress, "egress");
+    if (!policy.ok()) return policy.status();
+    auto& e = rules.egress.emplace();
+    e.vm_id = spec.vm_id;
+    e.host_veth = root_tap;
+    e.guest_ip = guest_ip;
+    e.policy = *policy;
+    e.allow = spec.network.egress_allow;
+    e.dns_servers = spec.network.dns;
+    e.never = spec.network.egress_deny;
+  }
+  if (!spec.network.ports.empty()) {
+    auto ports = net::ParsePorts(spec.network.ports, "127.0.0.1", "network.ports");
+    if (!ports.ok()) return ports.status();
+    auto& p = rules.ports.emplace();
+    p.vm_id = spec.vm_id;
+    p.host_veth = root_tap;
+    p.guest_ip = guest_ip;
+    p.ports = std::move(ports).value();
+  }
+  return rules;
+}
 
 // Where one VM's files live.
 struct Layout {
@@ -306,6 +357,24 @@ class FirecrackerVm : public Vm {
     if (!image.rootfs_path.empty() && !fs::is_regular_file(image.rootfs_path, ec)) {
       return Status::InvalidArgument("rootfs '" + image.rootfs_path + "' is not a file");
     }
+    // The network and its host rules are checked before anything is created.
+    std::optional<net::TapPlan> tap;
+    if (spec.network.index >= 0 || opts_.nic_without_identity) {
+      net::TapPlan& plan = tap.emplace();
+      plan.ip_binary = opts_.ip_binary;
+      if (spec.network.index >= 0) {
+        plan.tap = opts_.tap_prefix + std::to_string(spec.network.index);
+        auto gateway = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
+        if (!gateway.ok()) return gateway.status().WithContext("network");
+        plan.gateway_cidr = *gateway;
+      } else {
+        // No identity (a build VM): an isolated TAP, so that the snapshot carries a NIC for its clones.
+        plan.tap = kIsolatedTap;
+        plan.netns = opts_.netns_prefix + vm_id_;
+      }
+    }
+    auto rules = PlanHostRules(spec, tap && tap->netns.empty() ? tap->tap : "");
+    if (!rules.ok()) return rules.status();
     if (auto st = PrepareDirs(); !st.ok()) return st;
     std::string kernel_arg = image.kernel_path, initrd_arg = image.initrd_path;
     if (layout_.jailed) {
@@ -328,23 +397,11 @@ class FirecrackerVm : public Vm {
       ChownForJail(Join(layout_.fc_dir, disk_));
     }
     std::string netns;
-    if (spec.network.index >= 0 || opts_.nic_without_identity) {
-      net::TapPlan plan;
-      plan.ip_binary = opts_.ip_binary;
-      if (spec.network.index >= 0) {
-        plan.tap = opts_.tap_prefix + std::to_string(spec.network.index);
-        auto gateway = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
-        if (!gateway.ok()) return gateway.status().WithContext("network");
-        plan.gateway_cidr = *gateway;
-      } else {
-        // No identity (a build VM): an isolated TAP, so that the snapshot carries a NIC for its clones.
-        plan.tap = kIsolatedTap;
-        plan.netns = netns = opts_.netns_prefix + vm_id_;
-      }
-      net_ = std::make_unique<net::TapNetwork>(plan);
-      if (auto st = net_->Create(); !st.ok()) return st;
+    if (tap) {
+      netns = tap->netns;
+      if (auto st = CreateNetwork(*tap, *rules); !st.ok()) return st;
       iface_id_ = kIfaceId;
-      host_dev_name_ = plan.tap;
+      host_dev_name_ = tap->tap;
     }
     if (auto st = StartProcess(spec, netns); !st.ok()) return st;
     if (auto st = ConfigureLogging(); !st.ok()) return st;
@@ -410,6 +467,26 @@ class FirecrackerVm : public Vm {
           "the Uffd memory backend needs FirecrackerOptions::uffd_handler and "
           "Firecracker >= 1.1");
     }
+    // The clone's network and its host rules are checked before anything is created.
+    json::array overrides;
+    std::optional<net::TapPlan> tap;
+    if (!side->iface_id.empty()) {
+      net::TapPlan& plan = tap.emplace();
+      plan.ip_binary = opts_.ip_binary;
+      auto gateway = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
+      if (!gateway.ok()) return gateway.status().WithContext("network");
+      plan.gateway_cidr = *gateway;
+      if (version_.AtLeast(1, 12) && spec.network.index >= 0) {
+        plan.tap = opts_.tap_prefix + std::to_string(spec.network.index);
+        overrides.push_back(json::object{{"iface_id", side->iface_id}, {"host_dev_name", plan.tap}});
+      } else {
+        // No network_overrides (< 1.12): the recorded TAP name, inside a namespace of this clone's own.
+        plan.tap = side->host_dev_name;
+        plan.netns = opts_.netns_prefix + vm_id_;
+      }
+    }
+    auto rules = PlanHostRules(spec, tap && tap->netns.empty() ? tap->tap : "");
+    if (!rules.ok()) return rules.status();
     if (auto st = PrepareDirs(); !st.ok()) return st;
 
     std::string state_arg = Join(snapshot_dir, kStateName), mem_path = Join(snapshot_dir, kMemName);
@@ -432,25 +509,10 @@ class FirecrackerVm : public Vm {
       ChownForJail(Join(layout_.fc_dir, disk_));
     }
 
-    json::array overrides;
     std::string netns;
-    if (!side->iface_id.empty()) {
-      net::TapPlan plan;
-      plan.ip_binary = opts_.ip_binary;
-      auto gateway = net::GatewayCidr(spec.network.gateway, spec.network.ip_cidr);
-      if (!gateway.ok()) return gateway.status().WithContext("network");
-      plan.gateway_cidr = *gateway;
-      if (version_.AtLeast(1, 12) && spec.network.index >= 0) {
-        plan.tap = opts_.tap_prefix + std::to_string(spec.network.index);
-        overrides.push_back(json::object{{"iface_id", side->iface_id}, {"host_dev_name", plan.tap}});
-      } else {
-        // No network_overrides (< 1.12): the recorded TAP name, inside a namespace of this clone's own.
-        plan.tap = side->host_dev_name;
-        plan.netns = opts_.netns_prefix + vm_id_;
-        netns = plan.netns;
-      }
-      net_ = std::make_unique<net::TapNetwork>(plan);
-      if (auto st = net_->Create(); !st.ok()) return st;
+    if (tap) {
+      netns = tap->netns;
+      if (auto st = CreateNetwork(*tap, *rules); !st.ok()) return st;
       iface_id_ = side->iface_id;
       host_dev_name_ =
           side->host_dev_name;  // what the state file records (kept for the clone's own snapshots)
@@ -515,6 +577,24 @@ class FirecrackerVm : public Vm {
     // Stale sockets from a previous process would make Firecracker's bind() fail.
     for (const char* name : {kApiSockName, kVsockName, kUffdSockName})
       firecracker::RemoveQuietly(Join(layout_.fc_dir, name));
+    return Status::Ok();
+  }
+
+  // Creates the VM's TAP (and namespace), then its egress rules and published ports on the TAP, before the
+  // VMM opens it. On an error AbortLaunch() releases what was created (ports, egress, then the TAP).
+  Status CreateNetwork(const net::TapPlan& plan, const HostRules& rules) {
+    net_ = std::make_unique<net::TapNetwork>(plan);
+    if (auto st = net_->Create(); !st.ok()) return st;
+    if (rules.egress) {
+      auto handle = net::ApplyEgress(*rules.egress);
+      if (!handle.ok()) return handle.status().WithContext("egress of vm " + vm_id_);
+      egress_ = std::move(handle).value();
+    }
+    if (rules.ports) {
+      auto handle = net::PublishPorts(*rules.ports);
+      if (!handle.ok()) return handle.status().WithContext("published ports of vm " + vm_id_);
+      ports_ = std::move(handle).value();
+    }
     return Status::Ok();
   }
 
@@ -671,10 +751,24 @@ class FirecrackerVm : public Vm {
     }
     for (const char* name : {kApiSockName, kVsockName, kUffdSockName})
       firecracker::RemoveQuietly(Join(layout_.fc_dir, name));
+    // Published ports first, then the egress rules, then the TAP they name.
     Status result;
+    for (auto* rules : {&ports_, &egress_}) {
+      if (!*rules) continue;
+      auto st = (*rules)->Release();
+      if (st.ok()) {
+        rules->reset();
+      } else if (result.ok()) {
+        result = st;
+      }
+    }
     if (net_) {
-      result = net_->Release();
-      if (result.ok()) net_.reset();
+      auto st = net_->Release();
+      if (st.ok()) {
+        net_.reset();
+      } else if (result.ok()) {
+        result = st;
+      }
     }
     if (layout_.jailed && !layout_.jail_id_dir.empty()) {
       util::RemoveTree(layout_.jail_id_dir);
@@ -692,6 +786,8 @@ class FirecrackerVm : public Vm {
   std::unique_ptr<firecracker::ApiClient> api_;
   std::unique_ptr<GuestChannel> guest_;
   std::unique_ptr<net::TapNetwork> net_;
+  std::unique_ptr<net::RuleHandle> egress_;  // the VM's egress rules on its TAP, released before net_
+  std::unique_ptr<net::RuleHandle> ports_;   // its published ports, released before egress_
 
   mutable std::mutex mu_;
   int pid_ = -1;
@@ -709,7 +805,7 @@ class FirecrackerVm : public Vm {
 // ---------------------------------------------------------------------------------------------------------------
 // The backend.
 
-class FirecrackerVmm : public Vmm {
+class FirecrackerVmm : public Vmm, public HostLeftovers {
  public:
   explicit FirecrackerVmm(FirecrackerOptions opts) : opts_(std::move(opts)) {}
 
@@ -736,6 +832,31 @@ class FirecrackerVmm : public Vmm {
   Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& snapshot_dir) override {
     return Launch(
         spec, [&](FirecrackerVm& vm) { return vm.Restore(spec, snapshot_dir); }, "restore");
+  }
+
+  // A crashed run's VM: the namespace named from its id (a VM without identity, a clone on < 1.12) and the
+  // TAP named from its allocation index in the root namespace — unless a running VMM holds that TAP open (a
+  // TAP has a carrier only while a process has it open), which is then not this VM's.
+  Result<int> RemoveVmLeftovers(const std::string& vm_id, int64_t index) override {
+    int removed = 0;
+    constexpr auto kTimeout = std::chrono::milliseconds(10000);
+    if (!vm_id.empty() && vm_id.find('/') == std::string::npos) {
+      auto ns = net::DeleteNetnsIfPresent(opts_.ip_binary, opts_.netns_prefix + vm_id, kTimeout);
+      if (!ns.ok()) return ns.status();
+      removed += *ns ? 1 : 0;
+    }
+    if (index >= 0) {
+      std::string tap = opts_.tap_prefix + std::to_string(index);
+      if (net::InterfaceHasCarrier(tap)) {
+        spdlog::warn("firecracker: TAP {} of lost vm {} is held open by a running process; left in place",
+                     tap, vm_id);
+      } else {
+        auto deleted = net::DeleteInterfaceIfPresent(opts_.ip_binary, tap, kTimeout);
+        if (!deleted.ok()) return deleted.status();
+        removed += *deleted ? 1 : 0;
+      }
+    }
+    return removed;
   }
 
  private:

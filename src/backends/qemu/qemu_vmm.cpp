@@ -20,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "backends/host_leftovers.hpp"
 #include "backends/qemu/qemu_config.hpp"
 #include "backends/qemu/qmp_client.hpp"
 #include "guest/line_stream.hpp"
@@ -593,7 +594,7 @@ class QemuVm final : public Vm {
 
 // ---------------------------------------------------------------------------------------------------------------
 
-class QemuVmm final : public Vmm {
+class QemuVmm final : public Vmm, public HostLeftovers {
  public:
   explicit QemuVmm(QemuOptions o) : opt_(std::move(o)) {}
 
@@ -807,6 +808,20 @@ class QemuVmm final : public Vmm {
     if (!spec.network.mac.empty()) return spec.network.mac;
     std::string d = util::Xxh3Hex(spec.vm_id);
     return "02:fc:" + d.substr(0, 2) + ":" + d.substr(2, 2) + ":" + d.substr(4, 2) + ":" + d.substr(6, 2);
+  }
+
+  // A crashed run's VM: its namespace and host veth are named from its id (NamesForVm); the rest of its
+  // devices live in the namespace.
+  Result<int> RemoveVmLeftovers(const std::string& vm_id, int64_t /*index*/) override {
+    net::NetnsPlan plan;
+    if (auto st = net::NamesForVm(vm_id, opt_.netns_prefix, opt_.veth_prefix, &plan); !st.ok()) return st;
+    int removed = 0;
+    auto veth = net::DeleteInterfaceIfPresent(opt_.ip_binary, plan.host_veth, opt_.tool_timeout);
+    if (!veth.ok()) return veth.status();
+    removed += *veth ? 1 : 0;
+    auto ns = net::DeleteNetnsIfPresent(opt_.ip_binary, plan.netns, opt_.tool_timeout);
+    if (!ns.ok()) return ns.status();
+    return removed + (*ns ? 1 : 0);
   }
 
   Result<net::NetnsPlan> NetPlan(const LaunchSpec& spec) {
