@@ -81,9 +81,11 @@ class RestoreEngine {
   /// \brief The live VM handle (for guest access), or NotFound when it is not running in this process.
   /// \param vm_id The VM.
   Result<std::shared_ptr<Vm>> Handle(const std::string& vm_id) const;
-  /// \brief Mean cold-boot-to-ready time of recent cold boots of an image, in ms (for "time saved").
+  /// \brief Mean cold-boot-to-ready time of recent cold boots of an image, in ms (for "time saved"); before
+  /// the first cold boot of a VM, the mean boot-to-runtime-ready time of its snapshot builds (a build VM boots
+  /// cold and waits for the runtime).
   /// \param runtime_image_id The image.
-  /// \return The mean, or nullopt when no cold boot was measured yet.
+  /// \return The mean, or nullopt when neither was measured yet.
   std::optional<double> MeasuredColdBootMs(const std::string& runtime_image_id) const;
   /// \brief Installs a hook called on the provisioning thread right after a warm clone was restored and
   /// before its identity refresh and runtime verification (fault injection in tests, diagnostics). A hook

@@ -7,8 +7,9 @@ unreachable mirror fails a container clearly within a bounded time.
 
 Nothing leaves this machine: the registry is tests/support/registry.py (Debian's docker-registry in a network
 namespace of its own, serving an offline stand-in for nginx:alpine); the server runs with `--egress none` (the
-mirror is allowed automatically) and `--dns` pointing at the registry's own address, where nothing answers DNS,
-so dockerd's fallback to Docker Hub fails at once instead of leaving the host.
+mirror is allowed automatically) and `--dns` pointing at the host end of the registry's link: a guest never
+reaches the host's own services (its queries are rejected at once), so dockerd's fallback to Docker Hub fails
+fast instead of leaving the host.
 
 Skips without QEMU, the docker runtime image (FCWARM_DOCKER_IMAGE_DIR) or the registry's tools, unless
 FCWARM_REQUIRE_DOCKER=1 / FCWARM_REQUIRE_REGISTRY=1."""
@@ -121,7 +122,7 @@ def reg():
 def server(reg):
     ip_forward = open("/proc/sys/net/ipv4/ip_forward").read()
     s = Server("--backend", "qemu", "--bootstrap-docker-image-dir", IMAGE_DIR, "--registry-mirror", reg.url,
-               "--dns", reg.registry_ip, "--pull-timeout", "120")
+               "--dns", reg.host_ip, "--pull-timeout", "120")
     yield s
     s.stop()
     s.close()
@@ -243,7 +244,7 @@ def test_unreachable_mirror_fails_clearly_and_in_time(reg):
     # A second server whose mirror refuses connections (the registry's address, a closed port).
     ip_forward = open("/proc/sys/net/ipv4/ip_forward").read()
     s = Server("--backend", "qemu", "--bootstrap-docker-image-dir", IMAGE_DIR, "--registry-mirror",
-               f"http://{reg.registry_ip}:5999", "--dns", reg.registry_ip, "--pull-timeout", "90")
+               f"http://{reg.registry_ip}:5999", "--dns", reg.host_ip, "--pull-timeout", "90")
     try:
         t0 = time.monotonic()
         st, _, doc = s.post("/v1/containers", {"image": "nginx:alpine", "ports": ["80"], "force_cold": True})
