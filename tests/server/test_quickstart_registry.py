@@ -15,6 +15,7 @@ Skips without QEMU, the docker runtime image (FCWARM_DOCKER_IMAGE_DIR) or the re
 FCWARM_REQUIRE_DOCKER=1 / FCWARM_REQUIRE_REGISTRY=1."""
 
 import json
+import re
 import os
 import shutil
 import socket
@@ -54,10 +55,31 @@ def _preconditions():
     return None
 
 
-def rules():
-    """The host's IPv4 rule set without counters and comments: what a container must not leave behind."""
+TAG = re.compile(r"fcwarm:vm:([0-9a-f-]{36}):")
+
+
+def rules(ours=None):
+    """The host's IPv4 rule set (iptables-save without counters and comments). Other fcwarm processes on this
+    host (other test suites) come and go meanwhile: with `ours` (VM ids), rules tagged for any other VM and the
+    fcwarm chains and jumps every process shares are left out, so what remains is the rest of the host's rules
+    plus those of our VMs."""
     out = subprocess.run(["iptables-save"], capture_output=True, text=True, check=True).stdout
-    return [ln for ln in out.splitlines() if ln and not ln.startswith("#")]
+    lines = [ln for ln in out.splitlines() if ln and not ln.startswith("#")]
+    if ours is None:
+        return lines
+    kept = []
+    for ln in lines:
+        m = TAG.search(ln)
+        if m:
+            if m.group(1) in ours:
+                kept.append(ln)
+        elif "FCWARM" not in ln.upper():
+            kept.append(ln)
+    return kept
+
+
+def rules_of(ids):
+    return [ln for ln in rules() if (m := TAG.search(ln)) and m.group(1) in ids]
 
 
 def port_free(port):
@@ -124,12 +146,13 @@ def server(reg):
     s = Server("--backend", "qemu", "--bootstrap-docker-image-dir", IMAGE_DIR, "--registry-mirror", reg.url,
                "--dns", reg.host_ip, "--pull-timeout", "120")
     yield s
+    st, _, doc = s.get("/v1/containers?include_destroyed=true")
+    ids = {i["id"] for i in doc.get("items", [])} if st == 200 else set()
     s.stop()
     s.close()
     with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
         f.write(ip_forward)
-    # The last fcwarm process with rules takes the chains with it.
-    assert not [ln for ln in rules() if "FCWARM" in ln.upper()], "fcwarm rules left after the server stopped"
+    assert not rules_of(ids), "rules of this server's VMs left after it stopped"
 
 
 def image_id(server, name="docker"):
@@ -200,7 +223,7 @@ def test_quickstart_verbatim(server, reg, snapshot):
 
 
 def test_published_ports_cold_and_warm(server, reg, snapshot):
-    baseline = rules()
+    baseline = rules(ours=set())
     ports = [free_port() for _ in range(3)]
     assert len(set(ports)) == 3
     created = []
@@ -237,7 +260,7 @@ def test_published_ports_cold_and_warm(server, reg, snapshot):
         st, _, _ = server.delete(f"/v1/containers/{c['id']}")
         assert st == 200
     assert all(port_free(p) for p in ports)
-    assert rules() == baseline
+    assert rules(ours={c["id"] for c in created}) == baseline
 
 
 def test_unreachable_mirror_fails_clearly_and_in_time(reg):
@@ -256,7 +279,7 @@ def test_unreachable_mirror_fails_clearly_and_in_time(reg):
         assert item["state"] == "failed" and item["vm_state"] == "destroyed", item
         assert item["timings"]["pull"] < 90000, item
         print(f"unreachable mirror: failed after {elapsed:.1f} s: {msg}")
-        assert not [ln for ln in rules() if item["id"] in ln]
+        assert not rules_of({item["id"]})
         host_port = int(item["ports"][0].split(":")[1])
         assert port_free(host_port)
     finally:
