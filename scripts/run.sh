@@ -21,8 +21,9 @@ bind="${FCWARM_BIND:-127.0.0.1:18080}"
 
 mkdir -p "$data_dir"
 log="$data_dir/fcwarm-server.log"
-# FCWARM_REGISTRY_MIRROR: comma-separated mirror URLs; FCWARM_EGRESS: all (default), none or CIDR,...
-extra=(--egress "${FCWARM_EGRESS:-all}")
+# FCWARM_REGISTRY_MIRROR: comma-separated mirror URLs; FCWARM_EGRESS: all (default), none or CIDR,...;
+# FCWARM_PUBLISH_ADDRESS: host address published container ports bind to (default 127.0.0.1).
+extra=(--egress "${FCWARM_EGRESS:-all}" --publish-address "${FCWARM_PUBLISH_ADDRESS:-127.0.0.1}")
 IFS=',' read -r -a mirrors <<<"${FCWARM_REGISTRY_MIRROR:-}"
 for m in "${mirrors[@]}"; do
   [[ -n "$m" ]] && extra+=(--registry-mirror "$m")

@@ -198,6 +198,7 @@ def test_quickstart_verbatim(server, reg, snapshot):
                    "-d", '{\n    "name": "my-nginx",\n    "image": "nginx:alpine"\n  }')
     elapsed = time.monotonic() - t0
     doc = json.loads(out)
+    assert "id" in doc, doc
     cid = doc["id"]
     assert doc["item"]["state"] == "running", doc
     assert cli.jq(cli.curl(f"http://127.0.0.1:18080/v1/containers/{cid}"), ".item.boot_method").strip() == '"warm"'
