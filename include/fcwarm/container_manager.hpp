@@ -175,9 +175,8 @@ class ContainerManager {
   ContainerManager& operator=(const ContainerManager&) = delete;
 
   /// \brief Validates a request and records the container as `provisioning` without starting anything
-  /// (for callers that start it in the background with Start()).
-  /// \param request What to run.
-  /// The published ports are checked and reserved here, before any VM starts.
+  /// (for callers that start it in the background with Start()). The published ports are checked and reserved
+  /// here, before any VM starts.
   /// \param request What to run.
   /// \return The record; InvalidArgument naming the bad field (a port out of range, two entries on one host
   /// port, an address not of this host); FailedPrecondition when a host port is taken (published for another
