@@ -288,3 +288,17 @@ def test_unreachable_mirror_fails_clearly_and_in_time(reg):
         s.close()
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write(ip_forward)
+
+
+def test_quickstart_rebuild_and_delete(server, snapshot):
+    """The guide's management commands, verbatim: rebuild, then delete (the build still running is discarded)."""
+    cli = Cli(server)
+    sid = snapshot
+    doc = json.loads(cli.curl("-X", "POST", f"http://127.0.0.1:18080/v1/runtime-snapshots/{sid}/rebuild"))
+    assert doc["id"] == sid and doc["state"] == "creating" and doc["item"]["state"] == "creating", doc
+    assert json.loads(cli.curl("-X", "DELETE", f"http://127.0.0.1:18080/v1/runtime-snapshots/{sid}")) == {"ok": True}
+    listed = json.loads(cli.jq(cli.curl("http://127.0.0.1:18080/v1/runtime-snapshots"), "."))
+    assert sid not in [i["id"] for i in listed["items"]], listed
+    health = json.loads(cli.jq(cli.curl(f"http://127.0.0.1:18080/v1/runtime-snapshots/{sid}"),
+                               "{state, success_count, failure_count}"))
+    assert health["state"] == "deleted", health

@@ -27,6 +27,7 @@
 #include "net/ip.hpp"
 #include "net/ports.hpp"
 #include "net/tap.hpp"
+#include "backends/host_rules.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -121,52 +122,16 @@ struct Sidecar {
   }
 };
 
-// Host-side rules of one VM, on its TAP (docs/networking.md, "Firecracker").
-struct HostRules {
-  std::optional<net::EgressRequest> egress;  // what the guest may reach
-  std::optional<net::PublishRequest> ports;  // what the host forwards to it
-};
-
-// The rules for `spec` on `root_tap`, the VM's TAP when it lives in the root namespace; empty when it lives
+// The rules for `spec` on `root_tap`, the VM's TAP when it lives in the root namespace; none when it lives
 // in a namespace of its own (a build VM, a clone on Firecracker < 1.12) or the VM has no NIC. Such a TAP has
 // no link to the root namespace: nothing is forwarded for the guest anywhere, so there is no egress to filter
 // (the guest reaches nothing beyond its own namespace, tighter than any policy) and no port can be published
 // (FailedPrecondition). Rules in the root namespace would be wrong there as well: they match interface names,
 // and the TAP's recorded name may belong to another VM's TAP in the root namespace.
-Result<HostRules> PlanHostRules(const LaunchSpec& spec, const std::string& root_tap) {
-  HostRules rules;
-  if (root_tap.empty() || spec.network.index < 0) {
-    if (!spec.network.ports.empty()) {
-      return Status::FailedPrecondition(
-          "ports: vm " + spec.vm_id +
-          " has no network link to the host to publish on (no TAP in the root namespace: a VM without a "
-          "network identity, a snapshot without a NIC, or a clone on Firecracker < 1.12)");
-    }
-    return rules;
-  }
-  std::string guest_ip = spec.network.ip_cidr.substr(0, spec.network.ip_cidr.find('/'));
-  if (!spec.network.egress.empty()) {
-    auto policy = net::ParseEgressPolicy(spec.network.egress, "egress");
-    if (!policy.ok()) return policy.status();
-    auto& e = rules.egress.emplace();
-    e.vm_id = spec.vm_id;
-    e.host_veth = root_tap;
-    e.guest_ip = guest_ip;
-    e.policy = *policy;
-    e.allow = spec.network.egress_allow;
-    e.dns_servers = spec.network.dns;
-    e.never = spec.network.egress_deny;
-  }
-  if (!spec.network.ports.empty()) {
-    auto ports = net::ParsePorts(spec.network.ports, "127.0.0.1", "network.ports");
-    if (!ports.ok()) return ports.status();
-    auto& p = rules.ports.emplace();
-    p.vm_id = spec.vm_id;
-    p.host_veth = root_tap;
-    p.guest_ip = guest_ip;
-    p.ports = std::move(ports).value();
-  }
-  return rules;
+Result<HostRules> PlanTapRules(const LaunchSpec& spec, const std::string& root_tap) {
+  return PlanHostRules(spec.network, spec.vm_id, root_tap,
+                       "no TAP in the root namespace: a VM without a network identity, a snapshot without a NIC, "
+                       "or a clone on Firecracker < 1.12");
 }
 
 // Where one VM's files live.
@@ -373,7 +338,7 @@ class FirecrackerVm : public Vm {
         plan.netns = opts_.netns_prefix + vm_id_;
       }
     }
-    auto rules = PlanHostRules(spec, tap && tap->netns.empty() ? tap->tap : "");
+    auto rules = PlanTapRules(spec, tap && tap->netns.empty() ? tap->tap : "");
     if (!rules.ok()) return rules.status();
     if (auto st = PrepareDirs(); !st.ok()) return st;
     std::string kernel_arg = image.kernel_path, initrd_arg = image.initrd_path;
@@ -485,7 +450,7 @@ class FirecrackerVm : public Vm {
         plan.netns = opts_.netns_prefix + vm_id_;
       }
     }
-    auto rules = PlanHostRules(spec, tap && tap->netns.empty() ? tap->tap : "");
+    auto rules = PlanTapRules(spec, tap && tap->netns.empty() ? tap->tap : "");
     if (!rules.ok()) return rules.status();
     if (auto st = PrepareDirs(); !st.ok()) return st;
 

@@ -28,6 +28,7 @@
 #include "net/egress.hpp"
 #include "net/netns.hpp"
 #include "net/ports.hpp"
+#include "backends/host_rules.hpp"
 #include "util/common.hpp"
 #include "util/process.hpp"
 
@@ -174,12 +175,6 @@ Result<std::string> QemuVersion(const QemuOptions& o) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // What the guest channel needs to explain a failure without touching the Vm (no locks shared).
-// Host-side rules of one VM, on the host end of its veth.
-struct HostRules {
-  std::optional<net::EgressRequest> egress;  // what the guest may reach
-  std::optional<net::PublishRequest> ports;  // what the host forwards to it
-};
-
 struct ProcessView {
   std::atomic<int> pid{-1};
   std::atomic<bool> exited{false};  // set once the Vm reaped it (the pid may then be reused)
@@ -732,33 +727,12 @@ class QemuVmm final : public Vmm, public HostLeftovers {
     }
     // Egress rules and published ports go on the host end of the VM's veth; a VM without a link (a build VM)
     // has neither.
-    HostRules rules;
-    bool linked = plan && !plan->host_veth.empty();
-    std::string guest_ip = spec.network.ip_cidr.substr(0, spec.network.ip_cidr.find('/'));
-    if (linked && !spec.network.egress.empty()) {
-      auto policy = net::ParseEgressPolicy(spec.network.egress, "egress");
-      if (!policy.ok()) return policy.status();
-      auto& e = rules.egress.emplace();
-      e.vm_id = spec.vm_id;
-      e.host_veth = plan->host_veth;
-      e.guest_ip = guest_ip;
-      e.policy = *policy;
-      e.allow = spec.network.egress_allow;
-      e.dns_servers = spec.network.dns;
-      e.never = spec.network.egress_deny;
-    }
-    if (!spec.network.ports.empty()) {
-      if (!linked) return Status::FailedPrecondition("ports: vm " + spec.vm_id + " has no network link to publish on");
-      auto ports = net::ParsePorts(spec.network.ports, "127.0.0.1", "network.ports");
-      if (!ports.ok()) return ports.status();
-      auto& p = rules.ports.emplace();
-      p.vm_id = spec.vm_id;
-      p.host_veth = plan->host_veth;
-      p.guest_ip = guest_ip;
-      p.ports = std::move(ports).value();
-    }
+    auto rules = PlanHostRules(spec.network, spec.vm_id, plan ? plan->host_veth : "",
+                               "no veth to the root namespace: a VM without a network identity, or --qemu-network "
+                               "none");
+    if (!rules.ok()) return rules.status();
     auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started);
-    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr, rules); !st.ok()) return st;
+    if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr, *rules); !st.ok()) return st;
     return vm;
   }
 
