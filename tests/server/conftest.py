@@ -34,6 +34,10 @@ class Server:
         # Tests never let guests reach beyond this machine: no egress unless a test asks for one.
         if not any(a == "--egress" or a.startswith("--egress=") for a in extra):
             self.args += ["--egress", "none"]
+        # Resolvers are reachable under every egress policy; the host's would forward a guest's queries (e.g.
+        # dockerd's fallback to Docker Hub) beyond this machine. The guest's own loopback answers nothing.
+        if not any(a == "--dns" or a.startswith("--dns=") for a in extra):
+            self.args += ["--dns", "127.0.0.1"]
         self.args += list(extra)
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)

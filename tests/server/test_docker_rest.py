@@ -63,10 +63,11 @@ def test_docker_containers_cold_then_warm(docker_server):
     for step in ("cold_boot", "runtime_verify", "container_create", "container_start", "total"):
         assert step in cold["timings"], cold["timings"]
     check_ran(s, cold["id"])
-    # An image the runtime does not have: 404 naming it, and the container's VM is released.
+    # An image the runtime does not have and cannot pull (no egress, no resolver: conftest): 503 with Docker's
+    # pull error naming it, and the container's VM is released.
     st, _, doc = s.post("/v1/containers", {**body, "name": "nope", "image": "nginx:latest"})
-    assert st == 404, doc
-    assert "nginx:latest" in doc["error"]["message"]
+    assert st == 503, doc
+    assert doc["error"]["message"].startswith("pull nginx:latest: docker pull:"), doc
 
     st, _, doc = s.post("/v1/runtime-snapshots", {"runtime_image_id": image_id})
     assert st == 202, doc
