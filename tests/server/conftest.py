@@ -15,6 +15,25 @@ SERVER_BIN = os.environ.get("FCWARM_SERVER_BIN", "")
 TOKEN = "s3cret-token-0123456789abcdef"
 
 
+def _host_address():
+    """The IPv4 address of the interface that holds this host's default route (it stays while tests add and
+    remove their own links), or None. Only reads the configuration; sends nothing."""
+    try:
+        route = subprocess.run(["ip", "-4", "route", "show", "default"], capture_output=True, text=True,
+                               timeout=10).stdout.split()
+        if "dev" not in route:
+            return None
+        dev = route[route.index("dev") + 1]
+        addrs = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", dev, "scope", "global"],
+                               capture_output=True, text=True, timeout=10).stdout.split()
+    except OSError:
+        return None
+    return addrs[addrs.index("inet") + 1].split("/")[0] if "inet" in addrs else None
+
+
+HOST_ADDRESS = _host_address()
+
+
 class Server:
     """One fcwarm-server process. `stop()` sends SIGTERM and waits; the fixture kills it if still alive."""
 
@@ -35,9 +54,10 @@ class Server:
         if not any(a == "--egress" or a.startswith("--egress=") for a in extra):
             self.args += ["--egress", "none"]
         # Resolvers are reachable under every egress policy; the host's would forward a guest's queries (e.g.
-        # dockerd's fallback to Docker Hub) beyond this machine. The guest's own loopback answers nothing.
-        if not any(a == "--dns" or a.startswith("--dns=") for a in extra):
-            self.args += ["--dns", "127.0.0.1"]
+        # dockerd's fallback to Docker Hub) beyond this machine. One of this host's own addresses instead: a
+        # guest never reaches the host's services, so its queries are rejected at once.
+        if not any(a == "--dns" or a.startswith("--dns=") for a in extra) and HOST_ADDRESS:
+            self.args += ["--dns", HOST_ADDRESS]
         self.args += list(extra)
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
