@@ -7,13 +7,15 @@ guests' registry mirror. Nothing leaves this machine: `--egress none` (the mirro
 other destination is rejected by the host's rules) and `--dns` is the registry's own address (no resolver
 listens there, so not even a DNS query leaves the host). The build VM pulls through its own network (the
 registry's access log shows it); the snapshot lists the image; the warm container's record shows no pull and
-the registry sees no request for the image after the build. Everything is cleaned up: the server, the registry
+the registry sees no request for the image after the build. A second runtime image whose preload the registry
+does not have fails its build in phase `preloading` with Docker's message. Everything is cleaned up: the server, the registry
 (namespace, veth, process, directory), the fcwarm iptables rules and chains; net.ipv4.ip_forward is put back.
 
 Skips without root, the registry tools (docker-registry, skopeo, busybox-static), iptables, QEMU or the docker
 runtime image, unless FCWARM_REQUIRE_REGISTRY=1 or FCWARM_REQUIRE_DOCKER=1 (then it fails)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,22 +60,21 @@ def fcwarm_rules():
 
 @pytest.fixture
 def host_state():
-    """Checks the host is left as found: no fcwarm rule before or after, ip_forward put back."""
+    """Yields the fcwarm rules found before the test (normally none) and puts ip_forward back afterwards."""
     reason = _skip_reason()
     if reason:
         if REQUIRE:
             pytest.fail("FCWARM_REQUIRE_REGISTRY/FCWARM_REQUIRE_DOCKER=1 but " + reason)
         pytest.skip(reason)
-    before_rules = fcwarm_rules()
     with open(IP_FORWARD) as f:
         forward = f.read()
-    yield
+    yield fcwarm_rules()
     with open(IP_FORWARD, "w") as f:
         f.write(forward)
-    assert fcwarm_rules() == before_rules
 
 
 def test_preloaded_image_starts_warm_without_a_pull(host_state):
+    rules_before = host_state
     with registry.Registry() as reg:
         reg.push(registry.build_standard_images(os.path.join(reg.dir, "images"))["nginx"])
         server = Server("--backend", "qemu", "--bootstrap-docker-image-dir", IMAGE_DIR,
@@ -88,6 +89,15 @@ def test_preloaded_image_starts_warm_without_a_pull(host_state):
             server.close()
         assert "event=stopped" in log, log[-4000:]
     assert reg.leftovers() == []
+    # Nothing of ours is left in the host's rule set: no rule names one of this server's VMs (the build VM and
+    # the container's), and on a host without other fcwarm processes no fcwarm chain or rule at all.
+    vms = set(re.findall(r"qemu: vm fcwarm-([0-9a-f-]{36}) started", log))
+    # The two build VMs and the warm clone (an automatic retry of the failed build may have started one more).
+    assert len(vms) >= 3, vms
+    rules_after = fcwarm_rules()
+    assert [r for r in rules_after if any(v in r for v in vms)] == []
+    if not rules_before:
+        assert rules_after == [], rules_after
 
 
 def run(s, reg):
@@ -130,3 +140,22 @@ def run(s, reg):
           f"(no pull), snapshot images {snap['images']}")
     st, _, _ = s.delete(f"/v1/containers/{item['id']}")
     assert st == 200
+
+    # An image the registry does not have: the build fails in phase preloading with Docker's own message, and
+    # the unreachable fallback to Docker Hub shows that nothing left the machine (DNS goes to the registry).
+    base = imgs["items"][0]
+    body = {k: base[k] for k in ("backend", "kernel_path", "initrd_path", "rootfs_path", "boot_args", "vcpus",
+                                 "memory_mib", "runtime_check")}
+    st, _, doc = s.post("/v1/images", {**body, "name": "docker-bad", "preload_images": ["nginx:latest"]})
+    assert st == 201, doc
+    assert doc["item"]["preload_images"] == ["nginx:latest"]
+    mark = reg.mark()
+    st, _, doc = s.post("/v1/runtime-snapshots", {"runtime_image_id": doc["id"]})
+    assert st == 202, doc
+    bad = poll_item(s, "/v1/runtime-snapshots/" + doc["id"], "creating", 1500, interval=0.5)
+    assert bad["state"] == "unhealthy", bad
+    assert bad["last_error"].startswith("build failed in phase preloading: preload nginx:latest: docker pull: "), bad
+    assert bad["images"] == [] and bad["generation"] == 0, bad
+    asked = [r for r in reg.requests(mark) if r.name == "library/nginx" and r.ref == "latest"]
+    assert asked and all(r.status == 404 for r in asked), reg.requests(mark)
+    print(f"failed preload: {bad['last_error']}")
