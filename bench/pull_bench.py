@@ -134,7 +134,12 @@ def bench(svc, reg, args):
     out["build_preload_pulls"] = reg.pulls("fcwarm/pull-bench", since=mark)
     print(f"  {out['build_preload_ms']:.0f} ms, images {snap_pre.images}, registry {out['build_preload_pulls']}",
           flush=True)
-    events = svc.store.events(kind="build", snapshot_id=snap_pre.id, newest_first=True, limit=1)
+    deadline = time.monotonic() + 30  # the build's event is written just after its state
+    while True:
+        events = svc.store.events(kind="build", snapshot_id=snap_pre.id, newest_first=True, limit=1)
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     out["preloading_ms"] = events[0].timings.get("preloading", float("nan")) if events else float("nan")
     print("preloaded (no pull):", flush=True)
     mark = reg.mark()

@@ -53,3 +53,33 @@ def test_preloaded_image_starts_warm_without_a_pull(fake_service):
     assert rec.pull is None and "pull" not in rec.timings
     assert fake.pulls == 1
     svc.containers.destroy(rec.id)
+
+
+def test_cli_image_add_preload_and_snapshot_images(tmpdir_path):
+    import io
+    import json
+
+    from fcwarm import cli
+
+    fake = fcwarm.testing.FakeVmm()
+    vmms = fcwarm.VmmRegistry()
+    vmms.add(fake)
+    data = os.path.join(tmpdir_path, "data")
+    kernel = write_file(os.path.join(tmpdir_path, "vmlinux"), b"kernel")
+
+    def run(*argv):
+        out = io.StringIO()
+        return cli.main(["--data-dir", data, *argv], out=out, vmms=vmms), out.getvalue()
+
+    base = ("--kernel", kernel, "--backend", "fake", "--memory-mib", "128", "--check-kind", "docker",
+            "--check-path", "/var/run/docker.sock")
+    code, out = run("--json", "image", "add", "dock", *base, "--preload-image", "nginx:alpine")
+    assert code == 0, out
+    assert json.loads(out)["preload_images"] == ["nginx:alpine"]
+    code, _ = run("image", "add", "bad", *base, "--preload-image", "nginx:alpine", "--preload-image", "Bad")
+    assert code == cli.EXIT_USAGE
+    code, out = run("--json", "snapshot", "create", "dock")
+    assert code == 0, out
+    snap = json.loads(out)
+    assert snap["state"] == "ready" and snap["images"] == ["busybox:latest", "nginx:alpine"], snap
+    assert fake.pulls == 1
