@@ -62,10 +62,10 @@ struct SnapshotManagerOptions {
   std::chrono::milliseconds stop_grace{5000};
   /// \brief Kill VMM processes recorded by a previous run at startup (reconciliation). Default: true.
   bool reconcile_processes = true;
-  /// \brief Container images (Docker references, e.g. "nginx:alpine") every build of a container runtime image
-  /// (runtime check kind "docker") pulls before the snapshot, before the image's own
-  /// RuntimeImage::preload_images; a failed pull fails the build. Validated by Create() (InvalidArgument naming
-  /// `preload_images[i]`). Default: none.
+  /// \brief Container images (Docker references, e.g. "nginx:alpine") every build of a container runtime
+  /// image (runtime check kind "docker") pulls before the snapshot, before the image's own
+  /// RuntimeImage::preload_images; a failed pull fails the build. Validated by Create() (InvalidArgument
+  /// naming `preload_images[i]`). Default: none.
   std::vector<std::string> preload_images;
   /// \brief Deadline of one preload pull. Default: 300 s.
   std::chrono::milliseconds pull_timeout{300000};

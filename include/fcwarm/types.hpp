@@ -137,8 +137,8 @@ struct RuntimeImage {
   VmShape shape;             ///< VM shape.
   RuntimeCheck runtime_check;  ///< Readiness check.
   /// \brief Container images (Docker references) every snapshot build of this image pulls before the
-  /// snapshot, after SnapshotManagerOptions::preload_images; only for runtime check kind "docker", at most 32,
-  /// no reference twice. Default: none.
+  /// snapshot, after SnapshotManagerOptions::preload_images; only for runtime check kind "docker", at most
+  /// 32, no reference twice. Default: none.
   std::vector<std::string> preload_images;
   int64_t created_at = 0;    ///< Creation time, Unix milliseconds.
   /// \brief A path that identifies the image on disk (the rootfs if set, else the initrd, else the kernel).
@@ -169,8 +169,8 @@ struct RuntimeSnapshot {
   std::vector<SnapshotFile> files;   ///< Files with checksums.
   std::string manifest_digest;       ///< XXH3-128 of manifest.json.
   /// \brief Container images the current generation holds: the tags (or, for untagged images, the digests)
-  /// its Docker daemon listed at snapshot time, sorted; empty for runtime images without Docker and before the
-  /// first build.
+  /// its Docker daemon listed at snapshot time, sorted; empty for runtime images without Docker and before
+  /// the first build.
   std::vector<std::string> images;
   int64_t success_count = 0;         ///< Warm restores that succeeded.
   int64_t failure_count = 0;         ///< Warm restores that failed.

@@ -231,16 +231,18 @@ int main(int argc, char** argv) {
                  "Host address published container ports bind to when a request names none: 127.0.0.1 (only "
                  "this host), 0.0.0.0 (every address) or one address of this host")
       ->capture_default_str();
-  app.add_option("--pull-timeout", cfg.pull_timeout_s,
-                 "Seconds an image pull in a guest may take (a container's, or one preload of a snapshot build)")
+  app.add_option(
+         "--pull-timeout", cfg.pull_timeout_s,
+         "Seconds an image pull in a guest may take (a container's, or one preload of a snapshot build)")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600));
   app.add_option("--insecure-registry", cfg.insecure_registries,
                  "Registry the guests' Docker daemons may reach over plain HTTP (host:port or CIDR; repeatable)");
-  app.add_option("--preload-image", cfg.preload_images,
-                 "Container image (e.g. nginx:alpine) every snapshot build of a container runtime image pulls before "
-                 "the snapshot, so warm containers of it start without a pull (repeatable; a failed pull fails the "
-                 "build)");
+  app.add_option(
+      "--preload-image", cfg.preload_images,
+      "Container image (e.g. nginx:alpine) every snapshot build of a container runtime image pulls before "
+      "the snapshot, so warm containers of it start without a pull (repeatable; a failed pull fails the "
+      "build)");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -302,7 +304,8 @@ int main(int argc, char** argv) {
     }
     for (size_t j = 0; j < i; ++j) {
       if (ParseImageReference(cfg.preload_images[j])->Normalized() == ref->Normalized()) {
-        spdlog::critical("event=config_error msg=\"--preload-image: '{}' is given twice\"", cfg.preload_images[i]);
+        spdlog::critical("event=config_error msg=\"--preload-image: '{}' is given twice\"",
+                         cfg.preload_images[i]);
         return 2;
       }
     }

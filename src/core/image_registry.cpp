@@ -3,7 +3,6 @@
 #include <sys/stat.h>
 
 #include <filesystem>
-
 #include <set>
 
 #include "fcwarm/ids.hpp"
@@ -62,14 +61,16 @@ Status ValidateCheck(const RuntimeCheck& c) {
   return Status::InvalidArgument("runtime_check.kind: '" + c.kind + "' is not one of none, file, docker, command");
 }
 
-// Container images a build pulls: Docker references (stored in canonical spelling), each once, at most 32, and
-// only for container runtime images.
+// Container images a build pulls: Docker references (stored in canonical spelling), each once, at most 32,
+// and only for container runtime images.
 Status ValidatePreload(RuntimeImage& image) {
   auto& list = image.preload_images;
   if (list.empty()) return Status::Ok();
   if (image.runtime_check.kind != "docker") {
-    return Status::InvalidArgument("preload_images: only container runtime images (runtime_check.kind 'docker') pull "
-                                   "images; this one has kind '" + image.runtime_check.kind + "'");
+    return Status::InvalidArgument(
+        "preload_images: only container runtime images (runtime_check.kind 'docker') pull "
+        "images; this one has kind '" +
+        image.runtime_check.kind + "'");
   }
   if (list.size() > 32) return Status::InvalidArgument("preload_images: more than 32 images");
   std::set<std::string> seen;

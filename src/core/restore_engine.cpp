@@ -509,8 +509,9 @@ class RestoreEngine::Impl {
     return out.empty() ? "key differs" : out;
   }
 
+  // The pool is shared with snapshot builds that pull (core/guest_network.hpp).
   Status AllocateAddress(SQLite::Database& db, const std::string& vm_id, NetworkIdentity* net) {
-    return internal::AllocateAddress(db, pool_base_, opts_.address_pool_size, vm_id, net);  // shared with builds
+    return internal::AllocateAddress(db, pool_base_, opts_.address_pool_size, vm_id, net);
   }
 
   void Unpin(const std::string& vm_id) {

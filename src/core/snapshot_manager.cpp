@@ -1,7 +1,7 @@
 #include "fcwarm/snapshot_manager.hpp"
 
-#include <spdlog/spdlog.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -74,7 +74,8 @@ class SnapshotManager::Impl {
     for (auto& t : workers_) t.join();
     // Like the RestoreEngine: the fcwarm chains go when no VM of any fcwarm process has rules left.
     if (used_egress_) {
-      if (auto st = net::RemoveBaseChains({}); !st.ok()) spdlog::debug("fcwarm chains stay: {}", st.ToString());
+      if (auto st = net::RemoveBaseChains({}); !st.ok())
+        spdlog::debug("fcwarm chains stay: {}", st.ToString());
     }
     for (const auto& job : cancelled) {
       (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
@@ -444,8 +445,9 @@ class SnapshotManager::Impl {
     b.key = *key;
     b.preload = PreloadList(b.image);
     if (!b.preload.empty() && !opts_.network.allocate_network) {
-      return Status::FailedPrecondition("preload_images: build VMs get no network (allocate_network is off), so "
-                                        "they cannot pull");
+      return Status::FailedPrecondition(
+          "preload_images: build VMs get no network (allocate_network is off), so "
+          "they cannot pull");
     }
     return Status::Ok();
   }
@@ -506,14 +508,16 @@ class SnapshotManager::Impl {
       id.gateway = b.net.gateway;
       id.entropy = internal::RandomBytes(64);
       id.wall_clock_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             std::chrono::system_clock::now().time_since_epoch()).count();
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
       id.dns = guest_net_.dns;
       if (guest_net_.has_docker_settings) id.docker = guest_net_.docker;
       auto r = b.vm->guest().SetIdentity(id, std::chrono::milliseconds(30000));
       if (!r.ok()) return r.status().WithContext("identity of the build VM");
     }
     docker::Client client(std::make_unique<docker::GuestTransport>(b.vm->guest()), {});
-    docker::Client puller(std::make_unique<docker::GuestTransport>(b.vm->guest()), {"v1.41", opts_.pull_timeout});
+    docker::Client puller(std::make_unique<docker::GuestTransport>(b.vm->guest()),
+                          {"v1.41", opts_.pull_timeout});
     for (const auto& ref : b.preload) {
       if (Stopping()) return Cancelled();
       auto has = client.HasImage(ref);
@@ -752,7 +756,8 @@ class SnapshotManager::Impl {
   // The service-wide preload list (InvalidArgument naming `preload_images[i]`) and the network build VMs get.
   Status CheckPreloadOptions() {
     if (opts_.preload_images.size() > kMaxPreloadImages) {
-      return Status::InvalidArgument("preload_images: more than " + std::to_string(kMaxPreloadImages) + " images");
+      return Status::InvalidArgument("preload_images: more than " + std::to_string(kMaxPreloadImages) +
+                                     " images");
     }
     std::set<std::string> seen;
     for (size_t i = 0; i < opts_.preload_images.size(); ++i) {
@@ -768,7 +773,8 @@ class SnapshotManager::Impl {
     guest_net_ = std::move(net).value();
     pool_base_ = internal::PoolBase(opts_.network.address_pool_base);
     if (pool_base_ == 0) {
-      return Status::InvalidArgument("network.address_pool_base: '" + opts_.network.address_pool_base.substr(0, 64) +
+      return Status::InvalidArgument("network.address_pool_base: '" +
+                                     opts_.network.address_pool_base.substr(0, 64) +
                                      "' is not an IPv4 address");
     }
     return Status::Ok();

@@ -258,7 +258,9 @@ Result<PullSummary> Client::PullChecked(const std::string& reference) {
   if (!pulled.ok() || pulled->complete) return pulled;
   auto has = HasImage(reference);
   if (!has.ok()) return has.status();
-  if (!*has) return Status::Unavailable("docker pull: the daemon ended the pull of " + reference + " without the image");
+  if (!*has)
+    return Status::Unavailable("docker pull: the daemon ended the pull of " + reference +
+                               " without the image");
   return pulled;
 }
 

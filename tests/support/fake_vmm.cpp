@@ -20,8 +20,9 @@ namespace {
 
 // A scripted Docker daemon inside one fake VM (Engine API v1.41 subset: create, start, inspect, logs, image
 // inspect, image list, image pull). It has busybox:latest (also as "busybox"); its "registry"
-// (FakeVmm::pullable) serves more, each pulled as two layers of 1000 and 2345 bytes; pulling anything else fails
-// inside the stream, as Docker does. A snapshot keeps the daemon's images: clones of it start with them. A container's output is its Cmd joined by spaces on stdout and "done" on stderr; Cmd
+// (FakeVmm::pullable) serves more, each pulled as two layers of 1000 and 2345 bytes; pulling anything else
+// fails inside the stream, as Docker does. A snapshot keeps the daemon's images: clones of it start with
+// them. A container's output is its Cmd joined by spaces on stdout and "done" on stderr; Cmd
 // ["sleep", ...] keeps running, ["exit", "N"] exits with N, anything else exits 0.
 class FakeDocker {
  public:
@@ -250,8 +251,13 @@ class FakeGuest : public GuestChannel {
 
 class FakeVm : public Vm {
  public:
-  FakeVm(FakeVmm& vmm, std::string vm_id, int pid, bool verify_fails, bool dead, const std::set<std::string>& images)
-      : vmm_(vmm), pid_(pid), reaped_(dead), guest_(vmm, std::move(vm_id), [this] { return IsAlive(); }, verify_fails) {
+  FakeVm(FakeVmm& vmm, std::string vm_id, int pid, bool verify_fails, bool dead,
+         const std::set<std::string>& images)
+      : vmm_(vmm),
+        pid_(pid),
+        reaped_(dead),
+        guest_(
+            vmm, std::move(vm_id), [this] { return IsAlive(); }, verify_fails) {
     guest_.docker().AddImages(images);
     vmm_.NoteLive(+1);
   }

@@ -246,7 +246,8 @@ TEST_CASE("errors: Docker's message, the status code mapped, the call named") {
 
 TEST_CASE("image list: tags, digests of untagged images, sorted and unique, <none> left out") {
   Fixture f;
-  f.Reply(200, R"([{"Id":"sha256:1","RepoTags":["nginx:alpine","nginx:latest"],"RepoDigests":["nginx@sha256:aa"]},
+  f.Reply(200,
+          R"([{"Id":"sha256:1","RepoTags":["nginx:alpine","nginx:latest"],"RepoDigests":["nginx@sha256:aa"]},
                    {"Id":"sha256:2","RepoTags":["busybox:latest"]},
                    {"Id":"sha256:3","RepoTags":null,"RepoDigests":["app@sha256:bb"]},
                    {"Id":"sha256:4","RepoTags":["<none>:<none>"],"RepoDigests":["<none>@<none>"]},
@@ -285,7 +286,8 @@ TEST_CASE("pull checked: a complete stream is believed, a cut one is checked aga
   f.Reply(404, R"({"message":"No such image: nginx:alpine"})");
   auto lost = f.client->PullChecked("nginx:alpine");
   CHECK(lost.status().code() == StatusCode::kUnavailable);
-  CHECK(lost.status().message() == "docker pull: the daemon ended the pull of nginx:alpine without the image");
+  CHECK(lost.status().message() ==
+        "docker pull: the daemon ended the pull of nginx:alpine without the image");
   // Docker's own error is passed on.
   f.Reply(200, R"({"error":"manifest unknown"})");
   CHECK(f.client->PullChecked("nginx:alpine").status().message() == "docker pull: manifest unknown");

@@ -1,14 +1,13 @@
 // Snapshot builds that pre-pull container images (SnapshotManagerOptions::preload_images and
-// RuntimeImage::preload_images) against the FakeVmm, whose fake Docker daemons pull from FakeVmm::pullable and
-// hand their images on to clones of a snapshot. The real daemon and registry: tests/registry/test_preload.py.
+// RuntimeImage::preload_images) against the FakeVmm, whose fake Docker daemons pull from FakeVmm::pullable
+// and hand their images on to clones of a snapshot. The real daemon and registry:
+// tests/registry/test_preload.py.
+#include <SQLiteCpp/SQLiteCpp.h>
 #include <doctest/doctest.h>
 
-#include <SQLiteCpp/SQLiteCpp.h>
-
+#include <boost/json.hpp>
 #include <filesystem>
 #include <fstream>
-
-#include <boost/json.hpp>
 
 #include "store/snapshots.hpp"
 #include "store/store_db.hpp"
@@ -60,7 +59,9 @@ ContainerRequest Req(const RuntimeImage& img, const std::string& image) {
 
 }  // namespace
 
-TEST_CASE("preload: the build VM gets the clones' network, pulls, the snapshot lists it, a warm container does no pull") {
+TEST_CASE(
+    "preload: the build VM gets the clones' network, pulls, the snapshot lists it, a warm container does no "
+    "pull") {
   TestBed bed([](ServiceOptions& o) {
     o.snapshots.preload_images = {"nginx:alpine"};
     o.restore.egress = "none";
@@ -102,7 +103,9 @@ TEST_CASE("preload: the build VM gets the clones' network, pulls, the snapshot l
   CHECK(id.docker->insecure_registries == std::vector<std::string>{"192.0.2.80:5000"});
   CHECK(Eventually([&] { return CountAddresses(bed) == 0; }));
   // The build's event is written after its state is committed.
-  REQUIRE(Eventually([&] { return bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 10})->size() == 1; }));
+  REQUIRE(Eventually([&] {
+    return bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 10})->size() == 1;
+  }));
   auto events = bed.service->store().ListEvents({.kind = EventKind::kBuild, .limit = 10});
   REQUIRE(events.ok());
   CHECK(events->front().timings.count("preloading") == 1);
@@ -139,11 +142,11 @@ TEST_CASE("preload: the service list and the image's own list combine, each imag
     bed.vmm->pullable.insert("registry.local:5000/team/app:1.2");
   }
   // nginx:alpine twice (spelled two ways), busybox:latest already in the runtime image.
-  auto reg = bed.service->images().Register(
-      DockerImage(bed, "dock", {"docker.io/library/nginx:alpine", "registry.local:5000/team/app:1.2", "busybox"}));
+  auto reg = bed.service->images().Register(DockerImage(
+      bed, "dock", {"docker.io/library/nginx:alpine", "registry.local:5000/team/app:1.2", "busybox"}));
   REQUIRE_MESSAGE(reg.ok(), reg.status().ToString());
-  CHECK(reg->preload_images ==
-        std::vector<std::string>{"docker.io/library/nginx:alpine", "registry.local:5000/team/app:1.2", "busybox"});
+  CHECK(reg->preload_images == std::vector<std::string>{"docker.io/library/nginx:alpine",
+                                                        "registry.local:5000/team/app:1.2", "busybox"});
   auto stored = bed.service->images().Get(reg->id);
   REQUIRE(stored.ok());
   CHECK(stored->preload_images == reg->preload_images);
@@ -178,9 +181,10 @@ TEST_CASE("preload: a pull that fails fails the build with Docker's message and 
   auto img = bed.AddImage("dock", "docker");
   auto snap = bed.BuildSnapshot(img.id);
   CHECK(snap.state == SnapshotState::kUnhealthy);
-  CHECK_MESSAGE(snap.last_error.find("build failed in phase preloading: preload nginx:latest: docker pull: manifest "
-                                     "for nginx:latest not found") == 0,
-                snap.last_error);
+  CHECK_MESSAGE(
+      snap.last_error.find("build failed in phase preloading: preload nginx:latest: docker pull: manifest "
+                           "for nginx:latest not found") == 0,
+      snap.last_error);
   CHECK(snap.images.empty());
   CHECK(snap.generation == 0);
   CHECK(Eventually([&] { return bed.vmm->live == 0; }));
@@ -204,17 +208,19 @@ TEST_CASE("preload: the daemon unreachable during the preload fails the build, i
   auto snap = bed.BuildSnapshot(img.id);
   bed.vmm->script.fail_docker = 0;
   CHECK(snap.state == SnapshotState::kUnhealthy);
-  CHECK_MESSAGE(snap.last_error.find("build failed in phase preloading: preload nginx:alpine: docker image inspect: ") ==
-                    0,
+  CHECK_MESSAGE(snap.last_error.find(
+                    "build failed in phase preloading: preload nginx:alpine: docker image inspect: ") == 0,
                 snap.last_error);
   CHECK(Eventually([&] { return CountAddresses(bed) == 0 && bed.vmm->live == 0; }));
 }
 
-TEST_CASE("preload: bad references are refused naming the entry, at registration and when the service opens") {
+TEST_CASE(
+    "preload: bad references are refused naming the entry, at registration and when the service opens") {
   TestBed bed;
   auto refused = [&](std::vector<std::string> preload, const std::string& check_kind = "docker") {
     auto img = DockerImage(bed, "bad", std::move(preload));
-    if (check_kind != "docker") img.runtime_check = {check_kind, check_kind == "file" ? "/run/ready" : "", {}};
+    if (check_kind != "docker")
+      img.runtime_check = {check_kind, check_kind == "file" ? "/run/ready" : "", {}};
     auto r = bed.service->images().Register(img);
     REQUIRE_FALSE(r.ok());
     CHECK(r.status().code() == StatusCode::kInvalidArgument);
@@ -282,7 +288,8 @@ TEST_CASE("preload: without network allocation a build that must pull fails befo
   auto snap = bed.BuildSnapshot(img.id);
   CHECK(snap.state == SnapshotState::kUnhealthy);
   CHECK(snap.last_error ==
-        "build failed in phase queued: preload_images: build VMs get no network (allocate_network is off), so they "
+        "build failed in phase queued: preload_images: build VMs get no network (allocate_network is off), "
+        "so they "
         "cannot pull");
   CHECK(bed.vmm->cold_boots == 0);
 }
@@ -290,9 +297,10 @@ TEST_CASE("preload: without network allocation a build that must pull fails befo
 TEST_CASE("preload: addresses held by builds of a crashed run are released at startup, VMs' are not") {
   TestBed bed;
   auto st = detail::DbOf(bed.service->store()).Do([&](SQLite::Database& db) {
-    db.exec("INSERT INTO address_allocations(idx, vm_id, mac, ip_cidr, allocated_at) VALUES "
-            "(0, 'build:0b7e1f5c-0000-4000-8000-000000000001', '02:fc:00:00:00:00', '10.213.0.2/30', 1), "
-            "(1, 'buildish-vm', '02:fc:00:00:00:01', '10.213.0.6/30', 1)");
+    db.exec(
+        "INSERT INTO address_allocations(idx, vm_id, mac, ip_cidr, allocated_at) VALUES "
+        "(0, 'build:0b7e1f5c-0000-4000-8000-000000000001', '02:fc:00:00:00:00', '10.213.0.2/30', 1), "
+        "(1, 'buildish-vm', '02:fc:00:00:00:01', '10.213.0.6/30', 1)");
   });
   REQUIRE(st.ok());
   bed.Reopen();
@@ -316,10 +324,13 @@ TEST_CASE("preload: a store of schema 3 migrates, its images and snapshots read 
       db.exec(m.sql);
       db.exec("INSERT INTO schema_migrations VALUES (" + std::to_string(m.version) + ", 1)");
     }
-    db.exec("INSERT INTO runtime_images(id, name, backend, kernel_path, vcpus, memory_mib, created_at) VALUES "
-            "('0b7e1f5c-0000-4000-8000-000000000001', 'old', 'fake', '/k', 1, 128, 1)");
-    db.exec("INSERT INTO runtime_snapshots(id, runtime_image_id, state, phase, created_at, updated_at) VALUES "
-            "('0b7e1f5c-0000-4000-8000-000000000002', '0b7e1f5c-0000-4000-8000-000000000001', 'ready', 'done', 1, 1)");
+    db.exec(
+        "INSERT INTO runtime_images(id, name, backend, kernel_path, vcpus, memory_mib, created_at) VALUES "
+        "('0b7e1f5c-0000-4000-8000-000000000001', 'old', 'fake', '/k', 1, 128, 1)");
+    db.exec(
+        "INSERT INTO runtime_snapshots(id, runtime_image_id, state, phase, created_at, updated_at) VALUES "
+        "('0b7e1f5c-0000-4000-8000-000000000002', '0b7e1f5c-0000-4000-8000-000000000001', 'ready', 'done', "
+        "1, 1)");
   }
   auto store = Store::Open({path});
   REQUIRE_MESSAGE(store.ok(), store.status().ToString());
@@ -330,9 +341,8 @@ TEST_CASE("preload: a store of schema 3 migrates, its images and snapshots read 
   auto img = images.Get("0b7e1f5c-0000-4000-8000-000000000001");
   REQUIRE(img.ok());
   CHECK(img->preload_images.empty());
-  auto snap = detail::DbOf(**store).With([&](SQLite::Database& db) {
-    return detail::SnapshotById(db, "0b7e1f5c-0000-4000-8000-000000000002");
-  });
+  auto snap = detail::DbOf(**store).With(
+      [&](SQLite::Database& db) { return detail::SnapshotById(db, "0b7e1f5c-0000-4000-8000-000000000002"); });
   REQUIRE(snap.ok());
   CHECK(snap->images.empty());
 }

@@ -89,10 +89,12 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("vcpus", &VmShape::vcpus)
       .def_readwrite("memory_mib", &VmShape::memory_mib);
 
-  pyb::class_<RuntimeImage>(m, "RuntimeImage", "What a VM boots: kernel, initrd/rootfs, shape, runtime check, backend.")
-      .def(pyb::init([](std::string name, std::string backend, std::string kernel_path, std::string initrd_path,
-                        std::string rootfs_path, std::string boot_args, uint32_t vcpus, uint32_t memory_mib,
-                        RuntimeCheck check, std::vector<std::string> preload_images) {
+  pyb::class_<RuntimeImage>(m, "RuntimeImage",
+                            "What a VM boots: kernel, initrd/rootfs, shape, runtime check, backend.")
+      .def(pyb::init([](std::string name, std::string backend, std::string kernel_path,
+                        std::string initrd_path, std::string rootfs_path, std::string boot_args,
+                        uint32_t vcpus, uint32_t memory_mib, RuntimeCheck check,
+                        std::vector<std::string> preload_images) {
              RuntimeImage i;
              i.name = std::move(name);
              i.backend = std::move(backend);
@@ -105,9 +107,9 @@ void BindTypes(pyb::module_& m) {
              i.preload_images = std::move(preload_images);
              return i;
            }),
-           pyb::arg("name") = "", pyb::arg("backend") = "", pyb::arg("kernel_path") = "", pyb::arg("initrd_path") = "",
-           pyb::arg("rootfs_path") = "", pyb::arg("boot_args") = "", pyb::arg("vcpus") = 1,
-           pyb::arg("memory_mib") = 512, pyb::arg("runtime_check") = RuntimeCheck{},
+           pyb::arg("name") = "", pyb::arg("backend") = "", pyb::arg("kernel_path") = "",
+           pyb::arg("initrd_path") = "", pyb::arg("rootfs_path") = "", pyb::arg("boot_args") = "",
+           pyb::arg("vcpus") = 1, pyb::arg("memory_mib") = 512, pyb::arg("runtime_check") = RuntimeCheck{},
            pyb::arg("preload_images") = std::vector<std::string>{})
       .def_readonly("id", &RuntimeImage::id)
       .def_readwrite("name", &RuntimeImage::name)
