@@ -22,11 +22,16 @@ bind="${FCWARM_BIND:-127.0.0.1:18080}"
 mkdir -p "$data_dir"
 log="$data_dir/fcwarm-server.log"
 # FCWARM_REGISTRY_MIRROR: comma-separated mirror URLs; FCWARM_EGRESS: all (default), none or CIDR,...;
-# FCWARM_PUBLISH_ADDRESS: host address published container ports bind to (default 127.0.0.1).
+# FCWARM_PUBLISH_ADDRESS: host address published container ports bind to (default 127.0.0.1);
+# FCWARM_PRELOAD_IMAGE: comma-separated container images every snapshot build pulls (e.g. nginx:alpine)
 extra=(--egress "${FCWARM_EGRESS:-all}" --publish-address "${FCWARM_PUBLISH_ADDRESS:-127.0.0.1}")
 IFS=',' read -r -a mirrors <<<"${FCWARM_REGISTRY_MIRROR:-}"
 for m in "${mirrors[@]}"; do
   [[ -n "$m" ]] && extra+=(--registry-mirror "$m")
+done
+IFS=',' read -r -a preloads <<<"${FCWARM_PRELOAD_IMAGE:-}"
+for p in "${preloads[@]}"; do
+  [[ -n "$p" ]] && extra+=(--preload-image "$p")
 done
 build/release/server/fcwarm-server --bind "$bind" --data-dir "$data_dir" --bootstrap-image-dir "$guest_dir" \
   --bootstrap-docker-image-dir "$docker_dir" "${extra[@]}" >>"$log" 2>&1 &

@@ -38,7 +38,8 @@ class ImageRegistry {
 
   /// \brief Validates and stores an image. `id` and `created_at` are assigned.
   /// \param image The image; `name`, `backend`, `kernel_path` are required, paths must be absolute existing
-  /// regular files, shape within limits (see VmShape), runtime check kind known.
+  /// regular files, shape within limits (see VmShape), runtime check kind known, `preload_images` valid
+  /// Docker references (ParseImageReference), each once, at most 32, only for runtime check kind "docker".
   /// \return The stored image; InvalidArgument naming the bad field; AlreadyExists for a duplicate name.
   Result<RuntimeImage> Register(RuntimeImage image);
   /// \brief Finds an image by id.

@@ -17,6 +17,28 @@ struct StoreOptions {
   std::chrono::milliseconds busy_timeout{5000};
 };
 
+/// \brief Network of the VMs that get a network identity: the address pool they take a /30 from, the egress
+/// rules the backend applies on the host side of their link, and what the identity step tells a container
+/// runtime image's guest (resolvers, registry settings). RestoreOptions holds the same fields for clones;
+/// Service::Open gives snapshot builds the restore options' values, so builds and clones share one pool and
+/// one policy (docs/networking.md).
+struct GuestNetworkOptions {
+  /// \brief Base of the guest address pool; each VM gets a /30. Default: "10.213.0.0".
+  std::string address_pool_base = "10.213.0.0";
+  /// \brief Number of /30 blocks in the pool. Default: 16384.
+  int64_t address_pool_size = 16384;
+  /// \brief Give VMs a network identity at all. Default: true.
+  bool allocate_network = true;
+  /// \brief Egress policy: "all", "none", "CIDR[,CIDR...]", or empty for no egress rules. Default: empty.
+  std::string egress;
+  /// \brief Resolvers for guests. Empty: the host's resolvers when egress is set. Default: empty.
+  std::vector<std::string> dns;
+  /// \brief Registry mirrors ("http://host:port") for the guests' Docker daemon. Default: empty.
+  std::vector<std::string> registry_mirrors;
+  /// \brief Registries the guests' Docker daemon may reach over plain HTTP. Default: empty.
+  std::vector<std::string> insecure_registries;
+};
+
 /// \brief Options of SnapshotManager.
 struct SnapshotManagerOptions {
   /// \brief Root of the snapshot files: `<root>/<image_id>/<snapshot_id>/gen-<N>/`. Default:
@@ -40,6 +62,16 @@ struct SnapshotManagerOptions {
   std::chrono::milliseconds stop_grace{5000};
   /// \brief Kill VMM processes recorded by a previous run at startup (reconciliation). Default: true.
   bool reconcile_processes = true;
+  /// \brief Container images (Docker references, e.g. "nginx:alpine") every build of a container runtime
+  /// image (runtime check kind "docker") pulls before the snapshot, before the image's own
+  /// RuntimeImage::preload_images; a failed pull fails the build. Validated by Create() (InvalidArgument
+  /// naming `preload_images[i]`). Default: none.
+  std::vector<std::string> preload_images;
+  /// \brief Deadline of one preload pull. Default: 300 s.
+  std::chrono::milliseconds pull_timeout{300000};
+  /// \brief Network of build VMs that pull (only those get a network identity). Service::Open replaces it
+  /// with the values of ServiceOptions::restore. Default: GuestNetworkOptions' defaults.
+  GuestNetworkOptions network;
 };
 
 /// \brief Options of HealthTracker.

@@ -43,7 +43,8 @@ class Service {
   /// One Service owns a store at a time: it holds an exclusive lock on `<store path>.lock` for its lifetime,
   /// because startup reconciliation kills the VMM processes the store records. A second Service (another
   /// process, e.g. the CLI while the server runs) gets FailedPrecondition.
-  /// \param options Options.
+  /// \param options Options; `snapshots.network` is replaced by the network fields of `restore` (build VMs
+  /// that pull get the network clones get).
   /// \param vmms Backends (shared with the caller).
   /// \return The service, or the first component's error.
   static Result<std::unique_ptr<Service>> Open(ServiceOptions options, std::shared_ptr<VmmRegistry> vmms);

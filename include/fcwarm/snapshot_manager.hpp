@@ -70,7 +70,8 @@ class SnapshotManager {
   /// \param store The store; must outlive the manager.
   /// \param vmms Backends; must outlive the manager.
   /// \param options Options.
-  /// \return The manager, or Unavailable when the root directory cannot be created.
+  /// \return The manager; InvalidArgument naming the option (`preload_images[i]`, `network.egress`, ...);
+  /// Unavailable when the root directory cannot be created.
   static Result<std::unique_ptr<SnapshotManager>> Create(Store& store, VmmRegistry& vmms,
                                                          SnapshotManagerOptions options);
   /// \brief Stops accepting builds, cancels queued ones (they end `unhealthy`, "cancelled") and waits for

@@ -26,6 +26,7 @@ enum class BuildPhase {
   kQueued,          ///< Waiting for a build worker.
   kBooting,         ///< Cold-booting the build VM.
   kWaitingRuntime,  ///< Waiting for the guest agent and the runtime check.
+  kPreloading,      ///< Container runtime images: pulling the preload images, listing the daemon's images.
   kQuiescing,       ///< Asking the guest to drop per-boot identity.
   kPausing,         ///< Pausing the VM.
   kSnapshotting,    ///< Writing memory, device state and disk.
@@ -74,7 +75,7 @@ enum class EventKind {
 
 /// \brief Stable lower-case name ("creating", ...).
 std::string_view ToString(SnapshotState v);
-/// \brief Stable lower-case name ("waiting_runtime", ...).
+/// \brief Stable lower-case name ("waiting_runtime", "preloading", ...).
 std::string_view ToString(BuildPhase v);
 /// \brief Stable lower-case name ("warm", "cold").
 std::string_view ToString(BootMethod v);
@@ -135,6 +136,10 @@ struct RuntimeImage {
   std::string boot_args;     ///< Extra kernel command line.
   VmShape shape;             ///< VM shape.
   RuntimeCheck runtime_check;  ///< Readiness check.
+  /// \brief Container images (Docker references) every snapshot build of this image pulls before the
+  /// snapshot, after SnapshotManagerOptions::preload_images; only for runtime check kind "docker", at most
+  /// 32, no reference twice. Default: none.
+  std::vector<std::string> preload_images;
   int64_t created_at = 0;    ///< Creation time, Unix milliseconds.
   /// \brief A path that identifies the image on disk (the rootfs if set, else the initrd, else the kernel).
   std::string path() const;
@@ -163,6 +168,10 @@ struct RuntimeSnapshot {
   uint64_t disk_bytes = 0;           ///< Allocated bytes on disk.
   std::vector<SnapshotFile> files;   ///< Files with checksums.
   std::string manifest_digest;       ///< XXH3-128 of manifest.json.
+  /// \brief Container images the current generation holds: the tags (or, for untagged images, the digests)
+  /// its Docker daemon listed at snapshot time, sorted; empty for runtime images without Docker and before
+  /// the first build.
+  std::vector<std::string> images;
   int64_t success_count = 0;         ///< Warm restores that succeeded.
   int64_t failure_count = 0;         ///< Warm restores that failed.
   int64_t consecutive_failures = 0;  ///< Failures since the last success.

@@ -300,6 +300,7 @@ HttpResponse Api::CreateImage(const HttpRequest& req) {
     c.OptionalStringArray("argv", &img.runtime_check.argv, 64);
     r.SetError(c.Finish());
   }
+  r.OptionalStringArray("preload_images", &img.preload_images, 32);
   if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);
   auto stored = service_.images().Register(std::move(img));
   if (!stored.ok()) return StatusResponse(stored.status());

@@ -33,6 +33,7 @@ json::object SnapshotToJson(const RuntimeSnapshot& s) {
   }
   o["files"] = std::move(files);
   o["manifest_digest"] = s.manifest_digest;
+  o["images"] = json::value_from(s.images);
   o["success_count"] = s.success_count;
   o["failure_count"] = s.failure_count;
   o["consecutive_failures"] = s.consecutive_failures;
@@ -59,6 +60,7 @@ json::object ImageToJson(const RuntimeImage& i) {
   for (const auto& a : i.runtime_check.argv) argv.emplace_back(a);
   o["runtime_check"] =
       json::object{{"kind", i.runtime_check.kind}, {"path", i.runtime_check.path}, {"argv", argv}};
+  o["preload_images"] = json::value_from(i.preload_images);
   o["path"] = i.path();
   o["created_at"] = FormatRfc3339(i.created_at);
   return o;

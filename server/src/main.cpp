@@ -14,6 +14,7 @@
 #include "api.hpp"
 #include "containers.hpp"
 #include "fcwarm/backends.hpp"
+#include "fcwarm/image_reference.hpp"
 #include "fcwarm/service.hpp"
 #include "fcwarm/version.hpp"
 #include "http_server.hpp"
@@ -59,6 +60,7 @@ struct Config {
   std::vector<std::string> dns;
   std::vector<std::string> registry_mirrors;
   std::vector<std::string> insecure_registries;
+  std::vector<std::string> preload_images;
   std::string publish_address = "127.0.0.1";
   int pull_timeout_s = 300;
   double none_delay_s = 0;
@@ -229,11 +231,18 @@ int main(int argc, char** argv) {
                  "Host address published container ports bind to when a request names none: 127.0.0.1 (only "
                  "this host), 0.0.0.0 (every address) or one address of this host")
       ->capture_default_str();
-  app.add_option("--pull-timeout", cfg.pull_timeout_s, "Seconds an image pull in a guest may take")
+  app.add_option(
+         "--pull-timeout", cfg.pull_timeout_s,
+         "Seconds an image pull in a guest may take (a container's, or one preload of a snapshot build)")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600));
   app.add_option("--insecure-registry", cfg.insecure_registries,
                  "Registry the guests' Docker daemons may reach over plain HTTP (host:port or CIDR; repeatable)");
+  app.add_option(
+      "--preload-image", cfg.preload_images,
+      "Container image (e.g. nginx:alpine) every snapshot build of a container runtime image pulls before "
+      "the snapshot, so warm containers of it start without a pull (repeatable; a failed pull fails the "
+      "build)");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -286,6 +295,20 @@ int main(int argc, char** argv) {
         "--auth-token-file\"",
         so.host);
     return 2;
+  }
+  for (size_t i = 0; i < cfg.preload_images.size(); ++i) {
+    auto ref = ParseImageReference(cfg.preload_images[i], "--preload-image");
+    if (!ref.ok()) {
+      spdlog::critical("event=config_error msg=\"{}\"", ref.status().message());
+      return 2;
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (ParseImageReference(cfg.preload_images[j])->Normalized() == ref->Normalized()) {
+        spdlog::critical("event=config_error msg=\"--preload-image: '{}' is given twice\"",
+                         cfg.preload_images[i]);
+        return 2;
+      }
+    }
   }
   so.limits.max_body_bytes = cfg.max_body_bytes;
   so.limits.max_header_bytes = cfg.max_header_bytes;
@@ -358,6 +381,8 @@ int main(int argc, char** argv) {
   opts.restore.insecure_registries = cfg.insecure_registries;
   opts.containers.publish_address = cfg.publish_address;
   opts.containers.pull_timeout = Ms(cfg.pull_timeout_s);
+  opts.snapshots.pull_timeout = Ms(cfg.pull_timeout_s);
+  opts.snapshots.preload_images = cfg.preload_images;
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());

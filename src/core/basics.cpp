@@ -145,10 +145,11 @@ constexpr std::array<std::pair<SnapshotState, std::string_view>, 4> kSnapshotSta
     {SnapshotState::kUnhealthy, "unhealthy"},
     {SnapshotState::kDeleted, "deleted"},
 }};
-constexpr std::array<std::pair<BuildPhase, std::string_view>, 9> kPhases{{
+constexpr std::array<std::pair<BuildPhase, std::string_view>, 10> kPhases{{
     {BuildPhase::kQueued, "queued"},
     {BuildPhase::kBooting, "booting"},
     {BuildPhase::kWaitingRuntime, "waiting_runtime"},
+    {BuildPhase::kPreloading, "preloading"},
     {BuildPhase::kQuiescing, "quiescing"},
     {BuildPhase::kPausing, "pausing"},
     {BuildPhase::kSnapshotting, "snapshotting"},

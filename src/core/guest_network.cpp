@@ -1,10 +1,72 @@
 #include "core/guest_network.hpp"
 
+#include <arpa/inet.h>
+
+#include <cstdio>
+
 #include "net/egress.hpp"
 #include "net/ipv4.hpp"
 #include "net/ports.hpp"
+#include "store/vms.hpp"
+#include "util/common.hpp"
 
 namespace fcwarm::internal {
+
+namespace {
+
+std::string MacFor(int64_t idx) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "02:fc:%02x:%02x:%02x:%02x", static_cast<unsigned>((idx >> 24) & 0xff),
+                static_cast<unsigned>((idx >> 16) & 0xff), static_cast<unsigned>((idx >> 8) & 0xff),
+                static_cast<unsigned>(idx & 0xff));
+  return buf;
+}
+
+std::string Ipv4(uint32_t host_order) {
+  in_addr a{htonl(host_order)};
+  char buf[INET_ADDRSTRLEN];
+  ::inet_ntop(AF_INET, &a, buf, sizeof(buf));
+  return buf;
+}
+
+}  // namespace
+
+uint32_t PoolBase(const std::string& address_pool_base) {
+  in_addr a{};
+  if (::inet_pton(AF_INET, address_pool_base.c_str(), &a) != 1) return 0;
+  return ntohl(a.s_addr);
+}
+
+Status AllocateAddress(SQLite::Database& db, uint32_t pool_base, int64_t pool_size, const std::string& holder,
+                       NetworkIdentity* net) {
+  int64_t idx = detail::LowestFreeAddressIndex(db);
+  if (idx >= pool_size) {
+    return Status::ResourceExhausted("address pool exhausted (" + std::to_string(pool_size) + " VMs)");
+  }
+  uint32_t block = pool_base + static_cast<uint32_t>(idx) * 4;
+  net->index = idx;
+  net->mac = MacFor(idx);
+  net->gateway = Ipv4(block + 1);
+  net->ip_cidr = Ipv4(block + 2) + "/30";
+  detail::AllocateAddress(db, idx, holder, net->mac, net->ip_cidr, util::NowMillis());
+  return Status::Ok();
+}
+
+GuestNetworkOptions NetworkOptionsOf(const RestoreOptions& opts) {
+  GuestNetworkOptions n;
+  n.address_pool_base = opts.address_pool_base;
+  n.address_pool_size = opts.address_pool_size;
+  n.allocate_network = opts.allocate_network;
+  n.egress = opts.egress;
+  n.dns = opts.dns;
+  n.registry_mirrors = opts.registry_mirrors;
+  n.insecure_registries = opts.insecure_registries;
+  return n;
+}
+
+Result<GuestNetwork> ResolveGuestNetwork(const RestoreOptions& opts) {
+  return ResolveGuestNetwork(NetworkOptionsOf(opts));
+}
 
 Result<std::string> RegistryUrlHost(const std::string& url, const std::string& field) {
   auto bad = [&](const std::string& why) {
@@ -32,7 +94,7 @@ Result<std::string> RegistryUrlHost(const std::string& url, const std::string& f
   return host;
 }
 
-Result<GuestNetwork> ResolveGuestNetwork(const RestoreOptions& opts) {
+Result<GuestNetwork> ResolveGuestNetwork(const GuestNetworkOptions& opts) {
   GuestNetwork g;
   if (!opts.egress.empty()) {
     auto policy = net::ParseEgressPolicy(opts.egress, "egress");

@@ -1,13 +1,18 @@
-// Private: the network settings every VM gets from RestoreOptions (egress, resolvers, registry settings),
-// checked once when the engine is created.
+// Private: the network settings every VM with a network identity gets (egress, resolvers, registry settings),
+// checked once when the engine or the snapshot manager is created, and the address pool both allocate from.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "fcwarm/options.hpp"
 #include "fcwarm/status.hpp"
 #include "fcwarm/vmm.hpp"
+
+namespace SQLite {
+class Database;
+}
 
 namespace fcwarm::internal {
 
@@ -23,7 +28,19 @@ struct GuestNetwork {
 
 /// Validates the options (InvalidArgument naming `egress`, `dns[i]`, `registry_mirrors[i]` or
 /// `insecure_registries[i]`) and resolves the defaults: with egress set and no resolvers given, the host's.
+Result<GuestNetwork> ResolveGuestNetwork(const GuestNetworkOptions& opts);
+/// The same for RestoreOptions' network fields.
 Result<GuestNetwork> ResolveGuestNetwork(const RestoreOptions& opts);
+/// RestoreOptions' network fields as GuestNetworkOptions (what Service::Open gives snapshot builds).
+GuestNetworkOptions NetworkOptionsOf(const RestoreOptions& opts);
+
+/// Takes the lowest free /30 of the pool (`pool_base` in host byte order, `pool_size` blocks) for `holder` (a
+/// VM id, or "build:<snapshot id>" for a build VM) and fills `net`'s index, MAC, gateway and address.
+/// ResourceExhausted when the pool is full. Runs inside the caller's transaction.
+Status AllocateAddress(SQLite::Database& db, uint32_t pool_base, int64_t pool_size, const std::string& holder,
+                       NetworkIdentity* net);
+/// The pool base "a.b.c.d" in host byte order, or 0 when it is not an IPv4 address.
+uint32_t PoolBase(const std::string& address_pool_base);
 
 /// The host of an "http(s)://host[:port]" registry URL, or InvalidArgument naming `field`.
 Result<std::string> RegistryUrlHost(const std::string& url, const std::string& field);

@@ -3,8 +3,10 @@
 #include <sys/stat.h>
 
 #include <filesystem>
+#include <set>
 
 #include "fcwarm/ids.hpp"
+#include "fcwarm/image_reference.hpp"
 #include "store/images.hpp"
 #include "store/snapshots.hpp"
 #include "store/store_db.hpp"
@@ -59,6 +61,31 @@ Status ValidateCheck(const RuntimeCheck& c) {
   return Status::InvalidArgument("runtime_check.kind: '" + c.kind + "' is not one of none, file, docker, command");
 }
 
+// Container images a build pulls: Docker references (stored in canonical spelling), each once, at most 32,
+// and only for container runtime images.
+Status ValidatePreload(RuntimeImage& image) {
+  auto& list = image.preload_images;
+  if (list.empty()) return Status::Ok();
+  if (image.runtime_check.kind != "docker") {
+    return Status::InvalidArgument(
+        "preload_images: only container runtime images (runtime_check.kind 'docker') pull "
+        "images; this one has kind '" +
+        image.runtime_check.kind + "'");
+  }
+  if (list.size() > 32) return Status::InvalidArgument("preload_images: more than 32 images");
+  std::set<std::string> seen;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string field = "preload_images[" + std::to_string(i) + "]";
+    auto ref = ParseImageReference(list[i], field);
+    if (!ref.ok()) return ref.status();
+    if (!seen.insert(ref->Normalized()).second) {
+      return Status::InvalidArgument(field + ": '" + list[i] + "' is listed twice");
+    }
+    list[i] = ref->str();
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 ImageRegistry::ImageRegistry(Store& store, const VmmRegistry& vmms) : store_(store), vmms_(vmms) {}
@@ -86,6 +113,7 @@ Result<RuntimeImage> ImageRegistry::Register(RuntimeImage image) {
     return Status::InvalidArgument("memory_mib: " + std::to_string(image.shape.memory_mib) + " is outside 64-262144");
   }
   if (auto st = ValidateCheck(image.runtime_check); !st.ok()) return st;
+  if (auto st = ValidatePreload(image); !st.ok()) return st;
 
   image.id = Id::Generate().str();
   image.created_at = util::NowMillis();

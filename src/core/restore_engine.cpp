@@ -33,21 +33,6 @@ struct WarmFailure {
   std::string message;
 };
 
-std::string MacFor(int64_t idx) {
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "02:fc:%02x:%02x:%02x:%02x", static_cast<unsigned>((idx >> 24) & 0xff),
-                static_cast<unsigned>((idx >> 16) & 0xff), static_cast<unsigned>((idx >> 8) & 0xff),
-                static_cast<unsigned>(idx & 0xff));
-  return buf;
-}
-
-std::string Ipv4(uint32_t host_order) {
-  in_addr a{htonl(host_order)};
-  char buf[INET_ADDRSTRLEN];
-  ::inet_ntop(AF_INET, &a, buf, sizeof(buf));
-  return buf;
-}
-
 }  // namespace
 
 class RestoreEngine::Impl {
@@ -538,18 +523,9 @@ class RestoreEngine::Impl {
     return out.empty() ? "key differs" : out;
   }
 
+  // The pool is shared with snapshot builds that pull (core/guest_network.hpp).
   Status AllocateAddress(SQLite::Database& db, const std::string& vm_id, NetworkIdentity* net) {
-    int64_t idx = detail::LowestFreeAddressIndex(db);
-    if (idx >= opts_.address_pool_size) {
-      return Status::ResourceExhausted("address pool exhausted (" + std::to_string(opts_.address_pool_size) + " VMs)");
-    }
-    uint32_t block = pool_base_ + static_cast<uint32_t>(idx) * 4;
-    net->index = idx;
-    net->mac = MacFor(idx);
-    net->gateway = Ipv4(block + 1);
-    net->ip_cidr = Ipv4(block + 2) + "/30";
-    detail::AllocateAddress(db, idx, vm_id, net->mac, net->ip_cidr, util::NowMillis());
-    return Status::Ok();
+    return internal::AllocateAddress(db, pool_base_, opts_.address_pool_size, vm_id, net);
   }
 
   void Unpin(const std::string& vm_id) {

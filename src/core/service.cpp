@@ -30,6 +30,8 @@ Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shar
   if (auto net = internal::ResolveGuestNetwork(options.restore); !net.ok()) {
     return net.status().WithContext("restore options");
   }
+  // Build VMs that pull get the network clones get: one address pool, one egress policy, one registry setup.
+  options.snapshots.network = internal::NetworkOptionsOf(options.restore);
   if (!net::ParseIpv4(options.containers.publish_address)) {
     return Status::InvalidArgument("containers.publish_address: '" + options.containers.publish_address.substr(0, 64) +
                                    "' is not an IPv4 address");

@@ -1,7 +1,7 @@
 #include "fcwarm/snapshot_manager.hpp"
 
-#include <spdlog/spdlog.h>
 #include <signal.h>
+#include <spdlog/spdlog.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -13,9 +13,12 @@
 #include <thread>
 
 #include "backends/host_leftovers.hpp"
+#include "core/guest_network.hpp"
 #include "core/host_facts.hpp"
 #include "core/internal.hpp"
+#include "docker/docker_client.hpp"
 #include "fcwarm/ids.hpp"
+#include "fcwarm/image_reference.hpp"
 #include "net/iptables.hpp"
 #include "store/images.hpp"
 #include "store/snapshots.hpp"
@@ -31,6 +34,10 @@ namespace json = boost::json;
 namespace {
 constexpr const char* kManifestName = "manifest.json";
 constexpr int kManifestFormat = 1;
+// Holder of a build VM's address in the store: "build:<snapshot id>" (also the owner of its processes).
+constexpr const char* kBuildOwnerPrefix = "build:";
+// How many images a service-wide or per-image preload list may name.
+constexpr size_t kMaxPreloadImages = 32;
 
 struct Job {
   std::string snapshot_id;
@@ -47,9 +54,11 @@ class SnapshotManager::Impl {
 
   Status Start() {
     if (opts_.build_workers < 1) return Status::InvalidArgument("build_workers: must be at least 1");
+    if (auto st = CheckPreloadOptions(); !st.ok()) return st;
     if (auto st = util::MakeDirs(opts_.root_dir); !st.ok()) return st;
     if (auto st = util::MakeDirs(opts_.build_dir); !st.ok()) return st;
     Reconcile();
+    ReleaseBuildAddresses();
     for (unsigned i = 0; i < opts_.build_workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
     return Status::Ok();
   }
@@ -64,6 +73,11 @@ class SnapshotManager::Impl {
     work_cv_.notify_all();
     state_cv_.notify_all();
     for (auto& t : workers_) t.join();
+    // Like the RestoreEngine: the fcwarm chains go when no VM of any fcwarm process has rules left.
+    if (used_egress_) {
+      if (auto st = net::RemoveBaseChains({}); !st.ok())
+        spdlog::debug("fcwarm chains stay: {}", st.ToString());
+    }
     for (const auto& job : cancelled) {
       (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
         detail::AbandonBuild(db, job.snapshot_id, "cancelled: fcwarm shut down before the build started",
@@ -351,6 +365,9 @@ class SnapshotManager::Impl {
     std::unique_ptr<Vm> vm;
     std::vector<SnapshotFile> files;
     std::string manifest_digest;
+    std::vector<std::string> preload;  // container images to pull (docker runtime images only)
+    NetworkIdentity net;               // the build VM's network identity; index < 0: none
+    std::vector<std::string> images;   // what the guest's Docker daemon holds at snapshot time
     bool deleted_meanwhile = false;
     bool settled = false;  // its terminal state is committed and it no longer counts as in flight
   };
@@ -366,6 +383,7 @@ class SnapshotManager::Impl {
         {BuildPhase::kQueued, &Impl::PrepareBuild},       // generation record, directories, backend, key
         {BuildPhase::kBooting, &Impl::BootBuildVm},       // cold boot
         {BuildPhase::kWaitingRuntime, &Impl::WaitReady},  // agent, then runtime check
+        {BuildPhase::kPreloading, &Impl::PreloadImages},  // docker: identity + pulls, then the image list
         {BuildPhase::kQuiescing, &Impl::QuiesceGuest},    // guest drops per-boot state
         {BuildPhase::kPausing, &Impl::PauseVm},           // vCPUs stop
         {BuildPhase::kSnapshotting, &Impl::SnapshotVm},   // state to disk, build VM stopped
@@ -426,6 +444,12 @@ class SnapshotManager::Impl {
     auto key = CompatibilityKeyFor(b.image);
     if (!key.ok()) return key.status();
     b.key = *key;
+    b.preload = PreloadList(b.image);
+    if (!b.preload.empty() && !opts_.network.allocate_network) {
+      return Status::FailedPrecondition(
+          "preload_images: build VMs get no network (allocate_network is off), so "
+          "they cannot pull");
+    }
     return Status::Ok();
   }
 
@@ -438,6 +462,21 @@ class SnapshotManager::Impl {
     spec.image = b.image;
     spec.work_dir = b.work_dir.string();
     spec.network.hostname = "fcwarm-build";
+    // Only a build VM that pulls gets a network identity (docs/architecture.md, "Preloaded images"): an
+    // address from the pool the clones use, and the clones' egress rules and resolvers.
+    if (!b.preload.empty()) {
+      auto st = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
+        return internal::AllocateAddress(db, pool_base_, opts_.network.address_pool_size, b.owner, &b.net);
+      });
+      if (!st.ok()) return st.WithContext("address of the build VM");
+      b.net.hostname = spec.network.hostname;
+      spec.network = b.net;
+      spec.network.egress = guest_net_.egress;
+      spec.network.egress_allow = guest_net_.egress_allow;
+      spec.network.egress_deny = guest_net_.egress_deny;
+      spec.network.dns = guest_net_.dns;
+      if (!guest_net_.egress.empty()) used_egress_ = true;
+    }
     spec.on_process_started = [this, owner = b.owner](int pid) {
       internal::RecordProcess(store_, pid, "build", owner);
     };
@@ -459,6 +498,49 @@ class SnapshotManager::Impl {
     return ready;
   }
 
+  // preloading (container runtime images): the build VM that pulls gets its identity (address, resolvers,
+  // registry settings; the same request a clone gets), pulls each preload image the daemon lacks, then the
+  // daemon's image list is what the snapshot holds. A pull error fails the build with Docker's message.
+  Status PreloadImages(Build& b) {
+    if (b.image.runtime_check.kind != "docker") return Status::Ok();
+    if (!b.preload.empty()) {
+      IdentityRequest id;
+      id.hostname = b.net.hostname;
+      id.mac = b.net.mac;
+      id.ip_cidr = b.net.ip_cidr;
+      id.gateway = b.net.gateway;
+      id.entropy = internal::RandomBytes(64);
+      id.wall_clock_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::system_clock::now().time_since_epoch())
+                             .count();
+      id.dns = guest_net_.dns;
+      if (guest_net_.has_docker_settings) id.docker = guest_net_.docker;
+      auto r = b.vm->guest().SetIdentity(id, std::chrono::milliseconds(30000));
+      if (!r.ok()) return r.status().WithContext("identity of the build VM");
+    }
+    docker::Client client(std::make_unique<docker::GuestTransport>(b.vm->guest()), {});
+    docker::Client puller(std::make_unique<docker::GuestTransport>(b.vm->guest()),
+                          {"v1.41", opts_.pull_timeout});
+    for (const auto& ref : b.preload) {
+      if (Stopping()) return Cancelled();
+      auto has = client.HasImage(ref);
+      if (!has.ok()) return has.status().WithContext("preload " + ref);
+      if (*has) {
+        spdlog::info("snapshot {}: preload {}: the runtime image has it already", b.job.snapshot_id, ref);
+        continue;
+      }
+      auto t = std::chrono::steady_clock::now();
+      auto pulled = puller.PullChecked(ref);
+      if (!pulled.ok()) return pulled.status().WithContext("preload " + ref);
+      spdlog::info("snapshot {}: preloaded {} ({} layer(s), {} bytes) in {:.0f} ms", b.job.snapshot_id, ref,
+                   pulled->layers, pulled->bytes, util::MsSince(t));
+    }
+    auto images = client.ListImages();
+    if (!images.ok()) return images.status().WithContext("images of the snapshot");
+    b.images = std::move(images).value();
+    return Status::Ok();
+  }
+
   // quiescing: the guest drops per-boot state.
   Status QuiesceGuest(Build& b) {
     return b.vm->guest().Quiesce(std::chrono::milliseconds(30000)).WithContext("quiesce");
@@ -473,6 +555,7 @@ class SnapshotManager::Impl {
     (void)b.vm->Stop(opts_.stop_grace);
     b.vm.reset();
     internal::ForgetProcesses(store_, b.owner);
+    ReleaseBuildAddress(b);
     return Status::Ok();
   }
 
@@ -514,6 +597,7 @@ class SnapshotManager::Impl {
         {"vm_shape", json::object{{"vcpus", b.image.shape.vcpus}, {"memory_mib", b.image.shape.memory_mib}}},
         {"agent_protocol", kGuestProtocolVersion},
         {"files", files},
+        {"images", json::value_from(b.images)},
         {"created_at", util::NowMillis()}};
     std::string manifest_text = json::serialize(manifest) + "\n";
     if (auto st = util::WriteFileDurable(b.tmp_dir / kManifestName, manifest_text); !st.ok()) return st;
@@ -539,7 +623,8 @@ class SnapshotManager::Impl {
                                           .size_bytes = apparent,
                                           .disk_bytes = allocated,
                                           .files = b.files,
-                                          .manifest_digest = b.manifest_digest};
+                                          .manifest_digest = b.manifest_digest,
+                                          .images = b.images};
     const std::string& id = b.job.snapshot_id;
     return Settle(b, [&] {
       return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
@@ -606,7 +691,7 @@ class SnapshotManager::Impl {
     b.final_dir = b.snap_dir / ("gen-" + std::to_string(gen));
     b.tmp_dir = b.snap_dir / (".tmp-gen-" + std::to_string(gen));
     b.work_dir = fs::path(opts_.build_dir) / Id::Generate().str();  // named after the build VM (its id)
-    b.owner = "build:" + job.snapshot_id;
+    b.owner = kBuildOwnerPrefix + job.snapshot_id;
 
     BuildPhase phase = BuildPhase::kQueued;
     Status result = RunBuildSteps(b, phase, out.timings);
@@ -621,6 +706,7 @@ class SnapshotManager::Impl {
       b.vm.reset();
     }
     internal::ForgetProcesses(store_, b.owner);
+    ReleaseBuildAddress(b);
     util::RemoveTree(b.work_dir);
 
     if (!result.ok()) {
@@ -653,6 +739,63 @@ class SnapshotManager::Impl {
     internal::Emit(store_, e);
     *settled = b.settled;
     return out;
+  }
+
+  // The service-wide list, then the image's own, each reference once (by its normalized form); empty for a
+  // runtime image without Docker.
+  std::vector<std::string> PreloadList(const RuntimeImage& image) const {
+    std::vector<std::string> out;
+    if (image.runtime_check.kind != "docker") return out;
+    std::set<std::string> seen;
+    for (const auto* list : {&opts_.preload_images, &image.preload_images}) {
+      for (const auto& ref : *list) {
+        auto parsed = ParseImageReference(ref, "preload_images");
+        if (seen.insert(parsed.ok() ? parsed->Normalized() : ref).second) out.push_back(ref);
+      }
+    }
+    return out;
+  }
+
+  // The service-wide preload list (InvalidArgument naming `preload_images[i]`) and the network build VMs get.
+  Status CheckPreloadOptions() {
+    if (opts_.preload_images.size() > kMaxPreloadImages) {
+      return Status::InvalidArgument("preload_images: more than " + std::to_string(kMaxPreloadImages) +
+                                     " images");
+    }
+    std::set<std::string> seen;
+    for (size_t i = 0; i < opts_.preload_images.size(); ++i) {
+      const std::string field = "preload_images[" + std::to_string(i) + "]";
+      auto ref = ParseImageReference(opts_.preload_images[i], field);
+      if (!ref.ok()) return ref.status();
+      if (!seen.insert(ref->Normalized()).second) {
+        return Status::InvalidArgument(field + ": '" + opts_.preload_images[i] + "' is listed twice");
+      }
+    }
+    auto net = internal::ResolveGuestNetwork(opts_.network);
+    if (!net.ok()) return net.status().WithContext("network");
+    guest_net_ = std::move(net).value();
+    pool_base_ = internal::PoolBase(opts_.network.address_pool_base);
+    if (pool_base_ == 0) {
+      return Status::InvalidArgument("network.address_pool_base: '" +
+                                     opts_.network.address_pool_base.substr(0, 64) +
+                                     "' is not an IPv4 address");
+    }
+    return Status::Ok();
+  }
+
+  // Frees the build VM's address (idempotent); the VM is stopped.
+  void ReleaseBuildAddress(Build& b) {
+    if (b.net.index < 0) return;
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::ReleaseAddress(db, b.owner); });
+    b.net.index = -1;
+  }
+
+  // Addresses held by build VMs of a previous run (a crash mid-build); their processes are gone by now.
+  void ReleaseBuildAddresses() {
+    int released = 0;
+    (void)detail::DbOf(store_).Do(
+        [&](SQLite::Database& db) { released = detail::ReleaseAddressesWithPrefix(db, kBuildOwnerPrefix); });
+    if (released > 0) spdlog::warn("reconcile: released {} address(es) of interrupted builds", released);
   }
 
   Result<std::string> CachedDigest(const std::string& path) const {
@@ -798,6 +941,10 @@ class SnapshotManager::Impl {
             auto vm = detail::VmById(db, id);
             if (vm.ok() && !detail::IsLiveState(vm->state)) ours.insert(id);
           }
+          // Build VMs that preloaded images had rules too; their ids are their work directories' names.
+          for (const auto& id : build_vms) {
+            if (tagged.count(id)) ours.insert(id);
+          }
           return Status::Ok();
         });
       }
@@ -863,6 +1010,9 @@ class SnapshotManager::Impl {
   mutable std::mutex digest_mu_;
   mutable std::map<std::string, DigestEntry> digests_;
   ReconcileReport report_;
+  internal::GuestNetwork guest_net_;  // egress, resolvers and registry settings of build VMs that pull
+  uint32_t pool_base_ = 0;            // the address pool, shared with the RestoreEngine
+  std::atomic<bool> used_egress_{false};
 };
 
 // ---- facade -------------------------------------------------------------------

@@ -253,4 +253,46 @@ Result<PullSummary> Client::Pull(const std::string& reference) {
   return ParsePullStream(reply->body);
 }
 
+Result<PullSummary> Client::PullChecked(const std::string& reference) {
+  auto pulled = Pull(reference);
+  if (!pulled.ok() || pulled->complete) return pulled;
+  auto has = HasImage(reference);
+  if (!has.ok()) return has.status();
+  if (!*has)
+    return Status::Unavailable("docker pull: the daemon ended the pull of " + reference +
+                               " without the image");
+  return pulled;
+}
+
+Result<std::vector<std::string>> Client::ListImages() {
+  auto reply = Call("image list", "GET", "/images/json");
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 200) return HttpError("image list", *reply, Blame::kDaemon);
+  if (reply->truncated) return Status::Unavailable("docker image list: the reply was cut short");
+  boost::system::error_code ec;
+  auto v = json::parse(reply->body, ec);
+  if (ec || !v.is_array()) return Status::Unavailable("docker image list: the reply is not a JSON array");
+  std::vector<std::string> out;
+  auto strings = [](const json::object& o, std::string_view key) {
+    std::vector<std::string> s;
+    if (const auto* a = o.if_contains(key); a && a->is_array()) {
+      for (const auto& e : a->as_array()) {
+        if (e.is_string() && e.as_string() != "<none>:<none>" && e.as_string() != "<none>@<none>") {
+          s.emplace_back(e.as_string());
+        }
+      }
+    }
+    return s;
+  };
+  for (const auto& image : v.as_array()) {
+    if (!image.is_object()) continue;
+    auto tags = strings(image.as_object(), "RepoTags");
+    if (tags.empty()) tags = strings(image.as_object(), "RepoDigests");
+    out.insert(out.end(), tags.begin(), tags.end());
+  }
+  std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
+  return out;
+}
+
 }  // namespace fcwarm::docker

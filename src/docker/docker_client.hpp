@@ -122,6 +122,14 @@ class Client {
   /// (ParseImageReference); without a tag or digest "latest" is pulled. \return What the pull took; Docker's
   /// error (ParsePullStream), or InvalidArgument for a malformed reference.
   Result<PullSummary> Pull(const std::string& reference);
+  /// Pull(), and when its progress stream was cut short (complete == false), HasImage() to believe the daemon
+  /// rather than the stream. \return What the pull took; Unavailable "docker pull: ..." when the daemon ended
+  /// without the image.
+  Result<PullSummary> PullChecked(const std::string& reference);
+  /// GET /images/json: the daemon's images by name. \return Every repository tag ("nginx:alpine"), and for an
+  /// image without a tag its repository digests ("nginx@sha256:..."), sorted and unique; Unavailable when the
+  /// reply is not a JSON array or was cut short.
+  Result<std::vector<std::string>> ListImages();
 
  private:
   // Who an unexpected HTTP status blames: the request's content (Create) or the daemon.

@@ -18,6 +18,7 @@ const RowMap<RuntimeImage>& ImageRows() {
       Col("vcpus", &RuntimeImage::shape, &VmShape::vcpus),
       Col("memory_mib", &RuntimeImage::shape, &VmShape::memory_mib),
       Col("runtime_check", &RuntimeImage::runtime_check),
+      Col("preload_images", &RuntimeImage::preload_images),
       Col("created_at", &RuntimeImage::created_at),
   };
   return kRows;
@@ -49,10 +50,11 @@ void InsertImage(SQLite::Database& db, const RuntimeImage& image) {
   Exec(db,
        "INSERT INTO runtime_images(id, name, backend, kernel_path, initrd_path, rootfs_path, boot_args, "
        "vcpus, "
-       "memory_mib, runtime_check, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+       "memory_mib, runtime_check, preload_images, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
        image.id, image.name, image.backend, image.kernel_path, image.initrd_path, image.rootfs_path,
        image.boot_args, image.shape.vcpus, image.shape.memory_mib,
-       util::RuntimeCheckToJson(image.runtime_check), image.created_at);
+       util::RuntimeCheckToJson(image.runtime_check), util::StringListToJson(image.preload_images),
+       image.created_at);
 }
 
 void DeleteImage(SQLite::Database& db, const std::string& id) {

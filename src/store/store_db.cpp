@@ -170,6 +170,11 @@ DROP TABLE containers;
 ALTER TABLE containers_v3 RENAME TO containers;
 CREATE INDEX containers_by_state ON containers(state);
 )SQL"},
+      // Snapshot builds pre-pull container images: the runtime image's own list, and what a snapshot holds.
+      {4, R"SQL(
+ALTER TABLE runtime_images ADD COLUMN preload_images TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE runtime_snapshots ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
+)SQL"},
   };
   return kMigrations;
 }

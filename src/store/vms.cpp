@@ -135,6 +135,10 @@ void ReleaseAddress(SQLite::Database& db, const std::string& vm_id) {
   Exec(db, "DELETE FROM address_allocations WHERE vm_id = ?", vm_id);
 }
 
+int ReleaseAddressesWithPrefix(SQLite::Database& db, const std::string& prefix) {
+  return Exec(db, "DELETE FROM address_allocations WHERE substr(vm_id, 1, length(?1)) = ?1", prefix);
+}
+
 // ---- processes ----------------------------------------------------------------
 
 void RecordProcess(SQLite::Database& db, const ProcessRecord& p, int64_t now) {

@@ -56,6 +56,9 @@ void AllocateAddress(SQLite::Database& db, int64_t index, const std::string& vm_
 int64_t AddressIndexOf(SQLite::Database& db, const std::string& vm_id);
 /// Frees a VM's address allocation.
 void ReleaseAddress(SQLite::Database& db, const std::string& vm_id);
+/// Frees every allocation whose holder starts with `prefix` (e.g. "build:", the build VMs of a previous run);
+/// returns how many.
+int ReleaseAddressesWithPrefix(SQLite::Database& db, const std::string& prefix);
 
 // ---- processes ----------------------------------------------------------------
 

@@ -33,7 +33,9 @@ void BindTesting(pyb::module_& m) {
       .def_property_readonly("live", [](FakeVmm& f) { return f.live.load(); })
       .def_property_readonly("max_live", [](FakeVmm& f) { return f.max_live.load(); })
       .def_property_readonly("docker_requests", [](FakeVmm& f) { return f.docker_requests.load(); },
-                             "Docker API requests served by the fake guests' daemons.");
+                             "Docker API requests served by the fake guests' daemons.")
+      .def_property_readonly("pulls", [](FakeVmm& f) { return f.pulls.load(); },
+                             "Image pulls the fake guests' daemons were asked for.");
 }
 
 }  // namespace fcwarm::py

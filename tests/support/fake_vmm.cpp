@@ -19,13 +19,24 @@ namespace fs = std::filesystem;
 namespace {
 
 // A scripted Docker daemon inside one fake VM (Engine API v1.41 subset: create, start, inspect, logs, image
-// inspect, image pull). It has busybox:latest (also as "busybox"); its "registry" (FakeVmm::pullable) serves
-// more, each pulled as two layers of 1000 and 2345 bytes; pulling anything else fails inside the stream, as
-// Docker does. A container's output is its Cmd joined by spaces on stdout and "done" on stderr; Cmd
+// inspect, image list, image pull). It has busybox:latest (also as "busybox"); its "registry"
+// (FakeVmm::pullable) serves more, each pulled as two layers of 1000 and 2345 bytes; pulling anything else
+// fails inside the stream, as Docker does. A snapshot keeps the daemon's images: clones of it start with
+// them. A container's output is its Cmd joined by spaces on stdout and "done" on stderr; Cmd
 // ["sleep", ...] keeps running, ["exit", "N"] exits with N, anything else exits 0.
 class FakeDocker {
  public:
   explicit FakeDocker(FakeVmm& vmm) : vmm_(vmm) {}
+
+  // The images it has (references as pulled), and those a clone inherits from its snapshot.
+  std::set<std::string> Images() {
+    std::lock_guard lock(mu_);
+    return images_;
+  }
+  void AddImages(const std::set<std::string>& refs) {
+    std::lock_guard lock(mu_);
+    images_.insert(refs.begin(), refs.end());
+  }
 
   Result<DockerResponse> Handle(const DockerRequest& r) {
     namespace json = boost::json;
@@ -87,6 +98,25 @@ class FakeDocker {
   Result<DockerResponse> HandleImage(const DockerRequest& r, const std::string& rest) {
     namespace json = boost::json;
     const std::string create = "create?fromImage=";
+    if (r.method == "GET" && rest == "json") {
+      // One entry per reference, as Docker lists images: tags under RepoTags, a digest-only image under
+      // RepoDigests with no tag.
+      json::array list;
+      for (const auto& ref : images_) {
+        json::object o{{"Id", "sha256:" + std::string(64, '0')}};
+        if (ref.find('@') != std::string::npos) {
+          o["RepoTags"] = nullptr;
+          o["RepoDigests"] = json::array{json::value(ref)};
+        } else if (ref.find(':') != std::string::npos) {
+          o["RepoTags"] = json::array{json::value(ref)};
+          o["RepoDigests"] = json::array();
+        } else {
+          continue;  // "busybox": the fake's alias of busybox:latest for inspect
+        }
+        list.push_back(std::move(o));
+      }
+      return Reply(200, json::serialize(list));
+    }
     if (r.method == "POST" && rest.rfind(create, 0) == 0) {
       auto amp = rest.find("&tag=");
       if (amp == std::string::npos) return Reply(400, R"({"message":"no tag"})");
@@ -162,6 +192,7 @@ class FakeGuest : public GuestChannel {
  public:
   FakeGuest(FakeVmm& vmm, std::string vm_id, std::function<bool()> alive, bool verify_fails)
       : vmm_(vmm), vm_id_(std::move(vm_id)), alive_(std::move(alive)), verify_fails_(verify_fails), docker_(vmm) {}
+  FakeDocker& docker() { return docker_; }
   Result<GuestInfo> Ping(std::chrono::milliseconds) override {
     if (!Alive()) return Status::Unavailable("agent socket closed (VMM process is gone)");
     GuestInfo g;
@@ -220,8 +251,14 @@ class FakeGuest : public GuestChannel {
 
 class FakeVm : public Vm {
  public:
-  FakeVm(FakeVmm& vmm, std::string vm_id, int pid, bool verify_fails, bool dead)
-      : vmm_(vmm), pid_(pid), reaped_(dead), guest_(vmm, std::move(vm_id), [this] { return IsAlive(); }, verify_fails) {
+  FakeVm(FakeVmm& vmm, std::string vm_id, int pid, bool verify_fails, bool dead,
+         const std::set<std::string>& images)
+      : vmm_(vmm),
+        pid_(pid),
+        reaped_(dead),
+        guest_(
+            vmm, std::move(vm_id), [this] { return IsAlive(); }, verify_fails) {
+    guest_.docker().AddImages(images);
     vmm_.NoteLive(+1);
   }
   ~FakeVm() override {
@@ -253,7 +290,11 @@ class FakeVm : public Vm {
     std::string mem(static_cast<size_t>(vmm_.script.snapshot_bytes.load()), '\0');
     for (size_t i = 0; i < mem.size(); ++i) mem[i] = static_cast<char>((i * 131) & 0xff);
     std::ofstream(fs::path(dir) / "memory.bin", std::ios::binary) << mem;
-    std::ofstream(fs::path(dir) / "vmstate.json") << "{\"fake\":true}\n";
+    // The daemon's images are part of the guest's state: a clone has them.
+    boost::json::array images;
+    for (const auto& ref : guest_.docker().Images()) images.emplace_back(ref);
+    std::ofstream(fs::path(dir) / "vmstate.json")
+        << boost::json::serialize(boost::json::object{{"fake", true}, {"images", images}}) << "\n";
     vmm_.snapshots++;
     return Status::Ok();
   }
@@ -317,7 +358,8 @@ void FakeVmm::NoteLive(int delta) {
   }
 }
 
-Result<std::unique_ptr<Vm>> FakeVmm::Start(const LaunchSpec& spec, bool restored, bool verify_fails) {
+Result<std::unique_ptr<Vm>> FakeVmm::Start(const LaunchSpec& spec, bool restored, bool verify_fails,
+                                           const std::set<std::string>& images) {
   util::SpawnOptions o;
   o.argv = {"sleep", "3600"};
   auto child = util::Spawn(o);
@@ -334,7 +376,7 @@ Result<std::unique_ptr<Vm>> FakeVmm::Start(const LaunchSpec& spec, bool restored
     util::WaitFor(child->pid, std::chrono::seconds(5));
     dead = true;
   }
-  auto vm = std::make_unique<FakeVm>(*this, spec.vm_id, child->pid, verify_fails, dead);
+  auto vm = std::make_unique<FakeVm>(*this, spec.vm_id, child->pid, verify_fails, dead, images);
   return std::unique_ptr<Vm>(std::move(vm));
 }
 
@@ -345,7 +387,7 @@ Result<std::unique_ptr<Vm>> FakeVmm::ColdBoot(const LaunchSpec& spec) {
     return Status::Unavailable("fake: cold boot failed (injected)");
   }
   cold_boots++;
-  return Start(spec, false, false);
+  return Start(spec, false, false, {});
 }
 
 Result<std::unique_ptr<Vm>> FakeVmm::Restore(const LaunchSpec& spec, const std::string& snapshot_dir) {
@@ -362,8 +404,22 @@ Result<std::unique_ptr<Vm>> FakeVmm::Restore(const LaunchSpec& spec, const std::
     script.fail_verifies--;
     verify_fails = true;
   }
+  // The images the snapshot's daemon had.
+  std::set<std::string> images;
+  {
+    std::ifstream f(fs::path(snapshot_dir) / "vmstate.json");
+    std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    boost::system::error_code ec;
+    auto v = boost::json::parse(text, ec);
+    if (!ec && v.is_object()) {
+      if (const auto* a = v.as_object().if_contains("images"); a && a->is_array()) {
+        for (const auto& e : a->as_array())
+          if (e.is_string()) images.emplace(e.as_string());
+      }
+    }
+  }
   restores++;
-  return Start(spec, true, verify_fails);
+  return Start(spec, true, verify_fails, images);
 }
 
 }  // namespace fcwarm::testing

@@ -44,7 +44,8 @@ class FakeVmm : public Vmm {
   std::atomic<int> live{0};  // VM objects alive
   std::atomic<int> max_live{0};
   std::atomic<int> docker_requests{0};  // Docker API requests served by the fake daemons
-  std::atomic<int> pulls{0};            // image pulls the fake daemons were asked for
+  std::atomic<int> pulls{0};            // image pulls the fake daemons were asked for (clones of a snapshot
+                                        // start with the images its daemon had)
   // Images the fake daemons can pull (references as Docker is asked for them: "nginx:alpine"); guarded by
   // pull_mu.
   std::set<std::string> pullable{"nginx:alpine"};
@@ -60,7 +61,8 @@ class FakeVmm : public Vmm {
   void NoteLive(int delta);
 
  private:
-  Result<std::unique_ptr<Vm>> Start(const LaunchSpec& spec, bool restored, bool verify_fails);
+  Result<std::unique_ptr<Vm>> Start(const LaunchSpec& spec, bool restored, bool verify_fails,
+                                    const std::set<std::string>& images);
   std::string kind_;
   mutable std::mutex mu_;
   std::string host_version_ = "1.0";

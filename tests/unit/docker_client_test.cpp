@@ -243,3 +243,52 @@ TEST_CASE("errors: Docker's message, the status code mapped, the call named") {
     CHECK(f.transport->requests.empty());
   }
 }
+
+TEST_CASE("image list: tags, digests of untagged images, sorted and unique, <none> left out") {
+  Fixture f;
+  f.Reply(200,
+          R"([{"Id":"sha256:1","RepoTags":["nginx:alpine","nginx:latest"],"RepoDigests":["nginx@sha256:aa"]},
+                   {"Id":"sha256:2","RepoTags":["busybox:latest"]},
+                   {"Id":"sha256:3","RepoTags":null,"RepoDigests":["app@sha256:bb"]},
+                   {"Id":"sha256:4","RepoTags":["<none>:<none>"],"RepoDigests":["<none>@<none>"]},
+                   {"Id":"sha256:5","RepoTags":["busybox:latest"]}, 7])");
+  auto list = f.client->ListImages();
+  REQUIRE(list.ok());
+  CHECK(f.last().method == "GET");
+  CHECK(f.last().path == "/v1.41/images/json");
+  CHECK(*list == std::vector<std::string>{"app@sha256:bb", "busybox:latest", "nginx:alpine", "nginx:latest"});
+  f.Reply(200, "[]");
+  CHECK(f.client->ListImages()->empty());
+  f.Reply(200, R"({"message":"not a list"})");
+  CHECK(f.client->ListImages().status().message() == "docker image list: the reply is not a JSON array");
+  f.Reply(200, "[", true);
+  CHECK(f.client->ListImages().status().message() == "docker image list: the reply was cut short");
+  f.Reply(500, R"({"message":"boom"})");
+  CHECK(f.client->ListImages().status().message() == "docker image list: HTTP 500: boom");
+}
+
+TEST_CASE("pull checked: a complete stream is believed, a cut one is checked against the daemon") {
+  Fixture f;
+  const std::string done = R"({"status":"Status: Downloaded newer image for nginx:alpine"})";
+  f.Reply(200, done + "\n");
+  auto ok = f.client->PullChecked("nginx:alpine");
+  REQUIRE(ok.ok());
+  CHECK(ok->complete);
+  CHECK(f.transport->requests.size() == 1);
+  // Cut short: the daemon decides.
+  f.Reply(200, R"({"status":"Pulling fs layer","id":"a"})", true);
+  f.Reply(200, R"({"Id":"sha256:1"})");
+  auto cut = f.client->PullChecked("nginx:alpine");
+  REQUIRE(cut.ok());
+  CHECK_FALSE(cut->complete);
+  CHECK(f.last().path == "/v1.41/images/nginx:alpine/json");
+  f.Reply(200, R"({"status":"Pulling fs layer","id":"a"})", true);
+  f.Reply(404, R"({"message":"No such image: nginx:alpine"})");
+  auto lost = f.client->PullChecked("nginx:alpine");
+  CHECK(lost.status().code() == StatusCode::kUnavailable);
+  CHECK(lost.status().message() ==
+        "docker pull: the daemon ended the pull of nginx:alpine without the image");
+  // Docker's own error is passed on.
+  f.Reply(200, R"({"error":"manifest unknown"})");
+  CHECK(f.client->PullChecked("nginx:alpine").status().message() == "docker pull: manifest unknown");
+}

@@ -25,6 +25,7 @@ class BuildPhase(_Labeled):
     QUEUED: BuildPhase
     BOOTING: BuildPhase
     WAITING_RUNTIME: BuildPhase
+    PRELOADING: BuildPhase
     QUIESCING: BuildPhase
     PAUSING: BuildPhase
     SNAPSHOTTING: BuildPhase
@@ -81,11 +82,12 @@ class RuntimeImage:
     boot_args: str
     shape: VmShape
     runtime_check: RuntimeCheck
+    preload_images: List[str]
     created_at: int
     path: str
     def __init__(self, name: str = "", backend: str = "", kernel_path: str = "", initrd_path: str = "",
                  rootfs_path: str = "", boot_args: str = "", vcpus: int = 1, memory_mib: int = 512,
-                 runtime_check: RuntimeCheck = ...) -> None: ...
+                 runtime_check: RuntimeCheck = ..., preload_images: List[str] = ...) -> None: ...
 
 class SnapshotFile:
     name: str
@@ -106,6 +108,7 @@ class RuntimeSnapshot:
     disk_bytes: int
     files: List[SnapshotFile]
     manifest_digest: str
+    images: List[str]
     success_count: int
     failure_count: int
     consecutive_failures: int
@@ -189,6 +192,8 @@ class SnapshotManagerOptions:
     poll_interval: datetime.timedelta
     stop_grace: datetime.timedelta
     reconcile_processes: bool
+    preload_images: List[str]
+    pull_timeout: datetime.timedelta
 
 class HealthOptions:
     unhealthy_threshold: int
@@ -210,6 +215,10 @@ class RestoreOptions:
     allocate_network: bool
     stop_grace: datetime.timedelta
     fallback_to_cold: bool
+    egress: str
+    dns: List[str]
+    registry_mirrors: List[str]
+    insecure_registries: List[str]
 
 class ContainerOptions:
     docker_timeout: datetime.timedelta

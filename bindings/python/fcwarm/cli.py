@@ -19,7 +19,7 @@ import urllib.request
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
-PHASES = ["queued", "booting", "waiting_runtime", "quiescing", "pausing", "snapshotting", "verifying",
+PHASES = ["queued", "booting", "waiting_runtime", "preloading", "quiescing", "pausing", "snapshotting", "verifying",
           "publishing", "done"]
 
 
@@ -474,7 +474,7 @@ def _progress(backend, snap, out, terminal):
 # exit code (None: success) or raises CliError.
 
 _IMAGE_FIELDS = ("name", "backend", "kernel_path", "initrd_path", "rootfs_path", "boot_args", "vcpus", "memory_mib",
-                 "check_kind", "check_path", "check_argv")
+                 "check_kind", "check_path", "check_argv", "preload_images")
 
 
 def _image_add(backend, args, view):
@@ -660,6 +660,9 @@ def _parser():
     add.add_argument("--check-kind", default="none", choices=["none", "file", "docker", "command"])
     add.add_argument("--check-path", default="")
     add.add_argument("--check-argv", nargs="*", default=[])
+    add.add_argument("--preload-image", action="append", default=[], dest="preload_images", metavar="REF",
+                     help="container image every snapshot build pulls before the snapshot (repeatable; "
+                          "container runtime images only)")
     command(img, "ls", _image_ls, help="list images")
     command(img, "get", _image_get, help="show an image").add_argument("image")
     command(img, "rm", _image_rm, help="remove an image").add_argument("image")

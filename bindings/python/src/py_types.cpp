@@ -22,6 +22,7 @@ void BindTypes(pyb::module_& m) {
   phase.value("QUEUED", BuildPhase::kQueued)
       .value("BOOTING", BuildPhase::kBooting)
       .value("WAITING_RUNTIME", BuildPhase::kWaitingRuntime)
+      .value("PRELOADING", BuildPhase::kPreloading)
       .value("QUIESCING", BuildPhase::kQuiescing)
       .value("PAUSING", BuildPhase::kPausing)
       .value("SNAPSHOTTING", BuildPhase::kSnapshotting)
@@ -88,10 +89,12 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("vcpus", &VmShape::vcpus)
       .def_readwrite("memory_mib", &VmShape::memory_mib);
 
-  pyb::class_<RuntimeImage>(m, "RuntimeImage", "What a VM boots: kernel, initrd/rootfs, shape, runtime check, backend.")
-      .def(pyb::init([](std::string name, std::string backend, std::string kernel_path, std::string initrd_path,
-                        std::string rootfs_path, std::string boot_args, uint32_t vcpus, uint32_t memory_mib,
-                        RuntimeCheck check) {
+  pyb::class_<RuntimeImage>(m, "RuntimeImage",
+                            "What a VM boots: kernel, initrd/rootfs, shape, runtime check, backend.")
+      .def(pyb::init([](std::string name, std::string backend, std::string kernel_path,
+                        std::string initrd_path, std::string rootfs_path, std::string boot_args,
+                        uint32_t vcpus, uint32_t memory_mib, RuntimeCheck check,
+                        std::vector<std::string> preload_images) {
              RuntimeImage i;
              i.name = std::move(name);
              i.backend = std::move(backend);
@@ -101,11 +104,13 @@ void BindTypes(pyb::module_& m) {
              i.boot_args = std::move(boot_args);
              i.shape = {vcpus, memory_mib};
              i.runtime_check = std::move(check);
+             i.preload_images = std::move(preload_images);
              return i;
            }),
-           pyb::arg("name") = "", pyb::arg("backend") = "", pyb::arg("kernel_path") = "", pyb::arg("initrd_path") = "",
-           pyb::arg("rootfs_path") = "", pyb::arg("boot_args") = "", pyb::arg("vcpus") = 1,
-           pyb::arg("memory_mib") = 512, pyb::arg("runtime_check") = RuntimeCheck{})
+           pyb::arg("name") = "", pyb::arg("backend") = "", pyb::arg("kernel_path") = "",
+           pyb::arg("initrd_path") = "", pyb::arg("rootfs_path") = "", pyb::arg("boot_args") = "",
+           pyb::arg("vcpus") = 1, pyb::arg("memory_mib") = 512, pyb::arg("runtime_check") = RuntimeCheck{},
+           pyb::arg("preload_images") = std::vector<std::string>{})
       .def_readonly("id", &RuntimeImage::id)
       .def_readwrite("name", &RuntimeImage::name)
       .def_readwrite("backend", &RuntimeImage::backend)
@@ -115,6 +120,7 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("boot_args", &RuntimeImage::boot_args)
       .def_readwrite("shape", &RuntimeImage::shape)
       .def_readwrite("runtime_check", &RuntimeImage::runtime_check)
+      .def_readwrite("preload_images", &RuntimeImage::preload_images)
       .def_readonly("created_at", &RuntimeImage::created_at)
       .def_property_readonly("path", &RuntimeImage::path)
       .def("__repr__", [](const RuntimeImage& i) { return Repr("RuntimeImage", i.id, i.name); });
@@ -138,6 +144,7 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("disk_bytes", &RuntimeSnapshot::disk_bytes)
       .def_readonly("files", &RuntimeSnapshot::files)
       .def_readonly("manifest_digest", &RuntimeSnapshot::manifest_digest)
+      .def_readonly("images", &RuntimeSnapshot::images)
       .def_readonly("success_count", &RuntimeSnapshot::success_count)
       .def_readonly("failure_count", &RuntimeSnapshot::failure_count)
       .def_readonly("consecutive_failures", &RuntimeSnapshot::consecutive_failures)
@@ -227,7 +234,9 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("runtime_timeout", &SnapshotManagerOptions::runtime_timeout)
       .def_readwrite("poll_interval", &SnapshotManagerOptions::poll_interval)
       .def_readwrite("stop_grace", &SnapshotManagerOptions::stop_grace)
-      .def_readwrite("reconcile_processes", &SnapshotManagerOptions::reconcile_processes);
+      .def_readwrite("reconcile_processes", &SnapshotManagerOptions::reconcile_processes)
+      .def_readwrite("preload_images", &SnapshotManagerOptions::preload_images)
+      .def_readwrite("pull_timeout", &SnapshotManagerOptions::pull_timeout);
   pyb::class_<HealthOptions>(m, "HealthOptions", "Options of the health tracker.")
       .def(pyb::init<>())
       .def_readwrite("unhealthy_threshold", &HealthOptions::unhealthy_threshold)
@@ -248,7 +257,11 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("address_pool_size", &RestoreOptions::address_pool_size)
       .def_readwrite("allocate_network", &RestoreOptions::allocate_network)
       .def_readwrite("stop_grace", &RestoreOptions::stop_grace)
-      .def_readwrite("fallback_to_cold", &RestoreOptions::fallback_to_cold);
+      .def_readwrite("fallback_to_cold", &RestoreOptions::fallback_to_cold)
+      .def_readwrite("egress", &RestoreOptions::egress)
+      .def_readwrite("dns", &RestoreOptions::dns)
+      .def_readwrite("registry_mirrors", &RestoreOptions::registry_mirrors)
+      .def_readwrite("insecure_registries", &RestoreOptions::insecure_registries);
   pyb::class_<ServiceOptions>(m, "ServiceOptions", "Options of every component.")
       .def(pyb::init<>())
       .def_readwrite("store", &ServiceOptions::store)
