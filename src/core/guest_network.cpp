@@ -2,8 +2,10 @@
 
 #include <arpa/inet.h>
 
+#include <chrono>
 #include <cstdio>
 
+#include "core/internal.hpp"
 #include "net/egress.hpp"
 #include "net/ipv4.hpp"
 #include "net/ports.hpp"
@@ -139,6 +141,23 @@ Result<GuestNetwork> ResolveGuestNetwork(const GuestNetworkOptions& opts) {
   g.docker.insecure_registries = opts.insecure_registries;
   g.has_docker_settings = !opts.registry_mirrors.empty() || !opts.insecure_registries.empty();
   return g;
+}
+
+IdentityRequest IdentityFor(const NetworkIdentity& net, const GuestNetwork& g, bool docker) {
+  IdentityRequest id;
+  id.hostname = net.hostname;
+  id.mac = net.mac;
+  id.ip_cidr = net.ip_cidr;
+  id.gateway = net.gateway;
+  id.entropy = RandomBytes(64);
+  id.wall_clock_ns =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch())
+          .count();
+  if (docker) {
+    id.dns = net.dns;
+    if (g.has_docker_settings) id.docker = g.docker;
+  }
+  return id;
 }
 
 }  // namespace fcwarm::internal

@@ -42,6 +42,11 @@ Status AllocateAddress(SQLite::Database& db, uint32_t pool_base, int64_t pool_si
 /// The pool base "a.b.c.d" in host byte order, or 0 when it is not an IPv4 address.
 uint32_t PoolBase(const std::string& address_pool_base);
 
+/// The identity request that makes a VM with network identity `net` unique (hostname, MAC, address, gateway,
+/// fresh entropy, the host's clock) and, for a container runtime image (`docker`), gives it `net`'s resolvers and
+/// the registry settings of `g` (a VM-only image may have no writable /etc and has no daemon that pulls).
+IdentityRequest IdentityFor(const NetworkIdentity& net, const GuestNetwork& g, bool docker);
+
 /// The host of an "http(s)://host[:port]" registry URL, or InvalidArgument naming `field`.
 Result<std::string> RegistryUrlHost(const std::string& url, const std::string& field);
 

@@ -455,20 +455,8 @@ class RestoreEngine::Impl {
     timings["agent"] = util::MsSince(t);
     if (!info.ok()) return info.status();
     t = Clock::now();
-    IdentityRequest id;
-    id.hostname = spec.network.hostname;
-    id.mac = spec.network.mac;
-    id.ip_cidr = spec.network.ip_cidr;
-    id.gateway = spec.network.gateway;
-    id.entropy = internal::RandomBytes(64);
-    id.wall_clock_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::system_clock::now().time_since_epoch()).count();
-    // Resolvers and registry settings go to container runtime images only: a VM-only image may have no
-    // writable /etc, and has no daemon that pulls (docs/networking.md).
-    if (spec.image.runtime_check.kind == "docker") {
-      id.dns = spec.network.dns;
-      if (guest_net_.has_docker_settings) id.docker = guest_net_.docker;
-    }
+    // Resolvers and registry settings go to container runtime images only (docs/networking.md).
+    IdentityRequest id = internal::IdentityFor(spec.network, guest_net_, spec.image.runtime_check.kind == "docker");
     auto r = vm.guest().SetIdentity(id, std::chrono::milliseconds(10000));
     timings["identity"] = util::MsSince(t);
     if (!r.ok()) return r.status().WithContext("identity");

@@ -470,6 +470,7 @@ class SnapshotManager::Impl {
       });
       if (!st.ok()) return st.WithContext("address of the build VM");
       b.net.hostname = spec.network.hostname;
+      b.net.dns = guest_net_.dns;
       spec.network = b.net;
       spec.network.egress = guest_net_.egress;
       spec.network.egress_allow = guest_net_.egress_allow;
@@ -504,17 +505,7 @@ class SnapshotManager::Impl {
   Status PreloadImages(Build& b) {
     if (b.image.runtime_check.kind != "docker") return Status::Ok();
     if (!b.preload.empty()) {
-      IdentityRequest id;
-      id.hostname = b.net.hostname;
-      id.mac = b.net.mac;
-      id.ip_cidr = b.net.ip_cidr;
-      id.gateway = b.net.gateway;
-      id.entropy = internal::RandomBytes(64);
-      id.wall_clock_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             std::chrono::system_clock::now().time_since_epoch())
-                             .count();
-      id.dns = guest_net_.dns;
-      if (guest_net_.has_docker_settings) id.docker = guest_net_.docker;
+      IdentityRequest id = internal::IdentityFor(b.net, guest_net_, /*docker=*/true);
       auto r = b.vm->guest().SetIdentity(id, std::chrono::milliseconds(30000));
       if (!r.ok()) return r.status().WithContext("identity of the build VM");
     }
