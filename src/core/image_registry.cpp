@@ -3,8 +3,8 @@
 #include <sys/stat.h>
 
 #include <filesystem>
-#include <set>
 
+#include "core/internal.hpp"
 #include "fcwarm/ids.hpp"
 #include "fcwarm/image_reference.hpp"
 #include "store/images.hpp"
@@ -72,17 +72,9 @@ Status ValidatePreload(RuntimeImage& image) {
         "images; this one has kind '" +
         image.runtime_check.kind + "'");
   }
-  if (list.size() > 32) return Status::InvalidArgument("preload_images: more than 32 images");
-  std::set<std::string> seen;
-  for (size_t i = 0; i < list.size(); ++i) {
-    const std::string field = "preload_images[" + std::to_string(i) + "]";
-    auto ref = ParseImageReference(list[i], field);
-    if (!ref.ok()) return ref.status();
-    if (!seen.insert(ref->Normalized()).second) {
-      return Status::InvalidArgument(field + ": '" + list[i] + "' is listed twice");
-    }
-    list[i] = ref->str();
-  }
+  auto canonical = internal::CheckPreloadList(list);
+  if (!canonical.ok()) return canonical.status();
+  list = std::move(canonical).value();
   return Status::Ok();
 }
 

@@ -3,8 +3,10 @@
 #include <spdlog/spdlog.h>
 #include <sys/random.h>
 
+#include <set>
 #include <thread>
 
+#include "fcwarm/image_reference.hpp"
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
 #include "util/common.hpp"
@@ -73,6 +75,24 @@ std::string RandomBytes(size_t n) {
     ssize_t r = ::getrandom(out.data() + got, n - got, 0);
     if (r <= 0) continue;
     got += static_cast<size_t>(r);
+  }
+  return out;
+}
+
+Result<std::vector<std::string>> CheckPreloadList(const std::vector<std::string>& refs) {
+  if (refs.size() > kMaxPreloadImages) {
+    return Status::InvalidArgument("preload_images: more than " + std::to_string(kMaxPreloadImages) + " images");
+  }
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    const std::string field = "preload_images[" + std::to_string(i) + "]";
+    auto ref = ParseImageReference(refs[i], field);
+    if (!ref.ok()) return ref.status();
+    if (!seen.insert(ref->Normalized()).second) {
+      return Status::InvalidArgument(field + ": '" + refs[i] + "' is listed twice");
+    }
+    out.push_back(ref->str());
   }
   return out;
 }

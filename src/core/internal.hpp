@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "fcwarm/status.hpp"
 #include "fcwarm/store.hpp"
@@ -35,5 +36,12 @@ Status WaitForRuntime(Vm& vm, const RuntimeCheck& check, std::chrono::millisecon
 
 /// Random bytes from the kernel (getrandom).
 std::string RandomBytes(size_t n);
+
+/// Most container images one preload list (a runtime image's, or the service-wide one) may name.
+inline constexpr size_t kMaxPreloadImages = 32;
+/// Checks a preload list: at most kMaxPreloadImages Docker references, each once (compared normalized:
+/// "nginx:alpine" and "docker.io/library/nginx:alpine" are the same image). \return The references in canonical
+/// spelling; InvalidArgument naming `preload_images` or the entry `preload_images[i]`.
+Result<std::vector<std::string>> CheckPreloadList(const std::vector<std::string>& refs);
 
 }  // namespace fcwarm::internal

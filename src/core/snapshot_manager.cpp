@@ -37,7 +37,6 @@ constexpr int kManifestFormat = 1;
 // Holder of a build VM's address in the store: "build:<snapshot id>" (also the owner of its processes).
 constexpr const char* kBuildOwnerPrefix = "build:";
 // How many images a service-wide or per-image preload list may name.
-constexpr size_t kMaxPreloadImages = 32;
 
 struct Job {
   std::string snapshot_id;
@@ -749,19 +748,7 @@ class SnapshotManager::Impl {
 
   // The service-wide preload list (InvalidArgument naming `preload_images[i]`) and the network build VMs get.
   Status CheckPreloadOptions() {
-    if (opts_.preload_images.size() > kMaxPreloadImages) {
-      return Status::InvalidArgument("preload_images: more than " + std::to_string(kMaxPreloadImages) +
-                                     " images");
-    }
-    std::set<std::string> seen;
-    for (size_t i = 0; i < opts_.preload_images.size(); ++i) {
-      const std::string field = "preload_images[" + std::to_string(i) + "]";
-      auto ref = ParseImageReference(opts_.preload_images[i], field);
-      if (!ref.ok()) return ref.status();
-      if (!seen.insert(ref->Normalized()).second) {
-        return Status::InvalidArgument(field + ": '" + opts_.preload_images[i] + "' is listed twice");
-      }
-    }
+    if (auto list = internal::CheckPreloadList(opts_.preload_images); !list.ok()) return list.status();
     auto net = internal::ResolveGuestNetwork(opts_.network);
     if (!net.ok()) return net.status().WithContext("network");
     guest_net_ = std::move(net).value();
