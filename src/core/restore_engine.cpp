@@ -285,33 +285,25 @@ class RestoreEngine::Impl {
         return sum / static_cast<double>(it->second.size());
       }
     }
-    // Fall back to the event log (survives restarts): mean of the last 20 successful cold boots.
+    // Fall back to the event log (survives restarts): mean of the last 20 successful cold boots; before any, of
+    // the last 20 successful snapshot builds' booting + waiting_runtime phases (a build VM boots cold and waits
+    // for the runtime, which is what a cold boot does).
     auto r = detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<double>> {
       std::vector<double> out;
       for (auto& t :
            detail::LatestEventTimings(db, EventKind::kBoot, std::string(ToString(BootMethod::kCold)), image_id, 20)) {
         if (t.count("total")) out.push_back(t["total"]);
       }
-      return out;
-    });
-    if (r.ok() && !r->empty()) {
-      double sum = 0;
-      for (double v : *r) sum += v;
-      return sum / static_cast<double>(r->size());
-    }
-    // No cold boot of a VM yet: a snapshot build boots its VM cold and waits for the runtime, which is what a
-    // cold boot does (mean of the last 20 successful builds' booting + waiting_runtime phases).
-    auto builds = detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<std::vector<double>> {
-      std::vector<double> out;
+      if (!out.empty()) return out;
       for (auto& t : detail::LatestEventTimings(db, EventKind::kBuild, "ready", image_id, 20)) {
         if (t.count("booting") && t.count("waiting_runtime")) out.push_back(t["booting"] + t["waiting_runtime"]);
       }
       return out;
     });
-    if (!builds.ok() || builds->empty()) return std::nullopt;
+    if (!r.ok() || r->empty()) return std::nullopt;
     double sum = 0;
-    for (double v : *builds) sum += v;
-    return sum / static_cast<double>(builds->size());
+    for (double v : *r) sum += v;
+    return sum / static_cast<double>(r->size());
   }
 
   const RestoreOptions& options() const { return opts_; }
