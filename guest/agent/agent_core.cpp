@@ -8,7 +8,11 @@
 #include <boost/json.hpp>
 #include <csignal>
 #include <cstdio>
+#include <condition_variable>
 #include <exception>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -761,14 +765,20 @@ json::object OpExec(const json::object& req, AgentContext& ctx) {
   return r;
 }
 
-json::object OpDocker(const json::object& req, AgentContext& ctx) {
-  // Validate everything first; every message names its field.
-  std::string method = ReqString(req, "method");
-  if (!ValidHttpMethod(method))
+// The fields of the `docker` and `docker_start` ops, validated; every message names its field.
+struct DockerCall {
+  std::string method, path, socket, request;
+  std::chrono::milliseconds timeout;
+};
+
+DockerCall ParseDockerCall(const json::object& req) {
+  DockerCall c;
+  c.method = ReqString(req, "method");
+  if (!ValidHttpMethod(c.method))
     throw Failure{"bad_request", "method must be one of GET, POST, PUT, DELETE, HEAD (got \"" +
-                                     Printable(method, 16) + "\")"};
-  std::string path = ReqString(req, "path");
-  if (!ValidHttpTarget(path))
+                                     Printable(c.method, 16) + "\")"};
+  c.path = ReqString(req, "path");
+  if (!ValidHttpTarget(c.path))
     throw Failure{"bad_request", "path must start with \"/\" and be at most " +
                                      std::to_string(kMaxHttpTargetBytes) +
                                      " bytes of printable ASCII without space or '#'"};
@@ -777,21 +787,250 @@ json::object OpDocker(const json::object& req, AgentContext& ctx) {
     body = Base64Decode(*b);
     if (!body) throw Failure{"bad_request", "body_b64 is not valid base64"};
   }
-  std::string sock = OptString(req, "socket").value_or(std::string(kDefaultDockerSocket));
+  c.socket = OptString(req, "socket").value_or(std::string(kDefaultDockerSocket));
   // 107: sockaddr_un.sun_path holds 108 bytes including the NUL.
-  if (sock.empty() || sock[0] != '/' || sock.size() > 107 || sock.find('\0') != std::string::npos)
+  if (c.socket.empty() || c.socket[0] != '/' || c.socket.size() > 107 || c.socket.find('\0') != std::string::npos)
     throw Failure{"bad_request", "socket must be an absolute path of at most 107 bytes"};
-  auto timeout = ParseTimeout(req, "", kDefaultDockerTimeoutMs);
+  c.timeout = ParseTimeout(req, "", kDefaultDockerTimeoutMs);
+  c.request = BuildHttpRequest(c.method, c.path, body);
+  return c;
+}
 
-  HttpExchange x = ctx.sys->UnixHttp(sock, BuildHttpRequest(method, path, body), timeout, kMaxStreamBytes);
+json::object OpDocker(const json::object& req, AgentContext& ctx) {
+  DockerCall c = ParseDockerCall(req);
+  HttpExchange x = ctx.sys->UnixHttp(c.socket, c.request, c.timeout, kMaxStreamBytes);
   if (!x.ok()) {
-    std::string what = "docker " + method + " " + Printable(path, 128) + " via " + x.error;
+    std::string what = "docker " + c.method + " " + Printable(c.path, 128) + " via " + x.error;
     throw Failure{x.timed_out ? "timeout" : "failed", Printable(what)};
   }
   json::object r;
   r["status"] = x.response.status;
   r["body_b64"] = Base64Encode(x.response.body);
   r["truncated"] = x.response.truncated;
+  return r;
+}
+
+uint64_t ReqJob(const json::object& req) {
+  const json::value* v = Find(req, "job");
+  if (!v) throw Failure{"bad_request", "job is required"};
+  if (v->is_uint64()) return v->get_uint64();
+  if (v->is_int64() && v->get_int64() > 0) return static_cast<uint64_t>(v->get_int64());
+  throw Failure{"bad_request", "job must be a positive integer"};
+}
+
+}  // namespace
+
+// ---- streaming Docker requests (docker_start / docker_read / docker_cancel) ----
+
+struct DockerJobs::Impl {
+  using Clock = std::chrono::steady_clock;
+  struct Job {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::string pending;     // body bytes not read yet
+    uint64_t offset = 0;     // body offset of pending[0]
+    uint64_t dropped = 0;    // bytes dropped because the reader fell behind
+    int status = 0;          // HTTP status, 0 until the head arrived
+    bool done = false;
+    bool cancelled = false;
+    std::string error;       // why the exchange failed (done)
+    bool timed_out = false;  // the request's deadline passed (done)
+    Clock::time_point last_read = Clock::now();
+    std::thread thread;
+  };
+  std::mutex mu;
+  std::map<uint64_t, std::shared_ptr<Job>> jobs;
+  std::vector<std::shared_ptr<Job>> cancelled;  // cancelled jobs whose thread may still run
+  uint64_t next_id = 1;
+
+  // Cancels and forgets jobs nobody read for kDockerJobIdleMs; returns the threads to join (outside mu).
+  std::vector<std::shared_ptr<Job>> ExpireLocked() {
+    std::vector<std::shared_ptr<Job>> gone;
+    auto now = Clock::now();
+    for (auto it = jobs.begin(); it != jobs.end();) {
+      auto& j = it->second;
+      std::lock_guard<std::mutex> jl(j->mu);
+      if (now - j->last_read > std::chrono::milliseconds(kDockerJobIdleMs)) {
+        j->cancelled = true;
+        gone.push_back(j);
+        it = jobs.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = cancelled.begin(); it != cancelled.end();) {
+      std::lock_guard<std::mutex> jl((*it)->mu);
+      if ((*it)->done) {
+        gone.push_back(*it);
+        it = cancelled.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    return gone;
+  }
+  static void Join(const std::vector<std::shared_ptr<Job>>& js) {
+    for (const auto& j : js)
+      if (j->thread.joinable()) j->thread.join();
+  }
+};
+
+DockerJobs::DockerJobs() : impl_(std::make_unique<Impl>()) {}
+
+DockerJobs::~DockerJobs() {
+  std::vector<std::shared_ptr<Impl::Job>> all;
+  {
+    std::lock_guard<std::mutex> l(impl_->mu);
+    for (auto& [id, j] : impl_->jobs) {
+      std::lock_guard<std::mutex> jl(j->mu);
+      j->cancelled = true;
+      all.push_back(j);
+    }
+    impl_->jobs.clear();
+    all.insert(all.end(), impl_->cancelled.begin(), impl_->cancelled.end());
+    impl_->cancelled.clear();
+  }
+  Impl::Join(all);
+}
+
+HttpExchange SystemOps::UnixHttpStream(const std::string& socket_path, const std::string& request,
+                                       std::chrono::milliseconds timeout,
+                                       const std::function<void(const HttpResponse&)>& on_head,
+                                       const std::function<bool(std::string_view)>& on_body) {
+  HttpExchange x = UnixHttp(socket_path, request, timeout, kMaxStreamBytes);
+  if (!x.ok()) return x;
+  on_head(x.response);
+  std::string body = std::move(x.response.body);
+  x.response.body.clear();
+  if (!body.empty() && !on_body(body)) {
+    x.error = socket_path + ": stopped by the reader";
+    x.response = HttpResponse{};
+  }
+  return x;
+}
+
+namespace {
+
+json::object OpDockerStart(const json::object& req, AgentContext& ctx) {
+  DockerCall c = ParseDockerCall(req);
+  auto& impl = ctx.jobs->impl();
+  auto job = std::make_shared<DockerJobs::Impl::Job>();
+  uint64_t id = 0;
+  std::vector<std::shared_ptr<DockerJobs::Impl::Job>> expired;
+  {
+    std::lock_guard<std::mutex> l(impl.mu);
+    expired = impl.ExpireLocked();
+    if (impl.jobs.size() >= kMaxDockerJobs)
+      throw Failure{"busy", "already " + std::to_string(kMaxDockerJobs) +
+                                " docker jobs; read them to the end or cancel one first"};
+    id = impl.next_id++;
+    impl.jobs[id] = job;
+    SystemOps* sys = ctx.sys;
+    std::lock_guard<std::mutex> jl(job->mu);  // the thread starts once the job is complete
+    job->thread = std::thread([job, sys, c] {
+      auto on_head = [&](const HttpResponse& r) {
+        std::lock_guard<std::mutex> l(job->mu);
+        job->status = r.status;
+        job->cv.notify_all();
+      };
+      auto on_body = [&](std::string_view piece) {
+        std::lock_guard<std::mutex> l(job->mu);
+        if (job->cancelled) return false;
+        job->pending.append(piece);
+        if (job->pending.size() > kMaxDockerJobBuffer) {  // the reader fell behind: drop the oldest
+          std::size_t over = job->pending.size() - kMaxDockerJobBuffer;
+          job->pending.erase(0, over);
+          job->offset += over;
+          job->dropped += over;
+        }
+        job->cv.notify_all();
+        return true;
+      };
+      HttpExchange x = sys->UnixHttpStream(c.socket, c.request, c.timeout, on_head, on_body);
+      std::lock_guard<std::mutex> l(job->mu);
+      if (!x.ok()) {
+        job->error = Printable("docker " + c.method + " " + Printable(c.path, 128) + " via " + x.error);
+        job->timed_out = x.timed_out;
+      }
+      job->done = true;
+      job->cv.notify_all();
+    });
+  }
+  DockerJobs::Impl::Join(expired);
+  json::object r;
+  r["job"] = id;
+  return r;
+}
+
+json::object OpDockerRead(const json::object& req, AgentContext& ctx) {
+  uint64_t id = ReqJob(req);
+  int64_t wait_ms = OptInt(req, "wait_ms", "").value_or(0);
+  if (wait_ms < 0 || wait_ms > kMaxDockerReadWaitMs)
+    throw Failure{"bad_request", "wait_ms must be in 0.." + std::to_string(kMaxDockerReadWaitMs)};
+  auto& impl = ctx.jobs->impl();
+  std::shared_ptr<DockerJobs::Impl::Job> job;
+  {
+    std::lock_guard<std::mutex> l(impl.mu);
+    auto it = impl.jobs.find(id);
+    if (it == impl.jobs.end())
+      throw Failure{"not_found", "no docker job " + std::to_string(id) + " (never started, cancelled, idle for " +
+                                     std::to_string(kDockerJobIdleMs / 1000) + " s, or read to its end)"};
+    job = it->second;
+  }
+  json::object r;
+  bool finished = false;
+  {
+    std::unique_lock<std::mutex> l(job->mu);
+    // Waits for new bytes or the end, at most wait_ms.
+    job->cv.wait_for(l, std::chrono::milliseconds(wait_ms), [&] { return job->done || !job->pending.empty(); });
+    std::size_t n = std::min(job->pending.size(), kMaxDockerReadBytes);
+    r["status"] = job->status;
+    r["offset"] = job->offset;
+    r["body_b64"] = Base64Encode(std::string_view(job->pending).substr(0, n));
+    job->pending.erase(0, n);
+    job->offset += n;
+    r["dropped"] = job->dropped;
+    job->last_read = DockerJobs::Impl::Clock::now();
+    finished = job->done && job->pending.empty();
+    r["done"] = finished;
+    if (finished && !job->error.empty()) {
+      r["error"] = job->error;
+      r["timed_out"] = job->timed_out;
+    }
+  }
+  if (finished) {  // read to its end: forget it
+    {
+      std::lock_guard<std::mutex> l(impl.mu);
+      impl.jobs.erase(id);
+    }
+    if (job->thread.joinable()) job->thread.join();
+  }
+  return r;
+}
+
+json::object OpDockerCancel(const json::object& req, AgentContext& ctx) {
+  uint64_t id = ReqJob(req);
+  auto& impl = ctx.jobs->impl();
+  std::shared_ptr<DockerJobs::Impl::Job> job;
+  {
+    std::lock_guard<std::mutex> l(impl.mu);
+    auto it = impl.jobs.find(id);
+    if (it != impl.jobs.end()) {
+      job = it->second;
+      impl.jobs.erase(it);
+    }
+  }
+  json::object r;
+  r["cancelled"] = job != nullptr;
+  if (job) {
+    {
+      std::lock_guard<std::mutex> l(job->mu);
+      job->cancelled = true;
+    }
+    // The exchange stops at its next body piece, or at its own deadline: joined later, not waited for here.
+    std::lock_guard<std::mutex> l(impl.mu);
+    impl.cancelled.push_back(job);
+  }
   return r;
 }
 
@@ -830,6 +1069,12 @@ std::string Handle(std::string_view line, AgentContext& ctx) {
       result = OpExec(req, ctx);
     else if (op == "docker")
       result = OpDocker(req, ctx);
+    else if (op == "docker_start")
+      result = OpDockerStart(req, ctx);
+    else if (op == "docker_read")
+      result = OpDockerRead(req, ctx);
+    else if (op == "docker_cancel")
+      result = OpDockerCancel(req, ctx);
     else
       throw Failure{"unknown_op", "unknown op: " + Printable(op, 64)};
     return OkReply(id, std::move(result));

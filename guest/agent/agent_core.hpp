@@ -8,6 +8,8 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -195,6 +197,21 @@ class SystemOps {
   /// \return The response, or an error naming the socket and the step.
   virtual HttpExchange UnixHttp(const std::string& socket_path, const std::string& request,
                                 std::chrono::milliseconds timeout, std::size_t max_body) = 0;
+  /// \brief UnixHttp, with the body handed to `on_body` as it arrives instead of being collected (the
+  /// `docker_start` op). The returned response has the status and headers and an empty body.
+  ///
+  /// The default implementation calls UnixHttp (capped at kMaxStreamBytes) and hands over the whole body at
+  /// once; LinuxSystemOps streams.
+  /// \param socket_path As UnixHttp.
+  /// \param request As UnixHttp.
+  /// \param timeout Deadline for connect + send + the whole response.
+  /// \param on_head Called once with the parsed head, before any body bytes.
+  /// \param on_body Called with each piece of the body, in order; returning false stops reading (the
+  /// exchange then ends with error "stopped by the reader").
+  virtual HttpExchange UnixHttpStream(const std::string& socket_path, const std::string& request,
+                                      std::chrono::milliseconds timeout,
+                                      const std::function<void(const HttpResponse&)>& on_head,
+                                      const std::function<bool(std::string_view)>& on_body);
 };
 
 /// \brief The real Linux implementation (syscalls, netlink, ioctl).
@@ -222,6 +239,40 @@ class LinuxSystemOps final : public SystemOps {
   ProcessResult Run(const ProcessSpec& spec) override;
   HttpExchange UnixHttp(const std::string& socket_path, const std::string& request,
                         std::chrono::milliseconds timeout, std::size_t max_body) override;
+  HttpExchange UnixHttpStream(const std::string& socket_path, const std::string& request,
+                              std::chrono::milliseconds timeout,
+                              const std::function<void(const HttpResponse&)>& on_head,
+                              const std::function<bool(std::string_view)>& on_body) override;
+};
+
+/// Most `docker_start` jobs alive at once (running, or finished with bytes not yet read).
+inline constexpr std::size_t kMaxDockerJobs = 8;
+/// Unread body bytes a job keeps; beyond it the oldest are dropped (and counted in `dropped`).
+inline constexpr std::size_t kMaxDockerJobBuffer = 4u << 20;
+/// Most body bytes one `docker_read` reply carries.
+inline constexpr std::size_t kMaxDockerReadBytes = 512u << 10;
+/// Longest `wait_ms` of `docker_read`.
+inline constexpr int64_t kMaxDockerReadWaitMs = 5000;
+/// A job nobody read for this long is cancelled and forgotten.
+inline constexpr int64_t kDockerJobIdleMs = 120000;
+
+/// \brief The streaming Docker requests of the `docker_start` / `docker_read` / `docker_cancel` ops: each
+/// runs on its own thread and keeps its unread body bytes for the next read.
+///
+/// Thread safety: all members may be called concurrently. The destructor cancels and joins every job.
+class DockerJobs {
+ public:
+  DockerJobs();
+  ~DockerJobs();
+  DockerJobs(const DockerJobs&) = delete;
+  DockerJobs& operator=(const DockerJobs&) = delete;
+  /// \brief Opaque implementation.
+  struct Impl;
+  /// \brief The implementation (used by the op handlers).
+  Impl& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<Impl> impl_;
 };
 
 /// \brief Everything a request handler needs. `sys` must outlive the context.
@@ -229,6 +280,8 @@ struct AgentContext {
   SystemOps* sys = nullptr;  ///< The machine. Must not be null.
   /// Prefix for the guest paths the agent edits (/etc/hostname, /var/lib/...). Default: "" (the real root).
   std::string root;
+  /// The jobs of `docker_start`, shared by every copy of the context (every channel).
+  std::shared_ptr<DockerJobs> jobs = std::make_shared<DockerJobs>();
 };
 
 /// \brief Handles one request line (without its newline) and returns the reply line (without newline).

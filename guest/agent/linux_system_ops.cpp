@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -515,10 +516,17 @@ OpStatus LinuxSystemOps::SendSignal(int pid, int signal) {
 
 ProcessResult LinuxSystemOps::Run(const ProcessSpec& spec) { return RunProcess(spec); }
 
-HttpExchange LinuxSystemOps::UnixHttp(const std::string& socket_path, const std::string& request,
-                                      std::chrono::milliseconds timeout, std::size_t max_body) {
+namespace {
+
+// One HTTP/1.0 exchange on a Unix stream socket; the body goes to `on_body` piece by piece (returning false
+// stops reading: `*stopped` is then set and the exchange is not an error here). `x.response` receives the
+// head; `*content_length` the announced length, if any.
+HttpExchange UnixExchange(const std::string& socket_path, const std::string& request,
+                          std::chrono::milliseconds timeout, const std::function<void(const HttpResponse&)>& on_head,
+                          const std::function<bool(std::string_view)>& on_body, bool* stopped) {
   using Clock = std::chrono::steady_clock;
   HttpExchange x;
+  *stopped = false;
   auto fail = [&](std::string why, bool timed_out = false) {
     x.error = socket_path + ": " + why;
     x.timed_out = timed_out;
@@ -583,14 +591,11 @@ HttpExchange LinuxSystemOps::UnixHttp(const std::string& socket_path, const std:
   auto add_body = [&](const char* p, std::size_t n) {
     if (content_length) n = static_cast<std::size_t>(std::min<uint64_t>(n, *content_length - received));
     received += n;
-    std::size_t room = max_body - resp.body.size();
-    resp.body.append(p, std::min(n, room));
-    if (n > room || (content_length && *content_length > max_body && resp.body.size() >= max_body))
-      resp.truncated = true;
+    if (n > 0 && !on_body(std::string_view(p, n))) *stopped = true;
   };
   std::vector<char> buf(65536);
   for (;;) {
-    if (have_head && (resp.truncated || (content_length && received >= *content_length))) break;
+    if (have_head && (*stopped || (content_length && received >= *content_length))) break;
     if (!wait(POLLIN)) {
       std::string got = have_head ? "status " + std::to_string(resp.status) + " and " +
                                         std::to_string(received) + " body bytes"
@@ -630,6 +635,7 @@ HttpExchange LinuxSystemOps::UnixHttp(const std::string& socket_path, const std:
         return fail("unparsable response: Content-Length \"" + cl->substr(0, 32) + "\"");
       content_length = std::stoull(*cl);
     }
+    on_head(resp);
     add_body(head_buf.data() + end + 4, head_buf.size() - end - 4);
     head_buf.clear();
   }
@@ -640,9 +646,53 @@ HttpExchange LinuxSystemOps::UnixHttp(const std::string& socket_path, const std:
       if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '?';
     return fail("unparsable response: connection closed inside the header (starts \"" + first + "\")");
   }
-  if (content_length && received < *content_length && !resp.truncated)
+  if (content_length && received < *content_length && !*stopped)
     return fail("response ended after " + std::to_string(received) + " of " +
                 std::to_string(*content_length) + " body bytes");
+  return x;
+}
+
+}  // namespace
+
+HttpExchange LinuxSystemOps::UnixHttp(const std::string& socket_path, const std::string& request,
+                                      std::chrono::milliseconds timeout, std::size_t max_body) {
+  std::string body;
+  bool truncated = false;
+  std::optional<uint64_t> announced;
+  auto on_head = [&](const HttpResponse& r) {
+    if (auto cl = r.Header("Content-Length"); cl && !cl->empty() && cl->size() <= 18 &&
+                                               cl->find_first_not_of("0123456789") == std::string::npos)
+      announced = std::stoull(*cl);
+  };
+  auto on_body = [&](std::string_view piece) {
+    std::size_t room = max_body - body.size();
+    body.append(piece.substr(0, room));
+    // Reading stops once the cap is reached and more is known (or found) to follow.
+    if (piece.size() > room || (announced && *announced > max_body && body.size() >= max_body)) {
+      truncated = true;
+      return false;
+    }
+    return true;
+  };
+  bool stopped = false;
+  HttpExchange x = UnixExchange(socket_path, request, timeout, on_head, on_body, &stopped);
+  if (x.ok()) {
+    x.response.body = std::move(body);
+    x.response.truncated = truncated;
+  }
+  return x;
+}
+
+HttpExchange LinuxSystemOps::UnixHttpStream(const std::string& socket_path, const std::string& request,
+                                            std::chrono::milliseconds timeout,
+                                            const std::function<void(const HttpResponse&)>& on_head,
+                                            const std::function<bool(std::string_view)>& on_body) {
+  bool stopped = false;
+  HttpExchange x = UnixExchange(socket_path, request, timeout, on_head, on_body, &stopped);
+  if (x.ok() && stopped) {
+    x.error = socket_path + ": stopped by the reader";
+    x.response = HttpResponse{};
+  }
   return x;
 }
 

@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
+#include <condition_variable>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -138,6 +139,17 @@ class RecordingOps final : public fa::SystemOps {
     }
     return real.UnixHttp(sock, request, t, max_body);
   }
+  fa::HttpExchange UnixHttpStream(const std::string& sock, const std::string& request, std::chrono::milliseconds t,
+                                  const std::function<void(const fa::HttpResponse&)>& on_head,
+                                  const std::function<bool(std::string_view)>& on_body) override {
+    if (!stream_for_real) return fa::SystemOps::UnixHttpStream(sock, request, t, on_head, on_body);
+    {
+      std::lock_guard l(mu);
+      http_calls.push_back(HttpCall{sock, request, t, 0});
+    }
+    return real.UnixHttpStream(sock, request, t, on_head, on_body);
+  }
+  bool stream_for_real = true;  // false: SystemOps' default (one UnixHttp, the body at once)
 
   struct HttpCall {
     std::string socket, request;
@@ -1368,5 +1380,185 @@ TEST_CASE("LinuxSystemOps file, process and signal primitives") {
     CHECK(WTERMSIG(status) == SIGTERM);
     CHECK(!sys.SendSignal(0, SIGTERM).ok());
     CHECK(sys.FindProcesses("no-such-comm-xyz").empty());
+  }
+}
+
+namespace {
+
+// An HTTP server on a Unix socket for one connection that sends its answer in pieces: piece i goes out once
+// Release(i + 1) was called; after the last piece it closes.
+class StagedHttpServer {
+ public:
+  StagedHttpServer(const std::string& path, std::vector<std::string> pieces) : pieces_(std::move(pieces)) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    REQUIRE(bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(listen(fd_, 4) == 0);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~StagedHttpServer() {
+    Release(pieces_.size());
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    thread_.join();
+  }
+  void Release(std::size_t n) {
+    std::lock_guard l(mu_);
+    released_ = std::max(released_, n);
+    cv_.notify_all();
+  }
+
+ private:
+  void Serve() {
+    int c = accept(fd_, nullptr, nullptr);
+    if (c < 0) return;
+    char buf[4096];
+    std::string req;
+    while (req.find("\r\n\r\n") == std::string::npos) {
+      ssize_t n = read(c, buf, sizeof buf);
+      if (n <= 0) break;
+      req.append(buf, static_cast<size_t>(n));
+    }
+    for (std::size_t i = 0; i < pieces_.size(); ++i) {
+      std::unique_lock l(mu_);
+      cv_.wait(l, [&] { return released_ > i; });
+      l.unlock();
+      if (send(c, pieces_[i].data(), pieces_[i].size(), MSG_NOSIGNAL) < 0) break;
+    }
+    close(c);
+  }
+  std::vector<std::string> pieces_;
+  int fd_ = -1;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::size_t released_ = 0;
+};
+
+std::string StartReq(const std::string& socket, const std::string& extra = "") {
+  return R"({"v":1,"id":2,"op":"docker_start","method":"POST","path":"/v1.41/images/create?fromImage=x&tag=1",)"
+         R"("socket":")" + socket + "\"" + extra + "}";
+}
+std::string ReadReq(uint64_t job, int wait_ms) {
+  return R"({"v":1,"id":3,"op":"docker_read","job":)" + std::to_string(job) + R"(,"wait_ms":)" +
+         std::to_string(wait_ms) + "}";
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "docker_start streams a response body to docker_read as it arrives") {
+  TempDir dir;
+  const std::string sock = dir.path + "/docker.sock";
+  const std::string line1 = R"({"status":"Pulling fs layer","id":"a1"})" "\n";
+  const std::string line2 = R"({"status":"Pull complete","id":"a1"})" "\n";
+  StagedHttpServer d(sock, {"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + line1, line2});
+  uint64_t job = Ok(StartReq(sock, R"(,"timeout_ms":20000)")).at("job").to_number<uint64_t>();
+  CHECK(job > 0);
+  // Nothing was released yet: a short wait returns no bytes, status 0, not done.
+  auto r0 = Ok(ReadReq(job, 100));
+  CHECK(r0.at("status").as_int64() == 0);
+  CHECK(Decode(r0.at("body_b64")).empty());
+  CHECK(!r0.at("done").as_bool());
+  d.Release(1);
+  auto r1 = Ok(ReadReq(job, 5000));
+  CHECK(r1.at("status").as_int64() == 200);
+  CHECK(r1.at("offset").to_number<uint64_t>() == 0);
+  CHECK(Decode(r1.at("body_b64")) == line1);  // the first line, while the exchange still runs
+  CHECK(!r1.at("done").as_bool());
+  d.Release(2);
+  std::string rest;
+  bool done = false;
+  for (int i = 0; i < 50 && !done; ++i) {
+    auto r = Ok(ReadReq(job, 1000));
+    if (!Decode(r.at("body_b64")).empty()) CHECK(r.at("offset").to_number<uint64_t>() == line1.size() + rest.size());
+    rest += Decode(r.at("body_b64"));
+    done = r.at("done").as_bool();
+    CHECK(r.at("dropped").to_number<uint64_t>() == 0);
+    CHECK(!r.contains("error"));
+  }
+  CHECK(done);
+  CHECK(rest == line2);
+  // Read to its end, the job is forgotten.
+  auto [code, msg] = Err(ReadReq(job, 0));
+  CHECK(code == "not_found");
+  CHECK(msg.find("no docker job " + std::to_string(job)) != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "docker_start without a streaming SystemOps hands over the whole body at the end") {
+  TempDir dir;
+  const std::string sock = dir.path + "/docker.sock";
+  ops.stream_for_real = false;
+  FakeHttpServer d(sock, "HTTP/1.0 200 OK\r\n\r\n{\"status\":\"Status: done\"}\n");
+  uint64_t job = Ok(StartReq(sock)).at("job").to_number<uint64_t>();
+  std::string body;
+  bool done = false;
+  for (int i = 0; i < 50 && !done; ++i) {
+    auto r = Ok(ReadReq(job, 1000));
+    body += Decode(r.at("body_b64"));
+    done = r.at("done").as_bool();
+  }
+  CHECK(done);
+  CHECK(body == "{\"status\":\"Status: done\"}\n");
+  REQUIRE(ops.http_calls.size() == 1);
+  CHECK(ops.http_calls[0].max_body == fa::kMaxStreamBytes);
+}
+
+TEST_CASE_FIXTURE(Fixture, "docker jobs: a failed exchange, bad arguments, cancel, the job limit") {
+  TempDir dir;
+  SUBCASE("no daemon: the read that ends the job carries the error") {
+    uint64_t job = Ok(StartReq(dir.path + "/missing.sock")).at("job").to_number<uint64_t>();
+    json::object r;
+    for (int i = 0; i < 50; ++i) {
+      r = Ok(ReadReq(job, 1000));
+      if (r.at("done").as_bool()) break;
+    }
+    REQUIRE(r.at("done").as_bool());
+    std::string error(r.at("error").as_string());
+    CHECK(error.find("docker POST /v1.41/images/create") == 0);
+    CHECK(error.find("missing.sock: connect") != std::string::npos);
+    CHECK(!r.at("timed_out").as_bool());
+  }
+  SUBCASE("bad arguments name the field") {
+    auto [c1, m1] = Err(R"({"v":1,"id":2,"op":"docker_start","method":"PATCH","path":"/x"})");
+    CHECK(c1 == "bad_request");
+    CHECK(m1.find("method must be one of") == 0);
+    auto [c2, m2] = Err(R"({"v":1,"id":3,"op":"docker_read"})");
+    CHECK(c2 == "bad_request");
+    CHECK(m2 == "job is required");
+    auto [c3, m3] = Err(R"({"v":1,"id":3,"op":"docker_read","job":-4})");
+    CHECK(m3 == "job must be a positive integer");
+    auto [c4, m4] = Err(ReadReq(99, 9000));
+    CHECK(m4 == "wait_ms must be in 0..5000");
+    auto [c5, m5] = Err(ReadReq(12345, 0));
+    CHECK(c5 == "not_found");
+  }
+  SUBCASE("cancel forgets a running job at once; a second cancel finds nothing") {
+    const std::string sock = dir.path + "/docker.sock";
+    StagedHttpServer d(sock, {"HTTP/1.0 200 OK\r\n\r\nfirst\n", "second\n"});
+    d.Release(1);
+    uint64_t job = Ok(StartReq(sock, R"(,"timeout_ms":20000)")).at("job").to_number<uint64_t>();
+    auto r = Ok(ReadReq(job, 5000));
+    CHECK(Decode(r.at("body_b64")) == "first\n");
+    auto c = Ok(R"({"v":1,"id":4,"op":"docker_cancel","job":)" + std::to_string(job) + "}");
+    CHECK(c.at("cancelled").as_bool());
+    CHECK(Err(ReadReq(job, 0)).first == "not_found");
+    auto c2 = Ok(R"({"v":1,"id":5,"op":"docker_cancel","job":)" + std::to_string(job) + "}");
+    CHECK(!c2.at("cancelled").as_bool());
+    d.Release(2);  // the exchange then stops at its next piece
+  }
+  SUBCASE("at most kMaxDockerJobs unread jobs") {
+    std::vector<uint64_t> jobs;
+    for (std::size_t i = 0; i < fa::kMaxDockerJobs; ++i)
+      jobs.push_back(Ok(StartReq(dir.path + "/missing.sock")).at("job").to_number<uint64_t>());
+    auto [code, msg] = Err(StartReq(dir.path + "/missing.sock"));
+    CHECK(code == "busy");
+    CHECK(msg.find("docker jobs") != std::string::npos);
+    // Reading one to its end makes room.
+    for (int i = 0; i < 50; ++i)
+      if (Ok(ReadReq(jobs[0], 1000)).at("done").as_bool()) break;
+    CHECK(Ok(StartReq(dir.path + "/missing.sock")).at("job").to_number<uint64_t>() > jobs.back());
   }
 }
