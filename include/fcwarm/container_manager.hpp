@@ -75,10 +75,16 @@ struct ContainerRequest {
 };
 
 /// \brief What pulling a container's image took (docker runtime, when the daemon did not have the image).
+///
+/// While the pull runs (container state `pulling`, `done` false) the fields say how far it got and are
+/// updated about four times a second; once it finished they say what it took.
 struct ImagePull {
   int layers = 0;       ///< Layers downloaded (layers the daemon had already are not counted).
-  int64_t bytes = 0;    ///< Compressed bytes of the downloaded layers, as the registry announced them.
-  double ms = 0;        ///< Duration of the pull.
+  int64_t bytes = 0;    ///< Compressed bytes downloaded (once done: the downloaded layers' announced sizes).
+  double ms = 0;        ///< Duration of the pull (so far, while it runs).
+  int layers_total = 0;     ///< Layers the pull downloads, as far as the registry announced them yet.
+  int64_t bytes_total = 0;  ///< Announced sizes of the layers whose download started (grows while it runs).
+  bool done = false;        ///< The pull finished (successfully; a failed pull leaves its last progress).
 };
 
 /// \brief A container and the VM it runs in.
@@ -95,8 +101,9 @@ struct ContainerRecord {
   /// \brief Published ports, resolved: "HOST_IP:HOST_PORT:CONTAINER_PORT/PROTO" (e.g. "127.0.0.1:8080:80/tcp"),
   /// in request order. Forwarded while the container's VM runs.
   std::vector<std::string> ports;
-  /// \brief The image pull, once one finished (state `pulling` while it runs); empty when the daemon had the
-  /// image (a warm clone of a snapshot that preloaded it, or an image baked into the runtime image).
+  /// \brief The image pull: its live progress while the container is `pulling`, then what it took; empty when
+  /// the daemon had the image (a warm clone of a snapshot that preloaded it, or an image baked into the
+  /// runtime image).
   std::optional<ImagePull> pull;
   ContainerState state = ContainerState::kProvisioning;  ///< Lifecycle state.
   std::string docker_id;                       ///< Docker's container id (docker runtime), or empty.

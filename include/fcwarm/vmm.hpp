@@ -148,6 +148,27 @@ class GuestChannel {
     (void)timeout;
     return Status::FailedPrecondition("this guest channel does not proxy Docker API requests");
   }
+  /// \brief Docker(), with the response body handed to `on_body` piece by piece while the daemon still
+  /// sends it (an image pull's progress stream). The returned response carries the status; its body is
+  /// empty (everything went to `on_body`); `truncated` says the body was cut (the default implementation's
+  /// 1 MiB) or bytes were dropped because the reader fell behind.
+  ///
+  /// The default implementation calls Docker() and hands over the whole body at once; the agent channel
+  /// streams (ops `docker_start`/`docker_read`, docs/guest-protocol.md) and falls back to that with an agent
+  /// that predates them.
+  /// \param request The request.
+  /// \param on_body Receives the body in order; called on the calling thread.
+  /// \param timeout Host-side deadline (should exceed the request's guest timeout).
+  /// \return The daemon's status, or the errors of Docker().
+  virtual Result<DockerResponse> DockerStream(const DockerRequest& request,
+                                              const std::function<void(std::string_view)>& on_body,
+                                              std::chrono::milliseconds timeout) {
+    auto r = Docker(request, timeout);
+    if (!r.ok()) return r;
+    if (!r->body.empty()) on_body(r->body);
+    r->body.clear();
+    return r;
+  }
 };
 
 /// \brief The network identity the core allocated to one VM.

@@ -67,7 +67,12 @@ json::object ContainerService::Render(const ContainerRecord& c) {
   for (const auto& p : c.ports) ports.emplace_back(p);
   o["ports"] = std::move(ports);
   if (c.pull) {
-    o["pull"] = json::object{{"layers", c.pull->layers}, {"bytes", c.pull->bytes}, {"ms", c.pull->ms}};
+    o["pull"] = json::object{{"layers", c.pull->layers},
+                             {"layers_total", c.pull->layers_total},
+                             {"bytes", c.pull->bytes},
+                             {"bytes_total", c.pull->bytes_total},
+                             {"ms", c.pull->ms},
+                             {"done", c.pull->done}};
   } else {
     o["pull"] = nullptr;
   }

@@ -27,6 +27,8 @@ using detail::ContainerRow;
 
 constexpr size_t kMaxLogBytes = 1 << 20;
 constexpr size_t kMaxPorts = 64;
+// How often a running pull's progress is written to its record.
+constexpr std::chrono::milliseconds kPullProgressInterval{250};
 
 // Still on its way to running: provisioning or pulling.
 bool Starting(ContainerState s) { return s == ContainerState::kProvisioning || s == ContainerState::kPulling; }
@@ -403,10 +405,23 @@ class ContainerManager::Impl {
     docker::Client puller(std::make_unique<docker::GuestTransport>(vm.guest()),
                           {opts_.docker_api_version, opts_.pull_timeout});
     auto t = Clock::now();
-    auto pulled = puller.PullChecked(image);  // believes the daemon when the progress stream was cut short
+    // The record follows the progress stream, at most every kPullProgressInterval (and once it started).
+    auto recorded = Clock::time_point{};
+    auto on_progress = [&](const docker::PullProgress& p) {
+      auto now = Clock::now();
+      if (now - recorded < kPullProgressInterval) return;
+      recorded = now;
+      ImagePull live{p.layers, p.bytes, util::MsSince(t), p.layers_total, p.bytes_total, false};
+      (void)detail::DbOf(store_).Do(
+          [&](SQLite::Database& db) { detail::RecordImagePull(db, id, live, util::NowMillis()); });
+    };
+    (void)detail::DbOf(store_).Do(
+        [&](SQLite::Database& db) { detail::RecordImagePull(db, id, ImagePull{}, util::NowMillis()); });
+    // Believes the daemon when the progress stream was cut short.
+    auto pulled = puller.PullChecked(image, on_progress);
     timings["pull"] = util::MsSince(t);
     if (!pulled.ok()) return pulled.status().WithContext("pull " + image);
-    ImagePull info{pulled->layers, pulled->bytes, timings["pull"]};
+    ImagePull info{pulled->layers, pulled->bytes, timings["pull"], pulled->layers, pulled->bytes, true};
     (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
       detail::RecordImagePull(db, id, info, util::NowMillis());
       detail::SetContainerPulling(db, id, false, util::NowMillis());

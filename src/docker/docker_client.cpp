@@ -50,6 +50,20 @@ Result<DockerResponse> GuestTransport::RoundTrip(const DockerRequest& request) {
   return guest_.Docker(request, request.timeout + margin_);
 }
 
+Result<DockerResponse> GuestTransport::RoundTripStream(const DockerRequest& request,
+                                                       const std::function<void(std::string_view)>& on_body) {
+  return guest_.DockerStream(request, on_body, request.timeout + margin_);
+}
+
+Result<DockerResponse> Transport::RoundTripStream(const DockerRequest& request,
+                                                  const std::function<void(std::string_view)>& on_body) {
+  auto r = RoundTrip(request);
+  if (!r.ok()) return r;
+  if (!r->body.empty()) on_body(r->body);
+  r->body.clear();
+  return r;
+}
+
 // ---- replies ------------------------------------------------------------------
 
 Output Demultiplex(std::string_view body, bool truncated) {
@@ -82,44 +96,102 @@ std::string ErrorMessage(const DockerResponse& reply) {
   return b;
 }
 
-Result<PullSummary> ParsePullStream(std::string_view body) {
-  PullSummary out;
-  std::map<std::string, int64_t> sizes;  // layer id -> announced total
-  std::map<std::string, bool> pulled;    // layer id -> downloaded by this pull
-  size_t pos = 0;
-  while (pos < body.size()) {
-    size_t end = body.find('\n', pos);
-    if (end == std::string_view::npos) end = body.size();
-    std::string_view line = body.substr(pos, end - pos);
-    pos = end + 1;
-    boost::system::error_code ec;
-    auto v = json::parse(line, ec);
-    if (ec || !v.is_object()) continue;  // a blank line, or the last one cut short
-    const auto& o = v.as_object();
-    std::string error = StringField(o, "error");
-    if (const auto* d = o.if_contains("errorDetail"); error.empty() && d && d->is_object()) {
-      error = StringField(d->as_object(), "message");
-    }
-    if (!error.empty()) return Status::Unavailable("docker pull: " + error);
-    std::string status = StringField(o, "status");
-    std::string id = StringField(o, "id");
-    if (status == "Downloading" && !id.empty()) {
-      if (const auto* d = o.if_contains("progressDetail"); d && d->is_object()) {
-        if (const auto* t = d->as_object().if_contains("total"); t && t->is_int64()) {
-          sizes[id] = std::max(sizes[id], t->as_int64());
-        }
+namespace {
+// A progress line is short; a longer one is dropped (never buffered without bound).
+constexpr size_t kMaxPullLineBytes = 64 * 1024;
+}  // namespace
+
+void PullStreamParser::Feed(std::string_view bytes) {
+  while (!bytes.empty()) {
+    size_t nl = bytes.find('\n');
+    std::string_view piece = bytes.substr(0, nl);
+    if (!skipping_) {
+      if (partial_.size() + piece.size() > kMaxPullLineBytes) {
+        skipping_ = true;
+        partial_.clear();
+      } else {
+        partial_.append(piece);
       }
-    } else if (status == "Pull complete" && !id.empty()) {
-      pulled[id] = true;
-    } else if (status.rfind("Status: ", 0) == 0) {
-      out.complete = true;
     }
+    if (nl == std::string_view::npos) break;
+    if (!skipping_) Line(partial_);
+    partial_.clear();
+    skipping_ = false;
+    bytes.remove_prefix(nl + 1);
   }
-  for (const auto& [id, done] : pulled) {
+}
+
+void PullStreamParser::Line(std::string_view line) {
+  if (!error_.ok()) return;  // the stream ended at its error
+  boost::system::error_code ec;
+  auto v = json::parse(line, ec);
+  if (ec || !v.is_object()) return;  // a blank line, or one cut short
+  const auto& o = v.as_object();
+  std::string error = StringField(o, "error");
+  if (const auto* d = o.if_contains("errorDetail"); error.empty() && d && d->is_object()) {
+    error = StringField(d->as_object(), "message");
+  }
+  if (!error.empty()) {
+    error_ = Status::Unavailable("docker pull: " + error);
+    return;
+  }
+  std::string status = StringField(o, "status");
+  std::string id = StringField(o, "id");
+  if (status.rfind("Status: ", 0) == 0) {
+    complete_ = true;
+    return;
+  }
+  if (id.empty()) return;
+  auto detail = [&](const char* key) -> int64_t {
+    if (const auto* d = o.if_contains("progressDetail"); d && d->is_object()) {
+      if (const auto* t = d->as_object().if_contains(key); t && t->is_int64()) return t->as_int64();
+    }
+    return 0;
+  };
+  if (status == "Pulling fs layer") {
+    layers_.try_emplace(id);
+  } else if (status == "Downloading") {
+    auto& l = layers_[id];
+    l.total = std::max(l.total, detail("total"));
+    l.current = std::max(l.current, detail("current"));
+  } else if (status == "Download complete" || status == "Verifying Checksum") {
+    auto& l = layers_[id];
+    l.current = std::max(l.current, l.total);
+  } else if (status == "Pull complete") {
+    auto& l = layers_[id];
+    l.current = std::max(l.current, l.total);
+    l.pulled = true;
+  } else {
+    return;  // "Already exists", "Waiting", "Extracting", ...: nothing that counts
+  }
+  PullProgress p;
+  for (const auto& [lid, l] : layers_) {
+    p.layers_total++;
+    p.layers += l.pulled ? 1 : 0;
+    p.bytes += std::min(l.current, l.total > 0 ? l.total : l.current);
+    p.bytes_total += l.total;
+  }
+  progress_ = p;
+}
+
+Result<PullSummary> PullStreamParser::Finish() {
+  if (!skipping_ && !partial_.empty()) Line(partial_);
+  partial_.clear();
+  if (!error_.ok()) return error_;
+  PullSummary out;
+  out.complete = complete_;
+  for (const auto& [id, l] : layers_) {
+    if (!l.pulled) continue;
     out.layers++;
-    if (auto it = sizes.find(id); it != sizes.end()) out.bytes += it->second;
+    out.bytes += l.total;
   }
   return out;
+}
+
+Result<PullSummary> ParsePullStream(std::string_view body) {
+  PullStreamParser p;
+  p.Feed(body);
+  return p.Finish();
 }
 
 // ---- client -------------------------------------------------------------------
@@ -134,6 +206,7 @@ Result<DockerResponse> Client::Call(std::string_view call, const std::string& me
   r.path = "/" + options_.api_version + path;
   r.body = std::move(body);
   r.timeout = options_.timeout;
+  r.socket = options_.socket;
   auto reply = transport_->RoundTrip(r);
   if (!reply.ok()) return reply.status().WithContext("docker " + std::string(call));
   return reply;
@@ -241,20 +314,38 @@ Result<bool> Client::HasImage(const std::string& reference) {
   return true;
 }
 
-Result<PullSummary> Client::Pull(const std::string& reference) {
+Result<PullSummary> Client::Pull(const std::string& reference,
+                                 const std::function<void(const PullProgress&)>& on_progress) {
   auto ref = ParseImageReference(reference, "image");
   if (!ref.ok()) return ref.status().WithContext("docker pull");
   // Every character of a valid reference is allowed as is in a query ([a-z0-9._/:@-], tags [A-Za-z0-9_.-]).
   std::string name = ref->domain.empty() ? ref->path : ref->domain + "/" + ref->path;
   std::string tag = !ref->digest.empty() ? ref->digest : (ref->tag.empty() ? "latest" : ref->tag);
-  auto reply = Call("pull", "POST", "/images/create?fromImage=" + name + "&tag=" + tag);
-  if (!reply.ok()) return reply.status();
-  if (reply->status != 200) return HttpError("pull", *reply, reply->status == 404 ? Blame::kRequest : Blame::kDaemon);
-  return ParsePullStream(reply->body);
+  DockerRequest r;
+  r.method = "POST";
+  r.path = "/" + options_.api_version + "/images/create?fromImage=" + name + "&tag=" + tag;
+  r.timeout = options_.timeout;
+  r.socket = options_.socket;
+  PullStreamParser parser;
+  std::string start;  // the first bytes, for the message of an error status
+  auto on_body = [&](std::string_view piece) {
+    if (start.size() < 4096) start.append(piece.substr(0, 4096 - start.size()));
+    PullProgress before = parser.progress();
+    parser.Feed(piece);
+    if (on_progress && !(parser.progress() == before)) on_progress(parser.progress());
+  };
+  auto reply = transport_->RoundTripStream(r, on_body);
+  if (!reply.ok()) return reply.status().WithContext("docker pull");
+  if (reply->status != 200) {
+    reply->body = std::move(start);
+    return HttpError("pull", *reply, reply->status == 404 ? Blame::kRequest : Blame::kDaemon);
+  }
+  return parser.Finish();
 }
 
-Result<PullSummary> Client::PullChecked(const std::string& reference) {
-  auto pulled = Pull(reference);
+Result<PullSummary> Client::PullChecked(const std::string& reference,
+                                        const std::function<void(const PullProgress&)>& on_progress) {
+  auto pulled = Pull(reference, on_progress);
   if (!pulled.ok() || pulled->complete) return pulled;
   auto has = HasImage(reference);
   if (!has.ok()) return has.status();

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -24,6 +26,10 @@ class Transport {
   virtual ~Transport() = default;
   /// \return The daemon's answer, whatever its HTTP status; an error when the daemon could not be reached.
   virtual Result<DockerResponse> RoundTrip(const DockerRequest& request) = 0;
+  /// RoundTrip() with the body handed to `on_body` as it arrives (GuestChannel::DockerStream). The default
+  /// calls RoundTrip() and hands over the whole body at once. \return The answer with an empty body.
+  virtual Result<DockerResponse> RoundTripStream(const DockerRequest& request,
+                                                 const std::function<void(std::string_view)>& on_body);
 };
 
 /// The transport into a VM: the guest agent's `docker` op. The host waits for the request's own deadline
@@ -33,6 +39,8 @@ class GuestTransport : public Transport {
   /// \param guest The VM's channel; must outlive the transport.
   explicit GuestTransport(GuestChannel& guest, std::chrono::milliseconds margin = std::chrono::seconds(5));
   Result<DockerResponse> RoundTrip(const DockerRequest& request) override;
+  Result<DockerResponse> RoundTripStream(const DockerRequest& request,
+                                         const std::function<void(std::string_view)>& on_body) override;
 
  private:
   GuestChannel& guest_;
@@ -80,9 +88,43 @@ struct PullSummary {
   bool complete = false;  ///< The stream ended with Docker's final "Status: ..." line.
 };
 
-/// Reads the progress stream of POST /images/create (one JSON object per line). Docker answers HTTP 200 and
-/// reports a failure inside the stream: the first object with an `error` (or `errorDetail.message`) is
-/// returned as Unavailable "docker pull: <Docker's message>". A body cut short (`truncated`) or without the
+/// How far a running pull got, from its progress stream so far.
+struct PullProgress {
+  int layers = 0;           ///< Layers pulled so far ("Pull complete").
+  int layers_total = 0;     ///< Layers this pull downloads ("Pulling fs layer"), as far as announced yet.
+  int64_t bytes = 0;        ///< Compressed bytes downloaded so far (a finished layer counts its whole size).
+  int64_t bytes_total = 0;  ///< Announced sizes of the layers whose download started; grows as layers start.
+  bool operator==(const PullProgress&) const = default;
+};
+
+/// Reads the progress stream of POST /images/create (one JSON object per line) piece by piece, as it
+/// arrives. Docker answers HTTP 200 and reports a failure inside the stream: the first object with an
+/// `error` (or `errorDetail.message`) ends it as Unavailable "docker pull: <Docker's message>".
+class PullStreamParser {
+ public:
+  /// Adds the next bytes of the stream (lines may be split anywhere).
+  void Feed(std::string_view bytes);
+  /// What the stream said so far.
+  const PullProgress& progress() const { return progress_; }
+  /// Ends the stream (a last line without a newline is read too). \return The summary; complete == false
+  /// when the final "Status: ..." line never came (a stream cut short); Docker's error.
+  Result<PullSummary> Finish();
+
+ private:
+  struct Layer {
+    int64_t current = 0, total = 0;
+    bool pulled = false;
+  };
+  void Line(std::string_view line);
+  std::string partial_;
+  bool skipping_ = false;  // inside a line longer than the cap, dropped up to its newline
+  std::map<std::string, Layer> layers_;
+  PullProgress progress_;
+  Status error_;
+  bool complete_ = false;
+};
+
+/// The whole progress stream at once (PullStreamParser). A body cut short (`truncated`) or without the
 /// final status line gives a summary with complete == false (the caller checks the image instead).
 Result<PullSummary> ParsePullStream(std::string_view body);
 
@@ -92,6 +134,8 @@ struct ClientOptions {
   std::string api_version = "v1.41";
   /// \brief Deadline of one request, sent with it. Default: 60 s.
   std::chrono::milliseconds timeout{60000};
+  /// \brief The daemon's socket in the guest. Default: "/var/run/docker.sock".
+  std::string socket = "/var/run/docker.sock";
 };
 
 /// Calls of the Engine API. Every error message starts with "docker <call>: ". A transport error keeps its
@@ -121,11 +165,14 @@ class Client {
   /// network, from its registry mirrors first for Docker Hub images. `reference` must be valid
   /// (ParseImageReference); without a tag or digest "latest" is pulled. \return What the pull took; Docker's
   /// error (ParsePullStream), or InvalidArgument for a malformed reference.
-  Result<PullSummary> Pull(const std::string& reference);
+  /// \param on_progress Called on this thread whenever the progress changed while the stream arrives.
+  Result<PullSummary> Pull(const std::string& reference,
+                           const std::function<void(const PullProgress&)>& on_progress = {});
   /// Pull(), and when its progress stream was cut short (complete == false), HasImage() to believe the daemon
   /// rather than the stream. \return What the pull took; Unavailable "docker pull: ..." when the daemon ended
   /// without the image.
-  Result<PullSummary> PullChecked(const std::string& reference);
+  Result<PullSummary> PullChecked(const std::string& reference,
+                                  const std::function<void(const PullProgress&)>& on_progress = {});
   /// GET /images/json: the daemon's images by name. \return Every repository tag ("nginx:alpine"), and for an
   /// image without a tag its repository digests ("nginx@sha256:..."), sorted and unique; Unavailable when the
   /// reply is not a JSON array or was cut short.

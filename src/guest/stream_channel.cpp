@@ -223,8 +223,80 @@ class StreamGuestChannel final : public GuestChannel {
   }
 
   Result<DockerResponse> Docker(const DockerRequest& req, std::chrono::milliseconds timeout) override {
-    // The agent validates the same way; checking here gives the caller InvalidArgument naming the field
-    // instead of a round trip.
+    if (auto st = CheckDockerRequest(req); !st.ok()) return st;
+    auto r = Call("docker", DockerArgs(req), timeout);
+    if (!r.ok()) return r.status();
+    const auto* status = r->if_contains("status");
+    if (!status || !(status->is_int64() || status->is_uint64())) {
+      return Status::Unavailable(options_.label + "guest agent docker: reply has no integer status");
+    }
+    DockerResponse out;
+    out.status = static_cast<int>(Int(*r, "status"));
+    auto body = B64Decode(Str(*r, "body_b64"));
+    if (!body.ok()) return body.status();
+    out.body = std::move(*body);
+    out.truncated = Bool(*r, "truncated");
+    return out;
+  }
+
+  // docker_start, then docker_read (each waits up to kStreamReadWaitMs for new bytes) until the agent says
+  // done. Other calls on this channel go in between the reads.
+  Result<DockerResponse> DockerStream(const DockerRequest& req, const std::function<void(std::string_view)>& on_body,
+                                      std::chrono::milliseconds timeout) override {
+    if (auto st = CheckDockerRequest(req); !st.ok()) return st;
+    const auto deadline = Clock::now() + timeout;
+    auto started = Call("docker_start", DockerArgs(req), timeout);
+    if (!started.ok()) {
+      // An agent older than the streaming ops: one whole exchange instead.
+      if (started.status().code() == StatusCode::kFailedPrecondition &&
+          started.status().message().find("unknown_op") != std::string::npos) {
+        return GuestChannel::DockerStream(req, on_body, std::chrono::milliseconds(std::max<int64_t>(1, MsLeft(deadline))));
+      }
+      return started.status();
+    }
+    const int64_t job = Int(*started, "job");
+    if (job <= 0) return Status::Unavailable(options_.label + "guest agent docker_start: reply has no job");
+    DockerResponse out;
+    int64_t next_offset = 0;
+    while (true) {
+      int64_t left = MsLeft(deadline);
+      if (left <= 0) {
+        CancelJob(job);
+        return Status::DeadlineExceeded(options_.label + "guest agent docker: no end of the response of " +
+                                        req.method + " " + req.path.substr(0, 128) + " within " +
+                                        std::to_string(timeout.count()) + " ms");
+      }
+      int64_t wait = std::min<int64_t>(kStreamReadWaitMs, left);
+      json::object a{{"job", job}, {"wait_ms", wait}};
+      auto r = Call("docker_read", std::move(a), std::chrono::milliseconds(std::min<int64_t>(left, wait + 10000)));
+      if (!r.ok()) {
+        CancelJob(job);
+        return r.status();
+      }
+      out.status = static_cast<int>(Int(*r, "status"));
+      auto body = B64Decode(Str(*r, "body_b64"));
+      if (!body.ok()) {
+        CancelJob(job);
+        return body.status();
+      }
+      if (Int(*r, "offset") > next_offset) out.truncated = true;  // the agent dropped bytes we did not read
+      next_offset = Int(*r, "offset") + static_cast<int64_t>(body->size());
+      if (!body->empty()) on_body(*body);
+      if (Bool(*r, "done")) {
+        if (const auto* e = r->if_contains("error"); e && e->is_string()) {
+          return AgentError(Bool(*r, "timed_out") ? "timeout" : "failed", std::string(e->as_string()), "docker");
+        }
+        return out;
+      }
+    }
+  }
+
+ private:
+  static constexpr int64_t kStreamReadWaitMs = 500;
+
+  // The agent validates the same way; checking here gives the caller InvalidArgument naming the field
+  // instead of a round trip.
+  static Status CheckDockerRequest(const DockerRequest& req) {
     if (!ValidDockerMethod(req.method)) {
       return Status::InvalidArgument("docker: method must be one of GET, POST, PUT, DELETE, HEAD (got \"" +
                                      req.method.substr(0, 16) + "\")");
@@ -242,27 +314,21 @@ class StreamGuestChannel final : public GuestChannel {
       return Status::InvalidArgument("docker: timeout must be 1.." + std::to_string(kMaxGuestTimeoutMs) +
                                      " ms (got " + std::to_string(req.timeout.count()) + ")");
     }
+    return Status::Ok();
+  }
+
+  static json::object DockerArgs(const DockerRequest& req) {
     json::object a{{"method", req.method},
                    {"path", req.path},
                    {"socket", req.socket},
                    {"timeout_ms", static_cast<int64_t>(req.timeout.count())}};
     if (!req.body.empty()) a["body_b64"] = B64Encode(req.body);
-    auto r = Call("docker", std::move(a), timeout);
-    if (!r.ok()) return r.status();
-    const auto* status = r->if_contains("status");
-    if (!status || !(status->is_int64() || status->is_uint64())) {
-      return Status::Unavailable(options_.label + "guest agent docker: reply has no integer status");
-    }
-    DockerResponse out;
-    out.status = static_cast<int>(Int(*r, "status"));
-    auto body = B64Decode(Str(*r, "body_b64"));
-    if (!body.ok()) return body.status();
-    out.body = std::move(*body);
-    out.truncated = Bool(*r, "truncated");
-    return out;
+    return a;
   }
 
- private:
+  // Best effort: the agent forgets the job (and stops reading the daemon's answer).
+  void CancelJob(int64_t job) { (void)Call("docker_cancel", json::object{{"job", job}}, std::chrono::seconds(2)); }
+
   Status Fail(const Status& st, const std::string& op) {
     std::string msg = options_.label + "guest agent " + op + ": " + st.message();
     if (st.code() != StatusCode::kDeadlineExceeded || !stream_.connected()) {

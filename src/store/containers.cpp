@@ -23,6 +23,9 @@ const RowMap<ContainerRow>& ContainerRows() {
       Col("c.pull_layers AS pull_layers", &ContainerRow::pull_layers),
       Col("c.pull_bytes AS pull_bytes", &ContainerRow::pull_bytes),
       Col("c.pull_ms AS pull_ms", &ContainerRow::pull_ms),
+      Col("c.pull_layers_total AS pull_layers_total", &ContainerRow::pull_layers_total),
+      Col("c.pull_bytes_total AS pull_bytes_total", &ContainerRow::pull_bytes_total),
+      Col("c.pull_done AS pull_done", &ContainerRow::pull_done),
       Col("c.force_cold AS force_cold", &ContainerRow::force_cold),
       Col("c.wait_for_creating_ms AS wait_for_creating_ms", &ContainerRow::wait_for_creating_ms),
       EnumCol("c.state AS state", &ContainerRow::rec, &R::state, ContainerState::kFailed),
@@ -66,8 +69,14 @@ constexpr const char* kFromContainers = "FROM containers c LEFT JOIN vms v ON v.
 // The boot method is a fact once the container's VM got past `starting` and the container past `provisioning`
 // (before, the VM row holds a placeholder): the one place that decides it.
 ContainerRow WithBootMethod(ContainerRow row) {
-  if (row.pull_layers) row.rec.pull = ImagePull{static_cast<int>(*row.pull_layers), row.pull_bytes.value_or(0),
-                                                static_cast<double>(row.pull_ms.value_or(0))};
+  if (row.pull_layers) {
+    row.rec.pull = ImagePull{static_cast<int>(*row.pull_layers),
+                             row.pull_bytes.value_or(0),
+                             static_cast<double>(row.pull_ms.value_or(0)),
+                             static_cast<int>(row.pull_layers_total.value_or(*row.pull_layers)),
+                             row.pull_bytes_total.value_or(row.pull_bytes.value_or(0)),
+                             row.pull_done.value_or(1) != 0};
+  }
   bool vm_started = !row.rec.vm_state.empty() && row.rec.vm_state != ToString(VmState::kStarting);
   if (vm_started && row.rec.state != ContainerState::kProvisioning) {  // pulling: its VM runs
     row.rec.boot_method = row.vm_boot_method;
@@ -135,8 +144,11 @@ void SetContainerPulling(SQLite::Database& db, const std::string& id, bool pulli
 }
 
 void RecordImagePull(SQLite::Database& db, const std::string& id, const ImagePull& pull, int64_t now) {
-  Exec(db, "UPDATE containers SET pull_layers = ?, pull_bytes = ?, pull_ms = ?, updated_at = ? WHERE id = ?",
-       static_cast<int64_t>(pull.layers), pull.bytes, static_cast<int64_t>(std::llround(pull.ms)), now, id);
+  Exec(db,
+       "UPDATE containers SET pull_layers = ?, pull_bytes = ?, pull_ms = ?, pull_layers_total = ?, "
+       "pull_bytes_total = ?, pull_done = ?, updated_at = ? WHERE id = ?",
+       static_cast<int64_t>(pull.layers), pull.bytes, static_cast<int64_t>(std::llround(pull.ms)),
+       static_cast<int64_t>(pull.layers_total), pull.bytes_total, static_cast<int64_t>(pull.done ? 1 : 0), now, id);
 }
 
 std::vector<std::string> PublishedPorts(SQLite::Database& db) {

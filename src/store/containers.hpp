@@ -24,9 +24,12 @@ struct ContainerRow {
   bool has_logs = false;                        ///< A copy of its output is stored.
   Timings vm_timings;                           ///< Its VM's timings.
   std::string vm_last_error;                    ///< Its VM's last error.
-  std::optional<int64_t> pull_layers;           ///< The image pull (rec.pull), once one finished.
+  std::optional<int64_t> pull_layers;           ///< The image pull (rec.pull), once one started.
   std::optional<int64_t> pull_bytes;            ///< As pull_layers.
   std::optional<int64_t> pull_ms;               ///< As pull_layers (whole ms).
+  std::optional<int64_t> pull_layers_total;     ///< As pull_layers.
+  std::optional<int64_t> pull_bytes_total;      ///< As pull_layers.
+  std::optional<int64_t> pull_done;             ///< As pull_layers (0/1).
   BootMethod vm_boot_method = BootMethod::kCold;  ///< Its VM's boot method as stored (rec.boot_method says when
                                                   ///< it is known).
 };

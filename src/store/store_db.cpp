@@ -175,6 +175,12 @@ CREATE INDEX containers_by_state ON containers(state);
 ALTER TABLE runtime_images ADD COLUMN preload_images TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE runtime_snapshots ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
 )SQL"},
+      // A pull's live progress: how much it downloads, and whether it finished (rows before: finished).
+      {5, R"SQL(
+ALTER TABLE containers ADD COLUMN pull_layers_total INTEGER;
+ALTER TABLE containers ADD COLUMN pull_bytes_total INTEGER;
+ALTER TABLE containers ADD COLUMN pull_done INTEGER;
+)SQL"},
   };
   return kMigrations;
 }

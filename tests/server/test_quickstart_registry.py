@@ -223,6 +223,46 @@ def test_quickstart_verbatim(server, reg, snapshot):
     assert st == 200
 
 
+def test_pull_progress_is_live(server, reg, snapshot):
+    """While the guest's daemon pulls, the container item shows how far the pull got. The registry's link is
+    slowed to 8 Mbit/s, so the 5 MiB layer of fcwarm/pull-bench:5m takes several seconds; the item is polled
+    meanwhile (the create does not wait)."""
+    reg.throttle("8mbit")
+    cid = None
+    try:
+        st, _, doc = server.post("/v1/containers", {"image": "fcwarm/pull-bench:5m", "wait": False})
+        assert st == 202, doc
+        cid = doc["id"]
+        seen = []
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            st, _, doc = server.get(f"/v1/containers/{cid}")
+            assert st == 200, doc
+            item = doc["item"]
+            if item["state"] == "pulling" and item["pull"] is not None:
+                seen.append(item["pull"])
+            if item["state"] not in ("provisioning", "pulling"):
+                break
+            time.sleep(0.1)
+        assert item["state"] == "running", item
+        running = [p for p in seen if not p["done"]]
+        assert running, f"no live progress seen while pulling: {seen}"
+        # Mid-download: some bytes of the announced total, not all of them.
+        assert any(0 < p["bytes"] < p["bytes_total"] for p in running), running
+        assert all(a["bytes"] <= b["bytes"] and a["ms"] <= b["ms"] for a, b in zip(running, running[1:])), running
+        assert all(p["layers"] <= p["layers_total"] for p in running), running
+        final = item["pull"]
+        assert final["done"] is True, final
+        assert final["layers"] >= 1 and final["layers"] == final["layers_total"], final
+        assert final["bytes"] >= 5 * 1024 * 1024 and final["bytes"] == final["bytes_total"], final
+        assert final["bytes"] >= max(p["bytes"] for p in running), (final, running)
+        print(f"pull progress: {len(running)} live observations, final {final}")
+    finally:
+        reg.throttle(None)
+        if cid:
+            server.delete(f"/v1/containers/{cid}")
+
+
 def test_published_ports_cold_and_warm(server, reg, snapshot):
     baseline = rules(ours=set())
     ports = [free_port() for _ in range(3)]

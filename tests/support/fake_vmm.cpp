@@ -238,6 +238,28 @@ class FakeGuest : public GuestChannel {
     ++vmm_.docker_requests;
     return docker_.Handle(r);
   }
+  // As the agent channel does: the body line by line, with FakeVmm::on_stream_line between the lines.
+  Result<DockerResponse> DockerStream(const DockerRequest& r, const std::function<void(std::string_view)>& on_body,
+                                      std::chrono::milliseconds timeout) override {
+    auto whole = Docker(r, timeout);
+    if (!whole.ok()) return whole;
+    std::string body = std::move(whole->body);
+    whole->body.clear();
+    size_t pos = 0, line = 0;
+    while (pos < body.size()) {
+      size_t nl = body.find('\n', pos);
+      size_t end = nl == std::string::npos ? body.size() : nl + 1;
+      on_body(std::string_view(body).substr(pos, end - pos));
+      pos = end;
+      std::function<void(size_t)> hook;
+      {
+        std::lock_guard lock(vmm_.pull_mu);
+        hook = vmm_.on_stream_line;
+      }
+      if (hook) hook(++line);
+    }
+    return whole;
+  }
 
  private:
   bool Alive() const { return alive_(); }

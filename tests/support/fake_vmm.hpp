@@ -49,6 +49,9 @@ class FakeVmm : public Vmm {
   // Images the fake daemons can pull (references as Docker is asked for them: "nginx:alpine"); guarded by
   // pull_mu.
   std::set<std::string> pullable{"nginx:alpine"};
+  // Called after each line of a streamed Docker body (GuestChannel::DockerStream) with its number (1-based);
+  // guarded by pull_mu.
+  std::function<void(size_t)> on_stream_line;
   std::mutex pull_mu;
 
   // Hostnames set through identity, by vm id.

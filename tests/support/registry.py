@@ -70,6 +70,7 @@ BUSYBOX = "/bin/busybox"
 REGISTRY_BIN = "/usr/bin/docker-registry"
 SKOPEO_BIN = "/usr/bin/skopeo"
 IP_BIN = shutil.which("ip") or "/usr/sbin/ip"
+TC_BIN = shutil.which("tc") or "/usr/sbin/tc"
 REGISTRY_PORT = 5000
 
 # Fixed timestamp for every file, layer and config: 2024-01-01T00:00:00Z.
@@ -511,6 +512,20 @@ class Registry:
                 [IP_BIN, "netns", "exec", self.netns, REGISTRY_BIN, "serve", self.config_path],
                 stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True)
         self._wait_ready(timeout)
+
+    def throttle(self, rate=None):
+        """Limits what the registry sends (a token bucket on its end of the link) to `rate`, in tc's syntax
+        (e.g. "16mbit"), so that a pull lasts long enough to be watched; None removes the limit. The limit
+        goes away with the namespace at stop()."""
+        if self.netns is None or not self._created_ns:
+            raise RegistryError("throttle: the registry is not started")
+        if rate is None:
+            _run([TC_BIN, "-n", self.netns, "qdisc", "del", "dev", self.veth_reg, "root"], check=False)
+            return
+        if not re.fullmatch(r"[0-9]+(bit|kbit|mbit|gbit)", rate):
+            raise RegistryError(f"throttle: rate {rate!r} is not like 16mbit")
+        _run([TC_BIN, "-n", self.netns, "qdisc", "replace", "dev", self.veth_reg, "root", "tbf", "rate", rate,
+              "burst", "64kb", "latency", "2s"])
 
     def _wait_ready(self, timeout):
         deadline = time.monotonic() + timeout

@@ -119,6 +119,9 @@ TEST_CASE("docker runtime: an image the daemon lacks is pulled, its pull recorde
   REQUIRE(c->pull.has_value());
   CHECK(c->pull->layers == 2);
   CHECK(c->pull->bytes == 3345);
+  CHECK(c->pull->layers_total == 2);
+  CHECK(c->pull->bytes_total == 3345);
+  CHECK(c->pull->done);
   CHECK(c->timings.count("pull") == 1);
   CHECK(std::abs(c->pull->ms - c->timings.at("pull")) <= 1.0);  // stored in whole ms
   // An image the daemon has is not pulled again, and such a container shows no pull.
@@ -127,6 +130,48 @@ TEST_CASE("docker runtime: an image the daemon lacks is pulled, its pull recorde
   CHECK(bed.vmm->pulls == 1);
   CHECK_FALSE(again->pull.has_value());
   CHECK(again->timings.count("pull") == 0);
+}
+
+TEST_CASE("docker runtime: the record shows a pull's progress while it runs") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  std::vector<ContainerRecord> seen;  // the record after each streamed line, as a poller would read it
+  {
+    std::lock_guard lock(bed.vmm->pull_mu);
+    bed.vmm->on_stream_line = [&](size_t) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));  // past the record's update interval
+      auto list = bed.service->containers().List(true);
+      if (list.ok() && !list->empty()) seen.push_back(list->front());
+    };
+  }
+  auto req = Req(img, {"sleep", "100"});
+  req.image = "nginx:alpine";
+  auto c = bed.service->containers().Create(req);
+  {
+    std::lock_guard lock(bed.vmm->pull_mu);
+    bed.vmm->on_stream_line = nullptr;
+  }
+  REQUIRE_MESSAGE(c.ok(), c.status().ToString());
+  // The fake's stream: per layer (aaa 1000 bytes, bbb 2345) "Pulling fs layer", "Downloading" half, "Pull
+  // complete"; then the final status. seen[i] is the record after line i + 1:
+  REQUIRE(seen.size() >= 5);
+  for (size_t i = 0; i < 6 && i < seen.size(); ++i) CHECK(seen[i].state == ContainerState::kPulling);
+  REQUIRE(seen[1].pull.has_value());
+  CHECK(seen[1].pull->layers == 0);
+  CHECK(seen[1].pull->layers_total == 1);
+  CHECK(seen[1].pull->bytes == 500);
+  CHECK(seen[1].pull->bytes_total == 1000);
+  CHECK_FALSE(seen[1].pull->done);
+  REQUIRE(seen[4].pull.has_value());
+  CHECK(seen[4].pull->layers == 1);
+  CHECK(seen[4].pull->layers_total == 2);
+  CHECK(seen[4].pull->bytes == 1000 + 1172);
+  CHECK(seen[4].pull->bytes_total == 3345);
+  CHECK_FALSE(seen[4].pull->done);
+  CHECK(seen[4].pull->ms >= seen[1].pull->ms);
+  REQUIRE(c->pull.has_value());
+  CHECK(c->pull->done);
+  CHECK(c->pull->bytes == 3345);
 }
 
 TEST_CASE("docker runtime: a failed pull fails the container with Docker's message and releases its VM") {
@@ -147,7 +192,10 @@ TEST_CASE("docker runtime: a failed pull fails the container with Docker's messa
   CHECK(rec.state == ContainerState::kFailed);
   CHECK(rec.last_error.find("manifest unknown") != std::string::npos);
   CHECK(rec.vm_state == "destroyed");
-  CHECK_FALSE(rec.pull.has_value());
+  // The pull started: its last progress stays, not done.
+  REQUIRE(rec.pull.has_value());
+  CHECK_FALSE(rec.pull->done);
+  CHECK(rec.pull->layers == 0);
   CHECK(rec.timings.count("pull") == 1);
   CHECK(rec.timings.count("container_create") == 0);
   CHECK(bed.vmm->live == 0);

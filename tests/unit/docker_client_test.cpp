@@ -292,3 +292,96 @@ TEST_CASE("pull checked: a complete stream is believed, a cut one is checked aga
   f.Reply(200, R"({"error":"manifest unknown"})");
   CHECK(f.client->PullChecked("nginx:alpine").status().message() == "docker pull: manifest unknown");
 }
+
+TEST_CASE("pull stream parser: progress from pieces split anywhere, the same summary as the whole stream") {
+  const std::string stream =
+      R"({"status":"Pulling from library/nginx","id":"alpine"})" "\n"
+      R"({"status":"Already exists","progressDetail":{},"id":"l0"})" "\n"
+      R"({"status":"Pulling fs layer","progressDetail":{},"id":"l1"})" "\n"
+      R"({"status":"Pulling fs layer","progressDetail":{},"id":"l2"})" "\n"
+      R"({"status":"Waiting","progressDetail":{},"id":"l2"})" "\n"
+      R"({"status":"Downloading","progressDetail":{"current":300,"total":1000},"id":"l1"})" "\n"
+      R"({"status":"Downloading","progressDetail":{"current":200,"total":1000},"id":"l1"})" "\n"
+      R"({"status":"Verifying Checksum","progressDetail":{},"id":"l1"})" "\n"
+      R"({"status":"Download complete","progressDetail":{},"id":"l1"})" "\n"
+      R"({"status":"Extracting","progressDetail":{"current":5000,"total":1000},"id":"l1"})" "\n"
+      R"({"status":"Pull complete","progressDetail":{},"id":"l1"})" "\n"
+      R"({"status":"Downloading","progressDetail":{"current":10,"total":20},"id":"l2"})" "\n"
+      R"({"status":"Pull complete","progressDetail":{},"id":"l2"})" "\n"
+      R"({"status":"Status: Downloaded newer image for nginx:alpine"})";  // no final newline
+  auto whole = docker::ParsePullStream(stream);
+  REQUIRE(whole.ok());
+  CHECK(whole->layers == 2);
+  CHECK(whole->bytes == 1020);
+  CHECK(whole->complete);
+  // Every split point: the pieces give the same summary, and the progress only grows.
+  for (size_t cut = 0; cut <= stream.size(); cut += 7) {
+    docker::PullStreamParser p;
+    p.Feed(stream.substr(0, cut));
+    auto mid = p.progress();
+    p.Feed(stream.substr(cut));
+    CHECK(mid.layers <= p.progress().layers);
+    CHECK(mid.bytes <= p.progress().bytes);
+    auto s = p.Finish();
+    REQUIRE(s.ok());
+    CHECK(s->layers == whole->layers);
+    CHECK(s->bytes == whole->bytes);
+    CHECK(s->complete);
+  }
+  // Line by line: what a reader sees while it runs.
+  docker::PullStreamParser p;
+  std::vector<docker::PullProgress> seen;
+  size_t pos = 0;
+  while (pos < stream.size()) {
+    size_t nl = stream.find('\n', pos);
+    size_t end = nl == std::string::npos ? stream.size() : nl + 1;
+    p.Feed(std::string_view(stream).substr(pos, end - pos));
+    if (seen.empty() || !(seen.back() == p.progress())) seen.push_back(p.progress());
+    pos = end;
+  }
+  std::vector<docker::PullProgress> want = {
+      {0, 0, 0, 0},        // nothing announced (l0 already exists)
+      {0, 1, 0, 0},        // l1 announced
+      {0, 2, 0, 0},        // l2 announced
+      {0, 2, 300, 1000},   // l1 downloading (a smaller `current` later does not go back)
+      {0, 2, 1000, 1000},  // l1 downloaded (extraction counts nothing)
+      {1, 2, 1000, 1000},  // l1 pulled
+      {1, 2, 1010, 1020},  // l2 downloading
+      {2, 2, 1020, 1020},  // l2 pulled
+  };
+  CHECK(seen == want);
+}
+
+TEST_CASE("pull stream parser: errors end the stream, oversized lines are dropped, cut streams are incomplete") {
+  docker::PullStreamParser p;
+  p.Feed(R"({"status":"Pulling fs layer","id":"a"})" "\n" R"({"error":"toomanyrequests: rate)");
+  p.Feed(R"( limit"})" "\n" R"({"status":"Pull complete","id":"a"})" "\n");
+  CHECK(p.progress().layers == 0);  // nothing counts after the error
+  CHECK(p.Finish().status().message() == "docker pull: toomanyrequests: rate limit");
+
+  docker::PullStreamParser big;
+  big.Feed("{\"status\":\"" + std::string(200000, 'x'));  // a line far over the cap, never buffered whole
+  big.Feed("\"}\n" R"({"status":"Pulling fs layer","id":"a"})" "\n");
+  CHECK(big.progress().layers_total == 1);
+  auto cut = big.Finish();
+  REQUIRE(cut.ok());
+  CHECK_FALSE(cut->complete);
+}
+
+TEST_CASE("pull: progress is reported through a transport without streaming too") {
+  Fixture f;
+  f.Reply(200, R"({"status":"Pulling fs layer","id":"a"})" "\n"
+               R"({"status":"Downloading","progressDetail":{"current":5,"total":9},"id":"a"})" "\n"
+               R"({"status":"Pull complete","id":"a"})" "\n"
+               R"({"status":"Status: Downloaded newer image for busybox:1"})" "\n");
+  std::vector<docker::PullProgress> seen;
+  auto r = f.client->Pull("busybox:1", [&](const docker::PullProgress& p) { seen.push_back(p); });
+  REQUIRE(r.ok());
+  CHECK(r->layers == 1);
+  CHECK(r->bytes == 9);
+  REQUIRE(seen.size() == 1);  // the whole body at once: one change
+  CHECK(seen[0] == docker::PullProgress{1, 1, 9, 9});
+  CHECK(f.last().method == "POST");
+  CHECK(f.last().path == "/v1.41/images/create?fromImage=busybox&tag=1");
+  CHECK(f.last().socket == "/var/run/docker.sock");
+}

@@ -429,3 +429,23 @@ TEST_CASE("guest channel: docker arguments are validated on the host, naming the
   CHECK(ch->Docker(longest, 2s).ok());
   CHECK(agent.docker_requests().size() == 1);
 }
+
+TEST_CASE("guest channel: docker stream falls back to one exchange with an agent without docker_start") {
+  FakeAgent agent;  // answers unknown_op to docker_start, as an agent older than the streaming ops
+  auto ch = Channel(agent);
+  DockerRequest req;
+  req.method = "POST";
+  req.path = "/echo";
+  req.body = "{\"x\":1}";
+  std::vector<std::string> pieces;
+  auto r = ch->DockerStream(req, [&](std::string_view p) { pieces.emplace_back(p); }, 5s);
+  REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+  CHECK(r->status == 201);
+  CHECK(r->body.empty());
+  REQUIRE(pieces.size() == 1);
+  CHECK(pieces[0] == "{\"x\":1}");
+  CHECK(agent.docker_requests().size() == 1);
+  // Host-side validation first, as for Docker().
+  req.path = "no-slash";
+  CHECK(ch->DockerStream(req, [](std::string_view) {}, 5s).status().code() == StatusCode::kInvalidArgument);
+}

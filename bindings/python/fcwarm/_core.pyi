@@ -419,6 +419,9 @@ class ImagePull:
     layers: int
     bytes: int
     ms: float
+    layers_total: int
+    bytes_total: int
+    done: bool
 
 class ContainerRecord:
     # Fields in the order of the REST API's container item (docs/api.md), then what only Python has.

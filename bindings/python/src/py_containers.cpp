@@ -118,9 +118,14 @@ void BindContainers(pyb::module_& m) {
   pyb::class_<ImagePull>(m, "ImagePull", "What pulling a container's image took.")
       .def_readonly("layers", &ImagePull::layers, "Layers downloaded.")
       .def_readonly("bytes", &ImagePull::bytes, "Their compressed sizes.")
-      .def_readonly("ms", &ImagePull::ms, "Duration in ms.")
+      .def_readonly("ms", &ImagePull::ms, "Duration in ms (so far, while it runs).")
+      .def_readonly("layers_total", &ImagePull::layers_total, "Layers the pull downloads, as announced so far.")
+      .def_readonly("bytes_total", &ImagePull::bytes_total, "Announced sizes of the layers being downloaded.")
+      .def_readonly("done", &ImagePull::done, "The pull finished (False while the container is pulling).")
       .def("__repr__", [](const ImagePull& p) {
-        return "<fcwarm.ImagePull layers=" + std::to_string(p.layers) + " bytes=" + std::to_string(p.bytes) + ">";
+        return "<fcwarm.ImagePull layers=" + std::to_string(p.layers) + "/" + std::to_string(p.layers_total) +
+               " bytes=" + std::to_string(p.bytes) + "/" + std::to_string(p.bytes_total) +
+               (p.done ? " done" : " running") + ">";
       });
 
   pyb::class_<ContainerRecord>(m, "ContainerRecord", "A container and the VM it runs in.")
@@ -134,7 +139,7 @@ void BindContainers(pyb::module_& m) {
       .def_readonly("command", &ContainerRecord::command)
       .def_readonly("env", &ContainerRecord::env)
       .def_readonly("ports", &ContainerRecord::ports, "Published ports, resolved: \"127.0.0.1:8080:80/tcp\".")
-      .def_readonly("pull", &ContainerRecord::pull, "The image pull (ImagePull) once one finished, else None.")
+      .def_readonly("pull", &ContainerRecord::pull, "The image pull (ImagePull): live progress while pulling, then what it took; None without a pull.")
       .def_readonly("state", &ContainerRecord::state)
       .def_readonly("docker_id", &ContainerRecord::docker_id)
       .def_readonly("exit_code", &ContainerRecord::exit_code, "Exit code once exited, else None.")
