@@ -293,7 +293,18 @@ class RestoreEngine::Impl {
 
   const RestoreOptions& options() const { return opts_; }
 
-  std::vector<PoolStatus> Pool() const { return pool_ ? pool_->Status() : std::vector<PoolStatus>(); }
+  std::vector<PoolStatus> Pool() const {
+    if (pool_) return pool_->Status();
+    std::vector<PoolStatus> out;  // every size is 0: no pool runs
+    for (const auto& [ref, n] : opts_.pool) {
+      PoolStatus s;
+      s.image = ref;
+      s.target = n;
+      if (auto id = ResolveImage(ref); id.ok()) s.runtime_image_id = *id;
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
 
   Status CheckPool() const {
     for (const auto& [ref, n] : opts_.pool) {
