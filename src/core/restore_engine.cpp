@@ -635,7 +635,7 @@ class RestoreEngine::Impl {
     });
     if (!img.ok()) {
       if (img.status().code() == StatusCode::kNotFound) {
-        return Status::NotFound("pool: no runtime image '" + ref + "' (by id or name) is registered");
+        return Status::NotFound("no runtime image '" + ref + "' is registered (by id or name)");
       }
       return img.status();
     }
