@@ -72,6 +72,10 @@ struct PoolStatus {
 /// unique, verify the runtime; on any failure destroy the clone, record the failure and boot cold. Every
 /// decision is written to the event log and the log.
 ///
+/// With RestoreOptions::pool, the engine keeps clones of each pooled image's ready snapshot restored and
+/// verified on a background thread (state `pooled`); Provision() hands one out after one agent ping instead of
+/// restoring (docs/architecture.md, "The clone pool").
+///
 /// Thread safety: safe for concurrent use; any number of Provision() calls may run at once.
 class RestoreEngine {
  public:
@@ -88,7 +92,9 @@ class RestoreEngine {
   RestoreEngine(const RestoreEngine&) = delete;
   RestoreEngine& operator=(const RestoreEngine&) = delete;
 
-  /// \brief Returns a running, verified VM with boot_method, fallback_reason and timings.
+  /// \brief Returns a running, verified VM with boot_method, fallback_reason and timings. When the image has a
+  /// pooled clone ready and the request neither forces a cold boot nor publishes ports, the VM is that clone
+  /// (VmRecord::pooled; timings `pool_take` and `agent`, no `restore`), its record re-keyed to `vm_id`.
   /// \param request What to start.
   /// \return The VM record; InvalidArgument/NotFound for a bad image; Unavailable when even the cold boot
   /// failed (the VM record then has state `failed`).
