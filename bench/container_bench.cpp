@@ -1,10 +1,14 @@
-// Container create -> container running, cold vs warm, through the library (ContainerManager + RestoreEngine +
-// QEMU + the Docker daemon inside the guest), same container image, one run:
+// Container create -> container running, cold vs warm vs pooled, through the library (ContainerManager +
+// RestoreEngine + QEMU + the Docker daemon inside the guest), same container image, one run:
 //   - N containers with a cold-booted VM (force_cold), one after the other
 //   - the runtime snapshot build
 //   - N containers with a warm-restored VM
-// Prints p50/p95 of the total and p50 of every step for both paths as Markdown (for docs/benchmarks.md).
-// Usage: container_bench [--image-dir DIR] [--runs N] [--memory-mib M] [--accel tcg|kvm]
+//   - the service reopened with a clone pool of P clones (RestoreOptions::pool) on the same snapshot, then N
+//     containers that each take a pooled clone: before each, the bench waits until the pool is full again and
+//     reads the PSS (/proc/<pid>/smaps_rollup) of every pooled clone's VMM process
+// Prints p50/p95 of the total and p50 of every step for each path as Markdown (for docs/benchmarks.md), and the
+// pooled clones' memory.
+// Usage: container_bench [--image-dir DIR] [--runs N] [--memory-mib M] [--accel tcg|kvm] [--pool P]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -12,6 +16,7 @@
 #include <filesystem>
 #include <map>
 #include <string>
+#include <thread>
 #include <unistd.h>
 #include <vector>
 
@@ -33,33 +38,61 @@ using bench::Percentile;
   std::exit(1);
 }
 
-// The steps of the table, in order; "vm_start" is cold_boot (cold) or restore (warm).
-const char* kSteps[] = {"vm_start", "agent", "identity", "runtime_verify", "container_create", "container_start", "total"};
+// The steps of the table, in order; "vm_start" is cold_boot (cold), restore (warm) or pool_take (pooled: the
+// take and its agent ping).
+// "provision" is the VM's own total (request to a verified VM), what the pool takes off a request's path.
+const char* kSteps[] = {"vm_start", "agent",           "identity",        "runtime_verify",
+                        "provision", "container_create", "container_start", "total"};
+
+enum class Mode { kCold, kWarm, kPooled };
+const char* Name(Mode m) { return m == Mode::kCold ? "cold" : m == Mode::kWarm ? "warm" : "pooled"; }
 
 struct Series {
   std::map<std::string, std::vector<double>> steps;
   int warm = 0;
+  int pooled = 0;
+  std::vector<double> pss_mib;  // pooled: every pooled clone's PSS, read while the pool was full
 };
 
-void RunContainers(Service& svc, const std::string& image, int n, bool cold, Series* out) {
+// Waits until the pool of the only configured image holds `size` clones; records their PSS.
+void WaitForFullPool(Service& svc, unsigned size, Series* out) {
+  auto deadline = Clock::now() + std::chrono::minutes(10);
+  while (true) {
+    auto p = svc.engine().Pool();
+    if (!p.empty() && p.front().clones.size() >= size) {
+      for (const auto& c : p.front().clones) out->pss_mib.push_back(static_cast<double>(c.pss_bytes.value_or(0)) / 1048576.0);
+      return;
+    }
+    if (Clock::now() > deadline) {
+      Die("pool", Status::DeadlineExceeded(p.empty() ? "no pool" : "pool not full: " + p.front().last_error));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+void RunContainers(Service& svc, const std::string& image, int n, Mode mode, unsigned pool, Series* out) {
   for (int i = 0; i < n; ++i) {
+    if (mode == Mode::kPooled) WaitForFullPool(svc, pool, out);
     ContainerRequest r;
     r.runtime_image = image;
     r.image = "busybox:latest";
     r.command = {"sh", "-c", "hostname; head -c 16 /dev/urandom | od -An -tx1"};
-    r.force_cold = cold;
+    r.force_cold = mode == Mode::kCold;
     auto c = svc.containers().Create(r);
-    if (!c.ok()) Die(cold ? "cold container" : "warm container", c.status());
+    if (!c.ok()) Die(std::string(Name(mode)) + " container", c.status());
     auto t = c->timings;
-    t["vm_start"] = t.count("restore") ? t["restore"] : t["cold_boot"];
-    for (const char* s : kSteps) out->steps[s].push_back(t[s]);
+    t["vm_start"] = t.count("pool_take") ? t["pool_take"] : t.count("restore") ? t["restore"] : t["cold_boot"];
+    for (const char* s : kSteps) {
+      if (t.count(s)) out->steps[s].push_back(t[s]);
+    }
     out->warm += c->boot_method == BootMethod::kWarm;
+    out->pooled += t.count("pool_take") ? 1 : 0;
     auto done = svc.containers().Wait(c->id, std::chrono::seconds(120));
     if (!done.ok() || done->state != ContainerState::kExited || done->exit_code != 0) {
       Die("container did not exit 0", done.ok() ? Status::Internal(done->last_error) : done.status());
     }
-    std::printf("  %s %2d: total %7.0f ms (vm %6.0f, runtime_verify %6.0f, create %5.0f, start %5.0f)\n",
-                cold ? "cold" : "warm", i + 1, t["total"], t["vm_start"], t["runtime_verify"], t["container_create"],
+    std::printf("  %-6s %2d: total %7.0f ms (vm %6.0f, runtime_verify %6.0f, create %5.0f, start %5.0f)\n",
+                Name(mode), i + 1, t["total"], t["vm_start"], t["runtime_verify"], t["container_create"],
                 t["container_start"]);
     std::fflush(stdout);
     if (auto st = svc.containers().Destroy(c->id); !st.ok()) Die("destroy", st);
@@ -73,6 +106,7 @@ int main(int argc, char** argv) {
   int runs = 10;
   uint32_t memory = 1024;
   std::string accel = "tcg";
+  unsigned pool = 2;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -90,9 +124,17 @@ int main(int argc, char** argv) {
       memory = static_cast<uint32_t>(std::atoi(next().c_str()));
     } else if (a == "--accel") {
       accel = next();
+    } else if (a == "--pool") {
+      int p = std::atoi(next().c_str());
+      if (p < 0 || p > static_cast<int>(RestoreOptions::kMaxPoolSize)) {
+        std::fprintf(stderr, "container_bench: --pool must be between 0 and %u\n", RestoreOptions::kMaxPoolSize);
+        return 2;
+      }
+      pool = static_cast<unsigned>(p);
     } else {
       std::fprintf(stderr,
-                   "usage: container_bench [--image-dir DIR] [--runs N] [--memory-mib M] [--accel tcg|kvm]\n");
+                   "usage: container_bench [--image-dir DIR] [--runs N] [--memory-mib M] [--accel tcg|kvm] "
+                   "[--pool P]\n");
       return 2;
     }
   }
@@ -105,7 +147,8 @@ int main(int argc, char** argv) {
   QemuOptions qo;
   qo.accelerator = accel;
   vmms->Add(std::shared_ptr<Vmm>(MakeQemuVmm(qo)));
-  auto svc = Service::Open(ServiceOptions::UnderDirectory(work.string()), vmms);
+  auto options = ServiceOptions::UnderDirectory(work.string());
+  auto svc = Service::Open(options, vmms);
   if (!svc.ok()) Die("open", svc.status());
   auto img = RuntimeImageFromArtifacts("docker", image_dir);
   if (!img.ok()) Die("image", img.status());
@@ -113,10 +156,10 @@ int main(int argc, char** argv) {
   auto reg = (*svc)->images().Register(*img);
   if (!reg.ok()) Die("register image", reg.status());
 
-  std::printf("container_bench: %d cold + %d warm containers, image %s, %u MiB, accel %s\n", runs, runs,
-              image_dir.c_str(), memory, accel.c_str());
-  Series cold, warm;
-  RunContainers(**svc, reg->id, runs, true, &cold);
+  std::printf("container_bench: %d cold + %d warm + %d pooled containers (pool of %u), image %s, %u MiB, accel %s\n",
+              runs, runs, pool > 0 ? runs : 0, pool, image_dir.c_str(), memory, accel.c_str());
+  Series cold, warm, pooled;
+  RunContainers(**svc, reg->id, runs, Mode::kCold, 0, &cold);
   auto t0 = Clock::now();
   auto s = (*svc)->snapshots().CreateSnapshot(reg->id);
   if (!s.ok()) Die("snapshot", s.status());
@@ -126,20 +169,44 @@ int main(int argc, char** argv) {
   }
   double build_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   std::printf("  snapshot build: %.0f ms, %.0f MB on disk\n", build_ms, static_cast<double>(snap->disk_bytes) / 1e6);
-  RunContainers(**svc, reg->id, runs, false, &warm);
-
-  std::printf("\n| step (p50, ms) | cold | warm |\n| --- | ---: | ---: |\n");
-  for (const char* step : kSteps) {
-    std::string label = std::string(step) == "vm_start" ? "VM boot (cold) / restore (warm)" : step;
-    std::printf("| %s | %.0f | %.0f |\n", label.c_str(), Percentile(cold.steps[step], 50),
-                Percentile(warm.steps[step], 50));
+  RunContainers(**svc, reg->id, runs, Mode::kWarm, 0, &warm);
+  if (pool > 0) {
+    // The same store and snapshot, now with a pool of the image.
+    svc->reset();
+    options.restore.pool = {{reg->name, pool}};
+    svc = Service::Open(options, vmms);
+    if (!svc.ok()) Die("reopen with a pool", svc.status());
+    RunContainers(**svc, reg->id, runs, Mode::kPooled, pool, &pooled);
   }
+
+  auto cell = [](Series& s, const char* step) {
+    if (s.steps[step].empty()) return std::string("—");
+    return std::to_string(static_cast<long>(Percentile(s.steps[step], 50) + 0.5));
+  };
+  std::printf("\n| step (p50, ms) | cold | warm | pooled |\n| --- | ---: | ---: | ---: |\n");
+  for (const char* step : kSteps) {
+    std::string label = std::string(step) == "vm_start"    ? "VM boot (cold) / restore (warm) / pool take (pooled)"
+                        : std::string(step) == "provision" ? "provision (the VM: request to verified VM)"
+                                                           : step;
+    std::printf("| %s | %s | %s | %s |\n", label.c_str(), cell(cold, step).c_str(), cell(warm, step).c_str(),
+                cell(pooled, step).c_str());
+  }
+  std::printf("| total p95 | %.0f | %.0f | %.0f |\n", Percentile(cold.steps["total"], 95),
+              Percentile(warm.steps["total"], 95), Percentile(pooled.steps["total"], 95));
   double c50 = Percentile(cold.steps["total"], 50), w50 = Percentile(warm.steps["total"], 50);
-  std::printf("| total p95 | %.0f | %.0f |\n", Percentile(cold.steps["total"], 95), Percentile(warm.steps["total"], 95));
-  std::printf("\ncreate -> running p50: cold %.0f ms, warm %.0f ms (%.1fx faster); warm boots %d/%d; snapshot build %.0f ms\n",
-              c50, w50, w50 > 0 ? c50 / w50 : 0.0, warm.warm, runs, build_ms);
+  double p50 = Percentile(pooled.steps["total"], 50);
+  std::printf("\ncreate -> running p50: cold %.0f ms, warm %.0f ms (%.1fx faster)", c50, w50, w50 > 0 ? c50 / w50 : 0.0);
+  if (pool > 0) std::printf(", pooled %.0f ms (%.1fx faster)", p50, p50 > 0 ? c50 / p50 : 0.0);
+  std::printf("; warm boots %d/%d; pooled takes %d/%d; snapshot build %.0f ms\n", warm.warm, runs, pooled.pooled,
+              pool > 0 ? runs : 0, build_ms);
+  if (pool > 0) {
+    std::printf("pooled clones' VMM PSS (%zu samples, pool full before each take): p50 %.0f MiB, p95 %.0f MiB, "
+                "max %.0f MiB per clone; the pool of %u ≈ %.0f MiB\n",
+                pooled.pss_mib.size(), Percentile(pooled.pss_mib, 50), Percentile(pooled.pss_mib, 95),
+                Percentile(pooled.pss_mib, 100), pool, Percentile(pooled.pss_mib, 50) * pool);
+  }
   svc->reset();
   std::error_code ec;
   fs::remove_all(work, ec);
-  return warm.warm == runs ? 0 : 1;
+  return warm.warm == runs && (pool == 0 || pooled.pooled == runs) ? 0 : 1;
 }

@@ -24,10 +24,15 @@ log="$data_dir/fcwarm-server.log"
 # FCWARM_REGISTRY_MIRROR: comma-separated mirror URLs; FCWARM_EGRESS: all (default), none or CIDR,...;
 # FCWARM_PUBLISH_ADDRESS: host address published container ports bind to (default 127.0.0.1);
 # FCWARM_PRELOAD_IMAGE: comma-separated container images every snapshot build pulls (e.g. nginx:alpine)
+# FCWARM_POOL: comma-separated IMAGE=N, clones of a runtime image kept restored for requests (e.g. docker=2)
 extra=(--egress "${FCWARM_EGRESS:-all}" --publish-address "${FCWARM_PUBLISH_ADDRESS:-127.0.0.1}")
 IFS=',' read -r -a mirrors <<<"${FCWARM_REGISTRY_MIRROR:-}"
 for m in "${mirrors[@]}"; do
   [[ -n "$m" ]] && extra+=(--registry-mirror "$m")
+done
+IFS=',' read -r -a pools <<<"${FCWARM_POOL:-}"
+for p in "${pools[@]}"; do
+  [[ -n "$p" ]] && extra+=(--pool "$p")
 done
 IFS=',' read -r -a preloads <<<"${FCWARM_PRELOAD_IMAGE:-}"
 for p in "${preloads[@]}"; do

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -128,6 +129,17 @@ struct RestoreOptions {
   std::vector<std::string> registry_mirrors;
   /// \brief Registries the Docker daemon may reach over plain HTTP ("host:port" or CIDR).
   std::vector<std::string> insecure_registries;
+  /// \brief The clone pool (docs/architecture.md, "The clone pool"): runtime image (id or name) → number of
+  /// clones of its ready snapshot kept restored, unique and verified in the background, 0 to kMaxPoolSize.
+  /// Provision() takes one (no restore on the request's path) and the pool refills. Names are resolved while
+  /// the pool runs, so an image may be registered after the engine starts (RestoreEngine::CheckPool() reports
+  /// names that resolve to nothing). Empty, or every size 0: no pool, no pooled VM. Default: empty.
+  std::map<std::string, unsigned> pool;
+  /// \brief How long a pooled clone may wait untaken before it is destroyed and replaced by a fresh one;
+  /// 0: no limit. Default: 5 min.
+  std::chrono::milliseconds pool_idle_timeout{300000};
+  /// \brief Largest pool size of one image.
+  static constexpr unsigned kMaxPoolSize = 16;
 };
 
 }  // namespace fcwarm

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,10 +38,43 @@ struct ProvisionRequest {
   std::vector<std::string> ports;
 };
 
+/// \brief One clone waiting in the pool.
+struct PooledClone {
+  std::string vm_id;        ///< Its VM record (state `pooled`).
+  std::string snapshot_id;  ///< Snapshot it was restored from.
+  int64_t generation = 0;   ///< Generation it maps.
+  int64_t ready_at = 0;     ///< When it joined the pool, Unix milliseconds.
+  int pid = -1;             ///< Its VMM process.
+  /// \brief Proportional set size of its VMM process in bytes (Linux /proc/<pid>/smaps_rollup `Pss`: pages
+  /// shared with other clones of the snapshot count by share), or nullopt when unreadable.
+  std::optional<uint64_t> pss_bytes;
+};
+
+/// \brief The pool of one configured image (RestoreOptions::pool).
+struct PoolStatus {
+  std::string image;             ///< The image as configured (id or name).
+  std::string runtime_image_id;  ///< What it resolves to, or empty when it resolves to nothing (yet).
+  unsigned target = 0;           ///< Clones to keep ready.
+  std::vector<PooledClone> clones;  ///< Clones ready to be taken, oldest first.
+  bool filling = false;          ///< True while a clone of it is being restored.
+  int64_t filled = 0;            ///< Clones restored into the pool so far.
+  int64_t taken = 0;             ///< Clones handed to requests so far.
+  int64_t misses = 0;            ///< Requests for the image that found no ready clone (they restored as usual).
+  /// \brief Clones destroyed without being handed out, by reason: `rebuilt` (their snapshot was rebuilt or a
+  /// newer one replaced it), `deleted`, `unhealthy`, `idle` (RestoreOptions::pool_idle_timeout), `dead` (the VMM
+  /// process died or the agent did not answer the take's ping), `image_removed`.
+  std::map<std::string, int64_t> discarded;
+  std::string last_error;        ///< Why the last fill failed (or the image does not resolve), or empty.
+};
+
 /// \brief Implements the warm-boot decision (DESIGN §4): find the newest snapshot, wait while it is being
 /// built, check health and compatibility, verify checksums, restore in a fresh VMM process, make the clone
 /// unique, verify the runtime; on any failure destroy the clone, record the failure and boot cold. Every
 /// decision is written to the event log and the log.
+///
+/// With RestoreOptions::pool, the engine keeps clones of each pooled image's ready snapshot restored and
+/// verified on a background thread (state `pooled`); Provision() hands one out after one agent ping instead of
+/// restoring (docs/architecture.md, "The clone pool").
 ///
 /// Thread safety: safe for concurrent use; any number of Provision() calls may run at once.
 class RestoreEngine {
@@ -58,7 +92,9 @@ class RestoreEngine {
   RestoreEngine(const RestoreEngine&) = delete;
   RestoreEngine& operator=(const RestoreEngine&) = delete;
 
-  /// \brief Returns a running, verified VM with boot_method, fallback_reason and timings.
+  /// \brief Returns a running, verified VM with boot_method, fallback_reason and timings. When the image has a
+  /// pooled clone ready and the request neither forces a cold boot nor publishes ports, the VM is that clone
+  /// (VmRecord::pooled; timings `pool_take` and `agent`, no `restore`), its record re-keyed to `vm_id`.
   /// \param request What to start.
   /// \return The VM record; InvalidArgument/NotFound for a bad image; Unavailable when even the cold boot
   /// failed (the VM record then has state `failed`).
@@ -96,6 +132,13 @@ class RestoreEngine {
   /// wait for a building snapshot, the warm path's and the cold path's deadlines, plus an allowance for the VMM
   /// process operations. Clients that wait on a provisioning request derive their deadline from it.
   std::chrono::milliseconds ProvisionDeadline() const;
+  /// \brief The clone pool, one entry per configured image (RestoreOptions::pool, sizes 0 included); empty
+  /// without a pool.
+  std::vector<PoolStatus> Pool() const;
+  /// \brief Checks that every image of RestoreOptions::pool resolves to a registered runtime image (call it
+  /// once the images are registered; the pool itself keeps retrying names that do not resolve).
+  /// \return Ok; NotFound naming the first image that resolves to nothing.
+  Status CheckPool() const;
   /// \brief The options in force.
   const RestoreOptions& options() const;
 

@@ -43,6 +43,9 @@ struct ReconcileReport {
   int removed_temp_dirs = 0;    ///< Temporary generation/work directories removed.
   int killed_processes = 0;     ///< VMM processes of the previous run killed.
   int lost_vms = 0;             ///< VMs of the previous run marked `lost`.
+  /// \brief Pooled clones of the previous run (RestoreOptions::pool), never handed out: marked `destroyed`, their
+  /// address, work directory and host networking released.
+  int released_pooled_vms = 0;
   /// \brief VMs of this store whose leftover host networking was removed: egress and published-port rules
   /// (docs/networking.md), network namespaces, veths, TAPs.
   int released_networks = 0;

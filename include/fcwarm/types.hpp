@@ -61,6 +61,9 @@ enum class VmState {
   kDestroyed,  ///< Destroyed; every resource released.
   kFailed,     ///< Provisioning failed.
   kLost,       ///< Found running-but-unowned at startup (the previous process crashed).
+  /// \brief Restored, made unique and verified by the clone pool (RestoreOptions::pool), waiting to be taken by
+  /// a request; it then becomes `starting` and `running` under the request's VM id.
+  kPooled,
 };
 
 /// \brief What an Event is about.
@@ -201,6 +204,13 @@ struct VmRecord {
   std::string mac;                 ///< Guest MAC address, or empty.
   std::string hostname;            ///< Guest hostname.
   std::string last_error;          ///< Last error, or empty.
+  /// \brief True when the VM was taken from the clone pool (restored in the background before the request;
+  /// its timings then have `pool_take` and `agent`, no `restore`).
+  bool pooled = false;
+  /// \brief The id the VM's host resources are named after (work directory, network namespace, iptables rule
+  /// tags, process records): the VM's own id, or for a VM taken from the pool the id the clone was restored
+  /// under (the request's id replaced it on the record).
+  std::string instance_id;
   int64_t created_at = 0;          ///< Unix milliseconds.
   int64_t updated_at = 0;          ///< Unix milliseconds.
 };

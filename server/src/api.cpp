@@ -4,6 +4,7 @@
 
 #include "codec.hpp"
 #include "fcwarm/ids.hpp"
+#include "fcwarm/time_format.hpp"
 #include "fcwarm/version.hpp"
 
 namespace fcwarm::server {
@@ -195,6 +196,8 @@ HttpResponse Api::Dispatch(const HttpRequest& req, const RouteMatch& m, const Ta
       return ContainerLogs(id);
     case RouteId::kEvents:
       return ListEvents(t);
+    case RouteId::kPool:
+      return Pool();
   }
   return StatusResponse(Status::Internal("unrouted request"));
 }
@@ -305,6 +308,44 @@ HttpResponse Api::CreateImage(const HttpRequest& req) {
   auto stored = service_.images().Register(std::move(img));
   if (!stored.ok()) return StatusResponse(stored.status());
   return ItemResponse(201, ImageToJson(*stored));
+}
+
+// ---- the clone pool --------------------------------------------------------------------------------------
+
+HttpResponse Api::Pool() {
+  json::array items;
+  for (const auto& p : service_.engine().Pool()) {
+    json::array clones;
+    uint64_t pss_total = 0;
+    for (const auto& c : p.clones) {
+      pss_total += c.pss_bytes.value_or(0);
+      clones.push_back(json::object{
+          {"vm_id", c.vm_id},
+          {"snapshot_id", c.snapshot_id},
+          {"generation", c.generation},
+          {"ready_at", FormatRfc3339(c.ready_at)},
+          {"pid", c.pid},
+          {"pss_bytes", c.pss_bytes ? json::value(*c.pss_bytes) : json::value(nullptr)},
+      });
+    }
+    json::object discarded;
+    for (const auto& [r, n] : p.discarded) discarded[r] = n;
+    items.push_back(json::object{
+        {"image", p.image},
+        {"runtime_image_id", p.runtime_image_id.empty() ? json::value(nullptr) : json::value(p.runtime_image_id)},
+        {"size", p.target},
+        {"ready", p.clones.size()},
+        {"filling", p.filling},
+        {"filled", p.filled},
+        {"taken", p.taken},
+        {"misses", p.misses},
+        {"discarded", std::move(discarded)},
+        {"pss_bytes", pss_total},
+        {"last_error", p.last_error},
+        {"clones", std::move(clones)},
+    });
+  }
+  return JsonResponse(200, json::object{{"items", std::move(items)}});
 }
 
 HttpResponse Api::ListImages() {

@@ -53,6 +53,7 @@ class Api {
   HttpResponse ContainerLogs(const std::string& id);
   HttpResponse DeleteContainer(const std::string& id);
   HttpResponse ListEvents(const Target& t);
+  HttpResponse Pool();
 
   Service& service_;
   ContainerService& containers_;

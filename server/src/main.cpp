@@ -14,6 +14,7 @@
 #include "api.hpp"
 #include "containers.hpp"
 #include "fcwarm/backends.hpp"
+#include "fcwarm/ids.hpp"
 #include "fcwarm/image_reference.hpp"
 #include "fcwarm/service.hpp"
 #include "fcwarm/version.hpp"
@@ -64,7 +65,38 @@ struct Config {
   std::string publish_address = "127.0.0.1";
   int pull_timeout_s = 300;
   double none_delay_s = 0;
+  std::vector<std::string> pool;
+  double pool_idle_timeout_s = 300;
 };
+
+// "--pool IMAGE=N" entries → RestoreOptions::pool; the error names the flag.
+Result<std::map<std::string, unsigned>> ParsePool(const std::vector<std::string>& entries) {
+  std::map<std::string, unsigned> out;
+  for (const auto& e : entries) {
+    auto eq = e.rfind('=');
+    std::string image = eq == std::string::npos ? "" : e.substr(0, eq);
+    std::string n = eq == std::string::npos ? "" : e.substr(eq + 1);
+    bool digits = !n.empty() && n.size() <= 3;
+    for (char c : n) digits = digits && c >= '0' && c <= '9';
+    if (image.empty() || !digits) {
+      return Status::InvalidArgument("--pool: '" + e.substr(0, 80) + "' is not IMAGE=N (a runtime image id or name, " +
+                                     "a number of clones)");
+    }
+    unsigned size = static_cast<unsigned>(std::stoul(n));
+    if (size > RestoreOptions::kMaxPoolSize) {
+      return Status::InvalidArgument("--pool: '" + e.substr(0, 80) + "': N must be between 0 and " +
+                                     std::to_string(RestoreOptions::kMaxPoolSize));
+    }
+    if (!Id::IsValid(image) && !ValidateName("--pool", image).ok()) {
+      return Status::InvalidArgument("--pool: '" + image.substr(0, 64) +
+                                     "' is neither a runtime image id nor a valid image name");
+    }
+    if (!out.emplace(image, size).second) {
+      return Status::InvalidArgument("--pool: image '" + image + "' is given twice");
+    }
+  }
+  return out;
+}
 
 // "host:port", "[v6]:port".
 bool SplitHostPort(const std::string& s, std::string* host, int* port) {
@@ -243,6 +275,15 @@ int main(int argc, char** argv) {
       "Container image (e.g. nginx:alpine) every snapshot build of a container runtime image pulls before "
       "the snapshot, so warm containers of it start without a pull (repeatable; a failed pull fails the "
       "build)");
+  app.add_option("--pool", cfg.pool,
+                 "IMAGE=N: keep N clones (0-16) of the runtime image's ready snapshot restored and verified in the "
+                 "background; a request takes one instead of restoring (IMAGE: id or name; repeatable)")
+      ->envname("FCWARM_POOL")
+      ->delimiter(',');
+  app.add_option("--pool-idle-timeout", cfg.pool_idle_timeout_s,
+                 "Seconds a pooled clone may wait untaken before it is replaced by a fresh one (0: no limit)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 86400.0));
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -309,6 +350,11 @@ int main(int argc, char** argv) {
         return 2;
       }
     }
+  }
+  auto pool = ParsePool(cfg.pool);
+  if (!pool.ok()) {
+    spdlog::critical("event=config_error msg=\"{}\"", pool.status().message());
+    return 2;
   }
   so.limits.max_body_bytes = cfg.max_body_bytes;
   so.limits.max_header_bytes = cfg.max_header_bytes;
@@ -383,6 +429,8 @@ int main(int argc, char** argv) {
   opts.containers.pull_timeout = Ms(cfg.pull_timeout_s);
   opts.snapshots.pull_timeout = Ms(cfg.pull_timeout_s);
   opts.snapshots.preload_images = cfg.preload_images;
+  opts.restore.pool = *pool;
+  opts.restore.pool_idle_timeout = Ms(cfg.pool_idle_timeout_s);
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());
@@ -391,6 +439,10 @@ int main(int argc, char** argv) {
   std::unique_ptr<Service> svc = std::move(service).value();
   if (!cfg.bootstrap_image_dir.empty()) BootstrapImage(*svc, cfg.bootstrap_image_dir, "minimal");
   if (!cfg.bootstrap_docker_image_dir.empty()) BootstrapImage(*svc, cfg.bootstrap_docker_image_dir, "docker");
+  if (auto st = svc->engine().CheckPool(); !st.ok()) {
+    spdlog::critical("event=config_error msg=\"--pool: {}\"", st.message());
+    return 2;
+  }
 
   ServerStats stats;
   ContainerService containers(*svc);

@@ -93,6 +93,42 @@ Status MetricsCollector::Fold() {
   }
 }
 
+// The clone pool (--pool): per configured image, and discards by reason over all images.
+void MetricsCollector::RenderPool(std::string& out) {
+  auto pool = service_.engine().Pool();
+  if (pool.empty()) return;
+  std::map<std::string, int64_t> discarded;
+  for (const char* r : {"rebuilt", "deleted", "unhealthy", "idle", "dead", "image_removed"}) discarded[r] = 0;
+  std::string size, ready, taken, misses, pss;
+  for (const auto& p : pool) {
+    std::string label = "{image=\"" + Escape(p.image) + "\"} ";
+    size += "fcwarm_pool_size" + label + std::to_string(p.target) + "\n";
+    ready += "fcwarm_pool_ready" + label + std::to_string(p.clones.size()) + "\n";
+    taken += "fcwarm_pool_taken_total" + label + std::to_string(p.taken) + "\n";
+    misses += "fcwarm_pool_misses_total" + label + std::to_string(p.misses) + "\n";
+    uint64_t bytes = 0;
+    for (const auto& c : p.clones) bytes += c.pss_bytes.value_or(0);
+    pss += "fcwarm_pool_pss_bytes" + label + std::to_string(bytes) + "\n";
+    for (const auto& [r, n] : p.discarded) discarded[r] += n;
+  }
+  Header(out, "fcwarm_pool_size", "gauge", "Clones the pool keeps ready, by runtime image (--pool).");
+  out += size;
+  Header(out, "fcwarm_pool_ready", "gauge", "Pooled clones ready to be taken, by runtime image.");
+  out += ready;
+  Header(out, "fcwarm_pool_taken_total", "counter", "Requests served by a pooled clone, by runtime image.");
+  out += taken;
+  Header(out, "fcwarm_pool_misses_total", "counter",
+         "Requests of a pooled runtime image that found no ready clone (they restored as usual).");
+  out += misses;
+  Header(out, "fcwarm_pool_pss_bytes", "gauge",
+         "Proportional set size of the pooled clones' VMM processes, summed per runtime image.");
+  out += pss;
+  Header(out, "fcwarm_pool_discarded_total", "counter", "Pooled clones destroyed without being taken, by reason.");
+  for (const auto& [r, n] : discarded) {
+    out += "fcwarm_pool_discarded_total{reason=\"" + Escape(r) + "\"} " + std::to_string(n) + "\n";
+  }
+}
+
 Result<std::string> MetricsCollector::Render(const ServerStats* stats) {
   std::lock_guard lock(mu_);
   if (auto st = Fold(); !st.ok()) return st;
@@ -168,12 +204,15 @@ Result<std::string> MetricsCollector::Render(const ServerStats* stats) {
 
   std::map<std::string, int64_t> vm_state;
   for (auto s :
-       {VmState::kStarting, VmState::kRunning, VmState::kStopped, VmState::kFailed, VmState::kLost}) {
+       {VmState::kStarting, VmState::kRunning, VmState::kStopped, VmState::kFailed, VmState::kLost,
+        VmState::kPooled}) {
     vm_state[std::string(ToString(s))] = 0;
   }
   for (const auto& v : *vms) ++vm_state[std::string(ToString(v.state))];
   Header(out, "fcwarm_vms", "gauge", "VM records (not destroyed) by state.");
   for (const auto& [k, v] : vm_state) out += "fcwarm_vms{state=\"" + k + "\"} " + std::to_string(v) + "\n";
+
+  RenderPool(out);
 
   Header(out, "fcwarm_automatic_rebuilds_total", "counter", "Rebuilds the health tracker requested.");
   out += "fcwarm_automatic_rebuilds_total " + std::to_string(service_.health().automatic_rebuilds()) + "\n";

@@ -47,6 +47,7 @@ class MetricsCollector {
     void Observe(double seconds);
   };
   Status Fold();
+  void RenderPool(std::string& out);
 
   Service& service_;
   std::mutex mu_;

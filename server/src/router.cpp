@@ -62,6 +62,7 @@ constexpr RouteDef kRoutes[] = {
      "GET /v1/containers/{id}/logs",
      true},
     {"GET", {"v1", "events", nullptr}, RouteId::kEvents, "GET /v1/events", true},
+    {"GET", {"v1", "pool", nullptr}, RouteId::kPool, "GET /v1/pool", true},
 };
 
 bool PatternMatches(const RouteDef& r, const std::vector<std::string>& segs,

@@ -42,6 +42,7 @@ enum class RouteId {
   kContainerWait,
   kContainerLogs,
   kEvents,
+  kPool,
 };
 
 /// The outcome of matching a decoded path and a method.

@@ -171,13 +171,14 @@ constexpr std::array<std::pair<FallbackReason, std::string_view>, 8> kReasons{{
     {FallbackReason::kRestoreFailed, "restore_failed"},
     {FallbackReason::kVerifyFailed, "verify_failed"},
 }};
-constexpr std::array<std::pair<VmState, std::string_view>, 6> kVmStates{{
+constexpr std::array<std::pair<VmState, std::string_view>, 7> kVmStates{{
     {VmState::kStarting, "starting"},
     {VmState::kRunning, "running"},
     {VmState::kStopped, "stopped"},
     {VmState::kDestroyed, "destroyed"},
     {VmState::kFailed, "failed"},
     {VmState::kLost, "lost"},
+    {VmState::kPooled, "pooled"},
 }};
 constexpr std::array<std::pair<EventKind, std::string_view>, 6> kEventKinds{{
     {EventKind::kBoot, "boot"},

@@ -8,6 +8,7 @@
 #include <map>
 #include <mutex>
 
+#include "core/clone_pool.hpp"
 #include "core/guest_network.hpp"
 #include "core/internal.hpp"
 #include "net/iptables.hpp"
@@ -48,9 +49,14 @@ class RestoreEngine::Impl {
     } else {
       spdlog::error("restore options: {}; VMs get no egress, resolvers or registry settings", net.status().ToString());
     }
+    StartPool();
   }
 
   ~Impl() {
+    // The pool first: its thread uses everything below, and its clones are destroyed with it.
+    if (build_listener_ >= 0) snapshots_.RemoveBuildListener(build_listener_);
+    if (pool_) pool_->Stop();
+    pool_.reset();
     std::map<std::string, std::shared_ptr<Vm>> live;
     {
       std::lock_guard lock(mu_);
@@ -105,44 +111,18 @@ class RestoreEngine::Impl {
     auto vmm = vmms_.Find(image->backend);
     if (!vmm) return Status::FailedPrecondition("backend '" + image->backend + "' of image '" + image->name + "' is not available");
 
-    // The VM record exists from the start so generation pins and addresses hang off it.
-    VmRecord rec;
-    rec.id = req.vm_id.empty() ? Id::Generate().str() : req.vm_id;
-    rec.name = req.name;
-    rec.runtime_image_id = image->id;
-    rec.hostname = "fcw-" + rec.id.substr(0, 8);
-    rec.work_dir = (fs::path(opts_.vm_dir) / rec.id).string();
-    NetworkIdentity net;
-    net.hostname = rec.hostname;
-    auto ins = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
-      if (detail::VmExists(db, rec.id)) {
-        return Status::AlreadyExists("vm_id: a VM with id '" + rec.id + "' exists already");
-      }
-      detail::InsertVm(db, rec, util::NowMillis());
-      if (opts_.allocate_network) {
-        auto st = AllocateAddress(db, rec.id, &net);
-        if (!st.ok()) return st;
-      }
-      return Status::Ok();
-    });
-    if (!ins.ok()) return ins;
-    rec.address = net.ip_cidr;
-    rec.mac = net.mac;
-
-    LaunchSpec spec;
-    spec.vm_id = rec.id;
-    spec.image = *image;
-    spec.work_dir = rec.work_dir;
-    spec.network = net;
-    if (net.index >= 0) {
-      spec.network.egress = guest_net_.egress;
-      spec.network.egress_allow = guest_net_.egress_allow;
-      spec.network.dns = guest_net_.dns;
-      spec.network.egress_deny = guest_net_.egress_deny;
-      spec.network.ports = req.ports;
+    // A clone from the pool when one is ready. A request that forces a cold boot or publishes ports takes none
+    // (the backend publishes ports when the VMM process starts; docs/architecture.md, "The clone pool").
+    if (pool_ && !req.force_cold && req.ports.empty() && pool_->Serves(image->id)) {
+      auto taken = TakeFromPool(req, *image, t_total);
+      if (!taken.ok()) return taken.status();
+      if (taken->has_value()) return std::move(**taken);
     }
-    std::string owner = "vm:" + rec.id;
-    spec.on_process_started = [this, owner](int pid) { internal::RecordProcess(store_, pid, "vm", owner); };
+
+    auto created = NewVm(*image, req.vm_id, req.name, req.ports);
+    if (!created.ok()) return created.status();
+    VmRecord& rec = created->first;
+    LaunchSpec& spec = created->second;
 
     Timings timings;
     std::string snapshot_id;
@@ -153,7 +133,8 @@ class RestoreEngine::Impl {
       detail = "cold boot requested";
     } else {
       WarmFailure failure{FallbackReason::kNone, ""};
-      auto warm = TryWarm(req, *image, *vmm, spec, rec, timings, &snapshot_id, &failure);
+      auto warm = TryWarm(req.wait_for_creating.value_or(opts_.wait_for_creating), *image, *vmm, spec, rec, timings,
+                          &snapshot_id, &failure);
       if (warm.ok()) {
         vm = std::move(warm).value();
         reason = FallbackReason::kNone;
@@ -233,6 +214,10 @@ class RestoreEngine::Impl {
     if (auto p = Id::Parse("vm_id", vm_id); !p.ok()) return p.status();
     auto rec = Get(vm_id);
     if (!rec.ok()) return rec.status();
+    if (rec->state == VmState::kPooled) {
+      return Status::FailedPrecondition("vm '" + vm_id + "' is pooled: the clone pool owns it (it is destroyed when " +
+                                        "it expires, its snapshot changes or the engine stops)");
+    }
     std::shared_ptr<Vm> vm;
     {
       std::lock_guard lock(mu_);
@@ -308,14 +293,79 @@ class RestoreEngine::Impl {
 
   const RestoreOptions& options() const { return opts_; }
 
+  std::vector<PoolStatus> Pool() const {
+    if (pool_) return pool_->Status();
+    std::vector<PoolStatus> out;  // every size is 0: no pool runs
+    for (const auto& [ref, n] : opts_.pool) {
+      PoolStatus s;
+      s.image = ref;
+      s.target = n;
+      if (auto id = ResolveImage(ref); id.ok()) s.runtime_image_id = *id;
+      out.push_back(std::move(s));
+    }
+    return out;
+  }
+
+  Status CheckPool() const {
+    for (const auto& [ref, n] : opts_.pool) {
+      if (auto id = ResolveImage(ref); !id.ok()) return id.status();
+    }
+    return Status::Ok();
+  }
+
   void SetAfterRestoreHook(std::function<void(const std::string&, Vm&)> hook) {
     std::lock_guard lock(mu_);
     after_restore_hook_ = std::move(hook);
   }
 
  private:
+  // The VM record (`starting`, with its address) and the launch spec of a new VM; the record exists from the
+  // start so generation pins and addresses hang off it.
+  Result<std::pair<VmRecord, LaunchSpec>> NewVm(const RuntimeImage& image, const std::string& vm_id,
+                                                const std::string& name, const std::vector<std::string>& ports) {
+    VmRecord rec;
+    rec.id = vm_id.empty() ? Id::Generate().str() : vm_id;
+    rec.instance_id = rec.id;
+    rec.name = name;
+    rec.runtime_image_id = image.id;
+    rec.hostname = "fcw-" + rec.id.substr(0, 8);
+    rec.work_dir = (fs::path(opts_.vm_dir) / rec.id).string();
+    NetworkIdentity net;
+    net.hostname = rec.hostname;
+    auto ins = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
+      if (detail::VmExists(db, rec.id)) {
+        return Status::AlreadyExists("vm_id: a VM with id '" + rec.id + "' exists already");
+      }
+      detail::InsertVm(db, rec, util::NowMillis());
+      if (opts_.allocate_network) {
+        auto st = AllocateAddress(db, rec.id, &net);
+        if (!st.ok()) return st;
+      }
+      return Status::Ok();
+    });
+    if (!ins.ok()) return ins;
+    rec.address = net.ip_cidr;
+    rec.mac = net.mac;
+
+    LaunchSpec spec;
+    spec.vm_id = rec.id;
+    spec.image = image;
+    spec.work_dir = rec.work_dir;
+    spec.network = net;
+    if (net.index >= 0) {
+      spec.network.egress = guest_net_.egress;
+      spec.network.egress_allow = guest_net_.egress_allow;
+      spec.network.dns = guest_net_.dns;
+      spec.network.egress_deny = guest_net_.egress_deny;
+      spec.network.ports = ports;
+    }
+    std::string owner = "vm:" + rec.id;
+    spec.on_process_started = [this, owner](int pid) { internal::RecordProcess(store_, pid, "vm", owner); };
+    return std::pair<VmRecord, LaunchSpec>(std::move(rec), std::move(spec));
+  }
+
   // Steps 1-10 of the decision; on failure fills *failure and returns its Status.
-  Result<std::unique_ptr<Vm>> TryWarm(const ProvisionRequest& req, const RuntimeImage& image, Vmm& vmm,
+  Result<std::unique_ptr<Vm>> TryWarm(std::chrono::milliseconds wait_for_creating, const RuntimeImage& image, Vmm& vmm,
                                       const LaunchSpec& spec, VmRecord& rec, Timings& timings,
                                       std::string* snapshot_id, WarmFailure* failure) {
     auto fail = [&](FallbackReason r, std::string msg) -> Status {
@@ -333,7 +383,7 @@ class RestoreEngine::Impl {
     // 2. Wait while it is being built.
     if (snap.state == SnapshotState::kCreating) {
       t = Clock::now();
-      auto waited = snapshots_.WaitWhileCreating(snap.id, req.wait_for_creating.value_or(opts_.wait_for_creating));
+      auto waited = snapshots_.WaitWhileCreating(snap.id, wait_for_creating);
       timings["wait_creating"] = util::MsSince(t);
       if (!waited.ok()) return fail(FallbackReason::kNoSnapshot, waited.status().message());
       snap = *waited;
@@ -537,7 +587,7 @@ class RestoreEngine::Impl {
   // Frees the address and work directory; the record keeps its history.
   void Release(const std::string& vm_id, VmState state, const std::string& error) {
     auto rec = Get(vm_id);
-    if (rec.ok() && !rec->work_dir.empty() && fs::path(rec->work_dir).filename() == vm_id &&
+    if (rec.ok() && !rec->work_dir.empty() && fs::path(rec->work_dir).filename() == rec->instance_id &&
         util::IsWithin(opts_.vm_dir, rec->work_dir)) {
       util::RemoveTree(rec->work_dir);
     }
@@ -557,6 +607,180 @@ class RestoreEngine::Impl {
     if (v.size() > 20) v.erase(v.begin());
   }
 
+  // ---- the clone pool (docs/architecture.md, "The clone pool") ----------------------------------------------
+
+  void StartPool() {
+    bool any = false;
+    for (const auto& [ref, n] : opts_.pool) any = any || n > 0;
+    if (!any) return;
+    internal::ClonePool::Options po;
+    po.targets = opts_.pool;
+    po.idle_timeout = opts_.pool_idle_timeout;
+    po.ping_timeout = std::min<std::chrono::milliseconds>(opts_.restore_agent_timeout, std::chrono::milliseconds(2000));
+    internal::ClonePool::Hooks h;
+    h.resolve = [this](const std::string& ref) { return ResolveImage(ref); };
+    h.source = [this](const std::string& id) { return PoolSourceOf(id); };
+    h.fill = [this](const std::string& id) { return FillClone(id); };
+    h.destroy = [this](internal::PoolClone c, const std::string& reason) { DestroyClone(std::move(c), reason); };
+    pool_ = std::make_unique<internal::ClonePool>(std::move(po), std::move(h));
+    // A finished build may be the new source (or end a rebuild): look at once rather than at the next pass.
+    build_listener_ = snapshots_.AddBuildListener([this](const BuildOutcome&) { pool_->Wake(); });
+    pool_->Start();
+  }
+
+  Result<std::string> ResolveImage(const std::string& ref) const {
+    auto img = detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<RuntimeImage> {
+      if (Id::IsValid(ref)) return detail::ImageById(db, ref);
+      return detail::ImageByName(db, ref);
+    });
+    if (!img.ok()) {
+      if (img.status().code() == StatusCode::kNotFound) {
+        return Status::NotFound("no runtime image '" + ref + "' is registered (by id or name)");
+      }
+      return img.status();
+    }
+    return img->id;
+  }
+
+  // Clones must be of the image's newest non-deleted snapshot, while it is ready, at its current generation.
+  internal::PoolSource PoolSourceOf(const std::string& image_id) const {
+    internal::PoolSource src;
+    auto snaps = snapshots_.List(SnapshotFilter{image_id, std::nullopt, false});
+    if (!snaps.ok()) {
+      src.not_ready = "unhealthy";
+      return src;
+    }
+    if (snaps->empty()) {
+      src.not_ready = "deleted";
+      return src;
+    }
+    const RuntimeSnapshot& snap = snaps->front();
+    switch (snap.state) {
+      case SnapshotState::kReady:
+        src.ready = true;
+        src.snapshot_id = snap.id;
+        src.generation = snap.generation;
+        break;
+      case SnapshotState::kCreating:
+        src.not_ready = "rebuilt";
+        break;
+      case SnapshotState::kUnhealthy:
+        src.not_ready = "unhealthy";
+        break;
+      case SnapshotState::kDeleted:
+        src.not_ready = "deleted";
+        break;
+    }
+    return src;
+  }
+
+  // Steps 1-9 of the warm path for a clone nobody asked for yet (no wait for a build: the pool only fills from
+  // a ready snapshot). Its record ends `pooled`; a failed fill leaves a `destroyed` record with the error.
+  Result<internal::PoolClone> FillClone(const std::string& image_id) {
+    auto t_total = Clock::now();
+    auto image =
+        detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ImageById(db, image_id); });
+    if (!image.ok()) return image.status();
+    auto vmm = vmms_.Find(image->backend);
+    if (!vmm) return Status::FailedPrecondition("backend '" + image->backend + "' is not available");
+    auto created = NewVm(*image, "", "", {});
+    if (!created.ok()) return created.status();
+    VmRecord& rec = created->first;
+    LaunchSpec& spec = created->second;
+    Timings timings;
+    std::string snapshot_id;
+    WarmFailure failure{FallbackReason::kNone, ""};
+    auto warm = TryWarm(std::chrono::milliseconds(0), *image, *vmm, spec, rec, timings, &snapshot_id, &failure);
+    if (!warm.ok()) {
+      std::string why = "pool fill failed (" + std::string(ToString(failure.reason)) + "): " + failure.message;
+      SetTimings(rec.id, timings);
+      Release(rec.id, VmState::kDestroyed, why);
+      return Status::Unavailable(why);
+    }
+    timings["total"] = util::MsSince(t_total);
+    (void)detail::DbOf(store_).Do(
+        [&](SQLite::Database& db) { detail::MarkVmPooled(db, rec.id, timings, util::NowMillis()); });
+    internal::PoolClone c;
+    c.vm_id = rec.id;
+    c.image_id = image->id;
+    c.snapshot_id = snapshot_id;
+    if (auto now = Get(rec.id); now.ok()) c.generation = now->generation;
+    c.vm = std::shared_ptr<Vm>(std::move(warm).value());
+    c.timings = timings;
+    c.ready = Clock::now();
+    c.ready_at = util::NowMillis();
+    spdlog::info("vm {} (image {}): pooled clone of snapshot {} restored and verified in {:.0f} ms", rec.id,
+                 image->name, snapshot_id, timings["total"]);
+    return c;
+  }
+
+  void DestroyClone(internal::PoolClone c, const std::string& reason) {
+    if (c.vm) (void)c.vm->Stop(opts_.stop_grace);
+    c.vm.reset();
+    Release(c.vm_id, VmState::kDestroyed, reason == "shutdown" ? "" : "pool: discarded (" + reason + ")");
+    // A record the store dropped with its image (ON DELETE CASCADE) no longer names the work directory.
+    util::RemoveTree(fs::path(opts_.vm_dir) / c.vm_id);
+  }
+
+  // A request served by a pooled clone: one ping (ClonePool::Take), then the record takes the request's id and
+  // name. nullopt: no clone was ready (the caller restores as usual).
+  Result<std::optional<VmRecord>> TakeFromPool(const ProvisionRequest& req, const RuntimeImage& image,
+                                               Clock::time_point t_total) {
+    if (!req.vm_id.empty()) {
+      auto free = detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
+        if (detail::VmExists(db, req.vm_id)) {
+          return Status::AlreadyExists("vm_id: a VM with id '" + req.vm_id + "' exists already");
+        }
+        return Status::Ok();
+      });
+      if (!free.ok()) return free;
+    }
+    Timings timings;
+    auto clone = pool_->Take(image.id, timings);
+    if (!clone) return std::optional<VmRecord>();
+    const std::string id = req.vm_id.empty() ? clone->vm_id : req.vm_id;
+    auto adopted = detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
+      if (id != clone->vm_id && detail::VmExists(db, id)) {
+        return Status::AlreadyExists("vm_id: a VM with id '" + id + "' exists already");
+      }
+      if (!detail::AdoptPooledVm(db, clone->vm_id, id, req.name, util::NowMillis())) {
+        return Status::NotFound("the record of pooled vm '" + clone->vm_id + "' is gone");
+      }
+      return Status::Ok();
+    });
+    if (!adopted.ok()) {
+      spdlog::warn("pool: cannot hand out clone {}: {}", clone->vm_id, adopted.ToString());
+      DestroyClone(std::move(*clone), "adopt_failed");
+      if (adopted.code() == StatusCode::kAlreadyExists) return adopted;
+      return std::optional<VmRecord>();
+    }
+    timings["total"] = util::MsSince(t_total);
+    {
+      std::lock_guard lock(mu_);
+      live_[id] = clone->vm;
+    }
+    (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
+      detail::MarkVmRunning(db, id, BootMethod::kWarm, FallbackReason::kNone, timings, util::NowMillis());
+    });
+    double waited_ms = static_cast<double>(util::NowMillis() - clone->ready_at);
+    Event e;
+    e.kind = EventKind::kBoot;
+    e.runtime_image_id = image.id;
+    e.snapshot_id = clone->snapshot_id;
+    e.vm_id = id;
+    e.outcome = std::string(ToString(BootMethod::kWarm));
+    e.timings = timings;
+    e.message = "warm from the clone pool (clone " + clone->vm_id + " restored in " +
+                std::to_string(static_cast<int64_t>(clone->timings["total"])) + " ms, pooled for " +
+                std::to_string(static_cast<int64_t>(waited_ms / 1000)) + " s)";
+    internal::Emit(store_, e);
+    spdlog::info("vm {} (image {}): warm from the pool in {:.0f} ms ({})", id, image.name, timings["total"],
+                 e.message);
+    auto out = Get(id);
+    if (!out.ok()) return out.status();
+    return std::optional<VmRecord>(std::move(out).value());
+  }
+
   Store& store_;
   VmmRegistry& vmms_;
   SnapshotManager& snapshots_;
@@ -568,6 +792,8 @@ class RestoreEngine::Impl {
   std::map<std::string, std::shared_ptr<Vm>> live_;
   std::map<std::string, std::vector<double>> cold_boots_;
   std::function<void(const std::string&, Vm&)> after_restore_hook_;
+  int build_listener_ = -1;
+  std::unique_ptr<internal::ClonePool> pool_;  // null without a pool; last: stopped first
 };
 
 RestoreEngine::RestoreEngine(Store& store, VmmRegistry& vmms, SnapshotManager& snapshots, HealthTracker& health,
@@ -594,6 +820,8 @@ std::optional<double> RestoreEngine::MeasuredColdBootMs(const std::string& id) c
   return impl_->MeasuredColdBootMs(id);
 }
 const RestoreOptions& RestoreEngine::options() const { return impl_->options(); }
+std::vector<PoolStatus> RestoreEngine::Pool() const { return impl_->Pool(); }
+Status RestoreEngine::CheckPool() const { return impl_->CheckPool(); }
 void RestoreEngine::SetAfterRestoreHook(std::function<void(const std::string&, Vm&)> hook) {
   impl_->SetAfterRestoreHook(std::move(hook));
 }

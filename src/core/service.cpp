@@ -1,6 +1,7 @@
 #include "fcwarm/service.hpp"
 
 #include "core/guest_network.hpp"
+#include "fcwarm/ids.hpp"
 #include "net/ipv4.hpp"
 
 #include <fcntl.h>
@@ -35,6 +36,19 @@ Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shar
   if (!net::ParseIpv4(options.containers.publish_address)) {
     return Status::InvalidArgument("containers.publish_address: '" + options.containers.publish_address.substr(0, 64) +
                                    "' is not an IPv4 address");
+  }
+  for (const auto& [ref, n] : options.restore.pool) {
+    if (!Id::IsValid(ref) && !ValidateName("restore.pool", ref).ok()) {
+      return Status::InvalidArgument("restore.pool: '" + ref.substr(0, 64) +
+                                     "' is neither a runtime image id nor a valid image name");
+    }
+    if (n > RestoreOptions::kMaxPoolSize) {
+      return Status::InvalidArgument("restore.pool: size " + std::to_string(n) + " of '" + ref + "' is out of range 0-" +
+                                     std::to_string(RestoreOptions::kMaxPoolSize));
+    }
+  }
+  if (options.restore.pool_idle_timeout.count() < 0) {
+    return Status::InvalidArgument("restore.pool_idle_timeout: must not be negative");
   }
   if (options.containers.pull_timeout.count() <= 0) {
     return Status::InvalidArgument("containers.pull_timeout: must be positive");

@@ -858,25 +858,32 @@ class SnapshotManager::Impl {
         const std::string& id = vm.id;
         const std::string& dir = vm.work_dir;
         LostVm& l = lost.emplace_back();
-        l.id = id;
+        // Host resources are named after the instance id (a VM taken from the clone pool has a new record id).
+        l.id = vm.instance_id.empty() ? id : vm.instance_id;
         l.index = detail::AddressIndexOf(db, id);  // names a Firecracker TAP; read before it is released
         if (auto image = detail::ImageById(db, vm.runtime_image_id); image.ok()) l.backend = image->backend;
-        detail::SetVmState(db, id, VmState::kLost, "owner process restarted", util::NowMillis());
+        if (vm.state == VmState::kPooled) {  // never handed out: nothing of it is lost to a caller
+          detail::SetVmState(db, id, VmState::kDestroyed, "pooled clone of a previous run (owner process restarted)",
+                             util::NowMillis());
+          report_.released_pooled_vms++;
+        } else {
+          detail::SetVmState(db, id, VmState::kLost, "owner process restarted", util::NowMillis());
+          report_.lost_vms++;
+        }
         detail::ReleaseAddress(db, id);
-        if (!dir.empty() && fs::path(dir).filename() == id) util::RemoveTree(dir);
-        report_.lost_vms++;
+        if (!dir.empty() && fs::path(dir).filename() == l.id) util::RemoveTree(dir);
       }
       return Status::Ok();
     });
     // 5. Host networking left behind: rules, namespaces, veths, TAPs.
     SweepHostNetwork(lost, build_vms);
     if (report_.interrupted_builds || report_.killed_processes || report_.lost_vms ||
-        report_.removed_temp_dirs || report_.released_networks) {
+        report_.removed_temp_dirs || report_.released_networks || report_.released_pooled_vms) {
       spdlog::warn(
           "reconcile: {} interrupted build(s), {} temp dir(s) removed, {} process(es) killed, {} VM(s) lost, "
-          "host networking of {} VM(s) removed",
+          "{} pooled clone(s) released, host networking of {} VM(s) removed",
           report_.interrupted_builds, report_.removed_temp_dirs, report_.killed_processes, report_.lost_vms,
-          report_.released_networks);
+          report_.released_pooled_vms, report_.released_networks);
     }
     (void)CollectGarbage();
   }
@@ -916,7 +923,7 @@ class SnapshotManager::Impl {
       if (!tagged.empty()) {
         (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
           for (const auto& id : tagged) {
-            auto vm = detail::VmById(db, id);
+            auto vm = detail::VmByInstanceId(db, id);  // rules are tagged with the instance id
             if (vm.ok() && !detail::IsLiveState(vm->state)) ours.insert(id);
           }
           // Build VMs that preloaded images had rules too; their ids are their work directories' names.

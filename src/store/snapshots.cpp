@@ -217,8 +217,8 @@ std::vector<CollectableGeneration> CollectableGenerations(SQLite::Database& db) 
   return GenerationRows().All(
       db,
       "FROM generations g WHERE g.status = ? AND NOT EXISTS (SELECT 1 FROM vms v WHERE "
-      "v.snapshot_id = g.snapshot_id AND v.generation = g.number AND v.state IN (?,?,?))",
-      GenerationStatus::kRetired, VmState::kStarting, VmState::kRunning, VmState::kStopped);
+      "v.snapshot_id = g.snapshot_id AND v.generation = g.number AND v.state IN (?,?,?,?))",
+      GenerationStatus::kRetired, VmState::kStarting, VmState::kRunning, VmState::kStopped, VmState::kPooled);
 }
 
 int64_t CountKeptGenerations(SQLite::Database& db, const std::string& image_id) {

@@ -181,6 +181,39 @@ ALTER TABLE containers ADD COLUMN pull_layers_total INTEGER;
 ALTER TABLE containers ADD COLUMN pull_bytes_total INTEGER;
 ALTER TABLE containers ADD COLUMN pull_done INTEGER;
 )SQL"},
+      // The clone pool: VMs in state `pooled`, whether a VM was taken from the pool, and the id its host
+      // resources are named after (a taken clone's record gets the request's id). SQLite cannot change a CHECK
+      // constraint in place, so the table is copied.
+      {6, R"SQL(
+CREATE TABLE vms_v6 (
+  id               TEXT PRIMARY KEY,
+  name             TEXT NOT NULL DEFAULT '',
+  runtime_image_id TEXT NOT NULL REFERENCES runtime_images(id) ON DELETE CASCADE,
+  snapshot_id      TEXT NOT NULL DEFAULT '',
+  generation       INTEGER NOT NULL DEFAULT 0,
+  state            TEXT NOT NULL CHECK (state IN ('starting','running','stopped','destroyed','failed','lost','pooled')),
+  boot_method      TEXT NOT NULL CHECK (boot_method IN ('warm','cold')),
+  fallback_reason  TEXT NOT NULL DEFAULT '',
+  timings          TEXT NOT NULL DEFAULT '{}',
+  work_dir         TEXT NOT NULL DEFAULT '',
+  address          TEXT NOT NULL DEFAULT '',
+  mac              TEXT NOT NULL DEFAULT '',
+  hostname         TEXT NOT NULL DEFAULT '',
+  last_error       TEXT NOT NULL DEFAULT '',
+  pooled           INTEGER NOT NULL DEFAULT 0,
+  instance_id      TEXT NOT NULL DEFAULT '',
+  created_at       INTEGER NOT NULL,
+  updated_at       INTEGER NOT NULL
+);
+INSERT INTO vms_v6(id, name, runtime_image_id, snapshot_id, generation, state, boot_method, fallback_reason,
+  timings, work_dir, address, mac, hostname, last_error, instance_id, created_at, updated_at)
+SELECT id, name, runtime_image_id, snapshot_id, generation, state, boot_method, fallback_reason, timings,
+  work_dir, address, mac, hostname, last_error, id, created_at, updated_at FROM vms;
+DROP TABLE vms;
+ALTER TABLE vms_v6 RENAME TO vms;
+CREATE INDEX vms_by_snapshot ON vms(snapshot_id, generation, state);
+CREATE INDEX vms_by_instance ON vms(instance_id);
+)SQL"},
   };
   return kMigrations;
 }

@@ -22,6 +22,8 @@ const RowMap<VmRecord>& VmRows() {
       Col("mac", &VmRecord::mac),
       Col("hostname", &VmRecord::hostname),
       Col("last_error", &VmRecord::last_error),
+      Col("pooled", &VmRecord::pooled),
+      Col("CASE WHEN instance_id = '' THEN id ELSE instance_id END AS instance_id", &VmRecord::instance_id),
       Col("created_at", &VmRecord::created_at),
       Col("updated_at", &VmRecord::updated_at),
   };
@@ -54,14 +56,21 @@ std::vector<VmRecord> ListVms(SQLite::Database& db, bool include_destroyed) {
                       VmState::kDestroyed);
 }
 
+Result<VmRecord> VmByInstanceId(SQLite::Database& db, const std::string& instance_id) {
+  auto vm = VmRows().One(db, "FROM vms WHERE id = ?1 OR instance_id = ?1 ORDER BY (id = ?1) DESC LIMIT 1",
+                         instance_id);
+  if (!vm) return Status::NotFound("vm '" + instance_id + "' not found");
+  return *vm;
+}
+
 std::vector<VmRecord> LiveVms(SQLite::Database& db) {
-  return VmRows().All(db, "FROM vms WHERE state IN (?,?,?)", VmState::kStarting, VmState::kRunning,
-                      VmState::kStopped);
+  return VmRows().All(db, "FROM vms WHERE state IN (?,?,?,?)", VmState::kStarting, VmState::kRunning,
+                      VmState::kStopped, VmState::kPooled);
 }
 
 int64_t CountLiveVms(SQLite::Database& db, const std::string& image_id) {
-  return *QueryInt(db, "SELECT COUNT(*) AS n FROM vms WHERE runtime_image_id = ? AND state IN (?,?,?)", "n",
-                   image_id, VmState::kStarting, VmState::kRunning, VmState::kStopped);
+  return *QueryInt(db, "SELECT COUNT(*) AS n FROM vms WHERE runtime_image_id = ? AND state IN (?,?,?,?)", "n",
+                   image_id, VmState::kStarting, VmState::kRunning, VmState::kStopped, VmState::kPooled);
 }
 
 bool VmExists(SQLite::Database& db, const std::string& id) {
@@ -71,15 +80,35 @@ bool VmExists(SQLite::Database& db, const std::string& id) {
 bool AnyVm(SQLite::Database& db) { return Exists(db, "SELECT 1 FROM vms LIMIT 1"); }
 
 bool IsLiveState(VmState state) {
-  return state == VmState::kStarting || state == VmState::kRunning || state == VmState::kStopped;
+  return state == VmState::kStarting || state == VmState::kRunning || state == VmState::kStopped ||
+         state == VmState::kPooled;
 }
 
 void InsertVm(SQLite::Database& db, const VmRecord& rec, int64_t now) {
   Exec(db,
-       "INSERT INTO vms(id, name, runtime_image_id, state, boot_method, work_dir, hostname, created_at, "
-       "updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+       "INSERT INTO vms(id, name, runtime_image_id, state, boot_method, work_dir, hostname, instance_id, "
+       "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
        rec.id, rec.name, rec.runtime_image_id, VmState::kStarting, BootMethod::kCold, rec.work_dir,
-       rec.hostname, now, now);
+       rec.hostname, rec.id, now, now);
+}
+
+void MarkVmPooled(SQLite::Database& db, const std::string& id, const Timings& timings, int64_t now) {
+  Exec(db, "UPDATE vms SET state = ?, boot_method = ?, fallback_reason = '', timings = ?, updated_at = ? WHERE id = ?",
+       VmState::kPooled, BootMethod::kWarm, util::TimingsToJson(timings), now, id);
+}
+
+bool AdoptPooledVm(SQLite::Database& db, const std::string& pooled_id, const std::string& new_id,
+                   const std::string& name, int64_t now) {
+  int n = Exec(db,
+               "UPDATE vms SET id = ?, name = ?, state = ?, pooled = 1, instance_id = CASE WHEN instance_id = '' "
+               "THEN id ELSE instance_id END, created_at = ?, updated_at = ? WHERE id = ? AND state = ?",
+               new_id, name, VmState::kStarting, now, now, pooled_id, VmState::kPooled);
+  if (n != 1) return false;
+  if (new_id != pooled_id) {
+    Exec(db, "UPDATE address_allocations SET vm_id = ? WHERE vm_id = ?", new_id, pooled_id);
+    Exec(db, "UPDATE processes SET owner_id = ? WHERE owner_id = ?", "vm:" + new_id, "vm:" + pooled_id);
+  }
+  return true;
 }
 
 void MarkVmRunning(SQLite::Database& db, const std::string& id, BootMethod method, FallbackReason reason,

@@ -19,7 +19,9 @@ namespace fcwarm::detail {
 Result<VmRecord> VmById(SQLite::Database& db, const std::string& id);
 /// VMs newest first, destroyed ones only when asked.
 std::vector<VmRecord> ListVms(SQLite::Database& db, bool include_destroyed);
-/// VMs that may still hold resources: starting, running or stopped.
+/// The VM whose id or instance id (the id its host resources are named after) is `instance_id`; NotFound.
+Result<VmRecord> VmByInstanceId(SQLite::Database& db, const std::string& instance_id);
+/// VMs that may still hold resources: starting, running, stopped or pooled.
 std::vector<VmRecord> LiveVms(SQLite::Database& db);
 /// Live VMs (see LiveVms()) of an image.
 int64_t CountLiveVms(SQLite::Database& db, const std::string& image_id);
@@ -31,6 +33,13 @@ bool AnyVm(SQLite::Database& db);
 bool IsLiveState(VmState state);
 /// Inserts a new VM record: `starting`, `cold`, with `rec`'s id, name, image, work directory and hostname.
 void InsertVm(SQLite::Database& db, const VmRecord& rec, int64_t now);
+/// Records a restored, verified clone as `pooled` (warm) with its fill timings.
+void MarkVmPooled(SQLite::Database& db, const std::string& id, const Timings& timings, int64_t now);
+/// Hands a `pooled` VM to a request: the record takes `new_id` (may equal `pooled_id`) and `name`, state
+/// `starting`, pooled = 1; its address allocation and process records follow the id; its instance id keeps the
+/// id the clone was restored under. False when no `pooled` VM has `pooled_id`.
+bool AdoptPooledVm(SQLite::Database& db, const std::string& pooled_id, const std::string& new_id,
+                   const std::string& name, int64_t now);
 /// Records a VM as running, with how it booted and its timings.
 void MarkVmRunning(SQLite::Database& db, const std::string& id, BootMethod method, FallbackReason reason,
                    const Timings& timings, int64_t now);

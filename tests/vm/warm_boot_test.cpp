@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <iterator>
 #include <set>
 #include <thread>
 
@@ -142,6 +143,15 @@ int CountLinks(const std::string& prefix) {
     pos += prefix.size();
   }
   return n;
+}
+
+// True once a killed process is a zombie or gone.
+bool KillLanded(int pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  if (!stat) return true;
+  std::string s((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  auto close = s.rfind(')');
+  return close == std::string::npos || close + 2 >= s.size() || s[close + 2] == 'Z' || s[close + 2] == 'X';
 }
 
 }  // namespace
@@ -305,4 +315,79 @@ TEST_CASE("core+qemu: a VM's egress rules exist while it runs and are gone with 
   auto chains = util::Run({"iptables-save"}, 20s);
   REQUIRE(chains.ok());
   CHECK_MESSAGE(chains->output.find("fcwarm:vm:" + vm->id) == std::string::npos, chains->output);
+}
+
+// The clone pool against real QEMU clones (issue 14 §2): take without a restore step, refill, a killed pooled
+// VMM never handed out, a rebuild drains the pool, nothing left after shutdown. The image is registered after
+// the service started: the pool resolves "minimal" by name once it exists.
+TEST_CASE("core+qemu: pool: take without restore, refill, killed clone never handed out, rebuild drains") {
+  SKIP_UNLESS_READY();
+  auto bed = std::make_unique<QemuBed>([](ServiceOptions& o) { o.restore.pool = {{"minimal", 1}}; });
+  auto& engine = bed->svc->engine();
+  auto pool = [&] {
+    auto p = engine.Pool();
+    REQUIRE(p.size() == 1);
+    return p.front();
+  };
+  auto discarded = [&](const std::string& reason) {
+    auto p = pool();
+    return p.discarded.count(reason) ? p.discarded.at(reason) : 0;
+  };
+  auto snap = bed->Build();
+  REQUIRE(Eventually([&] { return pool().clones.size() == 1; }, 120s));
+  auto first = pool().clones.front();
+  CHECK(first.pss_bytes.value_or(0) > 0);
+  CHECK(engine.Get(first.vm_id)->state == VmState::kPooled);
+
+  // 1. A request takes the clone: no restore on its path, one ping, the record under the request's id.
+  const std::string id = Id::Generate().str();
+  auto vm = engine.Provision({.runtime_image_id = bed->image.id, .vm_id = id, .name = "pooled-1"});
+  REQUIRE_MESSAGE(vm.ok(), vm.status().ToString());
+  CHECK(vm->id == id);
+  CHECK(vm->pooled);
+  CHECK(vm->instance_id == first.vm_id);
+  CHECK(vm->boot_method == BootMethod::kWarm);
+  CHECK(vm->timings.count("restore") == 0);
+  CHECK(vm->timings.count("pool_take") == 1);
+  CHECK(vm->timings.count("agent") == 1);
+  MESSAGE("pooled take: total " << vm->timings.at("total") << " ms, ping " << vm->timings.at("agent") << " ms");
+  CHECK(bed->Exec(id, {"cat", "/proc/sys/kernel/hostname"}) == vm->hostname + "\n");
+
+  // 2. The pool refills with a fresh, different clone.
+  REQUIRE(Eventually([&] { return pool().clones.size() == 1 && pool().filled == 2; }, 120s));
+  auto second = pool().clones.front();
+  CHECK(second.vm_id != first.vm_id);
+
+  // 3. Its QEMU is killed: the next request never gets it (it restores itself or takes a newer clone).
+  REQUIRE(::kill(second.pid, SIGKILL) == 0);
+  REQUIRE(Eventually([&] { return KillLanded(second.pid); }, 5s));
+  auto after_kill = engine.Provision({.runtime_image_id = bed->image.id});
+  REQUIRE_MESSAGE(after_kill.ok(), after_kill.status().ToString());
+  CHECK(after_kill->instance_id != second.vm_id);
+  CHECK(after_kill->boot_method == BootMethod::kWarm);
+  CHECK(bed->Exec(after_kill->id, {"true"}).empty());
+  CHECK(Eventually([&] { return discarded("dead") == 1; }, 30s));
+  CHECK(engine.Get(second.vm_id)->state == VmState::kDestroyed);
+  REQUIRE(engine.Destroy(after_kill->id).ok());
+
+  // 4. A rebuild drains the pool; it refills from the new generation.
+  REQUIRE(Eventually([&] { return pool().clones.size() == 1; }, 120s));
+  auto old_clone = pool().clones.front();
+  REQUIRE(bed->svc->snapshots().Rebuild(snap.id).ok());
+  CHECK(Eventually([&] { return discarded("rebuilt") >= 1; }, 30s));
+  CHECK(Eventually([&] { return engine.Get(old_clone.vm_id)->state == VmState::kDestroyed; }, 30s));
+  auto rebuilt = bed->svc->snapshots().WaitWhileCreating(snap.id, 300s);
+  REQUIRE(rebuilt.ok());
+  REQUIRE_MESSAGE(rebuilt->state == SnapshotState::kReady, rebuilt->last_error);
+  REQUIRE(Eventually([&] { return pool().clones.size() == 1; }, 120s));
+  CHECK(pool().clones.front().generation == rebuilt->generation);
+
+  // 5. Shutdown destroys the pooled clone: no QEMU, namespace or work directory of this bed is left.
+  REQUIRE(engine.Destroy(id).ok());
+  auto dir = bed->dir.str();
+  auto netns = bed->netns_prefix;
+  bed->svc.reset();
+  CHECK(CountQemuProcesses(dir) == 0);
+  CHECK(CountNetns(netns) == 0);
+  CHECK(CountEntries(fs::path(dir) / "vms") == 0);
 }

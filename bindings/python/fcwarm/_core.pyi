@@ -54,6 +54,7 @@ class VmState(_Labeled):
     DESTROYED: VmState
     FAILED: VmState
     LOST: VmState
+    POOLED: VmState
 
 def is_valid_id(text: str) -> bool: ...
 def generate_id() -> str: ...
@@ -133,6 +134,8 @@ class VmRecord:
     mac: str
     hostname: str
     last_error: str
+    pooled: bool
+    instance_id: str
     created_at: int
     updated_at: int
 
@@ -172,6 +175,7 @@ class ReconcileReport:
     removed_temp_dirs: int
     killed_processes: int
     lost_vms: int
+    released_pooled_vms: int
 
 class GcReport:
     removed_generations: int
@@ -219,6 +223,9 @@ class RestoreOptions:
     dns: List[str]
     registry_mirrors: List[str]
     insecure_registries: List[str]
+    pool: Dict[str, int]
+    pool_idle_timeout: datetime.timedelta
+    MAX_POOL_SIZE: int
 
 class ContainerOptions:
     docker_timeout: datetime.timedelta
@@ -377,6 +384,28 @@ class RestoreEngine:
     def handle(self, vm_id: str) -> Vm: ...
     def measured_cold_boot_ms(self, runtime_image_id: str) -> Optional[float]: ...
     def set_after_restore_hook(self, hook: Optional[Callable[[str, Vm], None]]) -> None: ...
+    def pool(self) -> List[PoolStatus]: ...
+    def check_pool(self) -> None: ...
+
+class PooledClone:
+    vm_id: str
+    snapshot_id: str
+    generation: int
+    ready_at: int
+    pid: int
+    pss_bytes: Optional[int]
+
+class PoolStatus:
+    image: str
+    runtime_image_id: str
+    target: int
+    clones: List[PooledClone]
+    filling: bool
+    filled: int
+    taken: int
+    misses: int
+    discarded: Dict[str, int]
+    last_error: str
 
 class ContainerState(_Labeled):
     PROVISIONING: ContainerState

@@ -197,6 +197,25 @@ void BindRestoreEngine(pyb::module_& m) {
           "Sends one Docker Engine API request (e.g. 'GET', '/v1.41/containers/json') to the guest's Docker "
           "daemon through the agent; returns the daemon's DockerResponse whatever its HTTP status.");
 
+  pyb::class_<PooledClone>(m, "PooledClone", "A clone waiting in the pool (RestoreOptions.pool).")
+      .def_readonly("vm_id", &PooledClone::vm_id)
+      .def_readonly("snapshot_id", &PooledClone::snapshot_id)
+      .def_readonly("generation", &PooledClone::generation)
+      .def_readonly("ready_at", &PooledClone::ready_at)
+      .def_readonly("pid", &PooledClone::pid)
+      .def_readonly("pss_bytes", &PooledClone::pss_bytes);
+  pyb::class_<PoolStatus>(m, "PoolStatus", "The clone pool of one configured image.")
+      .def_readonly("image", &PoolStatus::image)
+      .def_readonly("runtime_image_id", &PoolStatus::runtime_image_id)
+      .def_readonly("target", &PoolStatus::target)
+      .def_readonly("clones", &PoolStatus::clones)
+      .def_readonly("filling", &PoolStatus::filling)
+      .def_readonly("filled", &PoolStatus::filled)
+      .def_readonly("taken", &PoolStatus::taken)
+      .def_readonly("misses", &PoolStatus::misses)
+      .def_readonly("discarded", &PoolStatus::discarded)
+      .def_readonly("last_error", &PoolStatus::last_error);
+
   pyb::class_<RestoreEngine>(m, "RestoreEngine", "Returns ready VMs: warm when possible, cold otherwise.")
       .def(
           "provision",
@@ -222,6 +241,10 @@ void BindRestoreEngine(pyb::module_& m) {
       .def("handle", [](const RestoreEngine& e, const std::string& id) { return Unwrap(e.Handle(id)); }, Release(),
            pyb::arg("vm_id"), "The live VM (for guest access).")
       .def("measured_cold_boot_ms", &RestoreEngine::MeasuredColdBootMs, Release(), pyb::arg("runtime_image_id"))
+      .def("pool", &RestoreEngine::Pool, Release(),
+           "The clone pool: one PoolStatus per configured image (RestoreOptions.pool).")
+      .def("check_pool", [](const RestoreEngine& e) { Check(e.CheckPool()); }, Release(),
+           "Raises NotFoundError naming the first image of RestoreOptions.pool that is not registered.")
       .def(
           "set_after_restore_hook",
           [](RestoreEngine& e, std::optional<pyb::function> hook) {

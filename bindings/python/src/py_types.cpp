@@ -49,7 +49,8 @@ void BindTypes(pyb::module_& m) {
       .value("STOPPED", VmState::kStopped)
       .value("DESTROYED", VmState::kDestroyed)
       .value("FAILED", VmState::kFailed)
-      .value("LOST", VmState::kLost);
+      .value("LOST", VmState::kLost)
+      .value("POOLED", VmState::kPooled);
   AddStr(vmstate);
 
   m.def("is_valid_id", &Id::IsValid, pyb::arg("text"), "True when text is a valid fcwarm id (UUID v4).");
@@ -172,6 +173,8 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("mac", &VmRecord::mac)
       .def_readonly("hostname", &VmRecord::hostname)
       .def_readonly("last_error", &VmRecord::last_error)
+      .def_readonly("pooled", &VmRecord::pooled)
+      .def_readonly("instance_id", &VmRecord::instance_id)
       .def_readonly("created_at", &VmRecord::created_at)
       .def_readonly("updated_at", &VmRecord::updated_at)
       .def("__repr__", [](const VmRecord& v) {
@@ -213,7 +216,8 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("interrupted_builds", &ReconcileReport::interrupted_builds)
       .def_readonly("removed_temp_dirs", &ReconcileReport::removed_temp_dirs)
       .def_readonly("killed_processes", &ReconcileReport::killed_processes)
-      .def_readonly("lost_vms", &ReconcileReport::lost_vms);
+      .def_readonly("lost_vms", &ReconcileReport::lost_vms)
+      .def_readonly("released_pooled_vms", &ReconcileReport::released_pooled_vms);
 
   pyb::class_<GcReport>(m, "GcReport", "What a garbage collection removed.")
       .def_readonly("removed_generations", &GcReport::removed_generations)
@@ -261,7 +265,10 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("egress", &RestoreOptions::egress)
       .def_readwrite("dns", &RestoreOptions::dns)
       .def_readwrite("registry_mirrors", &RestoreOptions::registry_mirrors)
-      .def_readwrite("insecure_registries", &RestoreOptions::insecure_registries);
+      .def_readwrite("insecure_registries", &RestoreOptions::insecure_registries)
+      .def_readwrite("pool", &RestoreOptions::pool)
+      .def_readwrite("pool_idle_timeout", &RestoreOptions::pool_idle_timeout)
+      .def_readonly_static("MAX_POOL_SIZE", &RestoreOptions::kMaxPoolSize);
   pyb::class_<ServiceOptions>(m, "ServiceOptions", "Options of every component.")
       .def(pyb::init<>())
       .def_readwrite("store", &ServiceOptions::store)

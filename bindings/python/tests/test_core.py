@@ -311,3 +311,56 @@ def test_runtime_image_from_artifacts(tmp_path):
     img = fcwarm.runtime_image_from_artifacts("docker", str(tmp_path))
     assert img.name == "docker" and img.runtime_check.kind == "docker" and img.shape.memory_mib == 1024
     assert img.rootfs_path == str(tmp_path / "docker-rootfs.ext4")
+
+
+def test_pool_from_python(tmpdir_path):
+    """RestoreOptions.pool from Python: a clone is kept ready, provision takes it, the pool refills."""
+    import time
+
+    fake = fcwarm.testing.FakeVmm()
+    vmms = fcwarm.VmmRegistry()
+    vmms.add(fake)
+    opts = fcwarm.service_options(tmpdir_path)
+    ms = datetime.timedelta(milliseconds=1)
+    opts.snapshots.poll_interval = 5 * ms
+    opts.snapshots.stop_grace = 0 * ms
+    opts.restore.poll_interval = 5 * ms
+    opts.restore.stop_grace = 0 * ms
+    opts.restore.pool = {"img": 1}
+    opts.restore.pool_idle_timeout = datetime.timedelta(minutes=2)
+    assert opts.restore.pool == {"img": 1}
+    assert fcwarm.RestoreOptions.MAX_POOL_SIZE == 16
+    svc = fcwarm.open_service(tmpdir_path, vmms, opts)
+    try:
+        with pytest.raises(fcwarm.errors.NotFoundError):
+            svc.engine.check_pool()
+        img = add_image(svc, tmpdir_path)
+        snap = svc.snapshots.wait_while_creating(svc.snapshots.create(img.id).id, datetime.timedelta(seconds=20))
+        assert snap.state == fcwarm.SnapshotState.READY
+        svc.engine.check_pool()
+
+        def ready():
+            p = svc.engine.pool()
+            return len(p) == 1 and len(p[0].clones) == 1
+
+        deadline = time.monotonic() + 10
+        while not ready() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ready()
+        pooled = svc.engine.pool()[0]
+        assert pooled.runtime_image_id == img.id and pooled.target == 1
+        clone = pooled.clones[0]
+        assert clone.pss_bytes is None or clone.pss_bytes > 0
+        assert svc.engine.get(clone.vm_id).state == fcwarm.VmState.POOLED
+        vm = svc.engine.provision(img.id, name="from-pool")
+        assert vm.pooled and vm.instance_id == clone.vm_id
+        assert "restore" not in vm.timings and "pool_take" in vm.timings
+        deadline = time.monotonic() + 10
+        while svc.engine.pool()[0].taken != 1 or not ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        del svc
+        import gc
+
+        gc.collect()
