@@ -175,6 +175,17 @@ CREATE INDEX containers_by_state ON containers(state);
 ALTER TABLE runtime_images ADD COLUMN preload_images TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE runtime_snapshots ADD COLUMN images TEXT NOT NULL DEFAULT '[]';
 )SQL"},
+      // Parked containers (issue 14): what a snapshot holds started, and how each container was started, with
+      // the request fields only the created path had before (working directory, user, read-only root).
+      // Numbered 7: 5 and 6 are taken by work landing in parallel (image pull progress, the clone pool).
+      {7, R"SQL(
+ALTER TABLE runtime_snapshots ADD COLUMN parked TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE containers ADD COLUMN working_dir TEXT NOT NULL DEFAULT '';
+ALTER TABLE containers ADD COLUMN user TEXT NOT NULL DEFAULT '';
+ALTER TABLE containers ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE containers ADD COLUMN container_path TEXT NOT NULL DEFAULT '';
+ALTER TABLE containers ADD COLUMN container_path_reason TEXT NOT NULL DEFAULT '';
+)SQL"},
   };
   return kMigrations;
 }

@@ -26,6 +26,7 @@ class BuildPhase(_Labeled):
     BOOTING: BuildPhase
     WAITING_RUNTIME: BuildPhase
     PRELOADING: BuildPhase
+    PARKING: BuildPhase
     QUIESCING: BuildPhase
     PAUSING: BuildPhase
     SNAPSHOTTING: BuildPhase
@@ -402,6 +403,9 @@ class _RequestFields(TypedDict, total=False):
     force_cold: bool
     wait_for_creating: Optional[_Duration]
     ports: Optional[Sequence[str]]
+    working_dir: Optional[str]
+    user: Optional[str]
+    read_only: bool
 
 class ContainerRequest:
     runtime_image: str
@@ -413,6 +417,9 @@ class ContainerRequest:
     force_cold: bool
     wait_for_creating: Optional[datetime.timedelta]
     ports: List[str]
+    working_dir: str
+    user: str
+    read_only: bool
     def __init__(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> None: ...
 
 class ImagePull:
@@ -449,6 +456,11 @@ class ContainerRecord:
     finished_at: Optional[int]
     command: List[str]
     env: Dict[str, str]
+    working_dir: str
+    user: str
+    read_only: bool
+    container_path: str
+    container_path_reason: str
 
 class ContainerLogs:
     stdout: bytes

@@ -23,6 +23,7 @@ void BindTypes(pyb::module_& m) {
       .value("BOOTING", BuildPhase::kBooting)
       .value("WAITING_RUNTIME", BuildPhase::kWaitingRuntime)
       .value("PRELOADING", BuildPhase::kPreloading)
+      .value("PARKING", BuildPhase::kParking)
       .value("QUIESCING", BuildPhase::kQuiescing)
       .value("PAUSING", BuildPhase::kPausing)
       .value("SNAPSHOTTING", BuildPhase::kSnapshotting)
