@@ -96,6 +96,17 @@ class SnapshotFile:
     mtime_ns: int
     xxh3: str
 
+class ParkedContainer:
+    name: str
+    docker_id: str
+    image: str
+    channel: str
+    entrypoint: List[str]
+    cmd: List[str]
+    env: List[str]
+    working_dir: str
+    user: str
+
 class RuntimeSnapshot:
     id: str
     runtime_image_id: str
@@ -110,6 +121,7 @@ class RuntimeSnapshot:
     files: List[SnapshotFile]
     manifest_digest: str
     images: List[str]
+    parked: List[ParkedContainer]
     success_count: int
     failure_count: int
     consecutive_failures: int
