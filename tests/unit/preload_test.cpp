@@ -334,7 +334,7 @@ TEST_CASE("preload: a store of schema 3 migrates, its images and snapshots read 
   }
   auto store = Store::Open({path});
   REQUIRE_MESSAGE(store.ok(), store.status().ToString());
-  CHECK((*store)->SchemaVersion() == 4);
+  CHECK((*store)->SchemaVersion() == Store::kSchemaVersion);
   auto vmms = std::make_shared<VmmRegistry>();
   vmms->Add(std::make_shared<FakeVmm>());
   ImageRegistry images(**store, *vmms);

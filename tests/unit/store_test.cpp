@@ -30,7 +30,9 @@ TEST_CASE("migrations run from an empty database and are recorded") {
   auto again = Store::Open({.path = path});
   REQUIRE(again.ok());
   SQLite::Database db2(path);
-  CHECK(db2.execAndGet("SELECT COUNT(*) FROM schema_migrations").getInt() == Store::kSchemaVersion);
+  // One row per migration (numbers may have gaps while parallel work lands: 7 before 5 and 6).
+  CHECK(db2.execAndGet("SELECT COUNT(*) FROM schema_migrations").getInt() ==
+        static_cast<int>(fcwarm::detail::Migrations().size()));
 }
 
 TEST_CASE("a database from a newer fcwarm is refused with a clear error") {
