@@ -38,8 +38,7 @@ using bench::Percentile;
 
 // The steps of the table, in order; "vm_start" is cold_boot (cold) or restore (warm).
 const char* kSteps[] = {"vm_start",        "agent",           "identity",         "runtime_verify",
-                        "container_create", "container_start", "container_launch", "container_rename",
-                        "total"};
+                        "container_create", "container_start", "container_launch", "total"};
 
 struct Series {
   std::map<std::string, std::vector<double>> steps;
@@ -73,10 +72,9 @@ void RunContainers(Service& svc, const std::string& image, int n, Path path, Ser
     if (!done.ok() || done->state != ContainerState::kExited || done->exit_code != 0) {
       Die("container did not exit 0", done.ok() ? Status::Internal(done->last_error) : done.status());
     }
-    std::printf("  %s %2d: total %7.0f ms (vm %6.0f, runtime_verify %6.0f, create %5.0f, start %5.0f, launch %5.0f, "
-                "rename %5.0f)\n",
+    std::printf("  %s %2d: total %7.0f ms (vm %6.0f, runtime_verify %6.0f, create %5.0f, start %5.0f, launch %5.0f)\n",
                 Name(path), i + 1, t["total"], t["vm_start"], t["runtime_verify"], t["container_create"],
-                t["container_start"], t["container_launch"], t["container_rename"]);
+                t["container_start"], t["container_launch"]);
     std::fflush(stdout);
     if (auto st = svc.containers().Destroy(c->id); !st.ok()) Die("destroy", st);
   }

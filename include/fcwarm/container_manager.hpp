@@ -126,7 +126,7 @@ struct ContainerRecord {
   FallbackReason fallback_reason = FallbackReason::kNone;  ///< Why its VM was cold-booted, if it was.
   /// \brief Per-step durations in ms: the VM's steps ("restore" or "cold_boot", "agent", "identity",
   /// "runtime_verify", ...; the VM's own total as "provision"), then "container_create" and "container_start"
-  /// (docker runtime, created path), "container_rename" and "container_launch" (parked path) or "exec" (vm
+  /// (docker runtime, created path), "container_launch" (parked path) or "exec" (vm
   /// runtime), and "total" (request to running).
   Timings timings;
   std::string snapshot_id;  ///< Snapshot its VM was restored from (warm), else empty.
