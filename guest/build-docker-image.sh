@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Builds the fcwarm "docker runtime image" from Debian packages only (issue 7, part 1):
-#   docker-rootfs.ext4   debootstrap --variant=minbase bookworm + docker.io (+ containerd, runc) + kmod +
+#   docker-rootfs.ext4   debootstrap --variant=minbase bookworm + docker.io (+ containerd, runc, crun) + kmod +
 #                        the kernel's modules + /sbin/fcwarm-agent + /sbin/fcwarm-init (guest/docker/fcwarm-init.sh)
 #                        + /lib/fcwarm/common.sh (guest/common.sh)
+#                        + /usr/lib/fcwarm/fcwarm-launch (the entrypoint of parked containers, guest/launcher)
 #                        + /var/lib/fcwarm/images/busybox.tar (docker-load format, built here from busybox-static)
 #   initramfs.cpio.gz    the minimal artifacts' initramfs with /init replaced by guest/docker/initramfs-init.sh
 #                        (loads virtio modules, mounts /dev/vda, switch_root into /sbin/fcwarm-init)
 #   bzImage              copied from the minimal artifacts (Debian cloud kernel)
 #   manifest.json
 #
-# usage: guest/build-docker-image.sh --agent PATH_TO_fcwarm-agent [--out DIR] [--minimal MINIMAL_ARTIFACT_DIR]
+# usage: guest/build-docker-image.sh --agent PATH_TO_fcwarm-agent [--launcher PATH_TO_fcwarm-launch] [--out DIR]
+#                                   [--minimal MINIMAL_ARTIFACT_DIR]
+# --launcher defaults to fcwarm-launch next to the agent (both are built in <build>/guest/agent).
 #
 # Output: ${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}/docker-<key>/ (or DIR/docker-<key>/), `docker-current`
 # symlink next to it. The minimal artifacts (guest/build-artifacts.sh) must exist (default: <base>/current).
@@ -26,22 +29,26 @@ die() {
   exit 1
 }
 usage() {
-  printf 'usage: %s --agent PATH_TO_fcwarm-agent [--out DIR] [--minimal DIR]\n' "$0" >&2
+  printf 'usage: %s --agent PATH_TO_fcwarm-agent [--launcher PATH_TO_fcwarm-launch] [--out DIR] [--minimal DIR]\n' "$0" >&2
   exit 2
 }
 
 agent=""
+launcher=""
 minimal=""
 base="${FCWARM_GUEST_DIR:-/var/cache/fcwarm/guest}"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --agent) [[ $# -ge 2 ]] || usage; agent="$2"; shift 2 ;;
+    --launcher) [[ $# -ge 2 ]] || usage; launcher="$2"; shift 2 ;;
     --out) [[ $# -ge 2 ]] || usage; base="$2"; shift 2 ;;
     --minimal) [[ $# -ge 2 ]] || usage; minimal="$2"; shift 2 ;;
     *) usage ;;
   esac
 done
 [[ -n "${agent}" && -x "${agent}" ]] || usage
+[[ -n "${launcher}" ]] || launcher="$(dirname "${agent}")/fcwarm-launch"
+[[ -x "${launcher}" ]] || die "launcher ${launcher} is missing or not executable (build the fcwarm-launch target)"
 [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap, chroot)"
 [[ -n "${minimal}" ]] || minimal="${base}/current"
 minimal="$(readlink -f "${minimal}")"
@@ -72,6 +79,7 @@ key="$({
   echo "suite=${SUITE} mirror=${mirror} docker=${docker_ver} containerd=${containerd_ver} busybox=${bb_ver}"
   echo "kernel=${kver} ${kpkgver}"
   sha256sum <"${agent}"
+  sha256sum <"${launcher}"
   sha256sum <"${minimal}/bzImage"
   sha256sum <"${minimal}/initramfs.cpio.gz"
   cat "${SCRIPT_DIR}/build-docker-image.sh" "${SCRIPT_DIR}/docker/fcwarm-init.sh" "${SCRIPT_DIR}/docker/initramfs-init.sh" \
@@ -113,7 +121,7 @@ mount -t sysfs sysfs "${root}/sys"
 mount --bind /dev "${root}/dev"
 mount --bind /dev/pts "${root}/dev/pts"
 chroot "${root}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-  docker.io containerd runc kmod iproute2 >"${stage}/apt.log" 2>&1 ||
+  docker.io containerd runc crun kmod iproute2 >"${stage}/apt.log" 2>&1 ||
   { tail -20 "${stage}/apt.log" >&2; die "apt-get install docker.io failed"; }
 chroot "${root}" apt-get clean
 for m in dev/pts dev sys proc; do umount "${root}/${m}"; done
@@ -136,6 +144,7 @@ depmod -b "${root}" -F "${stage}/kernel/boot/System.map-${kver}" "${kver}"
 install -m 0755 "${agent}" "${root}/sbin/fcwarm-agent"
 install -m 0755 "${SCRIPT_DIR}/docker/fcwarm-init.sh" "${root}/sbin/fcwarm-init"
 install -D -m 0644 "${SCRIPT_DIR}/common.sh" "${root}/lib/fcwarm/common.sh"
+install -D -m 0755 "${launcher}" "${root}/usr/lib/fcwarm/fcwarm-launch"
 echo fcwarm-docker >"${root}/etc/hostname"
 mkdir -p "${root}/etc/docker"
 echo '{"log-driver": "json-file"}' >"${root}/etc/docker/daemon.json"

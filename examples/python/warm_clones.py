@@ -15,7 +15,7 @@ import time
 
 import fcwarm
 
-PHASES = ["queued", "booting", "waiting_runtime", "preloading", "quiescing", "pausing", "snapshotting", "verifying",
+PHASES = ["queued", "booting", "waiting_runtime", "preloading", "parking", "quiescing", "pausing", "snapshotting", "verifying",
           "publishing", "done"]
 
 

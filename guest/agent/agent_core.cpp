@@ -810,6 +810,96 @@ json::object OpDocker(const json::object& req, AgentContext& ctx) {
   return r;
 }
 
+// `launch`: hands a launch spec to a parked container's launcher (guest/launcher/fcwarm-launch.c).
+std::vector<std::string> OptStrings(const json::object& o, std::string_view key) {
+  const json::value* v = Find(o, key);
+  std::vector<std::string> out;
+  if (!v || v->is_null()) return out;
+  if (!v->is_array()) throw Failure{"bad_request", std::string(key) + " must be an array of strings"};
+  const auto& arr = v->get_array();
+  for (std::size_t i = 0; i < arr.size(); ++i) {
+    if (!arr[i].is_string())
+      throw Failure{"bad_request", std::string(key) + "[" + std::to_string(i) + "] must be a string"};
+    std::string s(arr[i].get_string());
+    if (s.find('\0') != std::string::npos)
+      throw Failure{"bad_request", std::string(key) + "[" + std::to_string(i) + "] contains a NUL byte"};
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+// An absolute path without NUL bytes, or empty when absent.
+std::string OptAbsolutePath(const json::object& req, std::string_view key) {
+  std::string p = OptString(req, key).value_or("");
+  if (!p.empty() && (p[0] != '/' || p.find('\0') != std::string::npos || p.size() > 4096))
+    throw Failure{"bad_request", std::string(key) + " must be an absolute path"};
+  return p;
+}
+
+json::object OpLaunch(const json::object& req, AgentContext& ctx) {
+  std::string channel = ReqString(req, "channel");
+  std::string_view name = std::string_view(channel).substr(std::min(channel.size(), kParkedDir.size()));
+  bool valid = channel.rfind(kParkedDir, 0) == 0 && !name.empty() && name.size() <= 128 && name != "." &&
+               name != "..";
+  for (char c : name)
+    valid = valid && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                      c == '.' || c == '-');
+  if (!valid)
+    throw Failure{"bad_request", "channel must be " + std::string(kParkedDir) + "NAME with NAME of [A-Za-z0-9._-]"};
+  const json::value* pv = Find(req, "probe");
+  if (pv && !pv->is_bool()) throw Failure{"bad_request", "probe must be a boolean"};
+  bool probe = pv && pv->get_bool();
+  auto timeout = ParseTimeout(req, "", kDefaultLaunchTimeoutMs);
+  std::string spec;
+  if (!probe) {
+    auto argv = ReqArgv(req, "argv");
+    auto env = OptStrings(req, "env");
+    for (std::size_t i = 0; i < env.size(); ++i) {
+      auto eq = env[i].find('=');
+      if (eq == std::string::npos || eq == 0)
+        throw Failure{"bad_request", "env[" + std::to_string(i) + "] must be NAME=value"};
+    }
+    std::string cwd = OptAbsolutePath(req, "cwd");
+    std::string hostname_file = OptAbsolutePath(req, "hostname_file");
+    std::string user = OptString(req, "user").value_or("");
+    if (user.find('\0') != std::string::npos || user.size() > 256)
+      throw Failure{"bad_request", "user must be user[:group] of at most 256 bytes"};
+    // "fcwarm-launch/1" NUL, then KEY NUL VALUE NUL records (the launcher's format).
+    spec.append("fcwarm-launch/1");
+    spec.push_back('\0');
+    auto record = [&spec](std::string_view k, std::string_view v) {
+      spec.append(k);
+      spec.push_back('\0');
+      spec.append(v);
+      spec.push_back('\0');
+    };
+    for (const auto& a : argv) record("arg", a);
+    for (const auto& e : env) record("env", e);
+    if (!cwd.empty()) record("cwd", cwd);
+    if (!user.empty()) record("user", user);
+    if (!hostname_file.empty()) record("hostfile", hostname_file);
+    if (spec.size() > kMaxLaunchSpecBytes)
+      throw Failure{"bad_request", "argv, env, cwd and user take more than " +
+                                       std::to_string(kMaxLaunchSpecBytes) + " bytes"};
+  }
+  LaunchOutcome o = ctx.sys->DeliverLaunch(ctx.root + channel, spec, timeout, probe);
+  if (!o.error.empty()) throw Failure{"failed", Printable(o.error)};
+  json::object r;
+  if (probe) {
+    r["waiting"] = o.waiting;
+    return r;
+  }
+  if (!o.waiting)
+    throw Failure{"not_waiting", "no launcher is waiting on " + Printable(channel, 160) + " (within " +
+                                     std::to_string(timeout.count()) + " ms)"};
+  if (o.timed_out)
+    throw Failure{"timeout", "the launcher on " + Printable(channel, 160) + " took the spec but did not start the "
+                             "command within " + std::to_string(timeout.count()) + " ms"};
+  if (!o.exec_ok) throw Failure{"launch_failed", Printable(o.exec_error)};
+  r["started"] = true;
+  return r;
+}
+
 uint64_t ReqJob(const json::object& req) {
   const json::value* v = Find(req, "job");
   if (!v) throw Failure{"bad_request", "job is required"};
@@ -1075,6 +1165,8 @@ std::string Handle(std::string_view line, AgentContext& ctx) {
       result = OpDockerRead(req, ctx);
     else if (op == "docker_cancel")
       result = OpDockerCancel(req, ctx);
+    else if (op == "launch")
+      result = OpLaunch(req, ctx);
     else
       throw Failure{"unknown_op", "unknown op: " + Printable(op, 64)};
     return OkReply(id, std::move(result));

@@ -47,6 +47,23 @@ inline constexpr int64_t kMaxDockerReloadTimeoutMs = 60000;
 /// Largest daemon.json the agent merges into.
 inline constexpr std::size_t kMaxDaemonJsonBytes = 1 << 20;
 
+/// \brief Where parked containers' launch channels live (relative to AgentContext::root): one directory per
+/// parked container, holding the FIFOs `spec` and `ack` (docs/docker-runtime.md, "Parked containers").
+inline constexpr std::string_view kParkedDir = "/run/fcwarm/parked/";
+/// Default deadline of `launch` (for the launcher to be waiting, then for its answer).
+inline constexpr int64_t kDefaultLaunchTimeoutMs = 5000;
+/// Largest launch spec the `launch` op writes (the launcher's own limit is 256 KiB).
+inline constexpr std::size_t kMaxLaunchSpecBytes = 128 * 1024;
+
+/// \brief Outcome of SystemOps::DeliverLaunch.
+struct LaunchOutcome {
+  bool waiting = false;    ///< Probe: a launcher holds the spec FIFO open. Launch: the spec was written.
+  bool exec_ok = false;    ///< Launch: the launcher's ack FIFO closed without a message (execve succeeded).
+  std::string exec_error;  ///< Launch: the launcher's message when it could not start the command.
+  bool timed_out = false;  ///< The deadline passed (before a launcher was waiting, or before its answer).
+  std::string error;       ///< A system error (no such channel, ...); empty otherwise.
+};
+
 /// \brief Outcome of a system call wrapper: empty `error` means success.
 struct OpStatus {
   std::string error;  ///< Human-readable reason; empty on success.
@@ -212,6 +229,19 @@ class SystemOps {
                                       std::chrono::milliseconds timeout,
                                       const std::function<void(const HttpResponse&)>& on_head,
                                       const std::function<bool(std::string_view)>& on_body);
+  /// \brief Hands a launch spec to a parked container's launcher through the FIFOs of `channel_dir` (the
+  /// `launch` op). The default implementation does the real FIFO I/O (host tests run it against a launcher).
+  ///
+  /// Probe: opens `spec` for writing without blocking and closes it at once (the launcher ignores an empty
+  /// spec); `waiting` tells whether a reader was there. Launch: opens `ack` for reading first, then `spec`
+  /// for writing (retrying while no reader is there, until `timeout`), writes `spec_bytes`, closes it, and
+  /// reads `ack` to EOF: empty means the launcher's execve() succeeded (the FIFO is close-on-exec there).
+  /// \param channel_dir The channel directory (with the context's root).
+  /// \param spec_bytes The spec (ignored for a probe).
+  /// \param timeout Deadline of the whole exchange.
+  /// \param probe Only check that a launcher is waiting.
+  virtual LaunchOutcome DeliverLaunch(const std::string& channel_dir, const std::string& spec_bytes,
+                                      std::chrono::milliseconds timeout, bool probe);
 };
 
 /// \brief The real Linux implementation (syscalls, netlink, ioctl).

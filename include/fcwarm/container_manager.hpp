@@ -62,6 +62,15 @@ struct ContainerRequest {
   std::vector<std::string> command;
   /// \brief Environment variables (names `[A-Za-z_][A-Za-z0-9_]*`).
   std::map<std::string, std::string> env;
+  /// \brief Working directory of the command: an absolute path (at most 4096 bytes), created when missing;
+  /// empty: the image's (docker) or the agent's (vm runtime: refused, InvalidArgument).
+  std::string working_dir;
+  /// \brief User of the command, Docker's `--user`: "name", "uid", "name:group" or "uid:gid" (names from the
+  /// container's /etc/passwd and /etc/group); empty: the image's. Docker runtime only.
+  std::string user;
+  /// \brief Mount the container's root filesystem read-only (Docker's `--read-only`). Docker runtime only.
+  /// A parked container cannot honour it (it was created writable): the request takes the created path.
+  bool read_only = false;
   /// \brief Host ports published to the container, in Docker's `-p` syntax (IPv4):
   /// "[[HOST_IP:][HOST_PORT]:]CONTAINER_PORT[/tcp|/udp]", e.g. "8080:80", "127.0.0.1:8443:443/tcp",
   /// "5353:53/udp". HOST_IP defaults to ContainerOptions::publish_address; without HOST_PORT a free port is
@@ -98,6 +107,16 @@ struct ContainerRecord {
   std::string image;                           ///< Container image reference (docker runtime), or empty.
   std::vector<std::string> command;            ///< Command as requested.
   std::map<std::string, std::string> env;      ///< Environment as requested.
+  std::string working_dir;                     ///< Working directory as requested, or empty.
+  std::string user;                            ///< User as requested, or empty.
+  bool read_only = false;                      ///< Read-only root filesystem as requested.
+  /// \brief How the Docker container was started (docker runtime, once known): "parked" (a container the
+  /// VM's snapshot held started was handed the command, docs/docker-runtime.md) or "created" (docker create +
+  /// start in the VM); empty before, and for the vm runtime.
+  std::string container_path;
+  /// \brief Why the created path was taken ("image_not_parked", "cold_boot", "read_only", ...; see
+  /// docs/docker-runtime.md), or empty for the parked path.
+  std::string container_path_reason;
   /// \brief Published ports, resolved: "HOST_IP:HOST_PORT:CONTAINER_PORT/PROTO" (e.g. "127.0.0.1:8080:80/tcp"),
   /// in request order. Forwarded while the container's VM runs.
   std::vector<std::string> ports;
@@ -114,7 +133,8 @@ struct ContainerRecord {
   FallbackReason fallback_reason = FallbackReason::kNone;  ///< Why its VM was cold-booted, if it was.
   /// \brief Per-step durations in ms: the VM's steps ("restore" or "cold_boot", "agent", "identity",
   /// "runtime_verify", ...; the VM's own total as "provision"), then "container_create" and "container_start"
-  /// (docker runtime) or "exec" (vm runtime), and "total" (request to running).
+  /// (docker runtime, created path), "container_launch" (parked path) or "exec" (vm
+  /// runtime), and "total" (request to running).
   Timings timings;
   std::string snapshot_id;  ///< Snapshot its VM was restored from (warm), else empty.
   int64_t generation = 0;   ///< Snapshot generation its VM maps (warm), else 0.

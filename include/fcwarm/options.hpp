@@ -70,6 +70,10 @@ struct SnapshotManagerOptions {
   std::vector<std::string> preload_images;
   /// \brief Deadline of one preload pull. Default: 300 s.
   std::chrono::milliseconds pull_timeout{300000};
+  /// \brief Park one container per preload image in every snapshot of a container runtime image (the build's
+  /// `parking` phase, docs/docker-runtime.md "Parked containers"): warm requests for those images then skip
+  /// Docker's create and start. Skipped for a runtime image without /usr/lib/fcwarm/fcwarm-launch. Default: true.
+  bool park_containers = true;
   /// \brief Network of build VMs that pull (only those get a network identity). Service::Open replaces it
   /// with the values of ServiceOptions::restore. Default: GuestNetworkOptions' defaults.
   GuestNetworkOptions network;

@@ -27,6 +27,8 @@ enum class BuildPhase {
   kBooting,         ///< Cold-booting the build VM.
   kWaitingRuntime,  ///< Waiting for the guest agent and the runtime check.
   kPreloading,      ///< Container runtime images: pulling the preload images, listing the daemon's images.
+  /// \brief Container runtime images: creating and starting one parked container per preloaded image.
+  kParking,
   kQuiescing,       ///< Asking the guest to drop per-boot identity.
   kPausing,         ///< Pausing the VM.
   kSnapshotting,    ///< Writing memory, device state and disk.
@@ -156,6 +158,20 @@ struct SnapshotFile {
   std::string xxh3;    ///< XXH3-128 digest, 32 hex digits.
 };
 
+/// \brief A container that a snapshot holds started and waiting (docs/docker-runtime.md, "Parked containers"):
+/// its entrypoint is fcwarm-launch, blocked until the guest agent's `launch` op hands it a command.
+struct ParkedContainer {
+  std::string name;       ///< Docker's name for it in the snapshot ("fcwarm-parked-0", ...).
+  std::string docker_id;  ///< Docker's container id.
+  std::string image;      ///< The preload reference it runs (as listed in the preload list).
+  std::string channel;    ///< Its launch channel in the guest ("/run/fcwarm/parked/NAME").
+  std::vector<std::string> entrypoint;  ///< The image's default Entrypoint.
+  std::vector<std::string> cmd;         ///< The image's default Cmd.
+  std::vector<std::string> env;         ///< The image's Env ("NAME=value").
+  std::string working_dir;              ///< The image's WorkingDir, or empty.
+  std::string user;                     ///< The image's User, or empty.
+};
+
 /// \brief A runtime snapshot (DESIGN §3): a cache entry with state, health and the files of its current
 /// generation.
 struct RuntimeSnapshot {
@@ -175,6 +191,9 @@ struct RuntimeSnapshot {
   /// its Docker daemon listed at snapshot time, sorted; empty for runtime images without Docker and before
   /// the first build.
   std::vector<std::string> images;
+  /// \brief Parked containers of the current generation, one per preloaded image (empty for runtime images
+  /// without Docker, for snapshots built before parking existed, and before the first build).
+  std::vector<ParkedContainer> parked;
   int64_t success_count = 0;         ///< Warm restores that succeeded.
   int64_t failure_count = 0;         ///< Warm restores that failed.
   int64_t consecutive_failures = 0;  ///< Failures since the last success.

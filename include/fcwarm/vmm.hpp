@@ -107,6 +107,23 @@ struct DockerResponse {
   bool truncated = false;  ///< True when the body was longer and was cut at 1 MiB.
 };
 
+/// \brief A launch spec for a parked container (the `launch` op, docs/guest-protocol.md): what its launcher
+/// (fcwarm-launch) execs as the container's PID 1.
+struct LaunchRequest {
+  /// \brief The container's launch channel in the guest, "/run/fcwarm/parked/NAME".
+  std::string channel;
+  std::vector<std::string> argv;  ///< Program and arguments (looked up in the command's PATH); not empty.
+  /// \brief The whole environment as "NAME=value" (later entries win); the launcher adds HOSTNAME (the VM's
+  /// current hostname) first and PATH and HOME when missing.
+  std::vector<std::string> env;
+  std::string cwd;   ///< Absolute working directory (created when missing), or empty for "/".
+  std::string user;  ///< "user[:group]" (names from the container's files, or numeric), or empty for root.
+  /// \brief A file inside the container rewritten with the current hostname first ("/etc/hostname"), or empty.
+  std::string hostname_file;
+  /// \brief Guest-side deadline: for the launcher to be waiting, then for its execve(). Default: 5 s.
+  std::chrono::milliseconds timeout{5000};
+};
+
 /// \brief Connection to the guest agent of one VM.
 ///
 /// Thread safety: calls on one channel are serialized internally; it may be used from several threads.
@@ -168,6 +185,27 @@ class GuestChannel {
     if (!r->body.empty()) on_body(r->body);
     r->body.clear();
     return r;
+  }
+  /// \brief Hands a launch spec to a parked container's launcher and waits until it exec'd the command.
+  /// \param request The spec.
+  /// \param timeout Host-side deadline (should exceed the request's guest timeout).
+  /// \return Ok once the command runs as the container's PID 1; FailedPrecondition when nothing was delivered
+  /// (no launcher waiting, an agent without the op, or this default implementation): the container is
+  /// untouched; InvalidArgument with the launcher's message when the command could not start (the container
+  /// then exits with 127); DeadlineExceeded or Unavailable otherwise.
+  virtual Status Launch(const LaunchRequest& request, std::chrono::milliseconds timeout) {
+    (void)request;
+    (void)timeout;
+    return Status::FailedPrecondition("this guest channel cannot launch parked containers");
+  }
+  /// \brief Tells whether a parked container's launcher waits on `channel` (the `launch` op's probe).
+  /// \param channel "/run/fcwarm/parked/NAME".
+  /// \param timeout Deadline for the answer.
+  /// \return True when it waits; FailedPrecondition from the default implementation; an agent error.
+  virtual Result<bool> LaunchWaiting(const std::string& channel, std::chrono::milliseconds timeout) {
+    (void)channel;
+    (void)timeout;
+    return Status::FailedPrecondition("this guest channel cannot launch parked containers");
   }
 };
 

@@ -381,6 +381,9 @@ HttpResponse Api::CreateContainer(const HttpRequest& req) {
   r.OptionalString("runtime_image", &spec.runtime_image);
   r.OptionalStringArray("command", &spec.command, 256);
   r.OptionalStringMap("env", &spec.env, 256);
+  r.OptionalString("working_dir", &spec.working_dir);
+  r.OptionalString("user", &spec.user);
+  r.OptionalBool("read_only", &spec.read_only);
   r.OptionalStringArray("ports", &spec.ports, 64);
   r.OptionalBool("wait", &wait);
   r.OptionalBool("force_cold", &spec.force_cold);

@@ -34,6 +34,11 @@ json::object SnapshotToJson(const RuntimeSnapshot& s) {
   o["files"] = std::move(files);
   o["manifest_digest"] = s.manifest_digest;
   o["images"] = json::value_from(s.images);
+  json::array parked;
+  for (const auto& p : s.parked) {
+    parked.push_back(json::object{{"name", p.name}, {"image", p.image}, {"docker_id", p.docker_id}});
+  }
+  o["parked"] = std::move(parked);
   o["success_count"] = s.success_count;
   o["failure_count"] = s.failure_count;
   o["consecutive_failures"] = s.consecutive_failures;

@@ -90,6 +90,12 @@ json::object ContainerService::Render(const ContainerRecord& c) {
   json::object env;
   for (const auto& [k, v] : c.env) env[k] = v;
   o["env"] = std::move(env);
+  o["working_dir"] = c.working_dir;
+  o["user"] = c.user;
+  o["read_only"] = c.read_only;
+  o["container_path"] = c.container_path.empty() ? json::value(nullptr) : json::value(c.container_path);
+  o["container_path_reason"] =
+      c.container_path_reason.empty() ? json::value(nullptr) : json::value(c.container_path_reason);
   return o;
 }
 

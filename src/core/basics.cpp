@@ -145,11 +145,12 @@ constexpr std::array<std::pair<SnapshotState, std::string_view>, 4> kSnapshotSta
     {SnapshotState::kUnhealthy, "unhealthy"},
     {SnapshotState::kDeleted, "deleted"},
 }};
-constexpr std::array<std::pair<BuildPhase, std::string_view>, 10> kPhases{{
+constexpr std::array<std::pair<BuildPhase, std::string_view>, 11> kPhases{{
     {BuildPhase::kQueued, "queued"},
     {BuildPhase::kBooting, "booting"},
     {BuildPhase::kWaitingRuntime, "waiting_runtime"},
     {BuildPhase::kPreloading, "preloading"},
+    {BuildPhase::kParking, "parking"},
     {BuildPhase::kQuiescing, "quiescing"},
     {BuildPhase::kPausing, "pausing"},
     {BuildPhase::kSnapshotting, "snapshotting"},

@@ -10,8 +10,10 @@
 #include "core/container_request.hpp"
 #include "docker/docker_client.hpp"
 #include "fcwarm/ids.hpp"
+#include "fcwarm/image_reference.hpp"
 #include "net/ports.hpp"
 #include "store/containers.hpp"
+#include "store/snapshots.hpp"
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
 #include "util/common.hpp"
@@ -138,6 +140,9 @@ class ContainerManager::Impl {
     rec.image = req.image;
     rec.command = req.command;
     rec.env = req.env;
+    rec.working_dir = req.working_dir;
+    rec.user = req.user;
+    rec.read_only = req.read_only;
     if (req.ports.size() > kMaxPorts) {
       return Status::InvalidArgument("ports: more than " + std::to_string(kMaxPorts) + " entries");
     }
@@ -214,7 +219,7 @@ class ContainerManager::Impl {
       (void)engine_.Destroy(id);
       return handle.status();
     }
-    Status st = row->rec.runtime == "docker" ? StartDocker(id, row->rec, **handle, timings)
+    Status st = row->rec.runtime == "docker" ? StartDocker(id, row->rec, *vm, **handle, timings)
                                              : StartVm(id, row->rec, **handle, timings);
     timings["total"] = util::MsSince(t_total);
     if (!st.ok()) {
@@ -368,11 +373,105 @@ class ContainerManager::Impl {
                           {opts_.docker_api_version, opts_.docker_timeout});
   }
 
-  Status StartDocker(const std::string& id, const ContainerRecord& c, Vm& vm, Timings& timings) {
+  // Docker's name for the container: the record's name, else its id (both valid Docker names).
+  static std::string DockerName(const ContainerRecord& c) { return c.name.empty() ? c.id : c.name; }
+
+  // The parked container of the VM's snapshot that can run `c`, or why there is none (a container_path_reason,
+  // docs/docker-runtime.md "Parked containers").
+  Result<ParkedContainer> ParkedFor(const ContainerRecord& c, const VmRecord& vm) {
+    if (vm.boot_method != BootMethod::kWarm || vm.snapshot_id.empty()) return Status::NotFound("cold_boot");
+    auto snap = detail::DbOf(store_).With(
+        [&](SQLite::Database& db) { return detail::SnapshotById(db, vm.snapshot_id); });
+    if (!snap.ok()) return Status::NotFound("snapshot_gone");
+    if (snap->parked.empty()) return Status::NotFound("snapshot_has_no_parked_containers");
+    if (snap->generation != vm.generation) return Status::NotFound("snapshot_rebuilt");
+    auto want = ParseImageReference(c.image, "image");
+    if (!want.ok()) return Status::NotFound("image_not_parked");
+    const ParkedContainer* found = nullptr;
+    for (const auto& p : snap->parked) {
+      auto have = ParseImageReference(p.image, "image");
+      if (have.ok() && have->Normalized() == want->Normalized()) found = &p;
+    }
+    if (!found) return Status::NotFound("image_not_parked");
+    // What a started container cannot change any more (HostConfig is fixed at create).
+    if (c.read_only) return Status::NotFound("read_only");
+    return *found;
+  }
+
+  void SetPath(const std::string& id, const std::string& path, const std::string& reason) {
+    (void)detail::DbOf(store_).Do(
+        [&](SQLite::Database& db) { detail::SetContainerPath(db, id, path, reason, util::NowMillis()); });
+  }
+
+  Status StartDocker(const std::string& id, const ContainerRecord& c, const VmRecord& vm_rec, Vm& vm,
+                     Timings& timings) {
+    std::string reason;
+    if (auto parked = ParkedFor(c, vm_rec); parked.ok()) {
+      auto st = StartParked(id, c, *parked, vm, timings);
+      if (st.code() != StatusCode::kFailedPrecondition) return st;
+      // Nothing was delivered (no launcher waiting, an agent without the op): the created path.
+      reason = "launch_unavailable: " + st.message();
+      spdlog::warn("container {}: parked container {} not usable, creating one: {}", id, parked->name, st.message());
+    } else {
+      reason = parked.status().message();
+    }
+    SetPath(id, "created", reason);
+    return StartCreated(id, c, vm, timings);
+  }
+
+  // The parked path: the snapshot's container of this image gets the command (its launcher execs it as PID 1),
+  // then, in the background, Docker's name. FailedPrecondition: nothing was delivered, the caller takes the
+  // created path.
+  Status StartParked(const std::string& id, const ContainerRecord& c, const ParkedContainer& p, Vm& vm,
+                     Timings& timings) {
+    LaunchRequest lr;
+    lr.channel = p.channel;
+    lr.argv = p.entrypoint;  // Docker's rule: the image's Entrypoint, then the request's command or the image's Cmd
+    const auto& cmd = c.command.empty() ? p.cmd : c.command;
+    lr.argv.insert(lr.argv.end(), cmd.begin(), cmd.end());
+    if (lr.argv.empty()) {
+      return Status::InvalidArgument("command: none given and image " + c.image + " has no Entrypoint or Cmd");
+    }
+    lr.env = p.env;
+    for (const auto& [k, v] : c.env) lr.env.push_back(k + "=" + v);
+    lr.cwd = c.working_dir.empty() ? p.working_dir : c.working_dir;
+    lr.user = c.user.empty() ? p.user : c.user;
+    lr.hostname_file = "/etc/hostname";
+    lr.timeout = std::chrono::milliseconds(5000);
+    auto t = Clock::now();
+    auto launched = vm.guest().Launch(lr, lr.timeout + std::chrono::seconds(5));
+    timings["container_launch"] = util::MsSince(t);
+    if (launched.code() == StatusCode::kFailedPrecondition) return launched;
+    SetPath(id, "parked", "");
+    (void)detail::DbOf(store_).Do(
+        [&](SQLite::Database& db) { detail::SetContainerDockerId(db, id, p.docker_id, util::NowMillis()); });
+    if (!launched.ok()) return launched.WithContext("launch in parked container " + p.name);
+    if (auto mark = MarkRunning(id); !mark.ok()) return mark;
+    // The command runs: the name is cosmetic, so the rename (≈ 0.3-0.8 s of dockerd in a fresh TCG clone) runs
+    // on a start worker after the container is reported running, never on the request's path.
+    auto rename = [this, id, docker_id = p.docker_id, name = DockerName(c), parked = p.name] {
+      auto handle = engine_.Handle(id);
+      if (!handle.ok()) return;
+      auto t0 = Clock::now();
+      if (auto st = DockerIn(**handle).Rename(docker_id, name); !st.ok()) {
+        spdlog::warn("container {}: the parked container keeps its name {}: {}", id, parked, st.ToString());
+        return;
+      }
+      spdlog::debug("container {}: renamed {} to {} in {:.0f} ms", id, parked, name, util::MsSince(t0));
+    };
+    if (!starts_->Submit(rename)) rename();
+    return Status::Ok();
+  }
+
+  Status StartCreated(const std::string& id, const ContainerRecord& c, Vm& vm, Timings& timings) {
     docker::ContainerConfig config;
+    config.name = DockerName(c);
     config.image = c.image;
     config.cmd = c.command;
     for (const auto& [k, v] : c.env) config.env.push_back(k + "=" + v);
+    config.working_dir = c.working_dir;
+    config.user = c.user;
+    config.read_only = c.read_only;
     config.labels = {{"org.fcwarm.container", id}};
     // One container per VM, in the VM's own network namespace: its ports are the VM's (published ports
     // forward to the VM's address), its DNS and egress the VM's. The runtime's dockerd runs without a bridge.

@@ -90,6 +90,35 @@ Status ValidateCommandAndEnv(const ContainerRequest& req) {
   return Status::Ok();
 }
 
+// working_dir, user and read_only: Docker's meaning; the vm runtime has no container to apply them to.
+Status ValidateContainerOptions(const ContainerRequest& req, const RuntimeImage& image) {
+  const bool docker = RuntimeOf(image) == "docker";
+  if (!req.working_dir.empty()) {
+    if (!docker) return Status::InvalidArgument("working_dir: only for a container runtime image (runtime check 'docker')");
+    if (req.working_dir[0] != '/' || req.working_dir.size() > 4096 ||
+        req.working_dir.find('\0') != std::string::npos) {
+      return Status::InvalidArgument("working_dir: must be an absolute path of at most 4096 bytes without NUL");
+    }
+  }
+  if (!req.user.empty()) {
+    if (!docker) return Status::InvalidArgument("user: only for a container runtime image (runtime check 'docker')");
+    bool ok = req.user.size() <= 256 && req.user.front() != ':' && req.user.back() != ':' &&
+              std::count(req.user.begin(), req.user.end(), ':') <= 1;
+    for (char c : req.user) {
+      ok = ok && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                  c == '.' || c == '-' || c == ':');
+    }
+    if (!ok) {
+      return Status::InvalidArgument("user: '" + req.user.substr(0, 64) +
+                                     "' is not user[:group] (names or numeric ids of [A-Za-z0-9_.-])");
+    }
+  }
+  if (req.read_only && !docker) {
+    return Status::InvalidArgument("read_only: only for a container runtime image (runtime check 'docker')");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 std::string RuntimeOf(const RuntimeImage& image) {
@@ -108,6 +137,7 @@ Result<RuntimeImage> Validate(const ContainerRequest& req, const std::string& de
   if (!image.ok()) return image;
   if (auto st = ValidateContainerImage(req, *image); !st.ok()) return st;
   if (auto st = ValidateCommandAndEnv(req); !st.ok()) return st;
+  if (auto st = ValidateContainerOptions(req, *image); !st.ok()) return st;
   if (req.wait_for_creating &&
       (req.wait_for_creating->count() < 0 || *req.wait_for_creating > std::chrono::hours(1))) {
     return Status::InvalidArgument("wait_for_creating: must be between 0 and 3600000 ms");

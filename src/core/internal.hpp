@@ -14,6 +14,11 @@
 
 namespace fcwarm::internal {
 
+/// Where the docker runtime image has the parked containers' launcher (guest/launcher/fcwarm-launch.c).
+inline constexpr std::string_view kGuestLauncher = "/usr/lib/fcwarm/fcwarm-launch";
+/// Parent of the parked containers' launch channels in the guest (the agent's `launch` op accepts only these).
+inline constexpr std::string_view kParkedChannels = "/run/fcwarm/parked/";
+
 /// Records a VMM process so a later run can kill it if this one crashes.
 void RecordProcess(Store& store, int pid, const std::string& role, const std::string& owner_id);
 /// Forgets the processes recorded for an owner (after they were stopped).

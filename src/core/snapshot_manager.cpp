@@ -367,6 +367,7 @@ class SnapshotManager::Impl {
     std::vector<std::string> preload;  // container images to pull (docker runtime images only)
     NetworkIdentity net;               // the build VM's network identity; index < 0: none
     std::vector<std::string> images;   // what the guest's Docker daemon holds at snapshot time
+    std::vector<ParkedContainer> parked;  // started containers waiting for a command (parking)
     bool deleted_meanwhile = false;
     bool settled = false;  // its terminal state is committed and it no longer counts as in flight
   };
@@ -383,6 +384,7 @@ class SnapshotManager::Impl {
         {BuildPhase::kBooting, &Impl::BootBuildVm},       // cold boot
         {BuildPhase::kWaitingRuntime, &Impl::WaitReady},  // agent, then runtime check
         {BuildPhase::kPreloading, &Impl::PreloadImages},  // docker: identity + pulls, then the image list
+        {BuildPhase::kParking, &Impl::ParkContainers},    // docker: one started, waiting container per image
         {BuildPhase::kQuiescing, &Impl::QuiesceGuest},    // guest drops per-boot state
         {BuildPhase::kPausing, &Impl::PauseVm},           // vCPUs stop
         {BuildPhase::kSnapshotting, &Impl::SnapshotVm},   // state to disk, build VM stopped
@@ -531,6 +533,103 @@ class SnapshotManager::Impl {
     return Status::Ok();
   }
 
+  // parking (container runtime images with preload images): for each preload image, one container whose
+  // entrypoint is the guest's fcwarm-launch, created and started, then checked to be waiting on its launch
+  // channel (docs/docker-runtime.md, "Parked containers"). A runtime image without the launcher gets none.
+  Status ParkContainers(Build& b) {
+    if (b.image.runtime_check.kind != "docker" || b.preload.empty() || !opts_.park_containers) return Status::Ok();
+    auto& guest = b.vm->guest();
+    constexpr std::chrono::milliseconds kExec{30000};
+    auto run = [&](std::vector<std::string> argv) -> Status {
+      ExecRequest er;
+      er.argv = std::move(argv);
+      er.timeout = kExec;
+      auto r = guest.Exec(er, kExec + std::chrono::seconds(5));
+      if (!r.ok()) return r.status();
+      if (r->exit_code != 0) {
+        return Status::Unavailable(er.argv[0] + " exited with " + std::to_string(r->exit_code) + ": " +
+                                   r->stderr_data.substr(0, 200));
+      }
+      return Status::Ok();
+    };
+    auto has = [&](const std::string& path) {
+      ExecRequest er;
+      er.argv = {"test", "-x", path};
+      auto r = guest.Exec(er, kExec);
+      return r.ok() && r->exit_code == 0;
+    };
+    if (!has(std::string(internal::kGuestLauncher))) {
+      spdlog::info("snapshot {}: the runtime image has no {}: no parked containers", b.job.snapshot_id,
+                   internal::kGuestLauncher);
+      return Status::Ok();
+    }
+    // An agent without the `launch` op (or a channel that cannot launch) answers FailedPrecondition; any other
+    // answer about a channel that does not exist means the op is there.
+    if (auto probe = guest.LaunchWaiting(std::string(internal::kParkedChannels) + "fcwarm-probe",
+                                         std::chrono::seconds(10));
+        !probe.ok() && probe.status().code() == StatusCode::kFailedPrecondition) {
+      spdlog::info("snapshot {}: the guest cannot launch parked containers ({}): no parked containers",
+                   b.job.snapshot_id, probe.status().message());
+      return Status::Ok();
+    }
+    docker::Client client(std::make_unique<docker::GuestTransport>(guest), {});
+    for (size_t i = 0; i < b.preload.size(); ++i) {
+      if (Stopping()) return Cancelled();
+      const std::string& ref = b.preload[i];
+      ParkedContainer p;
+      p.name = "fcwarm-parked-" + std::to_string(i);
+      p.image = ref;
+      p.channel = std::string(internal::kParkedChannels) + p.name;
+      auto image = client.InspectImage(ref);
+      if (!image.ok()) return image.status().WithContext("park " + ref);
+      p.entrypoint = image->entrypoint;
+      p.cmd = image->cmd;
+      p.env = image->env;
+      p.working_dir = image->working_dir;
+      p.user = image->user;
+      if (auto st = run({"mkdir", "-p", p.channel}); !st.ok()) return st.WithContext("park " + ref);
+      if (auto st = run({"mkfifo", "-m", "0600", p.channel + "/spec", p.channel + "/ack"}); !st.ok()) {
+        return st.WithContext("park " + ref);
+      }
+      docker::ContainerConfig config;
+      config.name = p.name;
+      config.image = ref;
+      config.entrypoint = std::vector<std::string>{"/.fcwarm/launch"};
+      config.user = "0";  // the launcher switches to the request's (or the image's) user
+      config.labels = {{"org.fcwarm.parked", ref}};
+      config.network_mode = "host";
+      config.uts_mode = "host";  // the hostname follows the clone's identity
+      config.binds = {std::string(internal::kGuestLauncher) + ":/.fcwarm/launch:ro", p.channel + ":/.fcwarm/chan:ro"};
+      auto created = client.Create(config);
+      if (!created.ok()) return created.status().WithContext("park " + ref);
+      p.docker_id = *created;
+      if (auto st = client.Start(p.docker_id); !st.ok()) return st.WithContext("park " + ref);
+      b.parked.push_back(std::move(p));
+    }
+    // Every launcher waits on its channel before the snapshot (a probe is ignored by the launcher).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    for (const auto& p : b.parked) {
+      while (true) {
+        auto waiting = guest.LaunchWaiting(p.channel, std::chrono::seconds(10));
+        if (!waiting.ok()) return waiting.status().WithContext("park " + p.image);
+        if (*waiting) break;
+        if (auto st = client.Inspect(p.docker_id); st.ok() && st->Exited()) {
+          auto logs = client.Logs(p.docker_id);
+          return Status::Unavailable("park " + p.image + ": the parked container exited with " +
+                                     std::to_string(st->exit_code) +
+                                     (logs.ok() ? ": " + logs->stderr_data.substr(0, 300) : std::string()));
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+          return Status::DeadlineExceeded("park " + p.image + ": its launcher did not wait on " + p.channel +
+                                          " within 30 s");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    }
+    spdlog::info("snapshot {}: {} parked container(s)", b.job.snapshot_id, b.parked.size());
+    return Status::Ok();
+  }
+
   // quiescing: the guest drops per-boot state.
   Status QuiesceGuest(Build& b) {
     return b.vm->guest().Quiesce(std::chrono::milliseconds(30000)).WithContext("quiesce");
@@ -588,6 +687,7 @@ class SnapshotManager::Impl {
         {"agent_protocol", kGuestProtocolVersion},
         {"files", files},
         {"images", json::value_from(b.images)},
+        {"parked", json::parse(util::ParkedToJson(b.parked))},
         {"created_at", util::NowMillis()}};
     std::string manifest_text = json::serialize(manifest) + "\n";
     if (auto st = util::WriteFileDurable(b.tmp_dir / kManifestName, manifest_text); !st.ok()) return st;
@@ -614,7 +714,8 @@ class SnapshotManager::Impl {
                                           .disk_bytes = allocated,
                                           .files = b.files,
                                           .manifest_digest = b.manifest_digest,
-                                          .images = b.images};
+                                          .images = b.images,
+                                          .parked = b.parked};
     const std::string& id = b.job.snapshot_id;
     return Settle(b, [&] {
       return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {

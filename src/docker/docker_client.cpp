@@ -233,11 +233,24 @@ Status Client::CheckId(std::string_view call, const std::string& id) {
 Result<std::string> Client::Create(const ContainerConfig& config) {
   json::object spec;
   spec["Image"] = config.image;
+  if (config.entrypoint) spec["Entrypoint"] = json::value_from(*config.entrypoint);
   if (!config.cmd.empty()) spec["Cmd"] = json::value_from(config.cmd);
   spec["Env"] = json::value_from(config.env);
+  if (!config.working_dir.empty()) spec["WorkingDir"] = config.working_dir;
+  if (!config.user.empty()) spec["User"] = config.user;
   spec["Labels"] = json::value_from(config.labels);
-  if (!config.network_mode.empty()) spec["HostConfig"] = json::object{{"NetworkMode", config.network_mode}};
-  auto reply = Call("create", "POST", "/containers/create", json::serialize(spec));
+  json::object host;
+  if (!config.network_mode.empty()) host["NetworkMode"] = config.network_mode;
+  if (!config.uts_mode.empty()) host["UTSMode"] = config.uts_mode;
+  if (!config.binds.empty()) host["Binds"] = json::value_from(config.binds);
+  if (config.read_only) host["ReadonlyRootfs"] = true;
+  if (!host.empty()) spec["HostConfig"] = std::move(host);
+  std::string path = "/containers/create";
+  if (!config.name.empty()) {
+    if (auto st = CheckId("create", config.name); !st.ok()) return st;
+    path += "?name=" + config.name;
+  }
+  auto reply = Call("create", "POST", path, json::serialize(spec));
   if (!reply.ok()) return reply.status();
   if (reply->status != 201) return HttpError("create", *reply, Blame::kRequest);
   json::value v;
@@ -258,6 +271,47 @@ Result<DockerResponse> Client::CallOn(std::string_view call, const std::string& 
     return HttpError(call, *reply, Blame::kDaemon);
   }
   return reply;
+}
+
+Status Client::Rename(const std::string& id, const std::string& name) {
+  if (auto st = CheckId("rename", name); !st.ok()) return st;
+  return CallOn("rename", "POST", id, "rename?name=" + name, {204}).status();
+}
+
+Status Client::Remove(const std::string& id) {
+  if (auto st = CheckId("remove", id); !st.ok()) return st;
+  auto reply = Call("remove", "DELETE", "/containers/" + id + "?force=1");
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 204 && reply->status != 404) return HttpError("remove", *reply, Blame::kDaemon);
+  return Status::Ok();
+}
+
+Result<ImageConfig> Client::InspectImage(const std::string& reference) {
+  auto ref = ParseImageReference(reference, "image");
+  if (!ref.ok()) return ref.status().WithContext("docker image inspect");
+  auto reply = Call("image inspect", "GET", "/images/" + ref->str() + "/json");
+  if (!reply.ok()) return reply.status();
+  if (reply->status != 200) return HttpError("image inspect", *reply, Blame::kRequest);
+  json::value v;
+  const auto* o = ParseObject(reply->body, v);
+  const auto* config = o ? o->if_contains("Config") : nullptr;
+  if (!config || !config->is_object()) return Status::Unavailable("docker image inspect: reply has no Config object");
+  const auto& c = config->as_object();
+  auto strings = [&](std::string_view key) {
+    std::vector<std::string> out;
+    if (const auto* a = c.if_contains(key); a && a->is_array()) {
+      for (const auto& e : a->as_array())
+        if (e.is_string()) out.emplace_back(e.as_string());
+    }
+    return out;
+  };
+  ImageConfig out;
+  out.entrypoint = strings("Entrypoint");
+  out.cmd = strings("Cmd");
+  out.env = strings("Env");
+  out.working_dir = StringField(c, "WorkingDir");
+  out.user = StringField(c, "User");
+  return out;
 }
 
 Status Client::Start(const std::string& id) {

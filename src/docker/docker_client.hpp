@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,11 +50,28 @@ class GuestTransport : public Transport {
 
 /// What Create() makes.
 struct ContainerConfig {
+  std::string name;                           ///< Container name (`?name=`), or empty for Docker's choice.
   std::string image;                          ///< Image reference, e.g. "busybox:latest".
+  /// Entrypoint; unset: the image's. Set (even empty), the image's Cmd is not used either.
+  std::optional<std::vector<std::string>> entrypoint;
   std::vector<std::string> cmd;               ///< Command; empty: the image's default.
   std::vector<std::string> env;               ///< "NAME=value" entries.
+  std::string working_dir;                    ///< Config.WorkingDir, or empty for the image's.
+  std::string user;                           ///< Config.User, or empty for the image's.
   std::map<std::string, std::string> labels;  ///< Container labels.
   std::string network_mode;                   ///< HostConfig.NetworkMode, or empty for the daemon's default.
+  std::string uts_mode;                       ///< HostConfig.UTSMode ("host"), or empty for its own.
+  std::vector<std::string> binds;             ///< HostConfig.Binds, "SRC:DST[:ro]".
+  bool read_only = false;                     ///< HostConfig.ReadonlyRootfs.
+};
+
+/// What InspectImage() reports: the image's defaults for a container (its Config).
+struct ImageConfig {
+  std::vector<std::string> entrypoint;  ///< Config.Entrypoint (empty when none).
+  std::vector<std::string> cmd;         ///< Config.Cmd (empty when none).
+  std::vector<std::string> env;         ///< Config.Env, "NAME=value".
+  std::string working_dir;              ///< Config.WorkingDir, or empty.
+  std::string user;                     ///< Config.User, or empty.
 };
 
 /// What Inspect() reports about a container's process.
@@ -148,6 +166,12 @@ class Client {
 
   /// POST /containers/create. \return Docker's container id (hex).
   Result<std::string> Create(const ContainerConfig& config);
+  /// POST /containers/{id}/rename?name=NAME (`name` like an id: [A-Za-z0-9_.-]).
+  Status Rename(const std::string& id, const std::string& name);
+  /// DELETE /containers/{id}?force=1 (a missing container is not an error).
+  Status Remove(const std::string& id);
+  /// GET /images/{reference}/json: the image's Config. NotFound when the daemon does not have it.
+  Result<ImageConfig> InspectImage(const std::string& reference);
   /// POST /containers/{id}/start (starting a running container is not an error).
   Status Start(const std::string& id);
   /// GET /containers/{id}/json.

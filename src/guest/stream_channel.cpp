@@ -116,7 +116,8 @@ Status AgentError(const std::string& code, const std::string& message, const std
   std::string text = "guest agent " + op + ": " + code + ": " + message;
   if (code == "timeout") return Status::DeadlineExceeded(text);
   if (code == "failed") return Status::Unavailable(text);
-  if (code == "unsupported_version" || code == "unknown_op") return Status::FailedPrecondition(text);
+  if (code == "unsupported_version" || code == "unknown_op" || code == "not_waiting")
+    return Status::FailedPrecondition(text);
   return Status::InvalidArgument(text);
 }
 
@@ -289,6 +290,30 @@ class StreamGuestChannel final : public GuestChannel {
         return out;
       }
     }
+  }
+
+  Status Launch(const LaunchRequest& req, std::chrono::milliseconds timeout) override {
+    if (req.argv.empty()) return Status::InvalidArgument("launch: argv must not be empty");
+    auto strings = [](const std::vector<std::string>& v) {
+      json::array arr;
+      for (const auto& s : v) arr.emplace_back(s);
+      return arr;
+    };
+    json::object a{{"channel", req.channel},
+                   {"argv", strings(req.argv)},
+                   {"env", strings(req.env)},
+                   {"timeout_ms", static_cast<int64_t>(req.timeout.count())}};
+    if (!req.cwd.empty()) a["cwd"] = req.cwd;
+    if (!req.user.empty()) a["user"] = req.user;
+    if (!req.hostname_file.empty()) a["hostname_file"] = req.hostname_file;
+    auto r = Call("launch", std::move(a), timeout);
+    return r.ok() ? Status::Ok() : r.status();
+  }
+
+  Result<bool> LaunchWaiting(const std::string& channel, std::chrono::milliseconds timeout) override {
+    auto r = Call("launch", json::object{{"channel", channel}, {"probe", true}}, timeout);
+    if (!r.ok()) return r.status();
+    return Bool(*r, "waiting");
   }
 
  private:

@@ -19,6 +19,11 @@ const RowMap<ContainerRow>& ContainerRows() {
       Col("c.image AS image", &ContainerRow::rec, &R::image),
       Col("c.command AS command", &ContainerRow::rec, &R::command),
       Col("c.env AS env", &ContainerRow::rec, &R::env),
+      Col("c.working_dir AS working_dir", &ContainerRow::rec, &R::working_dir),
+      Col("c.user AS user", &ContainerRow::rec, &R::user),
+      Col("c.read_only AS read_only", &ContainerRow::rec, &R::read_only),
+      Col("c.container_path AS container_path", &ContainerRow::rec, &R::container_path),
+      Col("c.container_path_reason AS container_path_reason", &ContainerRow::rec, &R::container_path_reason),
       Col("c.ports AS ports", &ContainerRow::rec, &R::ports),
       Col("c.pull_layers AS pull_layers", &ContainerRow::pull_layers),
       Col("c.pull_bytes AS pull_bytes", &ContainerRow::pull_bytes),
@@ -110,11 +115,13 @@ bool ContainerExists(SQLite::Database& db, const std::string& id) {
 void InsertContainer(SQLite::Database& db, const ContainerRecord& rec, bool force_cold,
                      std::optional<int64_t> wait_for_creating_ms, int64_t now) {
   Exec(db,
-       "INSERT INTO containers(id, name, runtime_image_id, runtime, image, command, env, ports, force_cold, "
-       "wait_for_creating_ms, state, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+       "INSERT INTO containers(id, name, runtime_image_id, runtime, image, command, env, working_dir, user, "
+       "read_only, ports, force_cold, wait_for_creating_ms, state, created_at, updated_at) "
+       "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
        rec.id, rec.name, rec.runtime_image_id, rec.runtime, rec.image, util::StringListToJson(rec.command),
-       util::StringMapToJson(rec.env), util::StringListToJson(rec.ports), force_cold, wait_for_creating_ms,
-       ContainerState::kProvisioning, now, now);
+       util::StringMapToJson(rec.env), rec.working_dir, rec.user, rec.read_only,
+       util::StringListToJson(rec.ports), force_cold, wait_for_creating_ms, ContainerState::kProvisioning, now,
+       now);
 }
 
 bool ClaimContainer(SQLite::Database& db, const std::string& id, int64_t now) {
@@ -171,6 +178,12 @@ int LoseRunningContainers(SQLite::Database& db, const std::string& error, int64_
 void SetContainerDockerId(SQLite::Database& db, const std::string& id, const std::string& docker_id,
                           int64_t now) {
   Exec(db, "UPDATE containers SET docker_id = ?, updated_at = ? WHERE id = ?", docker_id, now, id);
+}
+
+void SetContainerPath(SQLite::Database& db, const std::string& id, const std::string& path,
+                      const std::string& reason, int64_t now) {
+  Exec(db, "UPDATE containers SET container_path = ?, container_path_reason = ?, updated_at = ? WHERE id = ?",
+       path, reason, now, id);
 }
 
 void MarkContainerRunning(SQLite::Database& db, const std::string& id, int64_t now) {

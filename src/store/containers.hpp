@@ -63,6 +63,9 @@ int LoseRunningContainers(SQLite::Database& db, const std::string& error, int64_
 /// Records Docker's id of the container.
 void SetContainerDockerId(SQLite::Database& db, const std::string& id, const std::string& docker_id,
                           int64_t now);
+/// Records how the Docker container is started ("parked" or "created") and why the created path was taken.
+void SetContainerPath(SQLite::Database& db, const std::string& id, const std::string& path,
+                      const std::string& reason, int64_t now);
 /// The container runs from now on.
 void MarkContainerRunning(SQLite::Database& db, const std::string& id, int64_t now);
 /// A running container exited with `exit_code`; no change when it is not `running` any more.

@@ -29,6 +29,10 @@ void Decode(const SQLite::Column& c, std::vector<SnapshotFile>& out) {
   out = util::FilesFromJson(c.getString());
 }
 
+void Decode(const SQLite::Column& c, std::vector<ParkedContainer>& out) {
+  out = util::ParkedFromJson(c.getString());
+}
+
 void Decode(const SQLite::Column& c, std::vector<std::string>& out) {
   out = util::StringListFromJson(c.getString());
 }

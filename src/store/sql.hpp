@@ -102,6 +102,7 @@ void Decode(const SQLite::Column& c, std::optional<int64_t>& out);
 void Decode(const SQLite::Column& c, Timings& out);
 void Decode(const SQLite::Column& c, std::map<std::string, std::string>& out);
 void Decode(const SQLite::Column& c, std::vector<SnapshotFile>& out);
+void Decode(const SQLite::Column& c, std::vector<ParkedContainer>& out);
 void Decode(const SQLite::Column& c, std::vector<std::string>& out);
 void Decode(const SQLite::Column& c, RuntimeCheck& out);
 

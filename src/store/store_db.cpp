@@ -214,6 +214,16 @@ ALTER TABLE vms_v6 RENAME TO vms;
 CREATE INDEX vms_by_snapshot ON vms(snapshot_id, generation, state);
 CREATE INDEX vms_by_instance ON vms(instance_id);
 )SQL"},
+      // Parked containers (issue 14): what a snapshot holds started, and how each container was started, with
+      // the request fields only the created path had before (working directory, user, read-only root).
+      {7, R"SQL(
+ALTER TABLE runtime_snapshots ADD COLUMN parked TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE containers ADD COLUMN working_dir TEXT NOT NULL DEFAULT '';
+ALTER TABLE containers ADD COLUMN user TEXT NOT NULL DEFAULT '';
+ALTER TABLE containers ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE containers ADD COLUMN container_path TEXT NOT NULL DEFAULT '';
+ALTER TABLE containers ADD COLUMN container_path_reason TEXT NOT NULL DEFAULT '';
+)SQL"},
   };
   return kMigrations;
 }

@@ -218,6 +218,65 @@ std::string FilesToJson(const std::vector<SnapshotFile>& files) {
   return json::serialize(a);
 }
 
+namespace {
+json::array StringArray(const std::vector<std::string>& v) {
+  json::array a;
+  for (const auto& s : v) a.emplace_back(s);
+  return a;
+}
+std::vector<std::string> StringsOf(const json::object& o, std::string_view key) {
+  std::vector<std::string> out;
+  if (auto* p = o.if_contains(key); p && p->is_array()) {
+    for (const auto& e : p->as_array())
+      if (e.is_string()) out.emplace_back(e.as_string());
+  }
+  return out;
+}
+std::string StringOf(const json::object& o, std::string_view key) {
+  auto* p = o.if_contains(key);
+  return p && p->is_string() ? std::string(p->as_string()) : std::string();
+}
+}  // namespace
+
+std::string ParkedToJson(const std::vector<ParkedContainer>& parked) {
+  json::array a;
+  for (const auto& p : parked) {
+    a.push_back(json::object{{"name", p.name},
+                             {"docker_id", p.docker_id},
+                             {"image", p.image},
+                             {"channel", p.channel},
+                             {"entrypoint", StringArray(p.entrypoint)},
+                             {"cmd", StringArray(p.cmd)},
+                             {"env", StringArray(p.env)},
+                             {"working_dir", p.working_dir},
+                             {"user", p.user}});
+  }
+  return json::serialize(a);
+}
+
+std::vector<ParkedContainer> ParkedFromJson(std::string_view s) {
+  std::vector<ParkedContainer> out;
+  boost::system::error_code ec;
+  auto v = json::parse(s, ec);
+  if (ec || !v.is_array()) return out;
+  for (const auto& e : v.as_array()) {
+    if (!e.is_object()) continue;
+    const auto& o = e.as_object();
+    ParkedContainer p;
+    p.name = StringOf(o, "name");
+    p.docker_id = StringOf(o, "docker_id");
+    p.image = StringOf(o, "image");
+    p.channel = StringOf(o, "channel");
+    p.entrypoint = StringsOf(o, "entrypoint");
+    p.cmd = StringsOf(o, "cmd");
+    p.env = StringsOf(o, "env");
+    p.working_dir = StringOf(o, "working_dir");
+    p.user = StringOf(o, "user");
+    out.push_back(std::move(p));
+  }
+  return out;
+}
+
 std::vector<SnapshotFile> FilesFromJson(std::string_view s) {
   std::vector<SnapshotFile> out;
   boost::system::error_code ec;

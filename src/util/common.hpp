@@ -50,6 +50,9 @@ std::string StringMapToJson(const std::map<std::string, std::string>& m);
 std::map<std::string, std::string> StringMapFromJson(std::string_view s);
 std::string FilesToJson(const std::vector<SnapshotFile>& files);
 std::vector<SnapshotFile> FilesFromJson(std::string_view s);
+// Parked containers as stored (runtime_snapshots.parked) and in manifest.json.
+std::string ParkedToJson(const std::vector<ParkedContainer>& parked);
+std::vector<ParkedContainer> ParkedFromJson(std::string_view s);
 std::string StringListToJson(const std::vector<std::string>& v);
 std::vector<std::string> StringListFromJson(std::string_view s);
 std::string RuntimeCheckToJson(const RuntimeCheck& c);

@@ -4,6 +4,7 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <arpa/inet.h>
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -1562,3 +1563,151 @@ TEST_CASE_FIXTURE(Fixture, "docker jobs: a failed exchange, bad arguments, cance
     CHECK(Ok(StartReq(dir.path + "/missing.sock")).at("job").to_number<uint64_t>() > jobs.back());
   }
 }
+
+// ---- launch (parked containers) ---------------------------------------------------------------------------
+
+namespace {
+
+// A launch channel under <root>/run/fcwarm/parked/<name>: the two FIFOs a snapshot build creates.
+struct LaunchChannel {
+  explicit LaunchChannel(const std::string& root, const std::string& name = "p1")
+      : rel(std::string(fa::kParkedDir) + name), dir(root + rel) {
+    fs::create_directories(dir);
+    REQUIRE(::mkfifo((dir + "/spec").c_str(), 0600) == 0);
+    REQUIRE(::mkfifo((dir + "/ack").c_str(), 0600) == 0);
+  }
+  std::string rel, dir;
+};
+
+std::string LaunchLine(const std::string& channel, const std::string& fields) {
+  return R"({"v":1,"id":1,"op":"launch","channel":")" + channel + "\"" + fields + "}";
+}
+
+}  // namespace
+
+TEST_CASE_FIXTURE(Fixture, "launch validates its fields and names them") {
+  TempDir root;
+  ctx.root = root.path;
+  LaunchChannel ch(root.path);
+  auto msg = [&](const std::string& line) { return Err(line); };
+  CHECK(msg(R"({"v":1,"id":1,"op":"launch"})").second == "channel is required");
+  for (const char* bad : {"/tmp/x", "/run/fcwarm/parked/", "/run/fcwarm/parked/..", "/run/fcwarm/parked/a/b",
+                          "/run/fcwarm/parked/a b"}) {
+    CAPTURE(bad);
+    CHECK(msg(LaunchLine(bad, R"(,"argv":["true"])")).second.find("channel must be") == 0);
+  }
+  CHECK(msg(LaunchLine(ch.rel, "")).second == "argv is required");
+  CHECK(msg(LaunchLine(ch.rel, R"(,"argv":[])")).second == "argv must not be empty");
+  CHECK(msg(LaunchLine(ch.rel, R"(,"argv":["true"],"env":["NOEQUALS"])")).second.find("env[0]") == 0);
+  CHECK(msg(LaunchLine(ch.rel, R"(,"argv":["true"],"env":"A=1")")).second.find("env must be") == 0);
+  CHECK(msg(LaunchLine(ch.rel, R"(,"argv":["true"],"cwd":"relative")")).second.find("cwd must be") == 0);
+  CHECK(msg(LaunchLine(ch.rel, R"(,"argv":["true"],"probe":1)")).second.find("probe must be") == 0);
+  CHECK(msg(LaunchLine(ch.rel, R"(,"argv":["true"],"timeout_ms":0)")).second.find("timeout_ms") == 0);
+}
+
+TEST_CASE_FIXTURE(Fixture, "launch without a waiting launcher answers not_waiting, a probe says so") {
+  TempDir root;
+  ctx.root = root.path;
+  LaunchChannel ch(root.path);
+  CHECK(!Ok(LaunchLine(ch.rel, R"(,"probe":true)")).at("waiting").as_bool());
+  auto t0 = std::chrono::steady_clock::now();
+  auto [code, message] = Err(LaunchLine(ch.rel, R"(,"argv":["true"],"timeout_ms":100)"));
+  CHECK(code == "not_waiting");
+  CHECK(message.find(ch.rel) != std::string::npos);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
+  auto missing = Err(LaunchLine(std::string(fa::kParkedDir) + "nope", R"(,"argv":["true"])"));
+  CHECK(missing.first == "failed");
+  CHECK(missing.second.find("No such file") != std::string::npos);
+}
+
+TEST_CASE_FIXTURE(Fixture, "launch writes the spec format and reports the reader's message") {
+  TempDir root;
+  ctx.root = root.path;
+  LaunchChannel ch(root.path);
+  std::string got;
+  std::thread reader([&] {
+    int fd = ::open((ch.dir + "/spec").c_str(), O_RDONLY | O_CLOEXEC);  // blocks until the agent opens
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fd, buf, sizeof buf)) > 0) got.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    int ack = ::open((ch.dir + "/ack").c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    REQUIRE(ack >= 0);
+    CHECK(::write(ack, "boom: no such thing", 19) == 19);
+    ::close(ack);
+  });
+  auto [code, message] =
+      Err(LaunchLine(ch.rel, R"(,"argv":["a","b c"],"env":["X=1"],"cwd":"/w","user":"7:8","timeout_ms":5000)"));
+  reader.join();
+  CHECK(code == "launch_failed");
+  CHECK(message == "boom: no such thing");
+  using namespace std::string_literals;
+  CHECK(got == "fcwarm-launch/1\0arg\0a\0arg\0b c\0env\0X=1\0cwd\0/w\0user\0007:8\0"s);
+}
+
+#ifdef FCWARM_LAUNCHER
+TEST_CASE_FIXTURE(Fixture, "launch hands a spec to the real launcher, which execs the command in place") {
+  TempDir root;
+  ctx.root = root.path;
+  LaunchChannel ch(root.path);
+  const std::string out = root.path + "/out", err = root.path + "/err", hostfile = root.path + "/hostname";
+  { std::ofstream(hostfile) << "old-name\n"; }
+  auto start_launcher = [&] {
+    pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      int e = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(o, 1);
+      ::dup2(e, 2);
+      ::execl(FCWARM_LAUNCHER, FCWARM_LAUNCHER, ch.dir.c_str(), static_cast<char*>(nullptr));
+      ::_exit(126);
+    }
+    // Waiting: probes succeed (and are ignored by the launcher).
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (!Ok(LaunchLine(ch.rel, R"(,"probe":true)")).at("waiting").as_bool()) {
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return pid;
+  };
+  auto exit_code = [](pid_t pid) {
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    return WEXITSTATUS(status);
+  };
+  char host[256] = "";
+  REQUIRE(::gethostname(host, sizeof host - 1) == 0);
+  const std::string uid = std::to_string(::getuid()) + ":" + std::to_string(::getgid());
+
+  SUBCASE("argv, env, working directory, user, hostname file; the command keeps the launcher's pid") {
+    pid_t pid = start_launcher();
+    const std::string cwd = root.path + "/work/dir";  // missing: created, as Docker does
+    auto r = Ok(LaunchLine(ch.rel, R"(,"argv":["sh","-c","echo $$ $FOO/$HOSTNAME; pwd; id -u; echo oops >&2; exit 3"],)"
+                                   R"("env":["FOO=one","FOO=bar"],"cwd":")" +
+                                       cwd + R"(","user":")" + uid + R"(","hostname_file":")" + hostfile + "\""));
+    CHECK(r.at("started").as_bool());
+    CHECK(exit_code(pid) == 3);
+    CHECK(ReadAll(out) == std::to_string(pid) + " bar/" + host + "\n" + cwd + "\n" + std::to_string(::getuid()) +
+                              "\n");
+    CHECK(ReadAll(err) == "oops\n");
+    CHECK(ReadAll(hostfile) == std::string(host) + "\n");
+  }
+  SUBCASE("a command that cannot start: launch_failed, the message on stderr, exit 127") {
+    pid_t pid = start_launcher();
+    auto [code, message] = Err(LaunchLine(ch.rel, R"(,"argv":["no-such-program-fcwarm"],"user":")" + uid + "\""));
+    CHECK(code == "launch_failed");
+    CHECK(message == "exec: \"no-such-program-fcwarm\": executable file not found in $PATH");
+    CHECK(exit_code(pid) == 127);
+    CHECK(ReadAll(err) == "fcwarm-launch: " + message + "\n");
+  }
+  SUBCASE("an unknown user name fails like Docker") {
+    pid_t pid = start_launcher();
+    auto [code, message] = Err(LaunchLine(ch.rel, R"(,"argv":["true"],"user":"no-such-user-fcwarm")"));
+    CHECK(code == "launch_failed");
+    CHECK(message.find("unable to find user no-such-user-fcwarm") == 0);
+    CHECK(exit_code(pid) == 127);
+  }
+}
+#endif

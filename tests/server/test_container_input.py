@@ -81,3 +81,24 @@ def test_a_host_port_in_use_is_a_conflict(server):
     ports = doc["item"]["ports"]
     assert ports[0] == f"127.0.0.1:{port}:80/tcp"
     assert ports[1].startswith("127.0.0.1:") and ports[1].endswith(":53/udp") and ports[1] != "127.0.0.1::53/udp"
+
+
+def test_working_dir_user_and_read_only_are_checked_naming_the_field(server):
+    dock = create_image(server, "dock-opts", runtime_check=DOCKER_CHECK)
+    create_image(server, "plain-vm")
+    for body, field in [
+        ({"working_dir": "relative/dir"}, "working_dir"),
+        ({"working_dir": 7}, "working_dir"),
+        ({"user": "a b"}, "user"),
+        ({"user": "a:b:c"}, "user"),
+        ({"user": ":grp"}, "user"),
+        ({"read_only": "yes"}, "read_only"),
+    ]:
+        req = {"image": "busybox:latest", "runtime_image": "dock-opts", "wait": False, **body}
+        assert_error(server.post("/v1/containers", req), 400, "invalid_argument", field)
+    # A VM-only runtime image has no container to apply them to.
+    for body, field in [({"working_dir": "/w"}, "working_dir"), ({"user": "1000"}, "user"),
+                        ({"read_only": True}, "read_only")]:
+        req = {"runtime_image": "plain-vm", "wait": False, **body}
+        assert_error(server.post("/v1/containers", req), 400, "invalid_argument", field)
+    assert _records(server, dock["id"]) == []

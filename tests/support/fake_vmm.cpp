@@ -46,7 +46,7 @@ class FakeDocker {
     const std::string prefix = "/v1.41/containers/";
     if (r.path.rfind(prefix, 0) != 0) return Reply(404, R"({"message":"page not found"})");
     std::string rest = r.path.substr(prefix.size());
-    if (r.method == "POST" && rest == "create") {
+    if (r.method == "POST" && (rest == "create" || rest.rfind("create?name=", 0) == 0)) {
       boost::system::error_code ec;
       auto v = json::parse(r.body, ec);
       if (ec || !v.is_object()) return Reply(400, R"({"message":"invalid JSON"})");
@@ -81,6 +81,7 @@ class FakeDocker {
       }
       return Reply(204, "");
     }
+    if (r.method == "POST" && what.rfind("rename?name=", 0) == 0) return Reply(204, "");
     if (r.method == "GET" && what == "json") {
       json::object state{{"Status", c.status}, {"ExitCode", c.exit_code}};
       return Reply(200, json::serialize(json::object{{"Id", id}, {"State", state}}));

@@ -100,13 +100,13 @@ TEST_CASE("build timings name every finished phase, a failure names the phase it
   CHECK(builds[0].outcome == "ready");
   CHECK(builds[0].reason == "requested");
   CHECK(builds[0].message == "generation 1");
-  CHECK(keys(builds[0]) == std::vector<std::string>{"booting", "pausing", "preloading", "publishing",
-                                                    "quiescing", "snapshotting", "total", "verifying",
-                                                    "waiting_runtime"});
+  CHECK(keys(builds[0]) == std::vector<std::string>{"booting", "parking", "pausing", "preloading",
+                                                    "publishing", "quiescing", "snapshotting", "total",
+                                                    "verifying", "waiting_runtime"});
   CHECK(builds[1].outcome == "failed");
   CHECK(builds[1].message.rfind("build failed in phase snapshotting: ", 0) == 0);
-  CHECK(keys(builds[1]) == std::vector<std::string>{"booting", "pausing", "preloading", "quiescing", "total",
-                                                    "waiting_runtime"});
+  CHECK(keys(builds[1]) == std::vector<std::string>{"booting", "parking", "pausing", "preloading", "quiescing",
+                                                    "total", "waiting_runtime"});
 }
 
 TEST_CASE("shutting down during a build cancels it at the next phase and records why") {

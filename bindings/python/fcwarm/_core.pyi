@@ -26,6 +26,7 @@ class BuildPhase(_Labeled):
     BOOTING: BuildPhase
     WAITING_RUNTIME: BuildPhase
     PRELOADING: BuildPhase
+    PARKING: BuildPhase
     QUIESCING: BuildPhase
     PAUSING: BuildPhase
     SNAPSHOTTING: BuildPhase
@@ -96,6 +97,17 @@ class SnapshotFile:
     mtime_ns: int
     xxh3: str
 
+class ParkedContainer:
+    name: str
+    docker_id: str
+    image: str
+    channel: str
+    entrypoint: List[str]
+    cmd: List[str]
+    env: List[str]
+    working_dir: str
+    user: str
+
 class RuntimeSnapshot:
     id: str
     runtime_image_id: str
@@ -110,6 +122,7 @@ class RuntimeSnapshot:
     files: List[SnapshotFile]
     manifest_digest: str
     images: List[str]
+    parked: List[ParkedContainer]
     success_count: int
     failure_count: int
     consecutive_failures: int
@@ -431,6 +444,9 @@ class _RequestFields(TypedDict, total=False):
     force_cold: bool
     wait_for_creating: Optional[_Duration]
     ports: Optional[Sequence[str]]
+    working_dir: Optional[str]
+    user: Optional[str]
+    read_only: bool
 
 class ContainerRequest:
     runtime_image: str
@@ -442,6 +458,9 @@ class ContainerRequest:
     force_cold: bool
     wait_for_creating: Optional[datetime.timedelta]
     ports: List[str]
+    working_dir: str
+    user: str
+    read_only: bool
     def __init__(self, image: Optional[str] = None, **fields: Unpack[_RequestFields]) -> None: ...
 
 class ImagePull:
@@ -481,6 +500,11 @@ class ContainerRecord:
     finished_at: Optional[int]
     command: List[str]
     env: Dict[str, str]
+    working_dir: str
+    user: str
+    read_only: bool
+    container_path: str
+    container_path_reason: str
 
 class ContainerLogs:
     stdout: bytes

@@ -19,7 +19,7 @@ import urllib.request
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFLICT = 0, 1, 2, 3, 4
 
-PHASES = ["queued", "booting", "waiting_runtime", "preloading", "quiescing", "pausing", "snapshotting", "verifying",
+PHASES = ["queued", "booting", "waiting_runtime", "preloading", "parking", "quiescing", "pausing", "snapshotting", "verifying",
           "publishing", "done"]
 
 
@@ -111,6 +111,11 @@ def _container_item(c):
         "finished_at": None if c.finished_at is None else _core.format_rfc3339(c.finished_at),
         "command": list(c.command),
         "env": dict(c.env),
+        "working_dir": c.working_dir,
+        "user": c.user,
+        "read_only": c.read_only,
+        "container_path": c.container_path or None,
+        "container_path_reason": c.container_path_reason or None,
     }
 
 
@@ -177,7 +182,9 @@ class LocalBackend:
     def container_run(self, spec):
         rec = self.svc.containers.create(spec["image"] or None, runtime_image=spec["runtime_image"] or None,
                                          command=spec["command"], env=spec["env"], name=spec["name"] or None,
-                                         force_cold=spec["force_cold"], ports=spec["ports"])
+                                         force_cold=spec["force_cold"], ports=spec["ports"],
+                                         working_dir=spec["working_dir"] or None, user=spec["user"] or None,
+                                         read_only=spec["read_only"])
         self._started.append(rec.id)
         # Get refreshes a docker container from its daemon: one that exited already is recorded with its output.
         return _plain(self.svc.containers.get(rec.id))
@@ -311,6 +318,12 @@ class RestBackend:
             body["env"] = dict(spec["env"])
         if spec["force_cold"]:
             body["force_cold"] = True
+        if spec["working_dir"]:
+            body["working_dir"] = spec["working_dir"]
+        if spec["user"]:
+            body["user"] = spec["user"]
+        if spec["read_only"]:
+            body["read_only"] = True
         if spec["ports"]:
             body["ports"] = list(spec["ports"])
         return self._call("POST", "/v1/containers", body)["item"]
@@ -578,7 +591,8 @@ def _container_run(backend, args, view):
         raise CliError("--timeout applies to --wait only", EXIT_USAGE)
     spec = {"image": args.image or "", "name": args.name, "runtime_image": args.runtime_image,
             "command": list(args.command), "env": _parse_env(args.env), "force_cold": args.force_cold,
-            "ports": list(args.publish)}
+            "ports": list(args.publish), "working_dir": args.workdir, "user": args.user,
+            "read_only": args.read_only}
     item = backend.container_run(spec)
     if not args.wait:
         view.table([item], ["id", "state", "boot_method", "fallback_reason", "timings"], item)
@@ -687,7 +701,7 @@ def _parser():
     run = command(
         cont, "run", _container_run, help="start a container: its VM warm from the snapshot when possible",
         usage="fcwarm container run [IMAGE] [--runtime-image R] [--name N] [--env K=V ...] [-p PORTS ...] "
-              "[--force-cold] "
+              "[-w DIR] [-u USER[:GROUP]] [--read-only] [--force-cold] "
               "[--wait [--timeout S]] [-- COMMAND [ARG ...]]",
         description="Starts container image IMAGE (a Docker reference such as nginx:alpine) in a new VM of a "
                     "container runtime image: --runtime-image (id or name), else the default one. Without IMAGE, "
@@ -702,6 +716,9 @@ def _parser():
                      help="environment variable (repeatable); a bare K takes its value from this environment")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:][HOST_PORT:]PORT[/PROTO]",
                      help="publish a container port on the host, Docker's syntax (repeatable), e.g. 8080:80")
+    run.add_argument("-w", "--workdir", default="", metavar="DIR", help="working directory (absolute)")
+    run.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="user of the command")
+    run.add_argument("--read-only", action="store_true", help="read-only root filesystem of the container")
     run.add_argument("--force-cold", action="store_true", help="skip the warm path (cold boot)")
     run.add_argument("--wait", action="store_true",
                      help="wait for the container to exit, print its output and exit 0 only if it exited 0")

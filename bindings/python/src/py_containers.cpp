@@ -17,8 +17,12 @@ using std::chrono::milliseconds;
 ContainerRequest MakeRequest(const pyb::object& image, const pyb::object& runtime_image,
                              const pyb::object& command, const pyb::object& env, const pyb::object& name,
                              const pyb::object& id, bool force_cold, const pyb::object& wait_for_creating,
-                             const pyb::object& ports) {
+                             const pyb::object& ports, const pyb::object& working_dir, const pyb::object& user,
+                             bool read_only) {
   ContainerRequest r;
+  r.working_dir = ToStr(working_dir, "working_dir", true);
+  r.user = ToStr(user, "user", true);
+  r.read_only = read_only;
   r.image = ToStr(image, "image", true);
   r.runtime_image = ToStr(runtime_image, "runtime_image", true);
   r.command = ToArgv(command, "command");
@@ -50,15 +54,18 @@ void DefRequestMethod(pyb::class_<ContainerManager>& cls, const char* name, cons
       name,
       [](ContainerManager& c, const pyb::object& image, const pyb::object& runtime_image,
          const pyb::object& command, const pyb::object& env, const pyb::object& name, const pyb::object& id,
-         bool force_cold, const pyb::object& wait_for_creating, const pyb::object& ports) {
-        auto r = MakeRequest(image, runtime_image, command, env, name, id, force_cold, wait_for_creating, ports);
+         bool force_cold, const pyb::object& wait_for_creating, const pyb::object& ports,
+         const pyb::object& working_dir, const pyb::object& user, bool read_only) {
+        auto r = MakeRequest(image, runtime_image, command, env, name, id, force_cold, wait_for_creating, ports,
+                             working_dir, user, read_only);
         pyb::gil_scoped_release release;
         return Unwrap((c.*Method)(r));
       },
       pyb::arg("image") = pyb::none(), pyb::kw_only(), pyb::arg("runtime_image") = pyb::none(),
       pyb::arg("command") = pyb::none(), pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(),
       pyb::arg("id") = pyb::none(), pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(),
-      pyb::arg("ports") = pyb::none(), doc);
+      pyb::arg("ports") = pyb::none(), pyb::arg("working_dir") = pyb::none(), pyb::arg("user") = pyb::none(),
+      pyb::arg("read_only") = false, doc);
 }
 
 pyb::object Decode(const std::string& s) { return pyb::bytes(s).attr("decode")("utf-8", "replace"); }
@@ -98,7 +105,8 @@ void BindContainers(pyb::module_& m) {
       .def(pyb::init(&MakeRequest), pyb::arg("image") = pyb::none(), pyb::kw_only(),
            pyb::arg("runtime_image") = pyb::none(), pyb::arg("command") = pyb::none(),
            pyb::arg("env") = pyb::none(), pyb::arg("name") = pyb::none(), pyb::arg("id") = pyb::none(),
-           pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(), pyb::arg("ports") = pyb::none())
+           pyb::arg("force_cold") = false, pyb::arg("wait_for_creating") = pyb::none(), pyb::arg("ports") = pyb::none(),
+           pyb::arg("working_dir") = pyb::none(), pyb::arg("user") = pyb::none(), pyb::arg("read_only") = false)
       .def_readwrite("runtime_image", &ContainerRequest::runtime_image)
       .def_readwrite("id", &ContainerRequest::id)
       .def_readwrite("name", &ContainerRequest::name)
@@ -106,6 +114,9 @@ void BindContainers(pyb::module_& m) {
                      "The container image (Docker reference); empty for a VM-only runtime image.")
       .def_readwrite("command", &ContainerRequest::command, "The argv (assign a new list; a copy is returned).")
       .def_readwrite("env", &ContainerRequest::env, "The environment (assign a new dict; a copy is returned).")
+      .def_readwrite("working_dir", &ContainerRequest::working_dir, "Absolute working directory, or empty.")
+      .def_readwrite("user", &ContainerRequest::user, "user[:group] as Docker's --user, or empty.")
+      .def_readwrite("read_only", &ContainerRequest::read_only, "Read-only root filesystem (created path).")
       .def_readwrite("force_cold", &ContainerRequest::force_cold)
       .def_readwrite("ports", &ContainerRequest::ports,
                      "Published ports in Docker's -p syntax, e.g. [\"8080:80\"] (assign a new list).")
@@ -138,6 +149,13 @@ void BindContainers(pyb::module_& m) {
       .def_readonly("image", &ContainerRecord::image, "The container image (docker runtime), or empty.")
       .def_readonly("command", &ContainerRecord::command)
       .def_readonly("env", &ContainerRecord::env)
+      .def_readonly("working_dir", &ContainerRecord::working_dir)
+      .def_readonly("user", &ContainerRecord::user)
+      .def_readonly("read_only", &ContainerRecord::read_only)
+      .def_readonly("container_path", &ContainerRecord::container_path,
+                    "\"parked\" or \"created\" (docker runtime, once known), else empty.")
+      .def_readonly("container_path_reason", &ContainerRecord::container_path_reason,
+                    "Why the created path was taken, or empty.")
       .def_readonly("ports", &ContainerRecord::ports, "Published ports, resolved: \"127.0.0.1:8080:80/tcp\".")
       .def_readonly("pull", &ContainerRecord::pull, "The image pull (ImagePull): live progress while pulling, then what it took; None without a pull.")
       .def_readonly("state", &ContainerRecord::state)

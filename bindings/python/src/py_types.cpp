@@ -23,6 +23,7 @@ void BindTypes(pyb::module_& m) {
       .value("BOOTING", BuildPhase::kBooting)
       .value("WAITING_RUNTIME", BuildPhase::kWaitingRuntime)
       .value("PRELOADING", BuildPhase::kPreloading)
+      .value("PARKING", BuildPhase::kParking)
       .value("QUIESCING", BuildPhase::kQuiescing)
       .value("PAUSING", BuildPhase::kPausing)
       .value("SNAPSHOTTING", BuildPhase::kSnapshotting)
@@ -132,6 +133,18 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("mtime_ns", &SnapshotFile::mtime_ns)
       .def_readonly("xxh3", &SnapshotFile::xxh3);
 
+  pyb::class_<ParkedContainer>(m, "ParkedContainer", "A container a snapshot holds started, waiting for a command.")
+      .def_readonly("name", &ParkedContainer::name)
+      .def_readonly("docker_id", &ParkedContainer::docker_id)
+      .def_readonly("image", &ParkedContainer::image)
+      .def_readonly("channel", &ParkedContainer::channel)
+      .def_readonly("entrypoint", &ParkedContainer::entrypoint)
+      .def_readonly("cmd", &ParkedContainer::cmd)
+      .def_readonly("env", &ParkedContainer::env)
+      .def_readonly("working_dir", &ParkedContainer::working_dir)
+      .def_readonly("user", &ParkedContainer::user)
+      .def("__repr__", [](const ParkedContainer& p) { return "<fcwarm.ParkedContainer " + p.name + " " + p.image + ">"; });
+
   pyb::class_<RuntimeSnapshot>(m, "RuntimeSnapshot", "A runtime snapshot with its state, health and files.")
       .def_readonly("id", &RuntimeSnapshot::id)
       .def_readonly("runtime_image_id", &RuntimeSnapshot::runtime_image_id)
@@ -146,6 +159,7 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("files", &RuntimeSnapshot::files)
       .def_readonly("manifest_digest", &RuntimeSnapshot::manifest_digest)
       .def_readonly("images", &RuntimeSnapshot::images)
+      .def_readonly("parked", &RuntimeSnapshot::parked, "Parked containers of the current generation.")
       .def_readonly("success_count", &RuntimeSnapshot::success_count)
       .def_readonly("failure_count", &RuntimeSnapshot::failure_count)
       .def_readonly("consecutive_failures", &RuntimeSnapshot::consecutive_failures)
