@@ -218,7 +218,8 @@ def test_cli_over_the_rest_api(tmpdir_path):
 ITEM_KEYS = {"id", "vm_id", "name", "image", "runtime_image_id", "runtime", "state", "exit_code",
              "docker_id", "boot_method", "fallback_reason", "timings", "snapshot_id", "generation", "address", "mac",
              "hostname", "vm_state", "last_error", "created_at", "updated_at", "started_at", "finished_at",
-             "command", "env", "ports", "pull"}
+             "command", "env", "ports", "pull", "working_dir", "user", "read_only", "container_path",
+             "container_path_reason"}
 
 
 @pytest.fixture
