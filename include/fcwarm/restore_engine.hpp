@@ -45,7 +45,7 @@ struct PooledClone {
   int64_t generation = 0;   ///< Generation it maps.
   int64_t ready_at = 0;     ///< When it joined the pool, Unix milliseconds.
   int pid = -1;             ///< Its VMM process.
-  /// \brief Proportional set size of its VMM process in bytes (Linux /proc/<pid>/smaps_rollup `Pss`: pages
+  /// \brief Proportional set size of its VMM process in bytes (Linux /proc/PID/smaps_rollup `Pss`: pages
   /// shared with other clones of the snapshot count by share), or nullopt when unreadable.
   std::optional<uint64_t> pss_bytes;
 };
