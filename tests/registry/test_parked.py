@@ -19,8 +19,6 @@ FCWARM_REQUIRE_REGISTRY=1 or FCWARM_REQUIRE_DOCKER=1 (then it fails)."""
 
 import os
 import re
-import shutil
-import subprocess
 import sys
 
 import pytest
@@ -28,36 +26,11 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "support"))
 sys.path.insert(0, os.path.join(HERE, "..", "server"))
+sys.path.insert(0, HERE)
 import registry  # noqa: E402
 from conftest import Server, poll_item  # noqa: E402
 
-IMAGE_DIR = os.environ.get("FCWARM_DOCKER_IMAGE_DIR", "/var/cache/fcwarm/guest/docker-current")
-FILES = ("bzImage", "initramfs.cpio.gz", "docker-rootfs.ext4")
-REQUIRE = os.environ.get("FCWARM_REQUIRE_REGISTRY") == "1" or os.environ.get("FCWARM_REQUIRE_DOCKER") == "1"
-IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
-
-
-def _skip_reason():
-    why = []
-    missing = registry.required_tools()
-    if missing:
-        why.append("missing " + ", ".join(missing))
-    if os.geteuid() != 0:
-        why.append("not root")
-    if not shutil.which("iptables-save"):
-        why.append("iptables is not installed")
-    if not shutil.which("qemu-system-x86_64"):
-        why.append("qemu-system-x86_64 is not installed")
-    absent = [f for f in FILES if not os.path.isfile(os.path.join(IMAGE_DIR, f))]
-    if absent:
-        why.append(f"docker runtime image files missing in {IMAGE_DIR}: {absent}")
-    return "; ".join(why)
-
-
-def fcwarm_rules():
-    """Lines of the host's rule set that mention fcwarm (its chains and tagged rules)."""
-    out = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30, check=True).stdout
-    return [line for line in out.splitlines() if "fcwarm" in line.lower()]
+from docker_env import IMAGE_DIR, IP_FORWARD, REQUIRE, fcwarm_rules, skip_reason as _skip_reason  # noqa: E402
 
 
 @pytest.fixture(scope="module")
