@@ -32,9 +32,9 @@ class _Env:
         gc.collect()
 
 
-@pytest.fixture
-def fake_service(tmpdir_path):
-    """A Service over the scripted FakeVmm (test build of the module only), with short timeouts."""
+def fake_service_options(tmpdir_path):
+    """The scripted FakeVmm (test build of the module only), a VmmRegistry holding it and service options under
+    `tmpdir_path` with short poll intervals and no stop grace: what every fake-VMM service here starts from."""
     import datetime
 
     import fcwarm
@@ -48,6 +48,18 @@ def fake_service(tmpdir_path):
     opts.snapshots.stop_grace = 0 * ms
     opts.restore.poll_interval = 5 * ms
     opts.restore.stop_grace = 0 * ms
+    return fake, vmms, opts
+
+
+@pytest.fixture
+def fake_service(tmpdir_path):
+    """A Service over the scripted FakeVmm (test build of the module only), with short timeouts."""
+    import datetime
+
+    import fcwarm
+
+    fake, vmms, opts = fake_service_options(tmpdir_path)
+    ms = datetime.timedelta(milliseconds=1)
     opts.restore.restore_runtime_timeout = 200 * ms
     opts.restore.wait_for_creating = 5000 * ms
     opts.health.rebuild_backoff_initial = 20 * ms

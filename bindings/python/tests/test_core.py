@@ -6,7 +6,7 @@ import threading
 import pytest
 
 import fcwarm
-from conftest import write_file
+from conftest import fake_service_options, write_file
 
 
 def add_image(svc, base, name="img"):
@@ -317,15 +317,7 @@ def test_pool_from_python(tmpdir_path):
     """RestoreOptions.pool from Python: a clone is kept ready, provision takes it, the pool refills."""
     import time
 
-    fake = fcwarm.testing.FakeVmm()
-    vmms = fcwarm.VmmRegistry()
-    vmms.add(fake)
-    opts = fcwarm.service_options(tmpdir_path)
-    ms = datetime.timedelta(milliseconds=1)
-    opts.snapshots.poll_interval = 5 * ms
-    opts.snapshots.stop_grace = 0 * ms
-    opts.restore.poll_interval = 5 * ms
-    opts.restore.stop_grace = 0 * ms
+    fake, vmms, opts = fake_service_options(tmpdir_path)
     opts.restore.pool = {"img": 1}
     opts.restore.pool_idle_timeout = datetime.timedelta(minutes=2)
     assert opts.restore.pool == {"img": 1}
