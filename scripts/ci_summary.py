@@ -4,7 +4,7 @@
 Inputs (all optional; a missing one is reported as such, never guessed):
   --stages FILE   lines "name<TAB>status<TAB>seconds" written by test.sh's stage runner
   --build DIR     the ctest build directory (labels come from `ctest --show-only=json-v1`)
-  --junit FILE    ctest's --output-junit report (per-test outcome)
+  --junit FILE    ctest's --output-junit report (per-test outcome); repeatable
   --fuzz-log FILE libFuzzer's output (executions, crashes)
 
 Exit status is always 0: the summary reports, test.sh decides.
@@ -84,14 +84,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--stages")
     ap.add_argument("--build")
-    ap.add_argument("--junit")
+    ap.add_argument("--junit", action="append", default=[],
+                    help="ctest --output-junit report; repeat for several ctest runs")
     ap.add_argument("--fuzz-log")
     a = ap.parse_args()
 
     print("==== summary " + "=" * 60)
     for name, status, secs in read_stages(a.stages):
         print(f"stage {name}: {status} ({secs:.0f} s)")
-    outcomes = junit_outcomes(a.junit)
+    outcomes = {}
+    for path in a.junit:
+        outcomes.update(junit_outcomes(path))
     if not outcomes:
         print("ctest: no report (the test stage did not run)")
     else:
@@ -111,6 +114,9 @@ def main():
             if d["names"]:
                 line += " -- failed: " + ", ".join(d["names"])
             print(line)
+    if outcomes:
+        slowest = sorted(outcomes.items(), key=lambda kv: -kv[1][1])[:12]
+        print("slowest tests: " + ", ".join(f"{name} {secs:.0f} s" for name, (_, secs) in slowest))
     if a.fuzz_log is not None:
         print(fuzz_line(a.fuzz_log))
     return 0

@@ -63,6 +63,10 @@ struct SnapshotManagerOptions {
   std::chrono::milliseconds stop_grace{5000};
   /// \brief Kill VMM processes recorded by a previous run at startup (reconciliation). Default: true.
   bool reconcile_processes = true;
+  /// \brief Leave the `running` VMs of a previous run (their records, processes, addresses, work directories
+  /// and host networking) to the RestoreEngine, which re-adopts them or marks them lost (live restore). False:
+  /// reconciliation marks them lost and kills their processes itself. Service::Open sets it. Default: false.
+  bool leave_running_vms = false;
   /// \brief Container images (Docker references, e.g. "nginx:alpine") every build of a container runtime
   /// image (runtime check kind "docker") pulls before the snapshot, before the image's own
   /// RuntimeImage::preload_images; a failed pull fails the build. Validated by Create() (InvalidArgument
@@ -144,6 +148,11 @@ struct RestoreOptions {
   std::chrono::milliseconds pool_idle_timeout{300000};
   /// \brief Largest pool size of one image.
   static constexpr unsigned kMaxPoolSize = 16;
+  /// \brief What happens to running VMs when the engine is destroyed (docs/operations.md, "Restarts and live
+  /// restore"). True: they are stopped and released. False: they keep running (their VMM processes never die
+  /// with this process) and the next engine on the same store re-adopts them; pooled clones are destroyed
+  /// either way. Default: true (fcwarm-server defaults to false; `--stop-vms-on-exit` sets it).
+  bool stop_vms_on_exit = true;
 };
 
 }  // namespace fcwarm

@@ -67,6 +67,14 @@ struct PoolStatus {
   std::string last_error;        ///< Why the last fill failed (or the image does not resolve), or empty.
 };
 
+/// \brief What the engine did at startup with the running VMs of a previous process on the same store (live
+/// restore, docs/operations.md "Restarts and live restore").
+struct AdoptionReport {
+  int adopted = 0;  ///< VMs re-adopted: their VMM process, control and guest channels answered; still running.
+  int lost = 0;     ///< VMs that could not be (process gone, guest silent, ...): marked `lost`, resources released.
+  std::map<std::string, std::string> lost_reasons;  ///< VM id → why it could not be adopted.
+};
+
 /// \brief Implements the warm-boot decision (DESIGN §4): find the newest snapshot, wait while it is being
 /// built, check health and compatibility, verify checksums, restore in a fresh VMM process, make the clone
 /// unique, verify the runtime; on any failure destroy the clone, record the failure and boot cold. Every
@@ -79,7 +87,8 @@ struct PoolStatus {
 /// Thread safety: safe for concurrent use; any number of Provision() calls may run at once.
 class RestoreEngine {
  public:
-  /// \brief Creates the engine.
+  /// \brief Creates the engine, first re-adopting the `running` VMs a previous process on the same store left
+  /// (see AdoptionReport; SnapshotManagerOptions::leave_running_vms must have kept them).
   /// \param store Store; must outlive the engine.
   /// \param vmms Backends; must outlive the engine.
   /// \param snapshots Snapshot manager; must outlive the engine.
@@ -87,7 +96,8 @@ class RestoreEngine {
   /// \param options Options.
   RestoreEngine(Store& store, VmmRegistry& vmms, SnapshotManager& snapshots, HealthTracker& health,
                 RestoreOptions options);
-  /// \brief Stops every VM this engine started.
+  /// \brief Destroys pooled clones; stops every other VM this engine runs, or with
+  /// RestoreOptions::stop_vms_on_exit false leaves them running for the next engine to adopt.
   ~RestoreEngine();
   RestoreEngine(const RestoreEngine&) = delete;
   RestoreEngine& operator=(const RestoreEngine&) = delete;
@@ -141,6 +151,8 @@ class RestoreEngine {
   Status CheckPool() const;
   /// \brief The options in force.
   const RestoreOptions& options() const;
+  /// \brief What startup did with the previous process's running VMs.
+  const AdoptionReport& adoption_report() const;
 
  private:
   class Impl;

@@ -244,6 +244,16 @@ struct LaunchSpec {
   /// \brief Called with the pid of every host process the backend starts for this VM, right after it starts,
   /// so the core can record it for crash reconciliation. May be empty.
   std::function<void(int pid)> on_process_started;
+  /// \brief True: the VMM process may outlive the process that started it (it is not killed when its parent
+  /// dies), so a later process can Vmm::Adopt() it (live restore, docs/operations.md). False (build VMs):
+  /// it dies with its parent.
+  bool outlive_owner = false;
+};
+
+/// \brief A running VMM process that an earlier process started, to be re-adopted (Vmm::Adopt).
+struct AdoptTarget {
+  int pid = -1;             ///< Its pid, as recorded when it started.
+  uint64_t start_time = 0;  ///< Its start time (/proc/PID/stat field 22), which tells a reused pid apart.
 };
 
 /// \brief One running VM process (cold-booted or restored).
@@ -277,6 +287,13 @@ class Vm {
   virtual Status Stop(std::chrono::milliseconds grace) = 0;
   /// \brief Path of the serial console log, or empty.
   virtual std::string console_log() const = 0;
+  /// \brief Lets go of the VM without stopping it: closes this object's connections to the VMM and the guest
+  /// and forgets the host resources (network devices, rules, files) instead of releasing them, so a later
+  /// process can Vmm::Adopt() the still running VM. The object is stopped afterwards (Stop() is a no-op).
+  /// Only for a VM started with LaunchSpec::outlive_owner.
+  /// \return Ok, or FailedPrecondition when this backend cannot hand VMs over (the default); the VM is then
+  /// untouched.
+  virtual Status Detach() { return Status::FailedPrecondition("this backend cannot leave VMs running"); }
 };
 
 /// \brief A VMM backend: starts VMs cold or from a snapshot.
@@ -304,6 +321,20 @@ class Vmm {
   /// \param snapshot_dir A published generation directory.
   /// \return The running clone, or an error (nothing is left running on error).
   virtual Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& snapshot_dir) = 0;
+  /// \brief Re-adopts a VM that an earlier process started with `spec` and left running (live restore): checks
+  /// that `target` is still that VMM process (start time, arguments, control socket, running state),
+  /// reconnects to it, and re-creates the host-side state a restart may have lost (the VM's egress rules and
+  /// published ports, when they are missing). Does not talk to the guest; the caller pings it.
+  /// \param spec The VM's launch spec as it was started (id, image, work directory, network identity).
+  /// \param target Its VMM process.
+  /// \return The VM, or FailedPrecondition saying why it cannot be adopted (the process is gone, is another
+  /// process, or this backend cannot adopt: the default). On error nothing was changed: the caller decides
+  /// what to release.
+  virtual Result<std::unique_ptr<Vm>> Adopt(const LaunchSpec& spec, const AdoptTarget& target) {
+    (void)spec;
+    (void)target;
+    return Status::FailedPrecondition("backend '" + Kind() + "' cannot adopt running VMs");
+  }
 };
 
 /// \brief The set of available backends, by Kind().

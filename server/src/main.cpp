@@ -67,6 +67,7 @@ struct Config {
   double none_delay_s = 0;
   std::vector<std::string> pool;
   double pool_idle_timeout_s = 300;
+  bool stop_vms_on_exit = false;  // live restore: VMs outlive a restart unless asked
 };
 
 // "--pool IMAGE=N" entries → RestoreOptions::pool; the error names the flag.
@@ -284,6 +285,10 @@ int main(int argc, char** argv) {
                  "Seconds a pooled clone may wait untaken before it is replaced by a fresh one (0: no limit)")
       ->capture_default_str()
       ->check(CLI::Range(0.0, 86400.0));
+  app.add_flag("--stop-vms-on-exit", cfg.stop_vms_on_exit,
+               "Stop every VM at graceful shutdown (default: leave them running; the next start re-adopts them "
+               "and a crash loses none)")
+      ->envname("FCWARM_STOP_VMS_ON_EXIT");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -431,6 +436,7 @@ int main(int argc, char** argv) {
   opts.snapshots.preload_images = cfg.preload_images;
   opts.restore.pool = *pool;
   opts.restore.pool_idle_timeout = Ms(cfg.pool_idle_timeout_s);
+  opts.restore.stop_vms_on_exit = cfg.stop_vms_on_exit;
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());

@@ -214,6 +214,14 @@ Result<std::string> MetricsCollector::Render(const ServerStats* stats) {
 
   RenderPool(out);
 
+  const auto& adoption = service_.engine().adoption_report();
+  Header(out, "fcwarm_vms_adopted_total", "counter",
+         "Running VMs of the previous server process re-adopted at this start (live restore).");
+  out += "fcwarm_vms_adopted_total " + std::to_string(adoption.adopted) + "\n";
+  Header(out, "fcwarm_vms_lost_at_start_total", "counter",
+         "Running VMs of the previous server process that could not be re-adopted at this start (marked lost).");
+  out += "fcwarm_vms_lost_at_start_total " + std::to_string(adoption.lost) + "\n";
+
   Header(out, "fcwarm_automatic_rebuilds_total", "counter", "Rebuilds the health tracker requested.");
   out += "fcwarm_automatic_rebuilds_total " + std::to_string(service_.health().automatic_rebuilds()) + "\n";
 

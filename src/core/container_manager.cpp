@@ -74,19 +74,36 @@ class ContainerManager::Impl {
         engine_(engine),
         opts_(std::move(opts)),
         starts_(std::make_unique<util::WorkerPool>("fcw-start", opts_.start_workers, opts_.start_queue)) {
-    // A fresh process owns no VM: whatever a previous process left provisioning or running is gone.
+    // After a restart (live restore, docs/operations.md): a running container whose VM the engine re-adopted
+    // keeps running; one whose VM is gone is lost. A start the restart interrupted fails, and its VM (if it
+    // got that far and was re-adopted) is destroyed: nobody will finish that start.
+    std::vector<std::string> interrupted;
+    int lost = 0, kept = 0;
     auto st = detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
       auto now = util::NowMillis();
-      int failed = detail::FailProvisioningContainers(
-          db, "interrupted: the owning process restarted while it was provisioning", now);
-      int lost = detail::LoseRunningContainers(db, "owner process restarted", now);
-      if (failed || lost) {
-        spdlog::warn("reconcile: {} container(s) interrupted while provisioning, {} container(s) lost",
-                     failed, lost);
+      for (const auto& row : detail::ListContainers(db, false)) {
+        if (Starting(row.rec.state)) interrupted.push_back(row.rec.id);
+        if (row.rec.state != ContainerState::kRunning) continue;
+        if (engine_.Handle(row.rec.id).ok()) {
+          ++kept;
+          continue;
+        }
+        detail::SetContainerState(db, row.rec.id, ContainerState::kLost,
+                                  "owner process restarted and its VM could not be re-adopted", now);
+        ++lost;
       }
+      (void)detail::FailProvisioningContainers(db, "interrupted: the owning process restarted while it was provisioning",
+                                               now);
       return Status::Ok();
     });
     if (!st.ok()) spdlog::error("containers: reconciliation failed: {}", st.ToString());
+    for (const auto& id : interrupted) {
+      if (engine_.Handle(id).ok()) (void)engine_.Destroy(id);
+    }
+    if (!interrupted.empty() || lost || kept) {
+      spdlog::warn("reconcile: {} container(s) interrupted while provisioning, {} lost, {} still running", 
+                   interrupted.size(), lost, kept);
+    }
   }
 
   // Starts still queued fail; running ones finish (a VM boot cannot be cancelled halfway).

@@ -1,6 +1,7 @@
 #include "fcwarm/restore_engine.hpp"
 
 #include <arpa/inet.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 
 #include <boost/json.hpp>
@@ -8,7 +9,9 @@
 #include <map>
 #include <mutex>
 
+#include "backends/host_leftovers.hpp"
 #include "core/clone_pool.hpp"
+#include "core/live_restore.hpp"
 #include "core/guest_network.hpp"
 #include "core/internal.hpp"
 #include "net/iptables.hpp"
@@ -19,6 +22,7 @@
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
 #include "util/common.hpp"
+#include "util/process.hpp"
 #include "util/scope_guard.hpp"
 
 namespace fcwarm {
@@ -49,6 +53,7 @@ class RestoreEngine::Impl {
     } else {
       spdlog::error("restore options: {}; VMs get no egress, resolvers or registry settings", net.status().ToString());
     }
+    AdoptRunningVms();
     StartPool();
   }
 
@@ -62,10 +67,20 @@ class RestoreEngine::Impl {
       std::lock_guard lock(mu_);
       live.swap(live_);
     }
+    int left = 0;
     for (auto& [id, vm] : live) {
+      if (!opts_.stop_vms_on_exit) {
+        auto detached = vm->Detach();
+        if (detached.ok()) {
+          ++left;
+          continue;
+        }
+        spdlog::warn("vm {}: cannot leave it running ({}); stopping it", id, detached.ToString());
+      }
       (void)vm->Stop(opts_.stop_grace);
       Release(id, VmState::kStopped, "");
     }
+    if (left > 0) spdlog::info("shutdown: {} VM(s) left running for the next start to adopt", left);
     // The last fcwarm process on the host with egress rules takes the fcwarm chains away with it (refused, and
     // harmless, while another process's VMs still have rules).
     if (!guest_net_.egress.empty()) {
@@ -172,6 +187,9 @@ class RestoreEngine::Impl {
 
     timings["total"] = util::MsSince(t_total);
     BootMethod method = reason == FallbackReason::kNone ? BootMethod::kWarm : BootMethod::kCold;
+    if (auto w = internal::WriteAdoptionRecord(spec, vmm->Kind()); !w.ok()) {
+      spdlog::warn("vm {}: no adoption record, a restart will lose it: {}", rec.id, w.ToString());
+    }
     std::shared_ptr<Vm> shared(std::move(vm));
     {
       std::lock_guard lock(mu_);
@@ -292,6 +310,7 @@ class RestoreEngine::Impl {
   }
 
   const RestoreOptions& options() const { return opts_; }
+  const AdoptionReport& adoption_report() const { return adoption_; }
 
   std::vector<PoolStatus> Pool() const {
     if (pool_) return pool_->Status();
@@ -361,6 +380,7 @@ class RestoreEngine::Impl {
     }
     std::string owner = "vm:" + rec.id;
     spec.on_process_started = [this, owner](int pid) { internal::RecordProcess(store_, pid, "vm", owner); };
+    spec.outlive_owner = true;  // live restore: a restart of this process does not end the VM
     return std::pair<VmRecord, LaunchSpec>(std::move(rec), std::move(spec));
   }
 
@@ -607,6 +627,147 @@ class RestoreEngine::Impl {
     if (v.size() > 20) v.erase(v.begin());
   }
 
+  // ---- live restore (docs/operations.md, "Restarts and live restore") --------------------------------------
+
+  // The `running` VMs of the previous process (SnapshotManager's reconciliation left them): each is re-adopted
+  // (its VMM process verified and reconnected, its host rules re-created, its guest answering with the
+  // hostname it was given) or marked lost with everything it held released.
+  void AdoptRunningVms() {
+    std::vector<VmRecord> running;
+    std::vector<detail::ProcessRecord> procs;
+    (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
+      for (auto& vm : detail::LiveVms(db)) {
+        if (vm.state == VmState::kRunning) running.push_back(std::move(vm));
+      }
+      procs = detail::RecordedProcesses(db);
+      return Status::Ok();
+    });
+    for (const auto& rec : running) {
+      const std::string instance = rec.instance_id.empty() ? rec.id : rec.instance_id;
+      std::vector<AdoptTarget> targets;
+      for (const auto& p : procs) {
+        if (p.role == "vm" && (p.owner_id == "vm:" + rec.id || p.owner_id == "vm:" + instance)) {
+          targets.push_back(AdoptTarget{p.pid, p.start_time});
+        }
+      }
+      auto t = Clock::now();
+      auto vm = AdoptOne(rec, instance, targets);
+      Event e;
+      e.kind = EventKind::kReconcile;
+      e.runtime_image_id = rec.runtime_image_id;
+      e.snapshot_id = rec.snapshot_id;
+      e.vm_id = rec.id;
+      e.timings["adopt"] = util::MsSince(t);
+      if (vm.ok()) {
+        {
+          std::lock_guard lock(mu_);
+          live_[rec.id] = *vm;
+        }
+        if (instance != rec.id) internal::ForgetProcesses(store_, "vm:" + instance);
+        if (int pid = (*vm)->pid(); pid > 0) internal::RecordProcess(store_, pid, "vm", "vm:" + rec.id);
+        adoption_.adopted++;
+        e.outcome = "adopted";
+        e.message = "re-adopted after a restart (VMM pid " + std::to_string((*vm)->pid()) + ")";
+        spdlog::info("live restore: vm {} re-adopted (pid {}) in {:.0f} ms", rec.id, (*vm)->pid(),
+                     e.timings["adopt"]);
+      } else {
+        LoseVm(rec, instance, targets, vm.status().message());
+        adoption_.lost++;
+        adoption_.lost_reasons[rec.id] = vm.status().message();
+        e.outcome = "lost";
+        e.reason = "not_adoptable";
+        e.message = "lost after a restart: " + vm.status().message();
+        spdlog::warn("live restore: vm {} is lost: {}", rec.id, vm.status().message());
+      }
+      internal::Emit(store_, e);
+    }
+    if (!running.empty()) {
+      spdlog::info("live restore: {} VM(s) of the previous run re-adopted, {} lost", adoption_.adopted,
+                   adoption_.lost);
+    }
+  }
+
+  Result<std::shared_ptr<Vm>> AdoptOne(const VmRecord& rec, const std::string& instance,
+                                       const std::vector<AdoptTarget>& targets) {
+    if (targets.empty()) return Status::FailedPrecondition("no VMM process is recorded for it");
+    if (rec.work_dir.empty() || !util::IsWithin(opts_.vm_dir, rec.work_dir)) {
+      return Status::FailedPrecondition("its work directory '" + rec.work_dir + "' is not under " + opts_.vm_dir);
+    }
+    auto text = util::ReadFile(fs::path(rec.work_dir) / internal::kAdoptionRecordName, 1 << 20);
+    if (!text.ok()) return Status::FailedPrecondition("no adoption record: " + text.status().message());
+    auto record = internal::ParseAdoptionRecord(*text);
+    if (!record.ok()) return record.status();
+    if (record->instance_id != instance) {
+      return Status::FailedPrecondition("its adoption record names vm '" + record->instance_id + "'");
+    }
+    auto image =
+        detail::DbOf(store_).With([&](SQLite::Database& db) { return detail::ImageById(db, rec.runtime_image_id); });
+    if (!image.ok()) return Status::FailedPrecondition("its runtime image is gone: " + image.status().message());
+    auto vmm = vmms_.Find(record->backend);
+    if (!vmm) return Status::FailedPrecondition("backend '" + record->backend + "' is not available");
+    LaunchSpec spec;
+    spec.vm_id = instance;
+    spec.image = *image;
+    spec.work_dir = rec.work_dir;
+    spec.network = record->network;
+    spec.outlive_owner = true;
+    Status last = Status::FailedPrecondition("no VMM process is recorded for it");
+    for (const auto& target : targets) {
+      auto vm = vmm->Adopt(spec, target);
+      if (!vm.ok()) {
+        last = vm.status();
+        continue;
+      }
+      std::shared_ptr<Vm> shared(std::move(vm).value());
+      // The guest must answer on its channel, as the VM it was made: same hostname.
+      auto info = shared->guest().Ping(opts_.restore_agent_timeout);
+      if (!info.ok()) {
+        (void)shared->Stop(std::chrono::milliseconds(0));
+        return Status::Unavailable("its guest agent does not answer: " + info.status().message());
+      }
+      if (!rec.hostname.empty() && info->hostname != rec.hostname) {
+        (void)shared->Stop(std::chrono::milliseconds(0));
+        return Status::FailedPrecondition("its guest answers as '" + info->hostname + "', expected '" +
+                                          rec.hostname + "'");
+      }
+      return shared;
+    }
+    return last;
+  }
+
+  // A running VM of the previous run that could not be adopted: its process (if it is still the recorded one)
+  // is killed, its host networking removed, its address and work directory released; the record says why.
+  void LoseVm(const VmRecord& rec, const std::string& instance, const std::vector<AdoptTarget>& targets,
+              const std::string& why) {
+    for (const auto& t : targets) {
+      auto p = util::ForeignProcess::Open(t.pid, t.start_time);
+      if (!p.ok()) continue;
+      spdlog::warn("live restore: killing process {} of vm {}", t.pid, rec.id);
+      (void)p->Signal(SIGKILL);
+      (void)p->WaitExit(std::chrono::seconds(10));
+    }
+    const int64_t index =
+        *detail::DbOf(store_).With([&](SQLite::Database& db) -> Result<int64_t> { return detail::AddressIndexOf(db, rec.id); });
+    if (auto swept = net::DeleteVmRules(net::IptablesOptions{}, {instance}); !swept.ok()) {
+      spdlog::warn("live restore: cannot remove the rules of vm {}: {}", rec.id, swept.status().ToString());
+    }
+    for (const auto& kind : vmms_.Kinds()) {
+      auto b = vmms_.Find(kind);
+      auto* leftovers = dynamic_cast<HostLeftovers*>(b.get());
+      if (!leftovers) continue;
+      if (auto n = leftovers->RemoveVmLeftovers(instance, index); !n.ok()) {
+        spdlog::warn("live restore: cannot remove the {} network devices of vm {}: {}", kind, rec.id,
+                     n.status().ToString());
+      }
+    }
+    internal::ForgetProcesses(store_, "vm:" + instance);
+    if (!rec.work_dir.empty() && fs::path(rec.work_dir).filename() == instance &&
+        util::IsWithin(opts_.vm_dir, rec.work_dir)) {
+      util::RemoveTree(rec.work_dir);
+    }
+    Release(rec.id, VmState::kLost, "owner process restarted and the VM could not be re-adopted: " + why);
+  }
+
   // ---- the clone pool (docs/architecture.md, "The clone pool") ----------------------------------------------
 
   void StartPool() {
@@ -698,6 +859,9 @@ class RestoreEngine::Impl {
       return Status::Unavailable(why);
     }
     timings["total"] = util::MsSince(t_total);
+    if (auto w = internal::WriteAdoptionRecord(spec, vmm->Kind()); !w.ok()) {
+      spdlog::warn("vm {}: no adoption record, a restart will lose it: {}", rec.id, w.ToString());
+    }
     (void)detail::DbOf(store_).Do(
         [&](SQLite::Database& db) { detail::MarkVmPooled(db, rec.id, timings, util::NowMillis()); });
     internal::PoolClone c;
@@ -781,6 +945,7 @@ class RestoreEngine::Impl {
     return std::optional<VmRecord>(std::move(out).value());
   }
 
+  AdoptionReport adoption_;
   Store& store_;
   VmmRegistry& vmms_;
   SnapshotManager& snapshots_;
@@ -820,6 +985,7 @@ std::optional<double> RestoreEngine::MeasuredColdBootMs(const std::string& id) c
   return impl_->MeasuredColdBootMs(id);
 }
 const RestoreOptions& RestoreEngine::options() const { return impl_->options(); }
+const AdoptionReport& RestoreEngine::adoption_report() const { return impl_->adoption_report(); }
 std::vector<PoolStatus> RestoreEngine::Pool() const { return impl_->Pool(); }
 Status RestoreEngine::CheckPool() const { return impl_->CheckPool(); }
 void RestoreEngine::SetAfterRestoreHook(std::function<void(const std::string&, Vm&)> hook) {

@@ -912,6 +912,7 @@ class SnapshotManager::Impl {
         e.message = "build interrupted by a restart";
         detail::InsertEvent(db, e);
         report_.interrupted_builds++;
+        report_.interrupted_snapshots.push_back(id);
       }
       detail::DeleteBuildingGenerations(db);
       return Status::Ok();
@@ -936,10 +937,24 @@ class SnapshotManager::Impl {
       util::RemoveTree(w.path());
       report_.removed_temp_dirs++;
     }
+    // Running VMs of the previous run stay for the RestoreEngine to re-adopt (live restore): their processes,
+    // records, addresses, work directories and host networking are left alone here.
+    std::set<std::string> kept_owners;
+    if (opts_.leave_running_vms) {
+      (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
+        for (const auto& vm : detail::LiveVms(db)) {
+          if (vm.state != VmState::kRunning) continue;
+          kept_owners.insert("vm:" + vm.id);
+          if (!vm.instance_id.empty()) kept_owners.insert("vm:" + vm.instance_id);
+        }
+        return Status::Ok();
+      });
+    }
     // 3. VMM processes of the previous run.
     if (opts_.reconcile_processes) {
       (void)detail::DbOf(store_).With([&](SQLite::Database& db) -> Status {
         for (const auto& p : detail::RecordedProcesses(db)) {
+          if (kept_owners.count(p.owner_id)) continue;
           if (p.pid > 1 && util::IsSameProcess(p.pid, p.start_time)) {
             spdlog::warn("reconcile: killing leftover {} process {} of {}", p.role, p.pid, p.owner_id);
             ::kill(p.pid, SIGKILL);
@@ -947,7 +962,13 @@ class SnapshotManager::Impl {
             report_.killed_processes++;
           }
         }
-        detail::ForgetAllProcesses(db);
+        if (kept_owners.empty()) {
+          detail::ForgetAllProcesses(db);
+        } else {
+          for (const auto& p : detail::RecordedProcesses(db)) {
+            if (!kept_owners.count(p.owner_id)) detail::ForgetProcesses(db, p.owner_id);
+          }
+        }
         return Status::Ok();
       });
     }
@@ -956,6 +977,7 @@ class SnapshotManager::Impl {
     (void)detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
       lost.clear();
       for (const auto& vm : detail::LiveVms(db)) {
+        if (opts_.leave_running_vms && vm.state == VmState::kRunning) continue;
         const std::string& id = vm.id;
         const std::string& dir = vm.work_dir;
         LostVm& l = lost.emplace_back();

@@ -140,6 +140,8 @@ class RuleHandle {
   const std::string& tag() const { return tag_; }
   /// False once Release() succeeded.
   bool active() const { return active_; }
+  /// Lets go of the rules without deleting them (their VM keeps running for a later process to adopt).
+  void Forget() { active_ = false; }
 
  private:
   IptablesOptions opts_;

@@ -101,6 +101,16 @@ Status NetnsNetwork::Create() {
   return Status::Ok();
 }
 
+Status NetnsNetwork::Adopt() {
+  if (!NetnsExists(plan_.netns)) return Status::FailedPrecondition("network namespace " + plan_.netns + " is gone");
+  created_ns_ = true;
+  if (!plan_.host_veth.empty()) {
+    if (!InterfaceExists(plan_.host_veth)) return Status::FailedPrecondition("veth " + plan_.host_veth + " is gone");
+    created_veth_ = true;
+  }
+  return Status::Ok();
+}
+
 Status NetnsNetwork::Release() {
   Status result;
   if (created_veth_) {

@@ -50,6 +50,11 @@ class NetnsNetwork {
   Status Create();
   /// Deletes the host veth (both ends) and the namespace (with tap0 and br0). Ok when nothing was left.
   Status Release();
+  /// Takes over what an earlier process created for this plan (live restore): FailedPrecondition when the
+  /// namespace or the host veth is missing. Release() then deletes them.
+  Status Adopt();
+  /// Lets go of the devices without deleting them (the VM keeps running for a later process to adopt).
+  void Forget() { created_ns_ = created_veth_ = false; }
   const NetnsPlan& plan() const { return plan_; }
 
  private:

@@ -40,6 +40,17 @@ Status TapNetwork::Create() {
   return Status::Ok();
 }
 
+Status TapNetwork::Adopt() {
+  if (!plan_.netns.empty()) {
+    if (!NetnsExists(plan_.netns)) return Status::FailedPrecondition("network namespace " + plan_.netns + " is gone");
+    created_ns_ = true;
+  } else if (!InterfaceExists(plan_.tap)) {
+    return Status::FailedPrecondition("TAP " + plan_.tap + " is gone");
+  }
+  created_tap_ = true;
+  return Status::Ok();
+}
+
 Status TapNetwork::Release() {
   Status result;
   if (created_ns_) {

@@ -36,6 +36,11 @@ class TapNetwork {
   Status Create();
   /// Deletes the TAP (or the whole namespace). Ok when there was nothing to delete.
   Status Release();
+  /// Takes over what an earlier process created for this plan (live restore): FailedPrecondition when the
+  /// namespace or the TAP is missing. Release() then deletes them.
+  Status Adopt();
+  /// Lets go of the devices without deleting them (the VM keeps running for a later process to adopt).
+  void Forget() { created_ns_ = created_tap_ = false; }
   const TapPlan& plan() const { return plan_; }
 
  private:

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -247,6 +248,101 @@ std::optional<uint64_t> ProcessStartTime(int pid) {
 bool IsSameProcess(int pid, uint64_t start_time) {
   auto st = ProcessStartTime(pid);
   return st && *st == start_time;
+}
+
+std::optional<char> ProcessState(int pid) {
+  if (pid <= 0) return std::nullopt;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!f || !std::getline(f, line)) return std::nullopt;
+  auto close = line.rfind(')');
+  if (close == std::string::npos || close + 2 >= line.size()) return std::nullopt;
+  return line[close + 2];
+}
+
+std::optional<std::vector<std::string>> ProcessArgs(int pid) {
+  if (pid <= 0) return std::nullopt;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  if (!f) return std::nullopt;
+  std::string all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start < all.size()) {
+    size_t end = all.find('\0', start);
+    if (end == std::string::npos) end = all.size();
+    out.push_back(all.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+// ---- ForeignProcess -------------------------------------------------------------------------------------------
+
+ForeignProcess::~ForeignProcess() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+ForeignProcess::ForeignProcess(ForeignProcess&& o) noexcept : pid_(o.pid_), fd_(o.fd_) {
+  o.pid_ = -1;
+  o.fd_ = -1;
+}
+
+ForeignProcess& ForeignProcess::operator=(ForeignProcess&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    pid_ = o.pid_;
+    fd_ = o.fd_;
+    o.pid_ = -1;
+    o.fd_ = -1;
+  }
+  return *this;
+}
+
+Result<ForeignProcess> ForeignProcess::Open(int pid, uint64_t start_time) {
+  if (pid <= 1) return Status::FailedPrecondition("pid " + std::to_string(pid) + " is not a VMM process");
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd < 0) {
+    if (errno == ESRCH) return Status::FailedPrecondition("process " + std::to_string(pid) + " is gone");
+    return Status::Unavailable("pidfd_open of process " + std::to_string(pid) + ": " + ErrnoText(errno));
+  }
+  ForeignProcess p;
+  p.pid_ = pid;
+  p.fd_ = fd;
+  // Checked after the pidfd exists, so the process they describe is the one the pidfd refers to.
+  auto started = ProcessStartTime(pid);
+  if (!started || *started != start_time) {
+    return Status::FailedPrecondition("process " + std::to_string(pid) +
+                                      " is another process now (its pid was reused)");
+  }
+  auto state = ProcessState(pid);
+  if (!state || *state == 'Z' || *state == 'X' || p.Exited()) {
+    return Status::FailedPrecondition("process " + std::to_string(pid) + " has exited");
+  }
+  return p;
+}
+
+bool ForeignProcess::Exited() const { return WaitExit(std::chrono::milliseconds(0)); }
+
+bool ForeignProcess::WaitExit(std::chrono::milliseconds timeout) const {
+  if (fd_ < 0) return true;
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    pollfd p{fd_, POLLIN, 0};
+    int r = ::poll(&p, 1, static_cast<int>(std::max<int64_t>(0, left.count())));
+    if (r > 0) return true;
+    if (r < 0 && errno == EINTR) continue;
+    return false;
+  }
+}
+
+Status ForeignProcess::Signal(int sig) const {
+  if (fd_ < 0) return Status::Ok();
+  if (::syscall(SYS_pidfd_send_signal, fd_, sig, nullptr, 0) != 0 && errno != ESRCH) {
+    return Status::Unavailable("signal " + std::to_string(sig) + " to process " + std::to_string(pid_) + ": " +
+                               ErrnoText(errno));
+  }
+  return Status::Ok();
 }
 
 Result<RunResult> Run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {

@@ -56,6 +56,41 @@ std::optional<uint64_t> ProcessStartTime(int pid);
 /// True when `pid` exists and its start time equals `start_time` (the same process, not a reused pid).
 bool IsSameProcess(int pid, uint64_t start_time);
 
+/// The state letter of /proc/<pid>/stat ('R', 'S', 'Z', ...), or nullopt when the process does not exist.
+std::optional<char> ProcessState(int pid);
+
+/// The arguments of a running process (/proc/<pid>/cmdline), or nullopt when it cannot be read.
+std::optional<std::vector<std::string>> ProcessArgs(int pid);
+
+/// A process this one did not start (a VMM an earlier run of the server left running, docs/operations.md,
+/// "Restarts and live restore"): it is not our child, so waitpid() cannot watch it. A pidfd can: it refers to
+/// exactly the process it was opened for, even after its pid is reused, and becomes readable when it exits.
+/// Not copyable; closes the pidfd on destruction (the process keeps running).
+class ForeignProcess {
+ public:
+  ForeignProcess() = default;
+  ~ForeignProcess();
+  ForeignProcess(ForeignProcess&& o) noexcept;
+  ForeignProcess& operator=(ForeignProcess&& o) noexcept;
+  ForeignProcess(const ForeignProcess&) = delete;
+  ForeignProcess& operator=(const ForeignProcess&) = delete;
+
+  /// Opens the process `pid` if it still is the one that started at `start_time` and has not exited
+  /// (a zombie counts as exited). FailedPrecondition naming what differs; Unavailable when pidfd_open fails.
+  static Result<ForeignProcess> Open(int pid, uint64_t start_time);
+  int pid() const { return pid_; }
+  /// True once the process exited (never true again for a reused pid).
+  bool Exited() const;
+  /// Waits up to `timeout` for the process to exit; true when it did.
+  bool WaitExit(std::chrono::milliseconds timeout) const;
+  /// Sends `sig` to exactly this process (pidfd_send_signal). Ok when it has exited already.
+  Status Signal(int sig) const;
+
+ private:
+  int pid_ = -1;
+  int fd_ = -1;
+};
+
 /// Runs a program to completion with a timeout, capturing stdout+stderr (capped at 1 MiB).
 struct RunResult {
   int exit_code = -1;  // -signal when killed

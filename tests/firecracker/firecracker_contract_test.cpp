@@ -1,5 +1,8 @@
 // Contract tests of the Firecracker backend against the strict API double (fake_firecracker.cpp).
 #include <doctest/doctest.h>
+
+#include <algorithm>
+#include <optional>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -897,6 +900,74 @@ TEST_CASE("host rules: egress and published ports on the TAP of a VM with a netw
     old.ExpectNothingLeaked(pspec);
   }
   w.ExpectAllAccepted();
+}
+
+
+// Live restore (docs/operations.md, "Restarts and live restore"): a VM started to outlive its owner is left
+// running by Detach() (process, TAP, rules untouched) and taken over by another backend instance, as the next
+// server process would: Adopt() checks the process and asks the API for its state (GET /), re-applies the host
+// rules, and the adopted VM stops like any other. A wrong or dead process is refused without side effects.
+TEST_CASE("live restore: a detached VM is adopted by a new backend, a wrong or dead process is refused") {
+  const bool rules = CanManageRules();
+  if (!rules) MESSAGE("no root/iptables: the network and rules part of this test is skipped");
+  std::optional<HostRulesGuard> guard;
+  if (rules) guard.emplace();
+  World w;
+  auto spec = w.Spec("vm", rules);
+  spec.outlive_owner = true;
+  if (rules) spec.network.ports = {"127.0.0.1:18999:80/tcp"};
+  auto first = MakeFirecrackerVmm(w.opts);
+  auto vm = first->ColdBoot(spec);
+  REQUIRE_MESSAGE(vm.ok(), vm.status().ToString());
+  REQUIRE(w.pids.size() == 1);
+  const int pid = w.pids[0];
+  const auto started = util::ProcessStartTime(pid);
+  REQUIRE(started);
+  const std::string rules_before = rules ? SavedVmRules(spec.vm_id) : "";
+  CHECK((*vm)->Detach().ok());
+  vm->reset();  // destroying a detached VM stops nothing
+  CHECK(Alive(pid));
+  if (rules) {
+    CHECK(fs::exists("/sys/class/net/" + w.Tap(spec)));
+    CHECK(SavedVmRules(spec.vm_id) == rules_before);
+  }
+
+  // A process that is not this VM's Firecracker, and a recorded start time that does not match: refused.
+  auto second = MakeFirecrackerVmm(w.opts);
+  auto wrong = second->Adopt(spec, AdoptTarget{static_cast<int>(::getpid()), *util::ProcessStartTime(::getpid())});
+  REQUIRE_FALSE(wrong.ok());
+  CHECK(wrong.status().code() == StatusCode::kFailedPrecondition);
+  CHECK_MESSAGE(wrong.status().message().find("is not the Firecracker of vm") != std::string::npos,
+                wrong.status().ToString());
+  auto reused = second->Adopt(spec, AdoptTarget{pid, *started + 1});
+  REQUIRE_FALSE(reused.ok());
+  CHECK_MESSAGE(reused.status().message().find("pid was reused") != std::string::npos, reused.status().ToString());
+  CHECK(Alive(pid));
+
+  // The real one: adopted, answering, its rules in place once (applied again, not doubled).
+  auto adopted = second->Adopt(spec, AdoptTarget{pid, *started});
+  REQUIRE_MESSAGE(adopted.ok(), adopted.status().ToString());
+  CHECK((*adopted)->pid() == pid);
+  CHECK((*adopted)->IsAlive());
+  CHECK((*adopted)->guest().Ping(2s).ok());
+  auto log = ReadLog(w.log);
+  REQUIRE_FALSE(log.empty());
+  CHECK(log.back().method == "GET");
+  CHECK(log.back().path == "/");
+  if (rules) {
+    auto after = SavedVmRules(spec.vm_id);
+    CHECK_FALSE(after.empty());
+    CHECK(std::count(after.begin(), after.end(), '\n') == std::count(rules_before.begin(), rules_before.end(), '\n'));
+  }
+  CHECK((*adopted)->Stop(1s).ok());
+  util::WaitFor(pid, 1s);  // the fake is this test's child: reap it (a server's adopted VMM is not its child)
+  CHECK_FALSE(Alive(pid));
+  w.ExpectNothingLeaked(spec);
+
+  // Gone now: refused.
+  auto dead = second->Adopt(spec, AdoptTarget{pid, *started});
+  REQUIRE_FALSE(dead.ok());
+  CHECK(dead.status().code() == StatusCode::kFailedPrecondition);
 }
 
 }  // namespace fcwarm

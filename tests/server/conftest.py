@@ -37,7 +37,7 @@ HOST_ADDRESS = _host_address()
 class Server:
     """One fcwarm-server process. `stop()` sends SIGTERM and waits; the fixture kills it if still alive."""
 
-    def __init__(self, *extra, data_dir=None, expect_start=True):
+    def __init__(self, *extra, data_dir=None, expect_start=True, keep_vms=False):
         if not SERVER_BIN or not os.path.exists(SERVER_BIN):
             pytest.skip("FCWARM_SERVER_BIN is not set to the fcwarm-server binary")
         self.tmp = tempfile.TemporaryDirectory(prefix="fcwarm-server-test-")
@@ -58,13 +58,50 @@ class Server:
         # guest never reaches the host's services, so its queries are rejected at once.
         if not any(a == "--dns" or a.startswith("--dns=") for a in extra) and HOST_ADDRESS:
             self.args += ["--dns", HOST_ADDRESS]
+        # Tests stop what they started: VMs end with a graceful stop unless a test is about live restore
+        # (keep_vms=True; close() then stops what is left).
+        self.keep_vms = keep_vms
+        if not keep_vms and "--stop-vms-on-exit" not in extra:
+            self.args.append("--stop-vms-on-exit")
         self.args += list(extra)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
         self.port = None
         self._client_timeout = None
+        self._start(expect_start)
+
+    def _start(self, expect_start=True):
+        if os.path.exists(self.port_file):
+            os.unlink(self.port_file)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = None
         if expect_start:
             self._wait_port()
+
+    def kill(self):
+        """SIGKILL, as a crash or an OOM kill would end it."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self):
+        """Starts the server again with the same arguments and data directory (after stop() or kill())."""
+        assert self.proc.poll() is not None, "the server still runs"
+        self._start()
+
+    def vmm_pids(self):
+        """Pids of the VMM processes of this server's VMs (their command lines name its data directory)."""
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith((b"qemu-system-x86_64", b"firecracker")) and \
+                    any(self.data_dir.encode() in a for a in args):
+                pids.append(int(entry))
+        return pids
 
     def _wait_port(self):
         deadline = time.monotonic() + 15
@@ -104,6 +141,23 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        if self.vmm_pids():
+            # VMs a live-restore test (or a killed server) left: one more start adopts them and a graceful stop
+            # with --stop-vms-on-exit ends them and releases their networking.
+            if "--stop-vms-on-exit" not in self.args:
+                self.args.append("--stop-vms-on-exit")
+            try:
+                self._start()
+                self.stop(timeout=60)
+            finally:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                    self.proc.wait()
+                for pid in self.vmm_pids():
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
         self.log.close()
         self.tmp.cleanup()
 

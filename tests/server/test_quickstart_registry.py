@@ -304,6 +304,59 @@ def test_published_ports_cold_and_warm(server, reg, snapshot):
     assert rules(ours={c["id"] for c in created}) == baseline
 
 
+def test_live_restore_after_sigkill(server, reg, snapshot):
+    """The server is killed with SIGKILL while three containers run, one serving a published port: after the
+    restart all three are still running (the same VMM processes, re-adopted), the port answers, logs, stop and
+    destroy work, and nothing of theirs is left afterwards."""
+    port = free_port()
+    made = []
+    for body in ({"name": "live-web", "image": "nginx:alpine", "ports": [f"{port}:80"]},
+                 {"name": "live-echo", "image": "busybox:latest",
+                  "command": ["sh", "-c", "echo hello-before-restart; sleep 3600"]},
+                 {"name": "live-idle", "image": "busybox:latest", "command": ["sleep", "3600"]}):
+        st, _, doc = server.post("/v1/containers", body)
+        assert st == 201, doc
+        assert doc["item"]["state"] == "running", doc
+        made.append(doc["item"])
+    ids = [c["id"] for c in made]
+    web = made[0]
+    assert web["hostname"] in fetch(port)
+    pids = set(server.vmm_pids())
+    assert len(pids) >= 3, pids
+    baseline = rules_of(set(ids))
+    assert baseline
+
+    server.kill()
+    assert set(server.vmm_pids()) == pids, "a VMM died with the server"
+    # While no server runs, the published port keeps working: the forwarding lives in the host's rules.
+    assert web["hostname"] in fetch(port, timeout=10)
+    server.restart()
+
+    for cid in ids:
+        st, _, doc = server.get(f"/v1/containers/{cid}")
+        assert st == 200, doc
+        assert doc["item"]["state"] == "running", doc["item"]
+        assert doc["item"]["vm_state"] == "running", doc["item"]
+    assert set(server.vmm_pids()) == pids
+    assert sorted(rules_of(set(ids))) == sorted(baseline)
+    assert web["hostname"] in fetch(port)
+    st, _, doc = server.get(f"/v1/containers/{ids[1]}/logs")
+    assert st == 200 and "hello-before-restart" in doc["stdout"], doc
+    log = server.read_log()
+    assert "live restore: 3 VM(s) of the previous run re-adopted, 0 lost" in log, log[-3000:]
+    _, _, text = server.get("/metrics")
+    assert "fcwarm_vms_adopted_total 3" in text, [ln for ln in text.splitlines() if "adopt" in ln]
+
+    st, _, doc = server.post(f"/v1/containers/{ids[2]}/stop")
+    assert st == 200 and doc["item"]["state"] == "stopped", doc
+    for cid in ids:
+        st, _, doc = server.delete(f"/v1/containers/{cid}")
+        assert st == 200, doc
+    assert not server.vmm_pids()
+    assert not rules_of(set(ids))
+    assert port_free(port)
+
+
 def test_unreachable_mirror_fails_clearly_and_in_time(reg):
     # A second server whose mirror refuses connections (the registry's address, a closed port).
     ip_forward = open("/proc/sys/net/ipv4/ip_forward").read()

@@ -2,6 +2,9 @@
 // Prints "SKIP: <reason>" and passes when QEMU or the guest artifacts are missing.
 #include <doctest/doctest.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -14,6 +17,7 @@
 #include <set>
 #include <thread>
 
+#include "backends/host_leftovers.hpp"
 #include "fcwarm/fcwarm.hpp"
 #include "net/iptables.hpp"
 #include "support/test_env.hpp"
@@ -32,12 +36,19 @@ namespace {
 
 // Kills the QEMU of the next `n` restores with SIGKILL while they restore (a test decorator over the real
 // backend: the process is real, the kill is injected).
-class KillingVmm : public Vmm {
+class KillingVmm : public Vmm, public HostLeftovers {
  public:
   explicit KillingVmm(std::shared_ptr<Vmm> inner) : inner_(std::move(inner)) {}
   std::string Kind() const override { return inner_->Kind(); }
   Result<std::map<std::string, std::string>> HostCompatibility() override { return inner_->HostCompatibility(); }
   Result<std::unique_ptr<Vm>> ColdBoot(const LaunchSpec& spec) override { return inner_->ColdBoot(spec); }
+  Result<std::unique_ptr<Vm>> Adopt(const LaunchSpec& spec, const AdoptTarget& target) override {
+    return inner_->Adopt(spec, target);
+  }
+  Result<int> RemoveVmLeftovers(const std::string& vm_id, int64_t index) override {
+    auto* inner = dynamic_cast<HostLeftovers*>(inner_.get());
+    return inner ? inner->RemoveVmLeftovers(vm_id, index) : Result<int>(0);
+  }
   Result<std::unique_ptr<Vm>> Restore(const LaunchSpec& spec, const std::string& dir) override {
     if (kill_next_restores <= 0) return inner_->Restore(spec, dir);
     kill_next_restores--;
@@ -84,6 +95,7 @@ struct QemuBed {
     auto o = ServiceOptions::UnderDirectory(dir.str());
     o.health.rebuild_backoff_initial = 100ms;
     if (tweak) tweak(o);
+    opts = o;
     auto s = Service::Open(o, vmms);
     REQUIRE_MESSAGE(s.ok(), s.status().ToString());
     svc = std::move(s).value();
@@ -99,7 +111,27 @@ struct QemuBed {
     REQUIRE_MESSAGE(r.ok(), r.status().ToString());
     image = *r;
   }
-  ~QemuBed() { svc.reset(); }
+  ~QemuBed() {
+    svc.reset();
+    if (!opts.restore.stop_vms_on_exit) {
+      // A live-restore test that failed half-way left its VMs running: adopt them and stop them.
+      opts.restore.stop_vms_on_exit = true;
+      auto s = Service::Open(opts, vmms);
+      if (!s.ok()) MESSAGE("cannot clean up after the test: " << s.status().ToString());
+    }
+  }
+
+  // Closes the service (as a restart of its process would) and opens it again on the same store and backends;
+  // `tweak` changes the options of the new one.
+  void Reopen(std::function<void(ServiceOptions&)> tweak = {}) {
+    svc.reset();
+    if (tweak) tweak(opts);
+    auto s = Service::Open(opts, vmms);
+    REQUIRE_MESSAGE(s.ok(), s.status().ToString());
+    svc = std::move(s).value();
+  }
+
+  ServiceOptions opts;
 
   RuntimeSnapshot Build() {
     auto s = svc->snapshots().CreateSnapshot(image.id);
@@ -390,4 +422,92 @@ TEST_CASE("core+qemu: pool: take without restore, refill, killed clone never han
   CHECK(CountQemuProcesses(dir) == 0);
   CHECK(CountNetns(netns) == 0);
   CHECK(CountEntries(fs::path(dir) / "vms") == 0);
+}
+
+namespace {
+
+// GET http://127.0.0.1:PORT/ with curl; the body, or empty when nothing answered within 5 s.
+std::string HttpGet(int port) {
+  auto r = util::Run({"curl", "-s", "--max-time", "5", "http://127.0.0.1:" + std::to_string(port) + "/"}, 10s);
+  return r.ok() && r->exit_code == 0 ? r->output : "";
+}
+
+int FreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+}  // namespace
+
+// Live restore (issue 15 §1): with stop_vms_on_exit off, closing the service leaves its VMs running; the next
+// service on the same store re-adopts them (process, QMP, guest channel, published port); a VM whose QEMU died
+// meanwhile is lost and everything it held is released; a re-adopted VM is destroyed like any other.
+TEST_CASE("core+qemu: live restore: VMs outlive the service, are re-adopted with their ports, a dead one is lost") {
+  SKIP_UNLESS_READY();
+  QemuBed bed([](ServiceOptions& o) { o.restore.stop_vms_on_exit = false; });
+  const int port = FreePort();
+  auto web = bed.svc->engine().Provision(
+      {.runtime_image_id = bed.image.id, .name = "web", .ports = {"127.0.0.1:" + std::to_string(port) + ":8080/tcp"}});
+  REQUIRE_MESSAGE(web.ok(), web.status().ToString());
+  auto other = bed.svc->engine().Provision({.runtime_image_id = bed.image.id, .name = "other"});
+  REQUIRE_MESSAGE(other.ok(), other.status().ToString());
+  bed.Exec(web->id, {"sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && busybox httpd -p 8080 -h /tmp/www"});
+  bool served = false;
+  for (int i = 0; i < 50 && !served; ++i) {
+    served = HttpGet(port) == web->hostname + "\n";
+    if (!served) std::this_thread::sleep_for(100ms);
+  }
+  REQUIRE_MESSAGE(served, "the guest's web server does not answer on host port " << port);
+  const int web_pid = (*bed.svc->engine().Handle(web->id))->pid();
+  const int other_pid = (*bed.svc->engine().Handle(other->id))->pid();
+  REQUIRE(web_pid > 0);
+  REQUIRE(other_pid > 0);
+
+  // 1. Close: both keep running; reopen: both re-adopted, the port still answers, the guest still runs its
+  //    server (its state was never interrupted), exec works.
+  bed.Reopen();
+  CHECK(::kill(web_pid, 0) == 0);
+  CHECK(::kill(other_pid, 0) == 0);
+  CHECK(bed.svc->engine().adoption_report().adopted == 2);
+  CHECK(bed.svc->engine().adoption_report().lost == 0);
+  CHECK(bed.svc->engine().Get(web->id)->state == VmState::kRunning);
+  CHECK(HttpGet(port) == web->hostname + "\n");
+  CHECK(bed.Exec(web->id, {"cat", "/proc/sys/kernel/hostname"}) == web->hostname + "\n");
+  CHECK((*bed.svc->engine().Handle(web->id))->pid() == web_pid);
+  CHECK(CountNetns(bed.netns_prefix) == 2);
+
+  // 2. The other VM's QEMU dies while no service runs: the next one loses it and releases what it held.
+  bed.svc.reset();
+  REQUIRE(::kill(other_pid, SIGKILL) == 0);
+  for (int i = 0; i < 100 && !KillLanded(other_pid); ++i) std::this_thread::sleep_for(20ms);
+  bed.Reopen();
+  CHECK(bed.svc->engine().adoption_report().adopted == 1);
+  CHECK(bed.svc->engine().adoption_report().lost == 1);
+  auto lost = bed.svc->engine().Get(other->id);
+  REQUIRE(lost.ok());
+  CHECK(lost->state == VmState::kLost);
+  CHECK_MESSAGE(lost->last_error.find("could not be re-adopted") != std::string::npos, lost->last_error);
+  CHECK_FALSE(fs::exists(other->work_dir));
+  CHECK(CountNetns(bed.netns_prefix) == 1);
+  CHECK(CountLinks(bed.veth_prefix) == 1);
+  CHECK(HttpGet(port) == web->hostname + "\n");
+
+  // 3. A re-adopted VM is destroyed like any other: process, namespace, rules, port, work directory.
+  REQUIRE(bed.svc->engine().Destroy(web->id).ok());
+  for (int i = 0; i < 100 && !KillLanded(web_pid); ++i) std::this_thread::sleep_for(20ms);
+  CHECK(KillLanded(web_pid));
+  CHECK(CountNetns(bed.netns_prefix) == 0);
+  CHECK(CountLinks(bed.veth_prefix) == 0);
+  auto rules = net::ListVmRules({}, web->id);
+  REQUIRE(rules.ok());
+  CHECK(rules->empty());
+  CHECK(HttpGet(port).empty());
+  CHECK_FALSE(fs::exists(web->work_dir));
 }

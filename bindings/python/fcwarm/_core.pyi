@@ -238,6 +238,7 @@ class RestoreOptions:
     insecure_registries: List[str]
     pool: Dict[str, int]
     pool_idle_timeout: datetime.timedelta
+    stop_vms_on_exit: bool
     MAX_POOL_SIZE: int
 
 class ContainerOptions:

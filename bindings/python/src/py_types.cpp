@@ -282,6 +282,7 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("insecure_registries", &RestoreOptions::insecure_registries)
       .def_readwrite("pool", &RestoreOptions::pool)
       .def_readwrite("pool_idle_timeout", &RestoreOptions::pool_idle_timeout)
+      .def_readwrite("stop_vms_on_exit", &RestoreOptions::stop_vms_on_exit)
       .def_readonly_static("MAX_POOL_SIZE", &RestoreOptions::kMaxPoolSize);
   pyb::class_<ServiceOptions>(m, "ServiceOptions", "Options of every component.")
       .def(pyb::init<>())

@@ -6,6 +6,7 @@
 // copy and binds its own vsock socket without any mount namespace.
 #include "fcwarm/firecracker_vmm.hpp"
 
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -200,7 +201,7 @@ namespace {
 class FirecrackerVm : public Vm {
  public:
   FirecrackerVm(FirecrackerOptions opts, FirecrackerVersion version, const LaunchSpec& spec)
-      : opts_(std::move(opts)), version_(std::move(version)), vm_id_(spec.vm_id) {
+      : opts_(std::move(opts)), version_(std::move(version)), vm_id_(spec.vm_id), outlive_owner_(spec.outlive_owner) {
     layout_.work_dir = spec.work_dir;
     layout_.jailed = !opts_.jailer.binary.empty();
     if (layout_.jailed) {
@@ -307,6 +308,26 @@ class FirecrackerVm : public Vm {
   }
 
   std::string console_log() const override { return Join(layout_.work_dir, kConsoleName); }
+
+  Status Detach() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return Status::FailedPrecondition("firecracker vm " + vm_id_ + " is stopped");
+    if (!outlive_owner_ && !foreign_) {
+      return Status::FailedPrecondition("firecracker vm " + vm_id_ + " dies with this process");
+    }
+    DetachLocked();
+    return Status::Ok();
+  }
+
+  // Takes over the running Firecracker `target` that an earlier process started for this VM (live restore):
+  // the process (pidfd), its arguments (this VM's API socket or instance id), its API (GET / says Running),
+  // its TAP (or namespace), and its host rules, applied again. On error the object lets go of everything.
+  Status Adopt(const LaunchSpec& spec, const AdoptTarget& target) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto st = AdoptLocked(spec, target);
+    if (!st.ok()) DetachLocked();
+    return st;
+  }
 
   // ---- launching (called by the backend before the object is handed out) ----
 
@@ -517,6 +538,76 @@ class FirecrackerVm : public Vm {
     return Status::Ok();
   }
 
+  // Lets go of the process and every host resource without stopping or deleting anything.
+  void DetachLocked() {
+    for (auto* rules : {&ports_, &egress_}) {
+      if (*rules) (*rules)->Forget();
+      rules->reset();
+    }
+    if (net_) net_->Forget();
+    net_.reset();
+    foreign_.reset();
+    stopped_ = true;
+    exited_ = true;
+  }
+
+  Status AdoptLocked(const LaunchSpec& spec, const AdoptTarget& target) {
+    auto proc = util::ForeignProcess::Open(target.pid, target.start_time);
+    if (!proc.ok()) return proc.status();
+    auto args = util::ProcessArgs(target.pid).value_or(std::vector<std::string>{});
+    bool ours = false;
+    for (size_t i = 0; i + 1 < args.size(); ++i) {
+      ours = ours || (args[i] == "--api-sock" && !layout_.jailed && args[i + 1] == layout_.api_sock_arg) ||
+             (args[i] == "--id" && layout_.jailed && args[i + 1] == vm_id_);
+    }
+    if (!ours) {
+      return Status::FailedPrecondition("process " + std::to_string(target.pid) + " is not the Firecracker of vm " +
+                                        vm_id_);
+    }
+    foreign_ = std::move(proc).value();
+    pid_ = target.pid;
+    exited_ = false;
+    auto info = api_->Call("GET", "/", "", opts_.api_timeout);
+    if (!info.ok()) return Status::FailedPrecondition("API of vm " + vm_id_ + ": " + info.status().message());
+    boost::system::error_code ec;
+    json::value doc = json::parse(info->body, ec);
+    const json::value* state = !ec && doc.is_object() ? doc.as_object().if_contains("state") : nullptr;
+    std::string s = state && state->is_string() ? std::string(state->as_string()) : "";
+    if (s != "Running") return Status::FailedPrecondition("firecracker vm " + vm_id_ + " is '" + s + "', not Running");
+    struct stat disk_stat {};
+    if (::stat(Join(layout_.fc_dir, kDiskName).c_str(), &disk_stat) == 0) disk_ = kDiskName;
+    std::string root_tap;
+    if (spec.network.index >= 0) {
+      net::TapPlan plan;
+      plan.ip_binary = opts_.ip_binary;
+      std::string in_root = opts_.tap_prefix + std::to_string(spec.network.index);
+      if (net::InterfaceExists(in_root)) {
+        plan.tap = in_root;
+        root_tap = in_root;
+      } else {  // a clone on Firecracker < 1.12 keeps the snapshot's TAP name in a namespace of its own
+        plan.tap = kIsolatedTap;
+        plan.netns = opts_.netns_prefix + vm_id_;
+      }
+      net_ = std::make_unique<net::TapNetwork>(plan);
+      if (auto st = net_->Adopt(); !st.ok()) return st.WithContext("network of vm " + vm_id_);
+      iface_id_ = kIfaceId;
+      host_dev_name_ = plan.tap;
+    }
+    auto rules = PlanTapRules(spec, root_tap);
+    if (!rules.ok()) return rules.status();
+    if (rules->egress) {
+      auto handle = net::ApplyEgress(*rules->egress);
+      if (!handle.ok()) return handle.status().WithContext("egress of vm " + vm_id_);
+      egress_ = std::move(handle).value();
+    }
+    if (rules->ports) {
+      auto handle = net::PublishPorts(*rules->ports);
+      if (!handle.ok()) return handle.status().WithContext("published ports of vm " + vm_id_);
+      ports_ = std::move(handle).value();
+    }
+    return Status::Ok();
+  }
+
   // Releases everything after a failed launch (the object is then destroyed).
   void AbortLaunch() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -599,6 +690,7 @@ class FirecrackerVm : public Vm {
       so.cwd = layout_.fc_dir;
       so.netns = netns;
     }
+    so.die_with_parent = !outlive_owner_;
     auto child = util::Spawn(so);
     if (!child.ok()) return child.status().WithContext("start firecracker");
     {
@@ -615,6 +707,7 @@ class FirecrackerVm : public Vm {
     so.argv = {opts_.uffd_handler, Join(layout_.fc_dir, kUffdSockName), mem_path};
     so.stdout_path = Join(layout_.work_dir, "uffd-handler.log");
     so.cwd = layout_.work_dir;
+    so.die_with_parent = !outlive_owner_;
     auto child = util::Spawn(so);
     if (!child.ok()) return child.status().WithContext("start uffd handler");
     {
@@ -695,6 +788,12 @@ class FirecrackerVm : public Vm {
   bool CheckExitedLocked() {
     if (exited_) return true;
     if (pid_ <= 0) return false;
+    if (foreign_) {  // not our child: its pidfd tells
+      if (!foreign_->Exited()) return false;
+      exited_ = true;
+      exit_status_ = 0;
+      return true;
+    }
     if (auto st = util::TryReap(pid_)) {
       exited_ = true;
       exit_status_ = *st;
@@ -706,7 +805,15 @@ class FirecrackerVm : public Vm {
   Status StopLocked(std::chrono::milliseconds grace) {
     if (stopped_) return Status::Ok();
     stopped_ = true;
-    if (pid_ > 0 && !CheckExitedLocked()) {
+    if (pid_ > 0 && !CheckExitedLocked() && foreign_) {
+      if (grace.count() > 0) {
+        (void)foreign_->Signal(SIGTERM);
+        foreign_->WaitExit(grace);
+      }
+      (void)foreign_->Signal(SIGKILL);
+      foreign_->WaitExit(10s);
+      exited_ = true;
+    } else if (pid_ > 0 && !CheckExitedLocked()) {
       util::TerminateAndReap(pid_, grace);
       exited_ = true;
     }
@@ -747,6 +854,8 @@ class FirecrackerVm : public Vm {
   const FirecrackerOptions opts_;
   const FirecrackerVersion version_;
   const std::string vm_id_;
+  const bool outlive_owner_;                     // spawned without PR_SET_PDEATHSIG (LaunchSpec::outlive_owner)
+  std::optional<util::ForeignProcess> foreign_;  // set for an adopted VM: its Firecracker is not our child
   Layout layout_;
   std::unique_ptr<firecracker::ApiClient> api_;
   std::unique_ptr<GuestChannel> guest_;
@@ -822,6 +931,17 @@ class FirecrackerVmm : public Vmm, public HostLeftovers {
       }
     }
     return removed;
+  }
+
+  Result<std::unique_ptr<Vm>> Adopt(const LaunchSpec& spec, const AdoptTarget& target) override {
+    if (spec.vm_id.empty() || spec.vm_id.find('/') != std::string::npos || spec.vm_id.size() > 64) {
+      return Status::InvalidArgument("vm id '" + spec.vm_id + "' is not usable as a Firecracker instance id");
+    }
+    auto v = Version();
+    if (!v.ok()) return v.status();
+    auto vm = std::make_unique<FirecrackerVm>(opts_, *v, spec);
+    if (auto st = vm->Adopt(spec, target); !st.ok()) return st.WithContext("adopt of firecracker vm " + spec.vm_id);
+    return std::unique_ptr<Vm>(std::move(vm));
   }
 
  private:

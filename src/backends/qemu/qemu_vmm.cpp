@@ -219,11 +219,12 @@ struct ProcessView {
 class QemuVm final : public Vm {
  public:
   QemuVm(const QemuOptions& options, VmConfig cfg, std::string qemu_version,
-         std::function<void(int)> on_started)
+         std::function<void(int)> on_started, bool outlive_owner)
       : qemu_version_(std::move(qemu_version)),
         opt_(options),
         cfg_(std::move(cfg)),
-        on_started_(std::move(on_started)) {
+        on_started_(std::move(on_started)),
+        outlive_owner_(outlive_owner) {
     view_ = std::make_shared<ProcessView>();
     view_->work_dir = cfg_.work_dir;
     auto view = view_;
@@ -244,6 +245,15 @@ class QemuVm final : public Vm {
     std::lock_guard<std::mutex> lock(mu_);
     auto st = StartLocked(base_disk, base_format, net_plan, rules);
     if (!st.ok()) (void)StopLocked(0ms);
+    return st;
+  }
+
+  // Takes over the running QEMU process `target` an earlier process started for this VM (live restore). On
+  // error nothing is released: the object lets go of whatever it looked at.
+  Status Adopt(const net::NetnsPlan* net_plan, const HostRules& rules, const AdoptTarget& target) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto st = AdoptLocked(net_plan, rules, target);
+    if (!st.ok()) DetachLocked();
     return st;
   }
 
@@ -287,6 +297,16 @@ class QemuVm final : public Vm {
     return StopLocked(grace);
   }
 
+  Status Detach() override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopped_) return Status::FailedPrecondition("vm " + cfg_.name + " is stopped");
+    if (!outlive_owner_ && !foreign_) {
+      return Status::FailedPrecondition("vm " + cfg_.name + " dies with this process (not started to outlive it)");
+    }
+    DetachLocked();
+    return Status::Ok();
+  }
+
   std::string console_log() const override { return Join(cfg_.work_dir, qemu::kConsoleLog); }
 
  private:
@@ -294,6 +314,12 @@ class QemuVm final : public Vm {
     int p = view_->pid.load();
     if (p <= 0) return false;
     if (exit_status_) return false;
+    if (foreign_) {  // not our child: its pidfd tells
+      if (!foreign_->Exited()) return true;
+      exit_status_ = 0;
+      view_->exited.store(true);
+      return false;
+    }
     if (auto s = util::TryReap(p)) {
       exit_status_ = *s;
       view_->exited.store(true);
@@ -307,10 +333,15 @@ class QemuVm final : public Vm {
     int p = view_->pid.load();
     std::string msg;
     if (p > 0 && !exit_status_) {
-      if (auto s = util::WaitFor(p, 200ms)) exit_status_ = *s;
+      if (foreign_) {
+        if (foreign_->WaitExit(200ms)) exit_status_ = 0;
+      } else if (auto s = util::WaitFor(p, 200ms)) {
+        exit_status_ = *s;
+      }
     }
     if (exit_status_) view_->exited.store(true);
-    if (exit_status_) msg = "QEMU exited with " + util::DescribeWaitStatus(*exit_status_);
+    if (exit_status_ && foreign_) msg = "QEMU (adopted pid " + std::to_string(p) + ") has exited";
+    else if (exit_status_) msg = "QEMU exited with " + util::DescribeWaitStatus(*exit_status_);
     std::string err = Tail(Join(cfg_.work_dir, qemu::kQemuLog), 600);
     std::string con = Tail(Join(cfg_.work_dir, qemu::kConsoleLog), 600);
     if (!err.empty()) msg += std::string(msg.empty() ? "" : "; ") + "qemu stderr: " + err;
@@ -380,6 +411,7 @@ class QemuVm final : public Vm {
     so.argv = qemu::BuildArgv(cfg_);
     so.stdout_path = Join(cfg_.work_dir, qemu::kQemuLog);
     so.cwd = cfg_.work_dir;
+    so.die_with_parent = !outlive_owner_;
     if (net_) so.netns = net_->plan().netns;
     auto child = util::Spawn(so);
     if (!child.ok()) return child.status().WithContext("start QEMU");
@@ -538,9 +570,16 @@ class QemuVm final : public Vm {
     if (p > 0 && AliveLocked()) {
       if (grace.count() > 0 && qmp_.connected()) {
         (void)qmp_.Execute("quit", nullptr, std::min(grace, opt_.qmp_timeout));
-        if (auto s = util::WaitFor(p, grace)) exit_status_ = *s;
+        if (foreign_) {
+          if (foreign_->WaitExit(grace)) exit_status_ = 0;
+        } else if (auto s = util::WaitFor(p, grace)) {
+          exit_status_ = *s;
+        }
       }
-      if (!exit_status_) {
+      if (!exit_status_ && foreign_) {
+        (void)foreign_->Signal(SIGKILL);
+        if (foreign_->WaitExit(10s)) exit_status_ = 0;
+      } else if (!exit_status_) {
         ::kill(p, SIGKILL);
         if (auto s = util::WaitFor(p, 10s)) exit_status_ = *s;
       }
@@ -567,13 +606,81 @@ class QemuVm final : public Vm {
       }
     }
     owned_files_.clear();
+    foreign_.reset();
     return result;
+  }
+
+  // Lets go of the process and every host resource without stopping or deleting anything.
+  void DetachLocked() {
+    qmp_.Close();
+    for (auto* rules : {&ports_, &egress_}) {
+      if (*rules) (*rules)->Forget();
+      rules->reset();
+    }
+    if (net_) net_->Forget();
+    net_.reset();
+    owned_files_.clear();
+    foreign_.reset();
+    stopped_ = true;
+    view_->exited.store(true);
+    view_->pid.store(-1);
+  }
+
+  Status AdoptLocked(const net::NetnsPlan* net_plan, const HostRules& rules, const AdoptTarget& target) {
+    auto proc = util::ForeignProcess::Open(target.pid, target.start_time);
+    if (!proc.ok()) return proc.status();
+    // The process must be this VM's QEMU: its control socket is in this VM's work directory.
+    const std::string qmp_path = Join(cfg_.work_dir, qemu::kQmpSock);
+    auto args = util::ProcessArgs(target.pid);
+    bool ours = false;
+    for (const auto& a : args.value_or(std::vector<std::string>{})) {
+      ours = ours || a.find("path=" + qmp_path + ",") != std::string::npos;
+    }
+    if (!ours) {
+      return Status::FailedPrecondition("process " + std::to_string(target.pid) + " is not the QEMU of vm " +
+                                        cfg_.name + " (its arguments do not name " + qmp_path + ")");
+    }
+    foreign_ = std::move(proc).value();
+    view_->pid.store(target.pid);
+    if (auto c = qmp_.Connect(qmp_path, Clock::now() + opt_.qmp_timeout); !c.ok()) {
+      return Status::FailedPrecondition("QMP of vm " + cfg_.name + ": " + c.message());
+    }
+    auto status = Qmp("query-status", nullptr, opt_.qmp_timeout);
+    if (!status.ok()) return Status::FailedPrecondition("query-status of vm " + cfg_.name + ": " + status.status().message());
+    const json::value* run = status->is_object() ? status->as_object().if_contains("status") : nullptr;
+    std::string state = run && run->is_string() ? std::string(run->as_string()) : "";
+    if (state != "running") {
+      return Status::FailedPrecondition("vm " + cfg_.name + " is '" + state + "', not running");
+    }
+    if (net_plan) {
+      net_ = std::make_unique<net::NetnsNetwork>(*net_plan);
+      if (auto st = net_->Adopt(); !st.ok()) return st.WithContext("network of vm " + cfg_.name);
+      // Applying again replaces the VM's rules in one transaction: whatever a restart or an operator removed
+      // is back, and nothing is doubled.
+      if (rules.egress) {
+        auto handle = net::ApplyEgress(*rules.egress);
+        if (!handle.ok()) return handle.status().WithContext("egress of vm " + rules.egress->vm_id);
+        egress_ = std::move(handle).value();
+      }
+      if (rules.ports) {
+        auto handle = net::PublishPorts(*rules.ports);
+        if (!handle.ok()) return handle.status().WithContext("published ports of vm " + rules.ports->vm_id);
+        ports_ = std::move(handle).value();
+      }
+    }
+    // Files to remove when it stops: everything it may have in its own directory.
+    for (const char* name : {qemu::kDiskName, qemu::kRamName, qemu::kQmpSock, qemu::kAgentSock}) {
+      owned_files_.push_back(Join(cfg_.work_dir, name));
+    }
+    return Status::Ok();
   }
 
   std::string qemu_version_;
   QemuOptions opt_;
   VmConfig cfg_;
   std::function<void(int)> on_started_;
+  bool outlive_owner_ = false;               // spawned without PR_SET_PDEATHSIG (LaunchSpec::outlive_owner)
+  std::optional<util::ForeignProcess> foreign_;  // set for an adopted VM: its QEMU is not our child
   std::mutex mu_;
   std::shared_ptr<ProcessView> view_;
   std::optional<int> exit_status_;
@@ -731,10 +838,35 @@ class QemuVmm final : public Vmm, public HostLeftovers {
                                "no veth to the root namespace: a VM without a network identity, or --qemu-network "
                                "none");
     if (!rules.ok()) return rules.status();
-    auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started);
+    auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started, spec.outlive_owner);
     if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr, *rules); !st.ok()) return st;
     return vm;
   }
+
+ public:
+  Result<std::unique_ptr<Vm>> Adopt(const LaunchSpec& spec, const AdoptTarget& target) override {
+    if (spec.vm_id.empty()) return Status::InvalidArgument("vm_id is empty");
+    auto version = Version();
+    if (!version.ok()) return version.status();
+    VmConfig cfg = BaseConfig(spec);
+    std::optional<net::NetnsPlan> plan;
+    if (opt_.network_mode == QemuNetworkMode::kNetns) {
+      auto p = NetPlan(spec);
+      if (!p.ok()) return p.status();
+      plan = *p;
+    }
+    auto rules = PlanHostRules(spec.network, spec.vm_id, plan ? plan->host_veth : "",
+                               "no veth to the root namespace: a VM without a network identity, or --qemu-network "
+                               "none");
+    if (!rules.ok()) return rules.status();
+    auto vm = std::make_unique<QemuVm>(opt_, cfg, *version, nullptr, true);
+    if (auto st = vm->Adopt(plan ? &*plan : nullptr, *rules, target); !st.ok()) {
+      return st.WithContext("adopt of vm " + spec.vm_id);
+    }
+    return std::unique_ptr<Vm>(std::move(vm));
+  }
+
+ private:
 
   Status CheckSpec(const LaunchSpec& spec) {
     if (spec.vm_id.empty()) return Status::InvalidArgument("vm_id is empty");
