@@ -37,7 +37,7 @@ HOST_ADDRESS = _host_address()
 class Server:
     """One fcwarm-server process. `stop()` sends SIGTERM and waits; the fixture kills it if still alive."""
 
-    def __init__(self, *extra, data_dir=None, expect_start=True):
+    def __init__(self, *extra, data_dir=None, expect_start=True, env=None):
         if not SERVER_BIN or not os.path.exists(SERVER_BIN):
             pytest.skip("FCWARM_SERVER_BIN is not set to the fcwarm-server binary")
         self.tmp = tempfile.TemporaryDirectory(prefix="fcwarm-server-test-")
@@ -60,7 +60,7 @@ class Server:
             self.args += ["--dns", HOST_ADDRESS]
         self.args += list(extra)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         self.port = None
         self._client_timeout = None
         if expect_start:
