@@ -151,9 +151,30 @@ def netns_inode_of(pid):
         return None
 
 
-def remove_leftovers(root, baseline):
-    """The fixture's own cleanup, whatever a failed case left: QEMU processes under `root`, then the namespaces,
-    veths, iptables rules and chains that were not there before the tier. Returns what it removed."""
+def store_vm_ids(data_dirs):
+    """Every VM id and instance id the stores under `data_dirs` know (rules are tagged with instance ids)."""
+    ids = set()
+    for d in data_dirs:
+        path = os.path.join(d, "fcwarm.db")
+        if not os.path.exists(path):
+            continue
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+            try:
+                for vid, iid in db.execute("SELECT id, instance_id FROM vms"):
+                    ids |= {vid, iid}
+            finally:
+                db.close()
+        except sqlite3.Error:
+            pass
+    return ids
+
+
+def remove_leftovers(root, baseline, data_dirs):
+    """The fixture's own cleanup, whatever a failed case left, touching nothing of other programs: QEMU processes
+    under `root`; network namespaces (and their veths) that are new since the tier started and have no process in
+    them; iptables rules tagged with a VM of the tier's stores; and, when no VM of any fcwarm process has a rule
+    left, the fcwarm chains and jumps that are new. Returns what it removed."""
     removed = []
     for pid in qemu_processes(root):
         try:
@@ -165,22 +186,31 @@ def remove_leftovers(root, baseline):
     while qemu_processes(root) and time.monotonic() < deadline:
         time.sleep(0.05)
     for ns in netns_names() - baseline["netns"]:
+        if _run(["ip", "netns", "pids", ns]).stdout.strip():
+            continue  # someone else's VM runs in it
         _run(["ip", "netns", "delete", ns])
         removed.append(f"netns {ns}")
-    for link in veth_names() - baseline["veth"]:
-        _run(["ip", "link", "delete", link])
-        removed.append(f"veth {link}")
+        veth = VETH_PREFIX + ns[len(NETNS_PREFIX):]
+        if veth in veth_names():
+            _run(["ip", "link", "delete", veth])
+            removed.append(f"veth {veth}")
+    ours = store_vm_ids(data_dirs)
     new = [r for r in fcwarm_rules() if r not in baseline["rules"]]
     for table, line in new:
-        if line.startswith("-A "):
+        if line.startswith("-A ") and RULE_TAG in line and line.split(RULE_TAG, 1)[1].split(":", 1)[0] in ours:
             _run(["iptables", "-t", table, "-D"] + shlex.split(line[3:]))
             removed.append(f"rule {table} {line}")
-    for table, line in new:
-        if line.startswith(":"):
-            chain = line[1:].split()[0]
-            _run(["iptables", "-t", table, "-F", chain])
-            _run(["iptables", "-t", table, "-X", chain])
-            removed.append(f"chain {table} {chain}")
+    if not any(RULE_TAG in line for _, line in fcwarm_rules()):
+        new = [r for r in fcwarm_rules() if r not in baseline["rules"]]
+        for table, line in new:
+            if line.startswith("-A "):
+                _run(["iptables", "-t", table, "-D"] + shlex.split(line[3:]))
+                removed.append(f"rule {table} {line}")
+        for table, line in new:
+            if line.startswith(":"):
+                chain = line[1:].split()[0]
+                _run(["iptables", "-t", table, "-X", chain])
+                removed.append(f"chain {table} {chain}")
     return removed
 
 
@@ -301,7 +331,7 @@ def env(_restore_ip_forward):
         yield e
     finally:
         e.close()
-        remove_leftovers(e.root, e.baseline)
+        remove_leftovers(e.root, e.baseline, [e.data, e.golden])
         shutil.rmtree(e.root, ignore_errors=True)
 
 
@@ -615,20 +645,21 @@ def test_build_failpoint(env, case):
         env.chain = "ok"
     finally:
         env.close()
-        removed = remove_leftovers(env.root, env.baseline)
+        removed = remove_leftovers(env.root, env.baseline, [env.data, env.golden])
         phase.report(case.spec, removed)
 
 
 def test_build_chain_recovers(env):
     """After the last failpoint of the chain a rebuild succeeds and a container is warm."""
-    assert env.chain == "ok", "a case of the build chain failed"
+    if env.chain != "ok":  # run alone, or after a failed case (which failed already)
+        env.fresh_data()
     try:
         s = restart(env, None)
         next_operation(s, env, rebuild=True)
         finish(env, s)
     finally:
         env.close()
-        remove_leftovers(env.root, env.baseline)
+        remove_leftovers(env.root, env.baseline, [env.data, env.golden])
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -647,5 +678,5 @@ def test_failpoint(env, case):
         phase("clean")
     finally:
         env.close()
-        removed = remove_leftovers(env.root, env.baseline)
+        removed = remove_leftovers(env.root, env.baseline, [env.data, env.golden])
         phase.report(case.spec, removed)
