@@ -7,8 +7,8 @@ VM the restarted server reports live), every record in a valid state, every comm
 the next operation succeeds (warm when a ready snapshot exists).
 
 Cheap by design: one snapshot is built once (module fixture) into a golden data directory that every case copies
-(the same path each time: the store records absolute paths); only the failpoints of the build itself build
-again. Skips without QEMU, the guest artifacts or root (namespaces and iptables are part of the invariants)."""
+(the same path each time: the store records absolute paths), with a stopped container pinning its retired first
+generation; only the failpoints of the build itself build again. Skips without QEMU, the guest artifacts or root (namespaces and iptables are part of the invariants)."""
 
 import http.client
 import os
@@ -67,7 +67,7 @@ BUILD_CASES = ([Case(fp, "crash", "rebuild") for fp in BUILD_FAILPOINTS]
 
 POOL = ("--pool", f"{IMAGE}=1")
 CASES = (
-    [Case("snapshot.gc", mode, "delete_snapshot") for mode in ("crash", "error")]
+    [Case("snapshot.gc", mode, "destroy_pinning") for mode in ("crash", "error")]
     + [Case("restore.warm.restore", mode, "container") for mode in ("crash", "error")]
     + [Case("restore.cold.boot", mode, "cold_container") for mode in ("crash", "error")]
     + [Case("restore.identity", mode, "container") for mode in ("crash", "error")]
@@ -325,6 +325,16 @@ def env(_restore_ip_forward):
         e.snapshot_id = doc["id"]
         item = poll(s, "/v1/runtime-snapshots/" + e.snapshot_id, not_creating, 300, 0.2)["item"]
         assert item["state"] == "ready", item
+        # A stopped container keeps generation 1 pinned through a rebuild: every case starts with a retired
+        # generation that garbage collection may not remove yet; destroying the container collects it (the
+        # operation of snapshot.gc, after which the snapshot is still ready).
+        st, doc = create_container(s, e)
+        assert st == 201 and doc["item"]["boot_method"] == "warm", doc
+        e.pinning_id = doc["id"]
+        st, doc = call(s, "POST", f"/v1/containers/{e.pinning_id}/stop")
+        assert st == 200 and doc["item"]["state"] == "stopped", doc
+        item = op_rebuild(s, e, None)
+        assert item["state"] == "ready" and item["generation"] == 2, item
         assert s.stop() == 0, s.read_log()
         e.close()
         os.rename(e.data, e.golden)
@@ -371,8 +381,8 @@ def op_rebuild(s, env, case):
     return poll(s, "/v1/runtime-snapshots/" + env.snapshot_id, not_creating, 300, 0.1)["item"]
 
 
-def op_delete_snapshot(s, env, case):
-    return call(s, "DELETE", "/v1/runtime-snapshots/" + env.snapshot_id)
+def op_destroy_pinning(s, env, case):
+    return call(s, "DELETE", "/v1/containers/" + env.pinning_id)
 
 
 def op_container(s, env, case):
@@ -395,7 +405,7 @@ def op_pool_take(s, env, case):
     return create_container(s, env)
 
 
-OPS = {"rebuild": op_rebuild, "delete_snapshot": op_delete_snapshot, "container": op_container,
+OPS = {"rebuild": op_rebuild, "destroy_pinning": op_destroy_pinning, "container": op_container,
        "cold_container": op_cold_container, "pool_fill": op_pool_fill, "pool_take": op_pool_take}
 
 
@@ -408,7 +418,7 @@ def check_error(s, env, case, result):
         assert fp in result["last_error"], result
     elif name == "snapshot.gc":
         st, doc = result
-        assert st == 200, doc  # the delete is committed; the files go at the next collection
+        assert st == 200, doc  # the container is destroyed; the generation's files go at the next collection
     elif name == "restore.warm.restore":
         st, doc = result
         assert st == 201, doc
@@ -474,11 +484,13 @@ def assert_invariants(s, env, case, committed_containers):
     assert st == 200, doc
     for cid in committed_containers:
         st, doc = call(s, "GET", "/v1/containers/" + cid)
-        assert st == 200 and doc["item"]["state"] in ("running", "failed", "lost", "stopped", "exited"), doc
+        assert st == 200, doc
+        assert doc["item"]["state"] in ("running", "failed", "lost", "stopped", "exited", "destroyed"), doc
     # Records: no generation half-built, no VM half-started.
     with env.db() as db:
         gens = [dict(r) for r in db.execute("SELECT snapshot_id, number, dir, status FROM generations")]
         vms = [dict(r) for r in db.execute("SELECT id, instance_id, state FROM vms")]
+        stopped = {r["instance_id"] or r["id"] for r in vms if r["state"] == "stopped"}
         allocations = [r["vm_id"] for r in db.execute("SELECT vm_id FROM address_allocations")]
         procs = [dict(r) for r in db.execute("SELECT pid, role, owner_id FROM processes")]
     assert not [g for g in gens if g["status"] == "building"], gens
@@ -512,10 +524,11 @@ def assert_invariants(s, env, case, committed_containers):
         if RULE_TAG in line:
             vid = line.split(RULE_TAG, 1)[1].split(":", 1)[0]
             assert vid in instances, f"leaked iptables rule of vm {vid}: {table} {line}"
-    # Files: work directories (sockets, overlays, RAM files) only of live VMs, no build directory, no temporary or
+    # Files: work directories (sockets, overlays, RAM files) only of live VMs (and of stopped ones: a stopped
+    # container keeps its record and work directory until it is destroyed), no build directory, no temporary or
     # unrecorded generation.
     for d in os.listdir(os.path.join(env.data, "vms")) if os.path.isdir(vms_dir) else []:
-        assert d in instances, f"leaked work directory vms/{d}: {os.listdir(vms_dir + d)}"
+        assert d in instances | stopped, f"leaked work directory vms/{d}: {os.listdir(vms_dir + d)}"
     build_dir = os.path.join(env.data, "build")
     assert not os.path.isdir(build_dir) or not os.listdir(build_dir), os.listdir(build_dir)
     kept = {g["dir"] for g in gens if g["status"] in ("current", "retired")}
