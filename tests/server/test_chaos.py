@@ -8,7 +8,8 @@ the next operation succeeds (warm when a ready snapshot exists).
 
 Cheap by design: one snapshot is built once (module fixture) into a golden data directory that every case copies
 (the same path each time: the store records absolute paths), with a stopped container pinning its retired first
-generation; only the failpoints of the build itself build again. Skips without QEMU, the guest artifacts or root (namespaces and iptables are part of the invariants)."""
+generation; only the failpoints of the build itself build again. Skips without QEMU, the guest artifacts or root
+(namespaces and iptables are part of the invariants)."""
 
 import http.client
 import os
