@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdlib>
 #include <mutex>
 #include <set>
@@ -108,7 +109,8 @@ Status Parse(std::string_view spec, std::vector<Entry>& entries) {
       for (char c : n) digits = digits && c >= '0' && c <= '9';
       if (digits) at = std::stoull(std::string(n));
       if (!digits || at == 0) {
-        return Status::InvalidArgument("failpoint '" + shown + "': @N must be a hit number from 1 to 999999999");
+        return Status::InvalidArgument("failpoint '" + shown +
+                                       "': @N must be a hit number from 1 to 999999999");
       }
     }
     Mode mode;
@@ -167,7 +169,8 @@ std::string Describe() {
     const Slot& s = Slots()[i];
     auto mode = static_cast<Mode>(s.mode.load(std::memory_order_relaxed));
     if (mode == Mode::kOff) continue;
-    out += (out.empty() ? "" : ",") + std::string(kFailpoints[i].name) + (mode == Mode::kCrash ? "=crash" : "=error");
+    out += (out.empty() ? "" : ",") + std::string(kFailpoints[i].name) +
+           (mode == Mode::kCrash ? "=crash" : "=error");
     if (auto at = s.at.load(std::memory_order_relaxed)) out += "@" + std::to_string(at);
   }
   return out;

@@ -1,18 +1,19 @@
-// Private: named failpoints (docs/failpoints.md). A failpoint is a place in the code where a test can make the
-// process die at once (`crash`: SIGKILL, as if the machine or the OOM killer took it) or make the step fail
-// through its normal error path (`error`). They are compiled in and off unless fcwarm-server starts with
-// FCWARM_FAILPOINTS=name=crash|error[@N][,...] (Configure()); while none is armed a failpoint costs one relaxed
-// atomic load and a branch.
+// Private: named failpoints (docs/failpoints.md). A failpoint is a place in the code where a test can make
+// the process die at once (`crash`: SIGKILL, as if the machine or the OOM killer took it) or make the step
+// fail through its normal error path (`error`). They are compiled in and off unless fcwarm-server starts with
+// FCWARM_FAILPOINTS=name=crash|error[@N][,...] (Configure()); while none is armed a failpoint costs one
+// relaxed atomic load and a branch.
 //
-// Every name is in kFailpoints below (the one registry) and in docs/failpoints.md; a name used in the code but
-// missing here does not compile, and tests/unit/failpoint_test.cpp fails when the registry, the docs and the
-// names used in the sources differ.
+// Every name is in kFailpoints below (the one registry) and in docs/failpoints.md; a name used in the code
+// but missing here does not compile, and tests/unit/failpoint_test.cpp fails when the registry, the docs and
+// the names used in the sources differ.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "fcwarm/status.hpp"
 
@@ -89,8 +90,8 @@ inline Status Check(Name name) {
 }
 
 /// Arms failpoints from a spec "name=crash|error[@N][,name=...]" (empty: none). `@N` fires at the N-th hit
-/// only (1-based); without it every hit fires. InvalidArgument naming the entry for an unknown name or mode, a
-/// mode the failpoint does not support, a bad N or a name given twice; nothing is armed then.
+/// only (1-based); without it every hit fires. InvalidArgument naming the entry for an unknown name or mode,
+/// a mode the failpoint does not support, a bad N or a name given twice; nothing is armed then.
 Status Configure(std::string_view spec);
 /// Configure() with the environment variable FCWARM_FAILPOINTS (unset: none); errors name the variable.
 Status ConfigureFromEnvironment();
@@ -102,22 +103,22 @@ std::string Describe();
 }  // namespace fcwarm::failpoint
 
 /// Returns the injected error from the enclosing function (Status or Result<T>) when the failpoint fires.
-#define FCWARM_FAILPOINT(name)                                                          \
-  do {                                                                                  \
-    if (::fcwarm::failpoint::Armed()) [[unlikely]] {                                    \
+#define FCWARM_FAILPOINT(name)                                                             \
+  do {                                                                                     \
+    if (::fcwarm::failpoint::Armed()) [[unlikely]] {                                       \
       if (auto fcwarm_fp_status = ::fcwarm::failpoint::Fire(name); !fcwarm_fp_status.ok()) \
-        return fcwarm_fp_status;                                                        \
-    }                                                                                   \
+        return fcwarm_fp_status;                                                           \
+    }                                                                                      \
   } while (0)
 
-/// When `result` (a Status or Result<T>) is ok and the failpoint fires, replaces it with the injected error, so
-/// the code after it takes the step's own error path (what `result` held, e.g. a started VM, is released).
-#define FCWARM_FAILPOINT_INTO(name, result)                                             \
-  do {                                                                                  \
-    if (::fcwarm::failpoint::Armed() && (result).ok()) [[unlikely]] {                   \
+/// When `result` (a Status or Result<T>) is ok and the failpoint fires, replaces it with the injected error,
+/// so the code after it takes the step's own error path (what `result` held, e.g. a started VM, is released).
+#define FCWARM_FAILPOINT_INTO(name, result)                                                \
+  do {                                                                                     \
+    if (::fcwarm::failpoint::Armed() && (result).ok()) [[unlikely]] {                      \
       if (auto fcwarm_fp_status = ::fcwarm::failpoint::Fire(name); !fcwarm_fp_status.ok()) \
-        (result) = std::move(fcwarm_fp_status);                                         \
-    }                                                                                   \
+        (result) = std::move(fcwarm_fp_status);                                            \
+    }                                                                                      \
   } while (0)
 
 /// The injected error or Ok (an expression), for a step whose error path is written out at the call.

@@ -45,8 +45,8 @@ std::set<std::string> Documented() {
   return out;
 }
 
-// Every FCWARM_FAILPOINT("..."), FCWARM_FAILPOINT_INTO("...", ...) and FCWARM_FAILPOINT_CHECK("...") in src/ and
-// server/src/.
+// Every FCWARM_FAILPOINT("..."), FCWARM_FAILPOINT_INTO("...", ...) and FCWARM_FAILPOINT_CHECK("...") in src/
+// and server/src/.
 std::set<std::string> UsedInSources(std::multiset<std::string>* all = nullptr) {
   std::set<std::string> out;
   static const std::regex kUse(R"re(FCWARM_FAILPOINT(?:_INTO|_CHECK)?\(\s*"([^"]*)")re");
@@ -94,9 +94,11 @@ TEST_CASE("failpoints: the registry, docs/failpoints.md and the sources name the
                 "registered, not in docs/failpoints.md: " << Join(Minus(registry, documented)));
   CHECK_MESSAGE(Minus(documented, registry).empty(),
                 "in docs/failpoints.md, not registered: " << Join(Minus(documented, registry)));
-  CHECK_MESSAGE(Minus(registry, used).empty(), "registered, used nowhere in src/: " << Join(Minus(registry, used)));
+  CHECK_MESSAGE(Minus(registry, used).empty(),
+                "registered, used nowhere in src/: " << Join(Minus(registry, used)));
   CHECK_MESSAGE(Minus(used, registry).empty(), "used, not registered: " << Join(Minus(used, registry)));
-  for (const auto& n : used) CHECK_MESSAGE(uses.count(n) == 1, n << " is used at " << uses.count(n) << " places");
+  for (const auto& n : used)
+    CHECK_MESSAGE(uses.count(n) == 1, n << " is used at " << uses.count(n) << " places");
   // The registry lists the failpoints in the docs' order, so both read alike.
   std::vector<std::string> doc_order;
   {
