@@ -20,6 +20,7 @@
 #include "fcwarm/version.hpp"
 #include "http_server.hpp"
 #include "none_vmm.hpp"
+#include "util/failpoint.hpp"
 
 namespace fs = std::filesystem;
 using namespace fcwarm;
@@ -302,6 +303,12 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(cfg.log_level));
 
   // ---- validate ------------------------------------------------------------------------------------------
+  // Failpoints for the chaos tests (docs/failpoints.md): off unless FCWARM_FAILPOINTS names some.
+  if (auto st = failpoint::ConfigureFromEnvironment(); !st.ok()) {
+    spdlog::critical("event=config_error msg=\"{}\"", st.message());
+    return 2;
+  }
+  if (failpoint::Armed()) spdlog::warn("event=failpoints_armed failpoints={}", failpoint::Describe());
   ServerOptions so;
   if (!SplitHostPort(cfg.bind, &so.host, &so.port)) {
     spdlog::critical("event=config_error msg=\"--bind: '{}' is not host:port\"", cfg.bind);

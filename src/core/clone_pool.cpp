@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "util/common.hpp"
+#include "util/failpoint.hpp"
 
 namespace fcwarm::internal {
 
@@ -132,6 +133,7 @@ std::optional<PoolClone> ClonePool::Take(const std::string& image_id, Timings& t
         reason = "dead";
       }
     }
+    if (reason.empty() && !FCWARM_FAILPOINT_CHECK("pool.take").ok()) reason = "failpoint";  // discarded
     std::lock_guard lock(mu_);
     Entry* entry = nullptr;
     for (auto& e : entries_) {
@@ -274,6 +276,10 @@ void ClonePool::FillOne(Entry& e) {
     image_id = e.image_id;
   }
   auto filled = hooks_.fill(image_id);
+  if (auto fp = filled.ok() ? FCWARM_FAILPOINT_CHECK("pool.fill") : Status::Ok(); !fp.ok()) {
+    hooks_.destroy(std::move(filled).value(), "failpoint");  // a restored, pooled clone: a failed fill
+    filled = fp;
+  }
   std::lock_guard lock(mu_);
   e.filling = false;
   if (!filled.ok()) {

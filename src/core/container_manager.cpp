@@ -17,6 +17,7 @@
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
 #include "util/common.hpp"
+#include "util/failpoint.hpp"
 #include "util/scope_guard.hpp"
 #include "util/worker_pool.hpp"
 
@@ -186,6 +187,10 @@ class ContainerManager::Impl {
       return Status::Ok();
     });
     if (!st.ok()) return st;
+    if (auto fp = FCWARM_FAILPOINT_CHECK("container.create"); !fp.ok()) {  // recorded, not started
+      (void)Abandon(id, fp.message());
+      return fp;
+    }
     {
       std::lock_guard lock(mu_);
       provisioning_.insert(id);
@@ -231,6 +236,7 @@ class ContainerManager::Impl {
       timings.erase(it);
     }
     auto handle = engine_.Handle(id);
+    FCWARM_FAILPOINT_INTO("container.start", handle);  // the VM runs, the container's command or Docker not
     if (!handle.ok()) {
       Finish(id, ContainerState::kFailed, handle.status().message(), &timings);
       (void)engine_.Destroy(id);

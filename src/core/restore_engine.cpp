@@ -22,6 +22,7 @@
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
 #include "util/common.hpp"
+#include "util/failpoint.hpp"
 #include "util/process.hpp"
 #include "util/scope_guard.hpp"
 
@@ -450,6 +451,7 @@ class RestoreEngine::Impl {
     t = Clock::now();
     auto restored = vmm.Restore(spec, snap.generation_dir);
     timings["restore"] = util::MsSince(t);
+    FCWARM_FAILPOINT_INTO("restore.warm.restore", restored);  // the clone runs (released on error)
     if (!restored.ok()) {
       (void)health_.RecordFailure(snap.id, snap.generation, "restore failed: " + restored.status().message());
       CleanWorkDir(spec);
@@ -481,6 +483,7 @@ class RestoreEngine::Impl {
     auto t = Clock::now();
     auto booted = vmm.ColdBoot(spec);
     timings["cold_boot"] = util::MsSince(t);
+    FCWARM_FAILPOINT_INTO("restore.cold.boot", booted);  // the VM runs (released on error)
     if (!booted.ok()) {
       CleanWorkDir(spec);
       return booted.status();
@@ -516,6 +519,7 @@ class RestoreEngine::Impl {
     auto info = internal::WaitForAgent(vm, agent_timeout, opts_.poll_interval);
     timings["agent"] = util::MsSince(t);
     if (!info.ok()) return info.status();
+    FCWARM_FAILPOINT("restore.identity");  // the agent answered, the VM is not unique yet
     t = Clock::now();
     // Resolvers and registry settings go to container runtime images only (docs/networking.md).
     IdentityRequest id = internal::IdentityFor(spec.network, guest_net_, spec.image.runtime_check.kind == "docker");

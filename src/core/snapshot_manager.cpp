@@ -25,6 +25,7 @@
 #include "store/store_db.hpp"
 #include "store/vms.hpp"
 #include "util/common.hpp"
+#include "util/failpoint.hpp"
 #include "util/process.hpp"
 
 namespace fcwarm {
@@ -147,6 +148,7 @@ class SnapshotManager::Impl {
     auto st =
         detail::DbOf(store_).Do([&](SQLite::Database& db) { detail::RequeueSnapshot(db, id, util::NowMillis()); });
     if (!st.ok()) return st;
+    FCWARM_FAILPOINT("snapshot.rebuild");  // crash only: `creating` is committed, the job not queued yet
     EnqueueLocked(Job{id, snap->runtime_image_id, automatic});
     lock.unlock();
     work_cv_.notify_one();
@@ -208,6 +210,7 @@ class SnapshotManager::Impl {
       report.removed_generations++;
       std::error_code ec;
       fs::remove(dir.parent_path(), ec);  // the snapshot directory, if now empty
+      FCWARM_FAILPOINT("snapshot.gc");      // files gone, the generation not yet recorded `removed`
       (void)detail::DbOf(store_).Do([&](SQLite::Database& db) {
         detail::SetGenerationStatus(db, snapshot_id, number, detail::GenerationStatus::kRemoved);
       });
@@ -485,6 +488,7 @@ class SnapshotManager::Impl {
     auto booted = b.vmm->ColdBoot(spec);
     if (!booted.ok()) return booted.status().WithContext("cold boot of the build VM");
     b.vm = std::move(booted).value();
+    FCWARM_FAILPOINT("snapshot.build.boot");  // the build VM runs
     return Status::Ok();
   }
 
@@ -497,6 +501,7 @@ class SnapshotManager::Impl {
     auto ready = internal::WaitForRuntime(*b.vm, b.image.runtime_check, opts_.runtime_timeout,
                                           opts_.poll_interval, stopping);
     if (Stopping()) return Cancelled();
+    FCWARM_FAILPOINT_INTO("snapshot.build.wait", ready);  // agent and runtime answered
     return ready;
   }
 
@@ -636,7 +641,11 @@ class SnapshotManager::Impl {
   }
 
   // pausing: the vCPUs stop.
-  Status PauseVm(Build& b) { return b.vm->Pause().WithContext("pause"); }
+  Status PauseVm(Build& b) {
+    Status paused = b.vm->Pause();
+    FCWARM_FAILPOINT_INTO("snapshot.build.pause", paused);  // the vCPUs stopped
+    return paused.WithContext("pause");
+  }
 
   // snapshotting: the VM's state into the temporary directory; the build VM is no longer needed after that.
   Status SnapshotVm(Build& b) {
@@ -670,6 +679,7 @@ class SnapshotManager::Impl {
       b.files.push_back(std::move(f));
     }
     if (b.files.empty()) return Status::Internal("the backend wrote no snapshot files");
+    FCWARM_FAILPOINT("snapshot.build.checksum");  // every file fsynced and hashed, no manifest yet
     json::array files;
     for (const auto& f : b.files) {
       files.push_back(json::object{{"name", f.name}, {"size", f.size}, {"xxh3", f.xxh3}});
@@ -704,6 +714,7 @@ class SnapshotManager::Impl {
     fs::rename(b.tmp_dir, b.final_dir, ec);
     if (ec) return Status::Unavailable("publish " + b.final_dir.string() + ": " + ec.message());
     if (auto st = util::FsyncPath(b.snap_dir); !st.ok()) return st;
+    FCWARM_FAILPOINT("snapshot.build.publish");  // renamed into place, the generation not committed
     uint64_t apparent = 0, allocated = 0;
     util::DiskUsage(b.final_dir, &apparent, &allocated);
     detail::PublishedGeneration published{.number = b.generation,
@@ -802,6 +813,7 @@ class SnapshotManager::Impl {
 
     if (!result.ok()) {
       util::RemoveTree(b.tmp_dir);
+      util::RemoveTree(b.final_dir);  // a failure after Publish() renamed it into place
       out.ok = false;
       out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " + result.message();
       out.timings["total"] = util::MsSince(t_total);
@@ -914,7 +926,7 @@ class SnapshotManager::Impl {
         report_.interrupted_builds++;
         report_.interrupted_snapshots.push_back(id);
       }
-      detail::DeleteBuildingGenerations(db);
+      detail::RetireBuildingGenerations(db);
       return Status::Ok();
     });
     // 2. Temporary directories.

@@ -210,8 +210,9 @@ void DeleteGeneration(SQLite::Database& db, const std::string& snapshot_id, int6
   Exec(db, "DELETE FROM generations WHERE snapshot_id = ? AND number = ?", snapshot_id, number);
 }
 
-void DeleteBuildingGenerations(SQLite::Database& db) {
-  Exec(db, "DELETE FROM generations WHERE status = ?", GenerationStatus::kBuilding);
+void RetireBuildingGenerations(SQLite::Database& db) {
+  Exec(db, "UPDATE generations SET status = ? WHERE status = ?", GenerationStatus::kRetired,
+       GenerationStatus::kBuilding);
 }
 
 std::vector<CollectableGeneration> CollectableGenerations(SQLite::Database& db) {

@@ -97,8 +97,9 @@ void SetGenerationStatus(SQLite::Database& db, const std::string& snapshot_id, i
 void RetireCurrentGeneration(SQLite::Database& db, const std::string& snapshot_id);
 /// Forgets one generation (a failed build's).
 void DeleteGeneration(SQLite::Database& db, const std::string& snapshot_id, int64_t number);
-/// Forgets every generation left `building` (by a crash).
-void DeleteBuildingGenerations(SQLite::Database& db);
+/// Retires every generation left `building` (by a crash), so garbage collection removes its directory: a build
+/// may have died after renaming it into place (docs/failpoints.md, `snapshot.build.publish`).
+void RetireBuildingGenerations(SQLite::Database& db);
 
 /// A generation directory garbage collection may remove.
 struct CollectableGeneration {

@@ -14,6 +14,7 @@
 #include "fcwarm/options.hpp"
 #include "fcwarm/status.hpp"
 #include "fcwarm/types.hpp"
+#include "util/failpoint.hpp"
 
 namespace fcwarm::detail {
 
@@ -58,7 +59,11 @@ class StoreDb {
     try {
       SQLite::Transaction tx(*db_);
       auto r = fn(*db_);
-      if (r.ok()) tx.commit();
+      if (r.ok()) {
+        FCWARM_FAILPOINT("store.tx.before_commit");  // rolled back by ~Transaction
+        tx.commit();
+        FCWARM_FAILPOINT("store.tx.after_commit");
+      }
       return r;
     } catch (const SQLite::Exception& e) {
       return Status::Internal(std::string("database error: ") + e.what());

@@ -37,7 +37,7 @@ HOST_ADDRESS = _host_address()
 class Server:
     """One fcwarm-server process. `stop()` sends SIGTERM and waits; the fixture kills it if still alive."""
 
-    def __init__(self, *extra, data_dir=None, expect_start=True, keep_vms=False):
+    def __init__(self, *extra, data_dir=None, expect_start=True, keep_vms=False, env=None):
         if not SERVER_BIN or not os.path.exists(SERVER_BIN):
             pytest.skip("FCWARM_SERVER_BIN is not set to the fcwarm-server binary")
         self.tmp = tempfile.TemporaryDirectory(prefix="fcwarm-server-test-")
@@ -65,6 +65,7 @@ class Server:
             self.args.append("--stop-vms-on-exit")
         self.args += list(extra)
         self.log = open(self.log_path, "wb")
+        self.env = env
         self.port = None
         self._client_timeout = None
         self._start(expect_start)
@@ -72,7 +73,7 @@ class Server:
     def _start(self, expect_start=True):
         if os.path.exists(self.port_file):
             os.unlink(self.port_file)
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         self.port = None
         if expect_start:
             self._wait_port()
@@ -146,9 +147,12 @@ class Server:
             # with --stop-vms-on-exit ends them and releases their networking.
             if "--stop-vms-on-exit" not in self.args:
                 self.args.append("--stop-vms-on-exit")
+            self.env = {k: v for k, v in (self.env or os.environ).items() if k != "FCWARM_FAILPOINTS"}
             try:
                 self._start()
                 self.stop(timeout=60)
+            except Exception:  # best effort: what is left is killed below
+                pass
             finally:
                 if self.proc.poll() is None:
                     self.proc.kill()

@@ -30,6 +30,7 @@
 #include "net/ports.hpp"
 #include "backends/host_rules.hpp"
 #include "util/common.hpp"
+#include "util/failpoint.hpp"
 #include "util/process.hpp"
 
 namespace fcwarm {
@@ -555,11 +556,13 @@ class QemuVm final : public Vm {
       if (::stat(Join(dir, qemu::kRamName).c_str(), &rs) == 0)
         sc.ram_size = static_cast<uint64_t>(rs.st_size);
     }
+    FCWARM_FAILPOINT("snapshot.build.write_memory");  // device state and RAM written (either memory mode)
     if (!cfg_.disk.empty()) {
       // The device is inactive (flushed) after the migration completed; its backing file stays the image
       // base.
       if (auto s = CopySparse(cfg_.disk, Join(dir, qemu::kDiskName)); !s.ok()) return s;
     }
+    FCWARM_FAILPOINT("snapshot.build.write_disk");  // the disk copied, no sidecar yet
     if (Clock::now() > deadline) return Status::DeadlineExceeded("snapshot took longer than the deadline");
     return util::WriteFileDurable(Join(dir, qemu::kSidecarName), sc.ToJson());
   }
