@@ -40,8 +40,7 @@ struct BuildOutcome {
 /// \brief What startup reconciliation found and repaired.
 struct ReconcileReport {
   int interrupted_builds = 0;   ///< Snapshots left `creating` by a crash, now `unhealthy`.
-  /// \brief Their ids (HealthTracker schedules an automatic rebuild of each when HealthOptions::auto_rebuild).
-  std::vector<std::string> interrupted_snapshots;
+  std::vector<std::string> interrupted_snapshots;  ///< Their ids.
   int removed_temp_dirs = 0;    ///< Temporary generation/work directories removed.
   int killed_processes = 0;     ///< VMM processes of the previous run killed.
   int lost_vms = 0;             ///< VMs of the previous run marked `lost`.

@@ -21,13 +21,6 @@ class HealthTracker::Impl {
       : store_(store), snapshots_(snapshots), opts_(opts) {
     token_ = snapshots_.AddBuildListener([this](const BuildOutcome& o) { OnBuild(o); });
     timer_ = std::thread([this] { TimerLoop(); });
-    // A build a restart interrupted was rolled back to `unhealthy`; finish the job with a fresh one.
-    if (opts_.auto_rebuild) {
-      for (const auto& id : snapshots_.reconcile_report().interrupted_snapshots) {
-        spdlog::info("snapshot {}: its build was interrupted by a restart; rebuilding", id);
-        TriggerRebuild(id);
-      }
-    }
   }
   ~Impl() {
     snapshots_.RemoveBuildListener(token_);
