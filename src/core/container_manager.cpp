@@ -223,14 +223,13 @@ class ContainerManager::Impl {
                                              : StartVm(id, row->rec, **handle, timings);
     timings["total"] = util::MsSince(t_total);
     if (!st.ok()) {
+      // A guest that broke the agent protocol is not trusted again: its VM fails (stopped first, so that a
+      // failed container never shows a running VM) rather than being destroyed like a VM whose container
+      // merely failed.
+      const bool violated = st.code() == StatusCode::kDataLoss;
+      if (violated) (void)engine_.Fail(id, st.message());
       Finish(id, ContainerState::kFailed, st.message(), &timings);
-      // A guest that broke the agent protocol is not trusted again: its VM fails (and is stopped) rather than
-      // being destroyed like a VM whose container merely failed.
-      if (st.code() == StatusCode::kDataLoss) {
-        (void)engine_.Fail(id, st.message());
-      } else {
-        (void)engine_.Destroy(id);
-      }
+      if (!violated) (void)engine_.Destroy(id);
       spdlog::warn("container {}: start failed: {}", id, st.ToString());
       return st;
     }
