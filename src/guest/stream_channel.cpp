@@ -11,8 +11,8 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
-#include <optional>
 #include <new>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -494,7 +494,6 @@ class StreamGuestChannel final : public GuestChannel {
     // From here on, a call that ends without its reply leaves the request outstanding.
     int unsolicited = 0;
     auto violation = [&](const std::string& what) {
-      Outstanding(id);
       stream_.Close();
       return Untrusted(op, what);
     };

@@ -84,7 +84,9 @@ bool InterfaceHasCarrier(const std::string& name) {
 }
 
 Status DisableIpv6(const std::string& name) {
-  if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+  // "all" and "default" are the directories of every interface and of new ones, not an interface.
+  if (name.empty() || name.size() > 15 || name.find('/') != std::string::npos || name == "." || name == ".." ||
+      name == "all" || name == "default") {
     return Status::InvalidArgument("interface name '" + name + "' is invalid");
   }
   struct stat st {};

@@ -197,9 +197,12 @@ def test_hostile_guests(env):
     st, _, logs = api(s, "GET", f"/v1/containers/{good}/logs")
     assert st == 200 and logs["stdout"] == "hello\n", logs
 
-    # Only the good VM is left of these: its namespace, none of the hostile ones'.
+    # Only the good VM is left of these: its namespace, none of the hostile ones' (nor their rules).
     if IS_ROOT:
         assert len(netns() - before_ns) == 1, (netns() - before_ns)
+        if shutil.which("iptables-save"):
+            rules = subprocess.run(["iptables-save"], capture_output=True, text=True, timeout=30).stdout
+            assert not [cid for cid in hostile if f"fcwarm:vm:{cid}:" in rules], rules
     # Memory stayed small: each line and decoded reply is capped (8 MiB, 16 MiB), whatever the guests sent.
     hwm = vm_hwm_kib(s.proc.pid)
     print(f"fcwarm-server peak RSS {hwm / 1024:.0f} MiB after {len(hostile)} hostile guests")
