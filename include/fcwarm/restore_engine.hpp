@@ -117,6 +117,14 @@ class RestoreEngine {
   /// \param vm_id The VM.
   /// \return Ok; InvalidArgument; NotFound.
   Status Destroy(const std::string& vm_id);
+  /// \brief Fails a VM whose guest cannot be trusted any more: a call on its agent channel returned DataLoss
+  /// (a protocol violation, docs/guest-protocol.md, "Limits"). Its VMM is stopped, its work directory, address
+  /// and generation pin released, and its record becomes `failed` with `reason` as its last error (kept when
+  /// the VM is destroyed later). A VM that is failed or destroyed already is left as it is.
+  /// \param vm_id The VM.
+  /// \param reason Why, e.g. the DataLoss message naming the violation.
+  /// \return Ok; InvalidArgument; NotFound; FailedPrecondition for a pooled VM (the pool owns it).
+  Status Fail(const std::string& vm_id, const std::string& reason);
   /// \brief Gets a VM record.
   /// \param vm_id The VM.
   /// \return The record; InvalidArgument; NotFound.

@@ -23,6 +23,7 @@ enum class StatusCode {
   kUnavailable = 6,         ///< A dependency (VMM, guest, disk) failed or is not reachable (HTTP 503).
   kDeadlineExceeded = 7,    ///< A deadline passed before the operation finished (HTTP 504).
   kInternal = 8,            ///< A bug or an unexpected failure (HTTP 500).
+  kDataLoss = 9,            ///< A peer (a guest agent) broke its protocol and is not trusted again (HTTP 502).
 };
 
 /// \brief How every adapter renders one StatusCode: the single source for REST, Python and the CLI.
@@ -71,6 +72,8 @@ class [[nodiscard]] Status {
   }
   /// \brief Internal with a message.
   static Status Internal(std::string msg) { return {StatusCode::kInternal, std::move(msg)}; }
+  /// \brief DataLoss with a message.
+  static Status DataLoss(std::string msg) { return {StatusCode::kDataLoss, std::move(msg)}; }
 
   /// \brief True on success.
   bool ok() const { return code_ == StatusCode::kOk; }

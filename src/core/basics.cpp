@@ -25,6 +25,7 @@ const std::vector<StatusCodeInfo>& StatusTable() {
       {StatusCode::kUnavailable, "unavailable", 503, "UnavailableError", 1},
       {StatusCode::kDeadlineExceeded, "deadline_exceeded", 504, "UnavailableError", 1},
       {StatusCode::kInternal, "internal", 500, "Error", 1},
+      {StatusCode::kDataLoss, "data_loss", 502, "UnavailableError", 1},
   };
   return kTable;
 }

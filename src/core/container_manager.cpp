@@ -246,8 +246,13 @@ class ContainerManager::Impl {
                                              : StartVm(id, row->rec, **handle, timings);
     timings["total"] = util::MsSince(t_total);
     if (!st.ok()) {
+      // A guest that broke the agent protocol is not trusted again: its VM fails (stopped first, so that a
+      // failed container never shows a running VM) rather than being destroyed like a VM whose container
+      // merely failed.
+      const bool violated = st.code() == StatusCode::kDataLoss;
+      if (violated) (void)engine_.Fail(id, st.message());
       Finish(id, ContainerState::kFailed, st.message(), &timings);
-      (void)engine_.Destroy(id);
+      if (!violated) (void)engine_.Destroy(id);
       spdlog::warn("container {}: start failed: {}", id, st.ToString());
       return st;
     }
@@ -339,7 +344,9 @@ class ContainerManager::Impl {
     }
     Refresh(*row);
     // An exited container's output was kept when its exit was seen; fetch it only if that did not happen.
-    if (row->rec.state == ContainerState::kRunning || !row->has_logs) CaptureLogs(row->rec);
+    if (row->rec.state == ContainerState::kRunning || !row->has_logs) {
+      if (CaptureLogs(row->rec)) return Get(id);  // its guest broke the protocol: failed, VM stopped
+    }
     if (auto st = engine_.Stop(id); !st.ok() && st.code() != StatusCode::kNotFound) return st;
     if (row->rec.state == ContainerState::kRunning) SetState(id, ContainerState::kStopped, "");
     return Get(id);
@@ -477,6 +484,7 @@ class ContainerManager::Impl {
       if (!handle.ok()) return;
       auto t0 = Clock::now();
       if (auto st = DockerIn(**handle).Rename(docker_id, name); !st.ok()) {
+        if (Distrust(id, st)) return;
         spdlog::warn("container {}: the parked container keeps its name {}: {}", id, parked, st.ToString());
         return;
       }
@@ -588,6 +596,11 @@ class ContainerManager::Impl {
     if (!handle.ok()) return;
     auto state = DockerIn(**handle).Inspect(c.docker_id);
     if (!state.ok()) {
+      if (Distrust(c.id, state.status())) {
+        c.state = ContainerState::kFailed;
+        c.last_error = state.status().message();
+        return;
+      }
       spdlog::debug("container {}: inspect failed: {}", c.id, state.status().ToString());
       return;
     }
@@ -610,15 +623,33 @@ class ContainerManager::Impl {
     auto handle = engine_.Handle(c.id);
     if (!handle.ok()) return Status::FailedPrecondition("container '" + c.id + "': its VM is not running");
     auto out = DockerIn(**handle).Logs(c.docker_id);
-    if (!out.ok()) return out.status();
+    if (!out.ok()) {
+      (void)Distrust(c.id, out.status());
+      return out.status();
+    }
     return ContainerLogs{std::move(out->stdout_data), std::move(out->stderr_data), out->truncated};
   }
 
-  // Keeps a copy of a docker container's output before its VM goes away.
-  void CaptureLogs(const ContainerRecord& c) {
-    if (c.runtime != "docker" || c.docker_id.empty()) return;
+  // Keeps a copy of a docker container's output before its VM goes away. True when the guest broke the agent
+  // protocol instead (Distrust).
+  bool CaptureLogs(const ContainerRecord& c) {
+    if (c.runtime != "docker" || c.docker_id.empty()) return false;
     auto logs = FetchDockerLogs(c);
     if (logs.ok()) StoreLogs(c.id, *logs);
+    return !logs.ok() && logs.status().code() == StatusCode::kDataLoss;
+  }
+
+  // A call on the container's guest returned DataLoss: the guest broke the agent protocol (docs/guest-protocol.md,
+  // "Limits") and is not trusted again. The engine fails its VM (stopped, resources released, record `failed`);
+  // a running container fails with the violation as its error (one that ended already keeps its outcome).
+  // False for any other status.
+  bool Distrust(const std::string& id, const Status& st) {
+    if (st.code() != StatusCode::kDataLoss) return false;
+    spdlog::error("container {}: its guest broke the agent protocol: {}", id, st.message());
+    (void)engine_.Fail(id, st.message());
+    auto row = ReadRowById(id);
+    if (row.ok() && row->rec.state == ContainerState::kRunning) SetState(id, ContainerState::kFailed, st.message());
+    return true;
   }
 
   void StoreLogs(const std::string& id, ContainerLogs logs) {

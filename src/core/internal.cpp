@@ -43,6 +43,7 @@ Result<GuestInfo> WaitForAgent(Vm& vm, std::chrono::milliseconds timeout, std::c
     if (left.count() <= 0) break;
     auto r = vm.guest().Ping(std::min(left, std::chrono::milliseconds(2000)));
     if (r.ok()) return r;
+    if (r.status().code() == StatusCode::kDataLoss) return r;  // a guest that broke the protocol: no retry
     last = r.status();
     std::this_thread::sleep_for(std::min(poll, left));
   }
@@ -61,6 +62,7 @@ Status WaitForRuntime(Vm& vm, const RuntimeCheck& check, std::chrono::millisecon
     if (left.count() <= 0) break;
     auto r = vm.guest().RuntimeReady(check, std::min(left, std::chrono::milliseconds(10000)));
     if (r.ok() && r->ready) return Status::Ok();
+    if (!r.ok() && r.status().code() == StatusCode::kDataLoss) return r.status();
     last = r.ok() ? r->detail : r.status().message();
     std::this_thread::sleep_for(std::min(poll, left));
   }

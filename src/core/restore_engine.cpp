@@ -255,8 +255,35 @@ class RestoreEngine::Impl {
   }
 
   Status Destroy(const std::string& vm_id) {
+    auto rec = Get(vm_id);
     if (auto st = Stop(vm_id); !st.ok()) return st;
-    Release(vm_id, VmState::kDestroyed, "");
+    // A failed VM keeps the reason it failed.
+    Release(vm_id, VmState::kDestroyed, rec.ok() && rec->state == VmState::kFailed ? rec->last_error : "");
+    return Status::Ok();
+  }
+
+  Status Fail(const std::string& vm_id, const std::string& reason) {
+    if (auto p = Id::Parse("vm_id", vm_id); !p.ok()) return p.status();
+    auto rec = Get(vm_id);
+    if (!rec.ok()) return rec.status();
+    if (rec->state == VmState::kPooled) {
+      return Status::FailedPrecondition("vm '" + vm_id + "' is pooled: the clone pool owns it");
+    }
+    std::shared_ptr<Vm> vm;
+    {
+      std::lock_guard lock(mu_);
+      auto it = live_.find(vm_id);
+      if (it != live_.end()) {
+        vm = it->second;
+        live_.erase(it);
+      }
+    }
+    // Someone else failed or destroyed it first.
+    if (!vm && (rec->state == VmState::kFailed || rec->state == VmState::kDestroyed)) return Status::Ok();
+    spdlog::error("vm {}: its guest is not trusted any more, stopping it: {}", vm_id, reason);
+    if (vm) (void)vm->Stop(opts_.stop_grace);
+    vm.reset();
+    Release(vm_id, VmState::kFailed, reason);
     return Status::Ok();
   }
 
@@ -973,6 +1000,7 @@ RestoreEngine::~RestoreEngine() = default;
 Result<VmRecord> RestoreEngine::Provision(const ProvisionRequest& request) { return impl_->Provision(request); }
 Status RestoreEngine::Stop(const std::string& id) { return impl_->Stop(id); }
 Status RestoreEngine::Destroy(const std::string& id) { return impl_->Destroy(id); }
+Status RestoreEngine::Fail(const std::string& id, const std::string& reason) { return impl_->Fail(id, reason); }
 Result<VmRecord> RestoreEngine::Get(const std::string& id) const { return impl_->Get(id); }
 std::chrono::milliseconds RestoreEngine::ProvisionDeadline() const {
   // Each path: its agent deadline, the identity exchange, its runtime deadline, and the VMM's own operation

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -86,11 +87,15 @@ Result<std::string> LineStream::ReadLine(Clock::time_point deadline, size_t max)
       return Status::ResourceExhausted("reply line longer than " + std::to_string(max) + " bytes");
     if (auto st = WaitFd(fd_.get(), POLLIN, deadline); !st.ok()) return st;
     char chunk[65536];
-    ssize_t n = ::recv(fd_.get(), chunk, sizeof(chunk), MSG_DONTWAIT);
+    // Never more than max + 1 bytes in the buffer: enough to tell that a line is too long.
+    const size_t room = max - buf_.size();
+    const size_t want = room >= sizeof(chunk) ? sizeof(chunk) : room + 1;
+    ssize_t n = ::recv(fd_.get(), chunk, want, MSG_DONTWAIT);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
     if (n < 0) return Status::Unavailable(std::string("read: ") + std::strerror(errno));
     if (n == 0) return Status::Unavailable(buf_.empty() ? "connection closed" : "connection closed mid-line");
     buf_.append(chunk, static_cast<size_t>(n));
+    peak_ = std::max(peak_, buf_.size());
   }
 }
 

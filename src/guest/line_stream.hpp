@@ -56,12 +56,16 @@ class LineStream {
   /// Writes all of `data` before `deadline`. `ancillary_fd` >= 0 is passed with SCM_RIGHTS on the first byte.
   Status WriteAll(const std::string& data, Clock::time_point deadline, int ancillary_fd = -1);
   /// Reads one line (without "\n" and a trailing "\r"); lines longer than `max` fail with ResourceExhausted.
-  /// EOF is Unavailable, the deadline DeadlineExceeded.
+  /// EOF is Unavailable, the deadline DeadlineExceeded. The buffer never holds more than `max` + 1 bytes:
+  /// reads are sized so that a line without an end is detected before more of it is taken in.
   Result<std::string> ReadLine(Clock::time_point deadline, size_t max);
+  /// The most bytes the buffer held since construction (for tests and limits).
+  size_t peak_buffered() const { return peak_; }
 
  private:
   UniqueFd fd_;
   std::string buf_;
+  size_t peak_ = 0;
 };
 
 }  // namespace fcwarm::guest

@@ -11,6 +11,9 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
+#include <new>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "guest/line_stream.hpp"
@@ -66,7 +69,7 @@ std::string B64Encode(std::string_view in) {
   return out;
 }
 
-Result<std::string> B64Decode(std::string_view in) {
+std::optional<std::string> B64Decode(std::string_view in) {
   auto val = [](char c) -> int {
     if (c >= 'A' && c <= 'Z') return c - 'A';
     if (c >= 'a' && c <= 'z') return c - 'a' + 26;
@@ -82,7 +85,7 @@ Result<std::string> B64Decode(std::string_view in) {
   for (char c : in) {
     if (c == '=' || c == '\n' || c == '\r') continue;
     int v = val(c);
-    if (v < 0) return Status::Unavailable("agent reply: invalid base64");
+    if (v < 0) return std::nullopt;
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;
     if (bits >= 8) {
@@ -112,8 +115,58 @@ bool Bool(const json::object& o, const char* k) {
   return f && f->is_bool() && f->as_bool();
 }
 
+// Counts what one decoded reply allocates and refuses to go beyond a cap, so that a reply line cannot make
+// the host hold many times its size (a line of "[0,0,0,...]" becomes millions of JSON values).
+class CappedResource final : public json::memory_resource {
+ public:
+  explicit CappedResource(size_t cap) : cap_(cap) {}
+  size_t peak() const { return peak_; }
+
+ private:
+  void* do_allocate(size_t n, size_t align) override {
+    if (n > cap_ - used_) throw std::bad_alloc();
+    void* p = ::operator new(n, std::align_val_t(align));
+    used_ += n;
+    peak_ = std::max(peak_, used_);
+    return p;
+  }
+  void do_deallocate(void* p, size_t n, size_t align) override {
+    ::operator delete(p, n, std::align_val_t(align));
+    used_ -= n;
+  }
+  bool do_is_equal(const json::memory_resource& o) const noexcept override { return this == &o; }
+  size_t cap_;
+  size_t used_ = 0;
+  size_t peak_ = 0;
+};
+
+// The start of a line the guest sent, safe to put into a message and a log.
+std::string Excerpt(std::string_view line) {
+  std::string out = "\"";
+  for (char c : line.substr(0, 64)) {
+    auto u = static_cast<unsigned char>(c);
+    out += (u >= 0x20 && u < 0x7f && c != '"' && c != '\\') ? c : '?';
+  }
+  out += line.size() > 64 ? "\"... (" + std::to_string(line.size()) + " bytes)" : "\"";
+  return out;
+}
+
+void RaisePeak(std::atomic<size_t>& peak, size_t v) {
+  size_t cur = peak.load();
+  while (cur < v && !peak.compare_exchange_weak(cur, v)) {
+  }
+}
+
+// An error the agent reported: its code and message are the guest's words, so they are cut to a length that
+// fits a record and a log line, without control characters.
 Status AgentError(const std::string& code, const std::string& message, const std::string& op) {
-  std::string text = "guest agent " + op + ": " + code + ": " + message;
+  constexpr size_t kMaxText = 4096;
+  std::string said = code.substr(0, 64) + ": " + message.substr(0, kMaxText);
+  if (message.size() > kMaxText) said += "...";
+  for (auto& c : said) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  std::string text = "guest agent " + op + ": " + said;
   if (code == "timeout") return Status::DeadlineExceeded(text);
   if (code == "failed") return Status::Unavailable(text);
   if (code == "unsupported_version" || code == "unknown_op" || code == "not_waiting")
@@ -214,9 +267,9 @@ class StreamGuestChannel final : public GuestChannel {
     ExecResult out;
     out.exit_code = static_cast<int>(Int(*r, "exit_code"));
     auto so = B64Decode(Str(*r, "stdout_b64"));
-    if (!so.ok()) return so.status();
+    if (!so) return Untrusted("exec", "stdout_b64 of the reply is not base64");
     auto se = B64Decode(Str(*r, "stderr_b64"));
-    if (!se.ok()) return se.status();
+    if (!se) return Untrusted("exec", "stderr_b64 of the reply is not base64");
     out.stdout_data = std::move(*so);
     out.stderr_data = std::move(*se);
     out.truncated = Bool(*r, "truncated");
@@ -229,12 +282,12 @@ class StreamGuestChannel final : public GuestChannel {
     if (!r.ok()) return r.status();
     const auto* status = r->if_contains("status");
     if (!status || !(status->is_int64() || status->is_uint64())) {
-      return Status::Unavailable(options_.label + "guest agent docker: reply has no integer status");
+      return Untrusted("docker", "the reply has no integer status");
     }
     DockerResponse out;
     out.status = static_cast<int>(Int(*r, "status"));
     auto body = B64Decode(Str(*r, "body_b64"));
-    if (!body.ok()) return body.status();
+    if (!body) return Untrusted("docker", "body_b64 of the reply is not base64");
     out.body = std::move(*body);
     out.truncated = Bool(*r, "truncated");
     return out;
@@ -256,7 +309,7 @@ class StreamGuestChannel final : public GuestChannel {
       return started.status();
     }
     const int64_t job = Int(*started, "job");
-    if (job <= 0) return Status::Unavailable(options_.label + "guest agent docker_start: reply has no job");
+    if (job <= 0) return Untrusted("docker_start", "the reply has no positive job number");
     DockerResponse out;
     int64_t next_offset = 0;
     while (true) {
@@ -276,10 +329,7 @@ class StreamGuestChannel final : public GuestChannel {
       }
       out.status = static_cast<int>(Int(*r, "status"));
       auto body = B64Decode(Str(*r, "body_b64"));
-      if (!body.ok()) {
-        CancelJob(job);
-        return body.status();
-      }
+      if (!body) return Untrusted("docker_read", "body_b64 of the reply is not base64");
       if (Int(*r, "offset") > next_offset) out.truncated = true;  // the agent dropped bytes we did not read
       next_offset = Int(*r, "offset") + static_cast<int64_t>(body->size());
       if (!body->empty()) on_body(*body);
@@ -365,9 +415,60 @@ class StreamGuestChannel final : public GuestChannel {
     return Status(st.code(), msg);
   }
 
+  // The channel's verdict on a guest that broke the protocol: every later call fails at once. The caller of
+  // the failing call gets DataLoss; the core decides what happens to the VM.
+  Status Untrusted(const std::string& op, const std::string& what) {
+    std::string msg = options_.label + "guest agent " + op + ": protocol violation: " + what;
+    {
+      std::lock_guard<std::mutex> l(broken_mu_);
+      if (broken_.empty()) broken_ = msg;
+    }
+    if (options_.stats) ++options_.stats->violations;
+    return Status::DataLoss(msg);
+  }
+
+  std::string Broken() {
+    std::lock_guard<std::mutex> l(broken_mu_);
+    return broken_;
+  }
+
+  // A request whose reply did not come: skipped without counting when it comes late. Bounded: the oldest
+  // ids are forgotten first (their replies then count as unsolicited).
+  void Outstanding(int64_t id) {
+    outstanding_.insert(id);
+    while (outstanding_.size() > kMaxOutstanding) outstanding_.erase(outstanding_.begin());
+  }
+
+  // Parses one line with the decode cap. nullopt: over the cap.
+  std::optional<json::value> Decode(const std::string& line, bool* parsed) {
+    auto sp = json::make_shared_resource<CappedResource>(options_.max_decode_bytes);
+    const auto* res = static_cast<const CappedResource*>(sp.get());
+    boost::system::error_code ec;
+    std::optional<json::value> v;
+    try {
+      v = json::parse(line, ec, sp);
+    } catch (const std::bad_alloc&) {
+      return std::nullopt;
+    }
+    if (options_.stats) RaisePeak(options_.stats->peak_decode_bytes, res->peak());
+    *parsed = !ec;
+    if (ec) v = json::value();
+    return v;
+  }
+
   Result<json::object> Call(const std::string& op, json::object args, std::chrono::milliseconds timeout) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto deadline = Clock::now() + timeout;
+    const auto deadline = Clock::now() + timeout;
+    std::unique_lock<std::timed_mutex> lock(mu_, std::defer_lock);
+    if (!lock.try_lock_until(deadline)) {
+      return Status::DeadlineExceeded(options_.label + "guest agent " + op + ": another call held the channel for " +
+                                      std::to_string(timeout.count()) + " ms");
+    }
+    if (auto why = Broken(); !why.empty()) {
+      stream_.Close();
+      return Status::DataLoss(options_.label + "guest agent " + op +
+                              ": not sent, the channel is not trusted since an earlier protocol violation (" + why +
+                              ")");
+    }
     if (!options_.persistent) stream_.Close();
     if (!stream_.connected()) {
       auto left = std::chrono::milliseconds(MsLeft(deadline));
@@ -390,38 +491,74 @@ class StreamGuestChannel final : public GuestChannel {
       stream_.Close();  // a partial request would corrupt the stream
       return Fail(st, op);
     }
+    // From here on, a call that ends without its reply leaves the request outstanding.
+    int unsolicited = 0;
+    auto violation = [&](const std::string& what) {
+      stream_.Close();
+      return Untrusted(op, what);
+    };
     while (true) {
       auto reply = stream_.ReadLine(deadline, options_.max_reply_bytes);
+      if (options_.stats) RaisePeak(options_.stats->peak_line_bytes, stream_.peak_buffered());
       if (!reply.ok()) {
+        if (reply.status().code() == StatusCode::kResourceExhausted) return violation(reply.status().message());
+        Outstanding(id);
         // On a plain timeout the connection stays usable: a late reply is skipped by its id.
         if (reply.status().code() != StatusCode::kDeadlineExceeded) stream_.Close();
         return Fail(reply.status(), op);
       }
-      boost::system::error_code ec;
-      json::value v = json::parse(*reply, ec);
-      if (ec || !v.is_object()) continue;  // noise on the port (e.g. a partial line from before a reconnect)
-      const auto& o = v.as_object();
-      const auto* rid = o.if_contains("id");
-      if (!rid || !(rid->is_int64() || rid->is_uint64()) || Int(o, "id") != id) continue;  // stale reply
-      const auto* ok = o.if_contains("ok");
-      if (ok && ok->is_bool() && ok->as_bool()) {
-        const auto* res = o.if_contains("result");
-        if (res && res->is_object()) return res->as_object();
-        return json::object{};
+      bool parsed = false;
+      auto v = Decode(*reply, &parsed);
+      if (!v) {
+        return violation("a reply line of " + std::to_string(reply->size()) + " bytes needs more than " +
+                         std::to_string(options_.max_decode_bytes) + " bytes of memory to decode");
       }
-      const auto* err = o.if_contains("error");
-      if (err && err->is_object()) {
+      // Which request the line answers; a line that answers none is unsolicited.
+      std::string unsolicited_why;
+      const json::object* o = v->is_object() ? &v->as_object() : nullptr;
+      const auto* rid = o ? o->if_contains("id") : nullptr;
+      if (!parsed || !o) {
+        unsolicited_why = "a line that is not a JSON object: " + Excerpt(*reply);
+      } else if (!rid || !(rid->is_int64() || rid->is_uint64())) {
+        unsolicited_why = "a reply without an integer id: " + Excerpt(*reply);
+      } else if (Int(*o, "id") != id) {
+        const int64_t other = Int(*o, "id");
+        if (outstanding_.erase(other)) continue;  // the late reply of an earlier call
+        unsolicited_why = "a reply to id " + std::to_string(other) +
+                          (other > 0 && other < id ? ", which is not outstanding" : ", which was never sent");
+      }
+      if (!unsolicited_why.empty()) {
+        // Noise on the port (e.g. a partial line from before a reconnect) is tolerated, a stream of it is not.
+        if (++unsolicited > options_.max_unsolicited_lines) {
+          return violation(std::to_string(unsolicited) + " lines that answer no outstanding request (the last: " +
+                           unsolicited_why + ")");
+        }
+        continue;
+      }
+      const auto* ok = o->if_contains("ok");
+      if (ok && ok->is_bool() && ok->as_bool()) {
+        const auto* res = o->if_contains("result");
+        if (res && res->is_object()) return res->as_object();
+        return violation("the reply to " + op + " says ok but has no result object");
+      }
+      const auto* err = o->if_contains("error");
+      if (ok && ok->is_bool() && err && err->is_object()) {
         return AgentError(Str(err->as_object(), "code"), Str(err->as_object(), "message"), op);
       }
-      return Status::Unavailable(options_.label + "guest agent " + op + ": malformed reply");
+      return violation("the reply to " + op + " has neither ok:true with a result nor ok:false with an error");
     }
   }
 
+  static constexpr size_t kMaxOutstanding = 256;
+
   Connector connect_;
   StreamChannelOptions options_;
-  std::mutex mu_;
+  std::timed_mutex mu_;  // one call at a time; waiting for it counts against the call's deadline
   LineStream stream_;
   int64_t next_id_ = 1;
+  std::set<int64_t> outstanding_;  // requests sent whose replies did not come (guarded by mu_)
+  std::mutex broken_mu_;
+  std::string broken_;  // the first protocol violation; non-empty: every call fails at once
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "net/ip.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <linux/ethtool.h>
 #include <linux/sockios.h>
 #include <net/if.h>
@@ -9,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "util/process.hpp"
@@ -79,6 +81,24 @@ bool InterfaceHasCarrier(const std::string& name) {
   bool carrier = ::ioctl(fd, SIOCETHTOOL, &req) == 0 && link.data != 0;
   ::close(fd);
   return carrier;
+}
+
+Status DisableIpv6(const std::string& name) {
+  // "all" and "default" are the directories of every interface and of new ones, not an interface.
+  if (name.empty() || name.size() > 15 || name.find('/') != std::string::npos || name == "." || name == ".." ||
+      name == "all" || name == "default") {
+    return Status::InvalidArgument("interface name '" + name + "' is invalid");
+  }
+  struct stat st {};
+  if (::stat("/proc/sys/net/ipv6", &st) != 0) return Status::Ok();  // no IPv6 on this host at all
+  const std::string path = "/proc/sys/net/ipv6/conf/" + name + "/disable_ipv6";
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return Status::Unavailable("disable IPv6 on " + name + ": open " + path + ": " + std::strerror(errno));
+  ssize_t n = ::write(fd, "1", 1);
+  int err = errno;
+  ::close(fd);
+  if (n != 1) return Status::Unavailable("disable IPv6 on " + name + ": write " + path + ": " + std::strerror(err));
+  return Status::Ok();
 }
 
 Result<bool> DeleteInterfaceIfPresent(const std::string& ip_binary, const std::string& name,

@@ -30,6 +30,12 @@ bool NetnsExists(const std::string& name);
 /// True when the interface has a carrier: for a TAP, a process holds it open.
 bool InterfaceHasCarrier(const std::string& name);
 
+/// Turns IPv6 off on the interface `name` of the caller's namespace (net.ipv6.conf.<name>.disable_ipv6 = 1): it
+/// gets no link-local address and the kernel drops the IPv6 packets it receives. For the host end of a VM's
+/// link, before it is set up: fcwarm's rules are IPv4 only, so over IPv6 a guest would reach the host's services
+/// on the link-local address of its gateway (docs/networking.md, "Isolation"). Ok when the host has no IPv6.
+Status DisableIpv6(const std::string& name);
+
 /// Deletes the interface `name` (a veth: both ends) when it exists in the caller's namespace. True when one
 /// was deleted; the `ip` error otherwise.
 Result<bool> DeleteInterfaceIfPresent(const std::string& ip_binary, const std::string& name,

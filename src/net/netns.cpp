@@ -81,9 +81,11 @@ Status NetnsNetwork::Create() {
         {"link", "add", plan_.host_veth, "type", "veth", "peer", "name", "veth0", "netns", ns}};
     if (!plan_.gateway_cidr.empty())
       host.push_back({"addr", "add", plan_.gateway_cidr, "dev", plan_.host_veth});
-    host.push_back({"link", "set", plan_.host_veth, "up"});
     created_veth_ = true;
     if (auto st = Batch(host, ""); !st.ok()) return fail(st);
+    // IPv4 only: before the link is up, so the host end never has an IPv6 address the guest could reach.
+    if (auto st = DisableIpv6(plan_.host_veth); !st.ok()) return fail(st);
+    if (auto st = Ip({"link", "set", plan_.host_veth, "up"}); !st.ok()) return fail(st);
   }
   std::vector<std::vector<std::string>> inside = {
       {"link", "set", "lo", "up"},

@@ -32,6 +32,8 @@ Status TapNetwork::Create() {
   }
   if (st.ok() && !plan_.gateway_cidr.empty())
     st = Ip({"addr", "add", plan_.gateway_cidr, "dev", plan_.tap}, true);
+  // A TAP in the root namespace: IPv4 only, like a QEMU VM's veth (net::DisableIpv6).
+  if (st.ok() && plan_.netns.empty()) st = DisableIpv6(plan_.tap);
   if (st.ok()) st = Ip({"link", "set", "dev", plan_.tap, "up"}, true);
   if (!st.ok()) {
     (void)Release();

@@ -225,6 +225,10 @@ class FakeGuest : public GuestChannel {
   }
   Result<ExecResult> Exec(const ExecRequest& r, std::chrono::milliseconds) override {
     if (!Alive()) return Status::Unavailable("agent socket closed");
+    if (vmm_.script.violate_exec > 0) {
+      --vmm_.script.violate_exec;
+      return Status::DataLoss("guest agent exec: protocol violation: reply line longer than 8388608 bytes");
+    }
     ExecResult e;
     e.exit_code = 0;
     for (const auto& a : r.argv) e.stdout_data += a + " ";
@@ -235,6 +239,10 @@ class FakeGuest : public GuestChannel {
     if (vmm_.script.fail_docker > 0) {
       --vmm_.script.fail_docker;
       return Status::Unavailable("guest agent docker: failed: connect /var/run/docker.sock: Connection refused");
+    }
+    if (vmm_.script.violate_docker > 0) {
+      --vmm_.script.violate_docker;
+      return Status::DataLoss("guest agent docker: protocol violation: 17 lines that answer no outstanding request");
     }
     ++vmm_.docker_requests;
     return docker_.Handle(r);

@@ -25,6 +25,8 @@ struct FakeScript {
   std::atomic<int> restore_delay_ms{0};      // extra time a restore takes
   std::atomic<int> snapshot_bytes{64 * 1024};  // size of the fake memory file
   std::atomic<int> fail_docker{0};           // next N Docker API requests fail (agent unreachable)
+  std::atomic<int> violate_docker{0};        // next N Docker API requests: the guest breaks the protocol (DataLoss)
+  std::atomic<int> violate_exec{0};          // next N execs: the guest breaks the protocol (DataLoss)
 };
 
 class FakeVmm : public Vmm {

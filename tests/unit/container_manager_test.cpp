@@ -513,3 +513,84 @@ TEST_CASE("published ports: resolved and reserved before any VM starts, given to
   CHECK(reuse->ports == std::vector<std::string>{taken + ":8080/tcp"});
   REQUIRE(cm.Destroy(reuse->id).ok());
 }
+
+TEST_CASE("a guest that breaks the agent protocol: its container fails naming it, its VM fails and stops") {
+  TestBed bed;
+  auto plain = bed.AddImage("plain", "file");
+  ContainerRequest r;
+  r.runtime_image = plain.id;
+  r.command = {"echo", "hi"};
+  bed.vmm->script.violate_exec = 1;
+  auto bad = bed.service->containers().Create(r);
+  REQUIRE_FALSE(bad.ok());
+  CHECK(bad.status().code() == StatusCode::kDataLoss);
+  CHECK_MESSAGE(bad.status().message().find("protocol violation: reply line longer than") != std::string::npos,
+                bad.status().message());
+  auto list = bed.service->containers().List(false);
+  REQUIRE(list.ok());
+  REQUIRE(list->size() == 1);
+  const auto failed = list->front();
+  CHECK(failed.state == ContainerState::kFailed);
+  CHECK(failed.last_error.find("command: guest agent exec: protocol violation") == 0);
+  CHECK(failed.vm_state == "failed");
+  auto vm = bed.service->engine().Get(failed.id);
+  REQUIRE(vm.ok());
+  CHECK(vm->state == VmState::kFailed);
+  CHECK(vm->last_error == failed.last_error);
+  CHECK(bed.vmm->live == 0);  // the VMM was stopped
+  CHECK(bed.service->engine().Handle(failed.id).status().code() == StatusCode::kNotFound);
+
+  // Everyone else is served as before.
+  auto good = bed.service->containers().Create(r);
+  REQUIRE_MESSAGE(good.ok(), good.status().ToString());
+  CHECK(good->state == ContainerState::kExited);
+  CHECK(good->exit_code == 0);
+
+  // Destroying the container keeps the reason its VM failed.
+  REQUIRE(bed.service->containers().Destroy(failed.id).ok());
+  vm = bed.service->engine().Get(failed.id);
+  REQUIRE(vm.ok());
+  CHECK(vm->state == VmState::kDestroyed);
+  CHECK(vm->last_error == failed.last_error);
+  // Failing it again changes nothing.
+  CHECK(bed.service->engine().Fail(failed.id, "again").ok());
+  CHECK(bed.service->engine().Get(failed.id)->last_error == failed.last_error);
+}
+
+TEST_CASE("a running container whose guest breaks the protocol later fails, its VM with it") {
+  TestBed bed;
+  auto img = bed.AddImage("dock", "docker");
+  auto a = bed.service->containers().Create(Req(img, {"sleep", "1000"}));
+  auto b = bed.service->containers().Create(Req(img, {"sleep", "1000"}));
+  REQUIRE(a.ok());
+  REQUIRE(b.ok());
+  CHECK(bed.vmm->live == 2);
+  bed.vmm->script.violate_docker = 1;  // the next request: a's inspect
+  auto seen = bed.service->containers().Get(a->id);
+  REQUIRE(seen.ok());
+  CHECK(seen->state == ContainerState::kFailed);
+  CHECK_MESSAGE(seen->last_error.find("protocol violation") != std::string::npos, seen->last_error);
+  auto again = bed.service->containers().Get(a->id);
+  REQUIRE(again.ok());
+  CHECK(again->state == ContainerState::kFailed);
+  CHECK(again->vm_state == "failed");
+  CHECK(bed.vmm->live == 1);
+  auto other = bed.service->containers().Get(b->id);
+  REQUIRE(other.ok());
+  CHECK(other->state == ContainerState::kRunning);
+  // Stop and destroy of the failed one work and ask its guest nothing.
+  const int requests = bed.vmm->docker_requests;
+  auto stopped = bed.service->containers().Stop(a->id);
+  REQUIRE_MESSAGE(stopped.ok(), stopped.status().ToString());
+  CHECK(stopped->state == ContainerState::kFailed);
+  REQUIRE(bed.service->containers().Destroy(a->id).ok());
+  CHECK(bed.vmm->docker_requests == requests);
+
+  // A violation seen by Stop (it refreshes the container first) fails the container the same way.
+  bed.vmm->script.violate_docker = 1;  // b's inspect (Stop refreshes it first)
+  auto s2 = bed.service->containers().Stop(b->id);
+  REQUIRE_MESSAGE(s2.ok(), s2.status().ToString());
+  CHECK(s2->state == ContainerState::kFailed);
+  CHECK(s2->vm_state == "failed");
+  CHECK(bed.vmm->live == 0);
+}

@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 #include <sys/stat.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -126,4 +127,18 @@ TEST_CASE("net: a netns plan checks its names and fails before running anything"
   auto st = network.Create();
   CHECK(st.code() == StatusCode::kInvalidArgument);
   CHECK(st.message() == "a gateway address needs a host veth");
+}
+
+TEST_CASE("net: DisableIpv6 takes one interface's name, never all of them, and names what it cannot change") {
+  for (const char* bad : {"", "all", "default", "..", "../all", "fcwarm-way-too-long0"}) {
+    CAPTURE(bad);
+    auto st = net::DisableIpv6(bad);
+    CHECK(st.code() == StatusCode::kInvalidArgument);
+    CHECK(st.message().find("interface name") == 0);
+  }
+  if (std::filesystem::exists("/proc/sys/net/ipv6")) {
+    auto st = net::DisableIpv6("fcwarm-nope0");
+    CHECK(st.code() == StatusCode::kUnavailable);
+    CHECK(st.message().find("disable IPv6 on fcwarm-nope0") == 0);
+  }
 }

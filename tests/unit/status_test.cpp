@@ -24,7 +24,7 @@ TEST_CASE("Status carries code and message") {
 
 TEST_CASE("one status table: every code once, in enum order, names round-trip") {
   const auto& table = StatusTable();
-  REQUIRE(table.size() == 9);
+  REQUIRE(table.size() == 10);
   std::set<std::string_view> names;
   for (size_t i = 0; i < table.size(); ++i) {
     CHECK(static_cast<size_t>(table[i].code) == i);
@@ -54,6 +54,10 @@ TEST_CASE("one status table: every code once, in enum order, names round-trip") 
   CHECK(StatusInfo(StatusCode::kResourceExhausted).cli_exit_code == 4);
   CHECK(StatusInfo(StatusCode::kUnavailable).python_exception == "UnavailableError");
   CHECK(StatusInfo(StatusCode::kInternal).http_status == 500);
+  // A guest that broke the agent protocol: the upstream sent an invalid response.
+  CHECK(StatusInfo(StatusCode::kDataLoss).name == "data_loss");
+  CHECK(StatusInfo(StatusCode::kDataLoss).http_status == 502);
+  CHECK(StatusInfo(StatusCode::kDataLoss).python_exception == "UnavailableError");
 }
 
 TEST_CASE("Result holds a value or an error") {

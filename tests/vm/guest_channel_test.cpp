@@ -99,7 +99,8 @@ class FakeAgent {
       Send(fd, json::serialize(json::object{{"v", 1}, {"id", id}, {"ok", true}, {"result", result}}) + "\n");
     };
     if (op == "ping") {
-      // Noise first: a stale reply, a garbage line, an error for an unparsable request; then the answer.
+      // Noise first (each line counts against the channel's max_unsolicited_lines): a reply to an id never
+      // sent, a garbage line, an error for an unparsable request; then the answer.
       Send(fd, R"({"v":1,"id":999999,"ok":true,"result":{"hostname":"stale"}})"
                "\n");
       Send(fd, "garbage that is not json\n");
@@ -289,18 +290,20 @@ TEST_CASE("guest channel: deadline, late replies, oversized reply, hang-up and r
 
   ExecRequest huge;
   huge.argv = {"huge"};
-  auto h = ch->Exec(huge, 5s);
-  CHECK(h.status().code() == StatusCode::kResourceExhausted);
-  CHECK(h.status().message().find("diagnosed") != std::string::npos);
-  REQUIRE(ch->Ping(2s).ok());  // reconnected
-  CHECK(agent.connections() == 2);
-
   ExecRequest hang;
   hang.argv = {"hangup"};
   auto g = ch->Exec(hang, 2s);
   CHECK(g.status().code() == StatusCode::kUnavailable);
-  REQUIRE(ch->Ping(2s).ok());
-  CHECK(agent.connections() == 3);
+  CHECK(g.status().message().find("diagnosed") != std::string::npos);
+  REQUIRE(ch->Ping(2s).ok());  // reconnected
+  CHECK(agent.connections() == 2);
+
+  // A reply over the cap is a protocol violation: the channel is not trusted again (tests/vm/hostile_channel_test.cpp).
+  auto h = ch->Exec(huge, 5s);
+  CHECK(h.status().code() == StatusCode::kDataLoss);
+  CHECK(h.status().message().find("protocol violation: reply line longer than 1048576 bytes") != std::string::npos);
+  CHECK(ch->Ping(2s).status().code() == StatusCode::kDataLoss);
+  CHECK(agent.connections() == 2);
 }
 
 TEST_CASE("guest channel: nothing listening is Unavailable within the deadline") {
@@ -378,10 +381,15 @@ TEST_CASE("guest channel: docker agent errors map to statuses") {
   CHECK(d.status().code() == StatusCode::kUnavailable);
   CHECK(d.status().message().find("/var/run/docker.sock: connect: No such file or directory") !=
         std::string::npos);
+  CHECK(agent.docker_requests().size() == 2);
+  // A reply without a status breaks the protocol (DataLoss), and the channel refuses every later call.
   req.path = "/nostatus";
   auto n = ch->Docker(req, 2s);
-  CHECK(n.status().code() == StatusCode::kUnavailable);
-  CHECK(n.status().message().find("status") != std::string::npos);
+  CHECK(n.status().code() == StatusCode::kDataLoss);
+  CHECK(n.status().message().find("no integer status") != std::string::npos);
+  CHECK(agent.docker_requests().size() == 3);
+  req.path = "/down";
+  CHECK(ch->Docker(req, 2s).status().code() == StatusCode::kDataLoss);
   CHECK(agent.docker_requests().size() == 3);
 }
 
