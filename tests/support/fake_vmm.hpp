@@ -25,6 +25,9 @@ struct FakeScript {
   std::atomic<int> restore_delay_ms{0};      // extra time a restore takes
   std::atomic<int> snapshot_bytes{64 * 1024};  // size of the fake memory file
   std::atomic<int> fail_docker{0};           // next N Docker API requests fail (agent unreachable)
+  std::atomic<int> snapshots_no_space{0};    // next N snapshots run out of disk space writing memory
+  std::atomic<int> restores_no_space{0};     // next N restores cannot create the clone's overlay (disk full)
+  std::atomic<int> cold_boots_no_space{0};   // next N cold boots cannot create the VM's overlay (disk full)
 };
 
 class FakeVmm : public Vmm {
