@@ -157,7 +157,7 @@ class RestoreEngine::Impl {
         Status failed = cold.status();
         if (!req.force_cold && reason != FallbackReason::kNoSnapshot) {
           failed = failed.WithContext("after the warm path failed (" + std::string(ToString(reason)) + ": " +
-                                      detail.substr(0, 300) + ")");
+                                      detail.substr(0, 1000) + ")");
         }
         cold = failed;
         Release(rec.id, VmState::kFailed, cold.status().message());

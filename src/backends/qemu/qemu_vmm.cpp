@@ -367,10 +367,11 @@ class QemuVm final : public Vm {
       if (!r.ok()) return r.status().WithContext("qemu-img create");
       owned_files_.push_back(cfg_.disk);
       if (r->exit_code != 0) {
-        auto code =
-            util::MentionsNoSpace(r->output) ? StatusCode::kResourceExhausted : StatusCode::kUnavailable;
+        std::string out = r->output.substr(0, 400);
+        while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+        auto code = util::MentionsNoSpace(out) ? StatusCode::kResourceExhausted : StatusCode::kUnavailable;
         return Status(code, "qemu-img create of " + cfg_.disk + " failed (exit " +
-                                std::to_string(r->exit_code) + "): " + r->output.substr(0, 400));
+                                std::to_string(r->exit_code) + "): " + out);
       }
     }
     if (cfg_.memory_mode == QemuMemoryMode::kFile && cfg_.ram_share) owned_files_.push_back(cfg_.ram_path);
