@@ -91,7 +91,8 @@ struct HealthOptions {
   bool auto_rebuild = true;
   /// \brief Delay before retrying after the first failed build; doubles per failure. Default: 5 s.
   std::chrono::milliseconds rebuild_backoff_initial{5000};
-  /// \brief Cap on the delay between automatic rebuild attempts. Default: 10 min.
+  /// \brief Cap on the delay between automatic rebuild attempts, and the delay after a build that ran out of
+  /// disk space (BuildOutcome::code kResourceExhausted). Default: 10 min.
   std::chrono::milliseconds rebuild_backoff_max{600000};
 };
 

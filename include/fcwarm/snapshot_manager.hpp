@@ -33,6 +33,9 @@ struct BuildOutcome {
   int64_t generation = 0;        ///< The generation built.
   int64_t build_failures = 0;    ///< Consecutive failed builds after this one (0 on success).
   std::string error;             ///< Error text on failure.
+  /// \brief Code of the failure, kOk on success; kResourceExhausted when a file system filled up (the error
+  /// then reads "build failed in phase <phase>: resource_exhausted: ...").
+  StatusCode code = StatusCode::kOk;
   Timings timings;               ///< Per-phase durations.
   bool automatic = false;        ///< True when HealthTracker requested the build.
 };

@@ -82,7 +82,7 @@ Status CheckNoBody(const HttpRequest& req) {
 }  // namespace
 
 HttpResponse StatusResponse(const Status& st) {
-  return ErrorResponse(HttpStatusFor(st.code()), StatusCodeName(st.code()), st.message());
+  return ErrorResponse(HttpStatusOf(st), StatusCodeName(st.code()), st.message());
 }
 
 Api::Api(Service& service, ContainerService& containers, ApiOptions options, const ServerStats* stats)

@@ -62,7 +62,7 @@ class Api {
   MetricsCollector metrics_;
 };
 
-/// The JSON error response of a library Status (status code from HttpStatusFor, code from StatusCodeName).
+/// The JSON error response of a library Status (status code from HttpStatusOf, code from StatusCodeName).
 HttpResponse StatusResponse(const Status& status);
 
 }  // namespace fcwarm::server

@@ -6,6 +6,16 @@ namespace json = boost::json;
 
 int HttpStatusFor(StatusCode code) { return StatusInfo(code).http_status; }
 
+int HttpStatusOf(const Status& status) {
+  if (status.code() == StatusCode::kResourceExhausted) {
+    for (std::string_view words :
+         {"No space left on device", "Disk quota exceeded", "database or disk is full"}) {
+      if (status.message().find(words) != std::string::npos) return 507;
+    }
+  }
+  return HttpStatusFor(status.code());
+}
+
 json::object TimingsToJson(const Timings& t) {
   json::object o;
   for (const auto& [k, v] : t) o[k] = v;

@@ -19,6 +19,10 @@ namespace fcwarm::server {
 
 /// HTTP status of a library error code (the library's StatusTable()).
 int HttpStatusFor(StatusCode code);
+/// HTTP status of a library error: HttpStatusFor(its code), except 507 Insufficient Storage for a
+/// resource_exhausted error about a full file system (its message carries the OS's or SQLite's words for it:
+/// "No space left on device", "Disk quota exceeded", "database or disk is full"; docs/api.md).
+int HttpStatusOf(const Status& status);
 
 boost::json::object SnapshotToJson(const RuntimeSnapshot& s);
 boost::json::object ImageToJson(const RuntimeImage& i);

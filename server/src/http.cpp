@@ -61,6 +61,8 @@ std::string_view ReasonPhrase(int status) {
       return "Gateway Timeout";
     case 505:
       return "HTTP Version Not Supported";
+    case 507:
+      return "Insufficient Storage";
   }
   return "Unknown";
 }

@@ -154,6 +154,9 @@ class HealthTracker::Impl {
     // Capped exponential backoff: initial * 2^(failures-1).
     auto delay = opts_.rebuild_backoff_initial;
     for (int64_t i = 1; i < o.build_failures && delay < opts_.rebuild_backoff_max; ++i) delay *= 2;
+    // A full disk: each attempt boots a build VM whose files fill it again (and can starve running VMs and
+    // the store), so retry at the slowest pace at once; an operator who freed space rebuilds without waiting.
+    if (o.code == StatusCode::kResourceExhausted) delay = opts_.rebuild_backoff_max;
     delay = std::min(delay, opts_.rebuild_backoff_max);
     {
       std::lock_guard lock(mu_);

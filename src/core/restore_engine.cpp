@@ -169,6 +169,13 @@ class RestoreEngine::Impl {
       if (!cold.ok()) {
         timings["total"] = util::MsSince(t_total);
         SetTimings(rec.id, timings);
+        // The record says why there was no warm boot either (e.g. both failed on a full disk).
+        Status failed = cold.status();
+        if (!req.force_cold && reason != FallbackReason::kNoSnapshot) {
+          failed = failed.WithContext("after the warm path failed (" + std::string(ToString(reason)) + ": " +
+                                      detail.substr(0, 1000) + ")");
+        }
+        cold = failed;
         Release(rec.id, VmState::kFailed, cold.status().message());
         Event e;
         e.kind = EventKind::kBoot;
@@ -480,7 +487,12 @@ class RestoreEngine::Impl {
     timings["restore"] = util::MsSince(t);
     FCWARM_FAILPOINT_INTO("restore.warm.restore", restored);  // the clone runs (released on error)
     if (!restored.ok()) {
-      (void)health_.RecordFailure(snap.id, snap.generation, "restore failed: " + restored.status().message());
+      // A full disk (the clone's overlay, its files) is not the snapshot's fault: it counts against no
+      // health.
+      if (restored.status().code() != StatusCode::kResourceExhausted) {
+        (void)health_.RecordFailure(snap.id, snap.generation,
+                                    "restore failed: " + restored.status().message());
+      }
       CleanWorkDir(spec);
       return fail(FallbackReason::kRestoreFailed, restored.status().message());
     }

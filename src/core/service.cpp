@@ -63,7 +63,14 @@ Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shar
     std::string lock_path = options.store.path + ".lock";
     s->lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (s->lock_fd_ < 0) {
-      return Status::Unavailable("cannot open lock file " + lock_path + ": " + std::strerror(errno));
+      int err = errno;
+      // A read-only file system (or directory) shows here first: the lock file is opened for writing.
+      StatusCode code = err == EROFS || err == EACCES || err == EPERM ? StatusCode::kFailedPrecondition
+                        : err == ENOSPC || err == EDQUOT              ? StatusCode::kResourceExhausted
+                                                                      : StatusCode::kUnavailable;
+      return Status(code, "the store '" + options.store.path +
+                              "' cannot be used: cannot open its lock file " + lock_path + ": " +
+                              std::strerror(err));
     }
     if (::flock(s->lock_fd_, LOCK_EX | LOCK_NB) != 0) {
       return Status::FailedPrecondition("the store '" + options.store.path +

@@ -781,6 +781,7 @@ class SnapshotManager::Impl {
     auto snap = Get(job.snapshot_id);
     if (!image.ok() || !snap.ok() || snap->state == SnapshotState::kDeleted) {
       out.error = "snapshot or image vanished before the build started";
+      out.code = StatusCode::kNotFound;
       return out;
     }
     Build b(job);
@@ -800,7 +801,10 @@ class SnapshotManager::Impl {
     if (result.ok()) {
       out.timings["total"] = util::MsSince(t_total);
       out.ok = !b.deleted_meanwhile;
-      if (b.deleted_meanwhile) out.error = "snapshot was deleted during the build";
+      if (b.deleted_meanwhile) {
+        out.error = "snapshot was deleted during the build";
+        out.code = StatusCode::kFailedPrecondition;
+      }
     }
 
     if (b.vm) {
@@ -813,11 +817,17 @@ class SnapshotManager::Impl {
 
     if (!result.ok()) {
       util::RemoveTree(b.tmp_dir);
-      util::RemoveTree(b.final_dir);  // a failure after Publish() renamed it into place
+      // Renamed into place but never committed (a failure after Publish(), or the store refused the publishing
+      // transaction, e.g. its disk is full): no record points at it, so nothing would ever collect it.
+      util::RemoveTree(b.final_dir);
       out.ok = false;
-      out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " + result.message();
+      out.code = result.code();
+      // A full disk is the one failure an operator fixes outside fcwarm: the error says so by its code name.
+      out.error = std::string("build failed in phase ") + std::string(ToString(phase)) + ": " +
+                  (out.code == StatusCode::kResourceExhausted ? "resource_exhausted: " : "") +
+                  result.message();
       out.timings["total"] = util::MsSince(t_total);
-      (void)Settle(b, [&] {
+      auto recorded = Settle(b, [&] {
         return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
           detail::DeleteGeneration(db, job.snapshot_id, gen);
           detail::RetireCurrentGeneration(db, job.snapshot_id);
@@ -827,6 +837,10 @@ class SnapshotManager::Impl {
           return Status::Ok();
         });
       });
+      if (!recorded.ok()) {
+        spdlog::error("snapshot {}: cannot record the failed build: {}", job.snapshot_id,
+                      recorded.ToString());
+      }
       spdlog::warn("snapshot {}: {}", job.snapshot_id, out.error);
     } else if (out.ok) {
       spdlog::info("snapshot {}: generation {} ready in {:.0f} ms", job.snapshot_id, gen, out.timings["total"]);

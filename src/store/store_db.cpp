@@ -1,5 +1,12 @@
 #include "store/store_db.hpp"
 
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
 #include "fcwarm/store.hpp"
 #include "store/sql.hpp"
 #include "util/common.hpp"
@@ -228,22 +235,133 @@ ALTER TABLE containers ADD COLUMN container_path_reason TEXT NOT NULL DEFAULT ''
   return kMigrations;
 }
 
+Status SqliteStatus(int extended_code, int sys_errno, const std::string& path, const std::string& message) {
+  const std::string what = "database '" + path + "': " + message;
+  const std::string os = sys_errno > 0 ? std::string(" (") + std::strerror(sys_errno) + ")" : "";
+  switch (extended_code & 0xff) {
+    case SQLITE_FULL:
+      return Status::ResourceExhausted(what + os + "; free space on its file system");
+    case SQLITE_IOERR:
+      if (util::IsNoSpace(sys_errno))
+        return Status::ResourceExhausted(what + os + "; free space on its file system");
+      return Status::Unavailable(what + os);
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return Status::Unavailable(what + " (another process holds a lock on it)");
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+      return Status::Unavailable(what + os);
+    default:
+      return Status::Internal("database error: " + message);
+  }
+}
+
+Status StoreDb::Error(const SQLite::Exception& e) const {
+  return SqliteStatus(e.getExtendedErrorCode(), db_ ? sqlite3_system_errno(db_->getHandle()) : 0, path_,
+                      e.what());
+}
+
+namespace {
+
+// What an operator reads when a database file cannot be used; fcwarm never replaces or empties it.
+constexpr const char* kKeepsFile =
+    "; fcwarm leaves the file as it is: restore it from a backup, or move it away "
+    "to start with an empty store (docs/operations.md, \"A broken store\")";
+
+// The Status of a SQLite error while opening or checking the database file at `path`.
+Status OpenError(const SQLite::Database* db, const SQLite::Exception& e, const std::string& path,
+                 std::chrono::milliseconds busy_timeout) {
+  const int code = e.getExtendedErrorCode() & 0xff;
+  if (code == SQLITE_NOTADB || code == SQLITE_CORRUPT) {
+    return Status::FailedPrecondition("database '" + path + "' is corrupt or truncated (" + e.what() + ")" +
+                                      kKeepsFile);
+  }
+  if (code == SQLITE_BUSY || code == SQLITE_LOCKED) {
+    return Status::Unavailable("database '" + path + "' is locked by another process (" + e.what() +
+                               " after waiting up to " + std::to_string(busy_timeout.count()) +
+                               " ms): stop the process that holds it (another fcwarm on this data directory, "
+                               "a sqlite3 shell in a transaction)");
+  }
+  if (code == SQLITE_READONLY) {
+    return Status::FailedPrecondition("database '" + path + "' is read-only (" + e.what() +
+                                      "): fcwarm writes it; make the file and its directory writable");
+  }
+  int sys_errno = db ? sqlite3_system_errno(db->getHandle()) : 0;
+  StatusCode c = SqliteStatus(e.getExtendedErrorCode(), sys_errno, path, e.what()).code();
+  return Status(c == StatusCode::kInternal ? StatusCode::kUnavailable : c,
+                "cannot open database '" + path + "': " + e.what() +
+                    (sys_errno > 0 ? std::string(" (") + std::strerror(sys_errno) + ")" : ""));
+}
+
+}  // namespace
+
 Result<std::unique_ptr<StoreDb>> StoreDb::Open(const StoreOptions& options) {
   if (options.path.empty()) return Status::InvalidArgument("store path: must not be empty");
   std::unique_ptr<StoreDb> s(new StoreDb());
   s->path_ = options.path;
+  const bool file = options.path != ":memory:";
+  // SQLite takes an empty file for a new database: a database truncated to nothing would be silently
+  // replaced. fcwarm never leaves one behind, even in a crash: the first statement (journal_mode=WAL) writes
+  // the header into the file itself, before any schema.
+  if (file) {
+    struct stat st {};
+    if (::stat(options.path.c_str(), &st) == 0) {
+      if (!S_ISREG(st.st_mode)) {
+        return Status::FailedPrecondition("database '" + options.path + "' is not a regular file");
+      }
+      if (st.st_size == 0) {
+        return Status::FailedPrecondition("database '" + options.path +
+                                          "' is an empty file (0 bytes: truncated?)" + kKeepsFile);
+      }
+    }
+  }
   try {
     s->db_ = std::make_unique<SQLite::Database>(options.path, SQLite::OPEN_READWRITE | SQLite::OPEN_CREATE |
                                                                   SQLite::OPEN_FULLMUTEX);
     s->db_->setBusyTimeout(static_cast<int>(options.busy_timeout.count()));
-    if (options.path != ":memory:") s->db_->exec("PRAGMA journal_mode=WAL");
+    if (file) s->db_->exec("PRAGMA journal_mode=WAL");
     s->db_->exec("PRAGMA foreign_keys=ON");
     s->db_->exec("PRAGMA synchronous=NORMAL");
   } catch (const SQLite::Exception& e) {
-    return Status::Unavailable("cannot open database '" + options.path + "': " + e.what());
+    return OpenError(s->db_.get(), e, options.path, options.busy_timeout);
+  }
+  if (file) {
+    if (auto st = s->CheckUsable(options); !st.ok()) return st;
   }
   if (auto st = s->Migrate(); !st.ok()) return st;
   return s;
+}
+
+// A database fcwarm opened but cannot use is refused at once, not at the first write: it must be writable
+// (SQLite silently opens a file it cannot write read-only), whole (quick_check reads every page: corruption
+// and truncation SQLite's open does not see) and not write-locked by another process.
+Status StoreDb::CheckUsable(const StoreOptions& options) {
+  try {
+    if (sqlite3_db_readonly(db_->getHandle(), "main") == 1) {
+      return Status::FailedPrecondition(
+          "database '" + path_ +
+          "' is read-only (a read-only file, an immutable attribute or a read-only "
+          "mount): fcwarm writes it; make the file and its directory writable");
+    }
+    std::string verdict = "no answer";
+    {
+      // Finalized before the write probe: SQLite does not wait for a write lock while a statement holds a
+      // read.
+      SQLite::Statement check(*db_, "PRAGMA quick_check(1)");
+      if (check.executeStep()) verdict = check.getColumn(0).getString();
+    }
+    if (verdict != "ok") {
+      std::replace(verdict.begin(), verdict.end(), '\n', ' ');
+      return Status::FailedPrecondition(
+          "database '" + path_ + "' is corrupt or truncated (integrity check: " + verdict.substr(0, 200) +
+          ")" + kKeepsFile);
+    }
+    db_->exec("BEGIN IMMEDIATE");
+    db_->exec("ROLLBACK");
+  } catch (const SQLite::Exception& e) {
+    return OpenError(db_.get(), e, path_, options.busy_timeout);
+  }
+  return Status::Ok();
 }
 
 Status StoreDb::Migrate() {
@@ -271,7 +389,9 @@ Status StoreDb::Migrate() {
     }
     schema_version_ = current;
   } catch (const SQLite::Exception& e) {
-    return Status::Unavailable("database '" + path_ + "': migration failed: " + e.what());
+    Status st = Error(e);
+    return Status(st.code() == StatusCode::kInternal ? StatusCode::kUnavailable : st.code(),
+                  "database '" + path_ + "': migration failed: " + e.what());
   }
   return Status::Ok();
 }

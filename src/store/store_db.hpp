@@ -29,9 +29,13 @@ const std::vector<Migration>& Migrations();
 
 class StoreDb {
  public:
+  /// Opens (or creates) the database and migrates it. A file fcwarm cannot use is refused with a Status
+  /// naming it and what is wrong, never replaced or emptied (docs/operations.md, "A broken store"): an
+  /// existing empty file (a truncated database), one that is not a database or fails SQLite's integrity check
+  /// (corrupt or truncated), a read-only file or file system, a write lock another process holds.
   static Result<std::unique_ptr<StoreDb>> Open(const StoreOptions& options);
 
-  /// Runs `fn(db)` under the connection lock, converting SQLite exceptions into Status.
+  /// Runs `fn(db)` under the connection lock, converting SQLite exceptions into Status (Error()).
   /// `fn` returns Status or Result<T>.
   template <typename F>
   auto With(F&& fn) const -> decltype(fn(std::declval<SQLite::Database&>())) {
@@ -39,7 +43,7 @@ class StoreDb {
     try {
       return fn(*db_);
     } catch (const SQLite::Exception& e) {
-      return Status::Internal(std::string("database error: ") + e.what());
+      return Error(e);
     } catch (const std::exception& e) {
       return Status::Internal(std::string("store error: ") + e.what());
     }
@@ -66,7 +70,7 @@ class StoreDb {
       }
       return r;
     } catch (const SQLite::Exception& e) {
-      return Status::Internal(std::string("database error: ") + e.what());
+      return Error(e);
     } catch (const std::exception& e) {
       return Status::Internal(std::string("store error: ") + e.what());
     }
@@ -78,12 +82,23 @@ class StoreDb {
  private:
   StoreDb() = default;
   Status Migrate();
+  Status CheckUsable(const StoreOptions& options);
+  // The Status of a SQLite error on this connection (SqliteStatus() with the OS error behind it).
+  Status Error(const SQLite::Exception& e) const;
 
   mutable std::recursive_mutex mu_;
   std::unique_ptr<SQLite::Database> db_;
   std::string path_;
   int schema_version_ = 0;
 };
+
+/// The Status of a SQLite error about the database at `path`: `message` (SQLite's) with a code chosen by
+/// SQLite's extended result code and the OS error behind it (docs/operations.md, "Disk full", "A broken
+/// store"): ResourceExhausted for a full disk (SQLITE_FULL, or an I/O error with ENOSPC/EDQUOT), Unavailable
+/// for a lock another process holds (SQLITE_BUSY, SQLITE_LOCKED), a read-only or unreachable file
+/// (SQLITE_READONLY, SQLITE_CANTOPEN, other I/O errors), Internal for anything else (constraints, corruption,
+/// misuse).
+Status SqliteStatus(int extended_code, int sys_errno, const std::string& path, const std::string& message);
 
 /// Appends an event (time 0: now); returns its id. Caller holds the lock.
 int64_t InsertEvent(SQLite::Database& db, const Event& e);

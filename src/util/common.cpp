@@ -83,24 +83,38 @@ Status FsyncPath(const fs::path& path) {
   int r = ::fsync(fd);
   int e = errno;
   ::close(fd);
-  if (r != 0) return Status::Unavailable("fsync " + path.string() + ": " + std::strerror(e));
+  if (r != 0) return ErrnoStatus(e, "fsync " + path.string());
   return Status::Ok();
+}
+
+bool IsNoSpace(int err) { return err == ENOSPC || err == EDQUOT; }
+
+Status ErrnoStatus(int err, const std::string& what, StatusCode otherwise) {
+  auto code = IsNoSpace(err) ? StatusCode::kResourceExhausted : otherwise;
+  return Status(code, what + ": " + std::strerror(err));
+}
+
+bool MentionsNoSpace(std::string_view text) {
+  for (int err : {ENOSPC, EDQUOT}) {
+    if (text.find(std::strerror(err)) != std::string_view::npos) return true;
+  }
+  return false;
 }
 
 Status WriteFileDurable(const fs::path& path, std::string_view data) {
   fs::path tmp = path;
   tmp += ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Status::Unavailable("cannot create " + tmp.string() + ": " + Errno());
+  if (fd < 0) return ErrnoStatus(errno, "cannot create " + tmp.string());
   size_t off = 0;
   while (off < data.size()) {
     ssize_t n = ::write(fd, data.data() + off, data.size() - off);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int e = errno;
+    if (n <= 0) {  // a full file system ends a write short first, then fails it with ENOSPC
+      int e = n < 0 ? errno : ENOSPC;
       ::close(fd);
       ::unlink(tmp.c_str());
-      return Status::Unavailable("write " + tmp.string() + ": " + std::strerror(e));
+      return ErrnoStatus(e, "write " + tmp.string());
     }
     off += static_cast<size_t>(n);
   }
@@ -108,13 +122,17 @@ Status WriteFileDurable(const fs::path& path, std::string_view data) {
     int e = errno;
     ::close(fd);
     ::unlink(tmp.c_str());
-    return Status::Unavailable("fsync " + tmp.string() + ": " + std::strerror(e));
+    return ErrnoStatus(e, "fsync " + tmp.string());
   }
-  ::close(fd);
+  if (::close(fd) != 0 && IsNoSpace(errno)) {  // NFS and quotas may report ENOSPC only at close
+    int e = errno;
+    ::unlink(tmp.c_str());
+    return ErrnoStatus(e, "close " + tmp.string());
+  }
   if (::rename(tmp.c_str(), path.c_str()) != 0) {
     int e = errno;
     ::unlink(tmp.c_str());
-    return Status::Unavailable("rename " + tmp.string() + ": " + std::strerror(e));
+    return ErrnoStatus(e, "rename " + tmp.string());
   }
   return FsyncPath(path.parent_path());
 }
@@ -135,7 +153,7 @@ Result<std::string> ReadFile(const fs::path& path, size_t max_bytes) {
 Status MakeDirs(const fs::path& path) {
   std::error_code ec;
   fs::create_directories(path, ec);
-  if (ec) return Status::Unavailable("cannot create directory " + path.string() + ": " + ec.message());
+  if (ec) return ErrnoStatus(ec.value(), "cannot create directory " + path.string());
   return Status::Ok();
 }
 

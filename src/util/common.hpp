@@ -25,7 +25,17 @@ std::string Xxh3Hex(std::string_view data);
 /// XXH3-128 of a file's contents.
 Result<std::string> Xxh3File(const std::filesystem::path& path);
 
-/// Writes a file durably: write to `<path>.tmp`, fsync, rename, fsync the directory.
+/// True for the errno values of a full file system or an exhausted quota (ENOSPC, EDQUOT).
+bool IsNoSpace(int err);
+/// The Status of a failed file-system call: "<what>: <strerror(err)>", with code ResourceExhausted when the
+/// file system is full (IsNoSpace; docs/operations.md, "Disk full"), else `otherwise`.
+Status ErrnoStatus(int err, const std::string& what, StatusCode otherwise = StatusCode::kUnavailable);
+/// True when a tool's or QEMU's error text reports a full file system ("No space left on device", "Disk quota
+/// exceeded"): how the backends tell ENOSPC in a child process from other failures.
+bool MentionsNoSpace(std::string_view text);
+
+/// Writes a file durably: write to `<path>.tmp`, fsync, rename, fsync the directory. A full file system is
+/// ResourceExhausted and leaves no `.tmp` file.
 Status WriteFileDurable(const std::filesystem::path& path, std::string_view data);
 /// Reads a whole file (at most `max_bytes`).
 Result<std::string> ReadFile(const std::filesystem::path& path, size_t max_bytes = 16u << 20);

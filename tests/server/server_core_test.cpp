@@ -132,6 +132,13 @@ TEST_CASE("status mapping and strict object reader") {
   CHECK(HttpStatusFor(StatusCode::kUnavailable) == 503);
   CHECK(HttpStatusFor(StatusCode::kDeadlineExceeded) == 504);
   CHECK(HttpStatusFor(StatusCode::kInternal) == 500);
+  // A full file system is 507; other exhausted resources (limits, queues) stay 429.
+  CHECK(HttpStatusOf(Status::ResourceExhausted("write /d/x: No space left on device")) == 507);
+  CHECK(HttpStatusOf(Status::ResourceExhausted("database '/d/fcwarm.db': database or disk is full")) == 507);
+  CHECK(HttpStatusOf(Status::ResourceExhausted("write /d/x: Disk quota exceeded")) == 507);
+  CHECK(HttpStatusOf(Status::ResourceExhausted("the maximum of 3 runtime snapshots is reached")) == 429);
+  CHECK(HttpStatusOf(Status::Unavailable("write /d/x: No space left on device")) == 503);
+  CHECK(HttpStatusOf(Status::NotFound("x")) == 404);
 
   auto o = ParseBodyObject(R"({"a": "x", "n": 3, "extra": 1})");
   REQUIRE(o.ok());

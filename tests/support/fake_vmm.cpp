@@ -318,6 +318,13 @@ class FakeVm : public Vm {
       ::kill(pid_, SIGKILL);
       return Status::Unavailable("VMM process died during snapshot/create");
     }
+    if (vmm_.script.snapshots_no_space > 0) {
+      vmm_.script.snapshots_no_space--;
+      // What a full file system leaves: a partial memory file, and the OS's ENOSPC as the backends report it.
+      std::ofstream(fs::path(dir) / "memory.bin") << "partial";
+      return Status::ResourceExhausted("write memory: copy to " + (fs::path(dir) / "memory.bin").string() +
+                                       ": No space left on device");
+    }
     std::string mem(static_cast<size_t>(vmm_.script.snapshot_bytes.load()), '\0');
     for (size_t i = 0; i < mem.size(); ++i) mem[i] = static_cast<char>((i * 131) & 0xff);
     std::ofstream(fs::path(dir) / "memory.bin", std::ios::binary) << mem;
@@ -417,6 +424,11 @@ Result<std::unique_ptr<Vm>> FakeVmm::ColdBoot(const LaunchSpec& spec) {
     script.fail_cold_boots--;
     return Status::Unavailable("fake: cold boot failed (injected)");
   }
+  if (script.cold_boots_no_space > 0) {
+    script.cold_boots_no_space--;
+    return Status::ResourceExhausted("fake: create " + (fs::path(spec.work_dir) / "overlay.qcow2").string() +
+                                     ": No space left on device");
+  }
   cold_boots++;
   return Start(spec, false, false, {});
 }
@@ -429,6 +441,11 @@ Result<std::unique_ptr<Vm>> FakeVmm::Restore(const LaunchSpec& spec, const std::
   if (script.fail_restores > 0) {
     script.fail_restores--;
     return Status::Unavailable("fake: restore failed (injected)");
+  }
+  if (script.restores_no_space > 0) {
+    script.restores_no_space--;
+    return Status::ResourceExhausted("fake: create " + (fs::path(spec.work_dir) / "overlay.qcow2").string() +
+                                     ": No space left on device");
   }
   bool verify_fails = false;
   if (script.fail_verifies > 0) {

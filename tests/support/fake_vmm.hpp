@@ -27,6 +27,9 @@ struct FakeScript {
   std::atomic<int> fail_docker{0};           // next N Docker API requests fail (agent unreachable)
   std::atomic<int> violate_docker{0};        // next N Docker API requests: the guest breaks the protocol (DataLoss)
   std::atomic<int> violate_exec{0};          // next N execs: the guest breaks the protocol (DataLoss)
+  std::atomic<int> snapshots_no_space{0};    // next N snapshots run out of disk space writing memory
+  std::atomic<int> restores_no_space{0};     // next N restores cannot create the clone's overlay (disk full)
+  std::atomic<int> cold_boots_no_space{0};   // next N cold boots cannot create the VM's overlay (disk full)
 };
 
 class FakeVmm : public Vmm {

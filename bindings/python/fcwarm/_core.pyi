@@ -180,6 +180,7 @@ class BuildOutcome:
     generation: int
     build_failures: int
     error: str
+    code: str
     timings: Dict[str, float]
     automatic: bool
 

@@ -223,6 +223,9 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("generation", &BuildOutcome::generation)
       .def_readonly("build_failures", &BuildOutcome::build_failures)
       .def_readonly("error", &BuildOutcome::error)
+      .def_property_readonly(
+          "code", [](const BuildOutcome& o) { return std::string(StatusCodeName(o.code)); },
+          "Name of the failure's code, 'ok' on success; 'resource_exhausted' when a file system filled up.")
       .def_readonly("timings", &BuildOutcome::timings)
       .def_readonly("automatic", &BuildOutcome::automatic);
 

@@ -165,14 +165,14 @@ def test_build_listener_from_worker_thread(fake_service):
     done = threading.Event()
 
     def on_build(outcome):
-        seen.append((threading.get_ident(), outcome.snapshot_id, outcome.ok, outcome.generation))
+        seen.append((threading.get_ident(), outcome.snapshot_id, outcome.ok, outcome.generation, outcome.code))
         done.set()
 
     token = svc.snapshots.add_build_listener(on_build)
     snap = svc.snapshots.create(img.id)
     assert done.wait(20)
     svc.snapshots.remove_build_listener(token)
-    assert seen[0][1:] == (snap.id, True, 1)
+    assert seen[0][1:] == (snap.id, True, 1, "ok")
     assert seen[0][0] != threading.get_ident()  # called on a library worker thread
 
 

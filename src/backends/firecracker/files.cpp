@@ -12,6 +12,8 @@
 #include <cstring>
 #include <vector>
 
+#include "util/common.hpp"
+
 namespace fcwarm::firecracker {
 namespace {
 
@@ -41,13 +43,13 @@ Status CopyRange(int in, int out, off_t start, off_t end, const std::string& wha
         if (r <= 0)
           return Status::Unavailable(what + ": read: " + (r < 0 ? Errno() : "unexpected end of file"));
         ssize_t w = ::pwrite(out, buf.data(), static_cast<size_t>(r), out_off);
-        if (w != r) return Status::Unavailable(what + ": write: " + Errno());
+        if (w != r) return util::ErrnoStatus(w < 0 ? errno : ENOSPC, what + ": write");  // short: full
         in_off += r;
         out_off += r;
       }
       return Status::Ok();
     }
-    if (n < 0) return Status::Unavailable(what + ": copy_file_range: " + Errno());
+    if (n < 0) return util::ErrnoStatus(errno, what + ": copy_file_range");
     if (n == 0) return Status::Unavailable(what + ": source shrank during the copy");
   }
   return Status::Ok();
@@ -62,9 +64,9 @@ Status CopyFileSparse(const std::string& src, const std::string& dst) {
   struct stat st {};
   if (::fstat(in.fd, &st) != 0) return Status::Unavailable(what + ": stat: " + Errno());
   Fd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
-  if (out.fd < 0) return Status::Unavailable(what + ": " + Errno());
+  if (out.fd < 0) return util::ErrnoStatus(errno, what);
   if (::ioctl(out.fd, FICLONE, in.fd) == 0) return Status::Ok();
-  if (::ftruncate(out.fd, st.st_size) != 0) return Status::Unavailable(what + ": truncate: " + Errno());
+  if (::ftruncate(out.fd, st.st_size) != 0) return util::ErrnoStatus(errno, what + ": truncate");
   off_t pos = 0;
   while (pos < st.st_size) {
     off_t data = ::lseek(in.fd, pos, SEEK_DATA);

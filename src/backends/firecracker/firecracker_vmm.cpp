@@ -278,7 +278,12 @@ class FirecrackerVm : public Vm {
     const bool diff = opts_.snapshot_type == FirecrackerSnapshotType::kDiff;
     json::object body{
         {"snapshot_type", diff ? "Diff" : "Full"}, {"snapshot_path", state_arg}, {"mem_file_path", mem_arg}};
-    if (auto st = ApiLocked("PUT", "/snapshot/create", body, opts_.snapshot_timeout); !st.ok()) return st;
+    if (auto st = ApiLocked("PUT", "/snapshot/create", body, opts_.snapshot_timeout); !st.ok()) {
+      // Firecracker reports a full file system only in its fault message ("No space left on device (os error
+      // 28)").
+      if (util::MentionsNoSpace(st.message())) return Status::ResourceExhausted(st.message());
+      return st;
+    }
     if (layout_.jailed) {
       for (const char* name : {kStateName, kMemName}) {
         if (auto st = firecracker::MoveFile(Join(layout_.fc_dir, name), Join(dir, name)); !st.ok()) return st;

@@ -94,17 +94,16 @@ std::string ImageFormat(const std::string& path) {
                                                                                                : "raw";
 }
 
-// Copies a file keeping holes (SEEK_DATA/SEEK_HOLE + copy_file_range). `dst` must not exist.
+// Copies a file keeping holes (SEEK_DATA/SEEK_HOLE + copy_file_range). `dst` must not exist. A full file
+// system is ResourceExhausted (the caller removes the partial copy with its directory).
 Status CopySparse(const std::string& src, const std::string& dst) {
   guest::UniqueFd in(::open(src.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in.valid()) return Status::Unavailable("open " + src + ": " + std::strerror(errno));
   struct stat st {};
   if (::fstat(in.get(), &st) != 0) return Status::Unavailable("stat " + src + ": " + std::strerror(errno));
   guest::UniqueFd out(::open(dst.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
-  if (!out.valid()) return Status::Unavailable("create " + dst + ": " + std::strerror(errno));
-  if (::ftruncate(out.get(), st.st_size) != 0) {
-    return Status::Unavailable("truncate " + dst + ": " + std::strerror(errno));
-  }
+  if (!out.valid()) return util::ErrnoStatus(errno, "create " + dst);
+  if (::ftruncate(out.get(), st.st_size) != 0) return util::ErrnoStatus(errno, "truncate " + dst);
   off_t pos = 0;
   std::vector<char> buf;
   while (pos < st.st_size) {
@@ -126,24 +125,24 @@ Status CopySparse(const std::string& src, const std::string& dst) {
                             std::min<size_t>(buf.size(), static_cast<size_t>(hole - off_in)), off_in);
         if (r <= 0) return Status::Unavailable("read " + src + ": " + std::strerror(errno));
         ssize_t w = ::pwrite(out.get(), buf.data(), static_cast<size_t>(r), off_out);
-        if (w != r) return Status::Unavailable("write " + dst + ": " + std::strerror(errno));
+        // A short write is how a full file system shows first; the next one would fail with ENOSPC.
+        if (w != r) return util::ErrnoStatus(w < 0 ? errno : ENOSPC, "write " + dst);
         off_in += r;
         off_out += r;
         continue;
       }
-      if (n < 0) return Status::Unavailable("copy " + src + " to " + dst + ": " + std::strerror(errno));
+      if (n < 0) return util::ErrnoStatus(errno, "copy " + src + " to " + dst);
       if (n == 0) break;
     }
     pos = hole;
   }
-  if (::fsync(out.get()) != 0) return Status::Unavailable("fsync " + dst + ": " + std::strerror(errno));
+  if (::fsync(out.get()) != 0) return util::ErrnoStatus(errno, "fsync " + dst);
   return Status::Ok();
 }
 
 Status FsyncFile(const std::string& path) {
   guest::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid() || ::fsync(fd.get()) != 0)
-    return Status::Unavailable("fsync " + path + ": " + std::strerror(errno));
+  if (!fd.valid() || ::fsync(fd.get()) != 0) return util::ErrnoStatus(errno, "fsync " + path);
   return Status::Ok();
 }
 
@@ -400,8 +399,11 @@ class QemuVm final : public Vm {
       if (!r.ok()) return r.status().WithContext("qemu-img create");
       owned_files_.push_back(cfg_.disk);
       if (r->exit_code != 0) {
-        return Status::Unavailable("qemu-img create of " + cfg_.disk + " failed (exit " +
-                                   std::to_string(r->exit_code) + "): " + r->output.substr(0, 400));
+        std::string out = r->output.substr(0, 400);
+        while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+        auto code = util::MentionsNoSpace(out) ? StatusCode::kResourceExhausted : StatusCode::kUnavailable;
+        return Status(code, "qemu-img create of " + cfg_.disk + " failed (exit " +
+                                std::to_string(r->exit_code) + "): " + out);
       }
     }
     if (cfg_.memory_mode == QemuMemoryMode::kFile && cfg_.ram_share) owned_files_.push_back(cfg_.ram_path);
@@ -463,8 +465,11 @@ class QemuVm final : public Vm {
       }
       if (status == "completed") return Status::Ok();
       if (status == "failed" || status == "cancelled") {
-        return Status::Unavailable(std::string(what) + ": migration " + status +
-                                   (error.empty() ? "" : ": " + error) + Diagnostics());
+        // QEMU reports a full file system under the migration's fd only as text ("Unable to write to file:
+        // No space left on device").
+        auto code = util::MentionsNoSpace(error) ? StatusCode::kResourceExhausted : StatusCode::kUnavailable;
+        return Status(code, std::string(what) + ": migration " + status +
+                                (error.empty() ? "" : ": " + error) + Diagnostics());
       }
       if (Clock::now() >= deadline) {
         return Status::DeadlineExceeded(std::string(what) + ": migration still '" + status +
@@ -517,7 +522,7 @@ class QemuVm final : public Vm {
     const std::string state = Join(dir, qemu::kStateName);
     {
       guest::UniqueFd fd(::open(state.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640));
-      if (!fd.valid()) return Status::Unavailable("create " + state + ": " + std::strerror(errno));
+      if (!fd.valid()) return util::ErrnoStatus(errno, "write device state: create " + state);
       auto g = Qmp("getfd", json::object{{"fdname", "fcwarm-snap"}}, opt_.qmp_timeout, fd.get());
       if (!g.ok()) return g.status();
     }
@@ -525,9 +530,9 @@ class QemuVm final : public Vm {
     if (!m.ok()) return m.status();
     if (auto st = WaitMigration(deadline, "migrate"); !st.ok()) {
       if (AliveLocked()) (void)Qmp("migrate_cancel", nullptr, opt_.qmp_timeout);
-      return st;
+      return st.WithContext("write device state");
     }
-    if (auto st = FsyncFile(state); !st.ok()) return st;
+    if (auto st = FsyncFile(state); !st.ok()) return st.WithContext("write device state");
 
     Sidecar sc;
     sc.qemu_version = qemu_version_;
@@ -551,7 +556,9 @@ class QemuVm final : public Vm {
     sc.state_xxh3 = *digest;
     if (cfg_.memory_mode == QemuMemoryMode::kFile) {
       // The build VM keeps its own RAM file (it may be resumed); the snapshot gets a copy no one ever writes.
-      if (auto s = CopySparse(cfg_.ram_path, Join(dir, qemu::kRamName)); !s.ok()) return s;
+      if (auto s = CopySparse(cfg_.ram_path, Join(dir, qemu::kRamName)); !s.ok()) {
+        return s.WithContext("write memory");
+      }
       struct stat rs {};
       if (::stat(Join(dir, qemu::kRamName).c_str(), &rs) == 0)
         sc.ram_size = static_cast<uint64_t>(rs.st_size);
@@ -560,7 +567,9 @@ class QemuVm final : public Vm {
     if (!cfg_.disk.empty()) {
       // The device is inactive (flushed) after the migration completed; its backing file stays the image
       // base.
-      if (auto s = CopySparse(cfg_.disk, Join(dir, qemu::kDiskName)); !s.ok()) return s;
+      if (auto s = CopySparse(cfg_.disk, Join(dir, qemu::kDiskName)); !s.ok()) {
+        return s.WithContext("write disk");
+      }
     }
     FCWARM_FAILPOINT("snapshot.build.write_disk");  // the disk copied, no sidecar yet
     if (Clock::now() > deadline) return Status::DeadlineExceeded("snapshot took longer than the deadline");
