@@ -472,7 +472,7 @@ json::object ApplyDocker(AgentContext& ctx, const DockerSettings& want, const Do
   if (auto s = ctx.sys->ReplaceFile(d.config_file, json::serialize(cfg) + "\n", 0644); !s.ok())
     throw Failure{"failed", Printable("docker: " + s.error)};
   json::object r;
-  r["config_file"] = d.config_file;
+  r["config_file"] = Printable(d.config_file, 4096);  // from /proc/<pid>/cmdline: any bytes
   if (d.pid == 0) {
     r["dockerd"] = "not_running";  // it reads the file when it starts
     return r;
@@ -481,7 +481,7 @@ json::object ApplyDocker(AgentContext& ctx, const DockerSettings& want, const Do
   if (sock.empty()) sock = SocketFromDaemonJson(cfg);
   if (sock.empty()) sock = std::string(kDefaultDockerSocket);
   r["pid"] = d.pid;
-  r["socket"] = sock;
+  r["socket"] = Printable(sock, 4096);
   const auto deadline = Clock::now() + want.timeout;
   auto left = [&] {
     return std::max<int64_t>(
