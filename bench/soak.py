@@ -13,8 +13,10 @@ container cycles through the REST API with C workers at once:
 and reports failures (must be 0), per-cycle latency p50/p95 (and per step), warm/cold boots, the server's RSS
 (VmRSS) and open fd count sampled at the start, the middle and the end of the cycles (and every 10 %), then
 checks that nothing leaked: no container left undestroyed, no VMM process of this server, no VM work directory,
-and the host's network namespaces (fcw-*), veths (fcwh*) and iptables rules mentioning fcwarm back to what they
-were before (checked with the server still running, and again after it stopped). Exit status 1 on any failure
+no network namespace (fcw-*) or veth (fcwh*) and no per-VM iptables rule (comment fcwarm:vm:...) beyond what
+was there before, with the server still running; after it stopped, every iptables line mentioning fcwarm (its
+own chains included) back to what it was before it started. It also prints what the server's fds point at,
+end vs start, and the database size beside RSS (destroyed containers' records stay, by design). Exit status 1 on any failure
 or leak, 2 when the server or the snapshot could not be set up.
 
 usage: bench/soak.py [--cycles N] [--concurrency C] [--server PATH] [--guest DIR] [--keep]
@@ -68,6 +70,25 @@ def host_address():
 
 # ---- host state -------------------------------------------------------------------------------------------
 
+def fd_targets(pid):
+    """What the process's fds point at ("socket:[…]" and "pipe:[…]" without their inode), sorted."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out.append(re.sub(r":\[\d+\]$", "", os.readlink(f"/proc/{pid}/fd/{fd}")))
+        except OSError:
+            pass
+    return sorted(out)
+
+
+def db_bytes(data_dir):
+    """Size of the server's SQLite database file (its WAL not counted: it grows and shrinks with checkpoints)."""
+    try:
+        return os.path.getsize(os.path.join(data_dir, "fcwarm.db"))
+    except OSError:
+        return 0
+
+
 def proc_status(pid):
     """(VmRSS in KiB, open fd count) of a process."""
     rss = None
@@ -120,18 +141,22 @@ def fcwarm_rules():
 
 def host_state(data_dir):
     vms = os.path.join(data_dir, "vms")
+    rules = fcwarm_rules()
     return {
         "netns": netns_names(),
         "veths": veth_names(),
-        "iptables": fcwarm_rules(),
+        "iptables": rules,
+        # Rules of one VM carry the comment "fcwarm:vm:<vm id>:..." (src/net/iptables.hpp); the untagged ones are
+        # the server's own chains and jumps, created with the first VM network and removed when it exits.
+        "iptables_vm": [r for r in rules if "fcwarm:vm:" in r],
         "vm_dirs": sorted(os.listdir(vms)) if os.path.isdir(vms) else [],
     }
 
 
-def diff_state(before, after):
+def diff_state(before, after, keys=("netns", "veths", "iptables", "vm_dirs")):
     """Human-readable leaks: what `after` has that `before` had not."""
     leaks = []
-    for key in ("netns", "veths", "iptables", "vm_dirs"):
+    for key in keys:
         extra = [x for x in after[key] if x not in before[key]]
         if extra or len(after[key]) > len(before[key]):
             leaks.append(f"{key}: {len(after[key])} now, {len(before[key])} before; new: {extra[:5]}")
@@ -223,13 +248,16 @@ class Soak:
         self.latency = []  # whole cycle, seconds
         self.steps = {"create": [], "logs": [], "destroy": []}
         self.boots = {}
-        self.samples = []  # (label, cycles done, rss KiB, fds)
+        self.samples = []  # (label, cycles done, rss KiB, fds, database bytes)
+        self.fds = {}  # label -> fd targets (start and end)
         self.sample_at = sorted({max(1, cycles * k // 10) for k in range(1, 11)} | {max(1, cycles // 2)})
         self.leftover = []  # ids whose destroy failed
 
     def sample(self, label):
         rss, fds = proc_status(self.s.proc.pid)
-        self.samples.append((label, self.done, rss, fds))
+        self.samples.append((label, self.done, rss, fds, db_bytes(self.s.data_dir)))
+        if label in ("start", "end"):
+            self.fds[label] = fd_targets(self.s.proc.pid)
         log(f"{label}: {self.done}/{self.cycles} cycles, server RSS {rss / 1024:.1f} MiB, {fds} fds, "
             f"{len(self.failures)} failures")
 
@@ -360,7 +388,7 @@ def main():
         log(f"server pid {server.proc.pid} on port {server.port}: {' '.join(server.args[1:])}")
         build_s = build_snapshot(server)
         log(f"runtime snapshot ready in {build_s:.1f} s")
-        steady = host_state(server.data_dir)  # the server's own chains are in place now
+        steady = host_state(server.data_dir)  # before the first container
         soak = Soak(server, args.cycles, args.concurrency)
         soak.run()
 
@@ -373,7 +401,8 @@ def main():
         if vmms:
             problems.append(f"VMM processes of the server still running: {vmms[:3]}")
         during = host_state(server.data_dir)
-        problems += ["while running: " + d for d in diff_state(steady, during)]
+        problems += ["while running: " + d
+                     for d in diff_state(steady, during, ("netns", "veths", "iptables_vm", "vm_dirs"))]
     except Exception as e:  # noqa: BLE001
         print(f"soak: setup failed: {e}", file=sys.stderr)
         if server:
@@ -402,10 +431,20 @@ def main():
     print(f"cycle latency (s): p50 {pct(lat, 50):.3f}, p95 {pct(lat, 95):.3f}, max {max(lat) if lat else 0:.3f}")
     for step, xs in soak.steps.items():
         print(f"  {step}: p50 {pct(xs, 50):.3f}, p95 {pct(xs, 95):.3f}")
-    print("| sample | cycles done | server RSS (MiB) | open fds |")
-    print("|---|---|---|---|")
-    for label, done, rss, fds in soak.samples:
-        print(f"| {label} | {done} | {rss / 1024:.1f} | {fds} |")
+    print("| sample | cycles done | server RSS (MiB) | open fds | database (KiB) |")
+    print("|---|---|---|---|---|")
+    for label, done, rss, fds, db in soak.samples:
+        print(f"| {label} | {done} | {rss / 1024:.1f} | {fds} | {db // 1024} |")
+    start_fds, end_fds = soak.fds.get("start", []), soak.fds.get("end", [])
+    gained = list(end_fds)
+    for t in start_fds:
+        if t in gained:
+            gained.remove(t)
+    lost = list(start_fds)
+    for t in end_fds:
+        if t in lost:
+            lost.remove(t)
+    print(f"fds at the end vs the start: +{gained} -{lost}")
     print(f"leaks: {problems if problems else 'none'} (netns fcw-* {len(after['netns'])}, veths fcwh* "
           f"{len(after['veths'])}, iptables fcwarm lines {len(after['iptables'])} (before: {len(before['iptables'])}), "
           f"VM work dirs {len(after['vm_dirs'])}, VMM processes {len(vmms)})")
