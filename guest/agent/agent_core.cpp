@@ -360,7 +360,8 @@ Dockerd FindDockerd(AgentContext& ctx) {
   auto cfg = FlagValues(argv, "--config-file");
   if (!cfg.empty() && !cfg.back().empty() && cfg.back()[0] == '/') d.config_file = cfg.back();
   for (const auto& h : FlagValues(argv, "--host", "-H")) {
-    if (h.rfind("unix://", 0) == 0 && h.size() > 7) {
+    // Absolute paths only, as everywhere the agent connects (a relative one is dockerd's cwd's, not ours).
+    if (h.rfind("unix://", 0) == 0 && h.size() > 7 && h[7] == '/') {
       d.socket = h.substr(7);
       break;
     }
@@ -368,14 +369,14 @@ Dockerd FindDockerd(AgentContext& ctx) {
   return d;
 }
 
-// The first unix:// entry of daemon.json's "hosts", or "".
+// The first unix:// entry of daemon.json's "hosts" with an absolute path, or "".
 std::string SocketFromDaemonJson(const json::object& cfg) {
   const json::value* hosts = Find(cfg, "hosts");
   if (!hosts || !hosts->is_array()) return "";
   for (const auto& h : hosts->get_array()) {
     if (!h.is_string()) continue;
     std::string_view s = h.get_string();
-    if (s.substr(0, 7) == "unix://" && s.size() > 7) return std::string(s.substr(7));
+    if (s.substr(0, 7) == "unix://" && s.size() > 7 && s[7] == '/') return std::string(s.substr(7));
   }
   return "";
 }

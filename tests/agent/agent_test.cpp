@@ -1280,6 +1280,27 @@ TEST_CASE_FIXTURE(Fixture, "identity docker replies valid JSON whatever bytes do
   CHECK(json::parse(ReadAll(config)).at("registry-mirrors").as_array().size() == 1);
 }
 
+// Found by fcwarm_fuzz_agent (tests/fuzz/corpus-agent/regression-relative-socket): "-H unix://relative" made the
+// agent connect to a path relative to its own working directory.
+TEST_CASE_FIXTURE(Fixture, "identity docker skips a relative socket on dockerd's command line and in daemon.json") {
+  GuestRoot root(*this);
+  const std::string config = root.path("/etc/docker/daemon.json");
+  const std::string sock = root.path("/api.sock");
+  FakeDockerd dockerd(sock, config);
+  ops.on_signal = [&] { dockerd.Reload(); };
+  const std::string req = R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":["http://m:5000"]}})";
+  SUBCASE("command line") {
+    ops.processes["dockerd"] = {fa::ProcessEntry{4242, {"dockerd", "-H", "unix://api.sock", "-H", "unix://" + sock}}};
+    CHECK(Ok(req).at("docker").at("socket").as_string() == sock);
+  }
+  SUBCASE("daemon.json hosts") {
+    fs::create_directories(root.path("/etc/docker"));
+    std::ofstream(config) << R"({"hosts": ["unix://api.sock", "unix://)" + sock + R"("]})";
+    ops.processes["dockerd"] = {fa::ProcessEntry{4242, {"dockerd"}}};
+    CHECK(Ok(req).at("docker").at("socket").as_string() == sock);
+  }
+}
+
 TEST_CASE_FIXTURE(Fixture, "identity docker fails clearly when dockerd does not apply the settings") {
   GuestRoot root(*this);
   const std::string config = root.path("/etc/docker/daemon.json");
