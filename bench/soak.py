@@ -249,14 +249,14 @@ class Soak:
         self.steps = {"create": [], "logs": [], "destroy": []}
         self.boots = {}
         self.samples = []  # (label, cycles done, rss KiB, fds, database bytes)
-        self.fds = {}  # label -> fd targets (start and end)
+        self.fds = {}  # label -> fd targets (start, and idle after the end)
         self.sample_at = sorted({max(1, cycles * k // 10) for k in range(1, 11)} | {max(1, cycles // 2)})
         self.leftover = []  # ids whose destroy failed
 
     def sample(self, label):
         rss, fds = proc_status(self.s.proc.pid)
         self.samples.append((label, self.done, rss, fds, db_bytes(self.s.data_dir)))
-        if label in ("start", "end"):
+        if label in ("start", "idle 2 s"):
             self.fds[label] = fd_targets(self.s.proc.pid)
         log(f"{label}: {self.done}/{self.cycles} cycles, server RSS {rss / 1024:.1f} MiB, {fds} fds, "
             f"{len(self.failures)} failures")
@@ -334,6 +334,9 @@ class Soak:
             t.join()
         self.total = time.monotonic() - t0
         self.sample("end")
+        # The workers' keep-alive connections were just closed; the server sees their FIN asynchronously.
+        time.sleep(2)
+        self.sample("idle 2 s")
 
 
 def build_snapshot(server):
@@ -435,7 +438,7 @@ def main():
     print("|---|---|---|---|---|")
     for label, done, rss, fds, db in soak.samples:
         print(f"| {label} | {done} | {rss / 1024:.1f} | {fds} | {db // 1024} |")
-    start_fds, end_fds = soak.fds.get("start", []), soak.fds.get("end", [])
+    start_fds, end_fds = soak.fds.get("start", []), soak.fds.get("idle 2 s", [])
     gained = list(end_fds)
     for t in start_fds:
         if t in gained:
@@ -444,7 +447,7 @@ def main():
     for t in end_fds:
         if t in lost:
             lost.remove(t)
-    print(f"fds at the end vs the start: +{gained} -{lost}")
+    print(f"fds 2 s after the end vs the start: +{gained} -{lost}")
     print(f"leaks: {problems if problems else 'none'} (netns fcw-* {len(after['netns'])}, veths fcwh* "
           f"{len(after['veths'])}, iptables fcwarm lines {len(after['iptables'])} (before: {len(before['iptables'])}), "
           f"VM work dirs {len(after['vm_dirs'])}, VMM processes {len(vmms)})")
