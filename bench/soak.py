@@ -12,10 +12,11 @@ container cycles through the REST API with C workers at once:
 
 and reports failures (must be 0), per-cycle latency p50/p95 (and per step), warm/cold boots, the server's RSS
 (VmRSS) and open fd count sampled at the start, the middle and the end of the cycles (and every 10 %), then
-checks that nothing leaked: no container left undestroyed, no VMM process of this server, no VM work directory,
-no network namespace (fcw-*) or veth (fcwh*) and no per-VM iptables rule (comment fcwarm:vm:...) beyond what
-was there before, with the server still running; after it stopped, every iptables line mentioning fcwarm (its
-own chains included) back to what it was before it started. It also prints what the server's fds point at,
+checks that nothing leaked, with the server still running and again after it stopped: no container left
+undestroyed, no VMM process naming the server's data directory, no VM work directory, and on the host no network
+namespace, veth or iptables rule of any VM the server ran (names and rule comments derive from the VM ids; other
+programs' on a shared host are left out), and after exit none of fcwarm's own chains unless another server's VM
+rules still use them. It also prints what the server's fds point at,
 end vs start, and the database size beside RSS (destroyed containers' records stay, by design). Exit status 1 on any failure
 or leak, 2 when the server or the snapshot could not be set up.
 
@@ -24,6 +25,7 @@ Run it under `flock /work/notes/vm.lock` on a shared machine (it boots VMs and c
 `--cycles 20` is a smoke check.
 """
 import argparse
+import ctypes
 import http.client
 import json
 import os
@@ -112,8 +114,18 @@ def vmm_processes(data_dir):
         except OSError:
             continue
         if any(data_dir.encode() in a for a in cmd) and cmd and not cmd[0].endswith(b"fcwarm-server"):
-            out.append((int(d), b" ".join(cmd)[:160].decode(errors="replace")))
+            out.append((int(d), b" ".join(cmd)[:200].decode(errors="replace")))
     return out
+
+
+SEEN_VM_IDS = set()  # VM ids from the "-name fcwarm-<id>" of the server's VMM processes, whenever looked at
+
+
+def note_vmms(data_dir):
+    for _, cmd in vmm_processes(data_dir):
+        m = re.search(r"-name fcwarm-([0-9a-f-]{36})", cmd)
+        if m:
+            SEEN_VM_IDS.add(m.group(1))
 
 
 def netns_names():
@@ -141,26 +153,75 @@ def fcwarm_rules():
 
 def host_state(data_dir):
     vms = os.path.join(data_dir, "vms")
-    rules = fcwarm_rules()
     return {
         "netns": netns_names(),
         "veths": veth_names(),
-        "iptables": rules,
-        # Rules of one VM carry the comment "fcwarm:vm:<vm id>:..." (src/net/iptables.hpp); the untagged ones are
-        # the server's own chains and jumps, created with the first VM network and removed when it exits.
-        "iptables_vm": [r for r in rules if "fcwarm:vm:" in r],
+        "iptables": fcwarm_rules(),
         "vm_dirs": sorted(os.listdir(vms)) if os.path.isdir(vms) else [],
     }
 
 
-def diff_state(before, after, keys=("netns", "veths", "iptables", "vm_dirs")):
-    """Human-readable leaks: what `after` has that `before` had not."""
+class _Xxh128(ctypes.Structure):
+    _fields_ = [("low64", ctypes.c_uint64), ("high64", ctypes.c_uint64)]
+
+
+def _xxh3_hex(text):
+    """util::Xxh3Hex (libxxhash's XXH3_128bits, high half first), which names a VM's netns and veth."""
+    lib = ctypes.CDLL("libxxhash.so.0")
+    f = lib.XXH3_128bits
+    f.restype = _Xxh128
+    f.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    data = text.encode()
+    h = f(data, len(data))
+    return f"{h.high64:016x}{h.low64:016x}"
+
+
+def vm_rule_id(rule):
+    """The VM id of a per-VM iptables rule (comment "fcwarm:vm:<id>:<kind>:...", src/net/iptables.hpp), or None
+    for the server's own chains and jumps (shared by every fcwarm-server of the host)."""
+    m = re.search(r"fcwarm:vm:([0-9a-f-]{36}):", rule)
+    return m.group(1) if m else None
+
+
+def leaks_of(state, vm_ids, before=None):
+    """What of this server's VMs is still on the host. Other programs on a shared host (other agents' tests)
+    create netns, veths and rules of their own meanwhile: the names of a VM's netns and veth derive from its id
+    (net::NamesForVm: "fcw-"/"fcwh" + the first 10 hex digits of XXH3-128 of the id), its rules carry the id. With
+    `before` (the host before the server started), also the server's own chains when no other VM's rule needs
+    them."""
+    digests = {_xxh3_hex(v)[:10] for v in vm_ids}
     leaks = []
-    for key in keys:
-        extra = [x for x in after[key] if x not in before[key]]
-        if extra or len(after[key]) > len(before[key]):
-            leaks.append(f"{key}: {len(after[key])} now, {len(before[key])} before; new: {extra[:5]}")
+    ns = [n for n in state["netns"] if n[len("fcw-"):] in digests]
+    veths = [v for v in state["veths"] if v[len("fcwh"):] in digests]
+    rules = [r for r in state["iptables"] if vm_rule_id(r) in vm_ids]
+    if ns:
+        leaks.append(f"netns of its VMs: {ns[:5]} ({len(ns)})")
+    if veths:
+        leaks.append(f"veths of its VMs: {veths[:5]} ({len(veths)})")
+    if rules:
+        leaks.append(f"iptables rules of its VMs: {rules[:3]} ({len(rules)})")
+    if state["vm_dirs"]:
+        leaks.append(f"VM work directories: {state['vm_dirs'][:5]} ({len(state['vm_dirs'])})")
+    if before is not None:
+        others = [r for r in state["iptables"] if vm_rule_id(r) is not None and vm_rule_id(r) not in vm_ids]
+        base = [r for r in state["iptables"] if vm_rule_id(r) is None and r not in before["iptables"]]
+        if base and not others:
+            leaks.append(f"fcwarm chains left without any VM rule: {base[:3]} ({len(base)})")
     return leaks
+
+
+def server_vm_ids(server, container_ids):
+    """Ids of every VM the server ran, as far as they can be known: its containers' (a container's VM has its
+    id), those its events name, and those seen on its VMM processes' command lines (the snapshot build's VM)."""
+    ids = set(container_ids) | SEEN_VM_IDS
+    after = 0
+    while True:
+        st, doc = server.request("GET", f"/v1/events?after={after}&limit=1000")
+        if st != 200 or not doc.get("items"):
+            break
+        ids.update(e["vm_id"] for e in doc["items"] if e.get("vm_id"))
+        after = doc["next_after"]
+    return ids
 
 
 # ---- the server -------------------------------------------------------------------------------------------
@@ -252,8 +313,10 @@ class Soak:
         self.fds = {}  # label -> fd targets (start, and idle after the end)
         self.sample_at = sorted({max(1, cycles * k // 10) for k in range(1, 11)} | {max(1, cycles // 2)})
         self.leftover = []  # ids whose destroy failed
+        self.ids = []  # every container id created
 
     def sample(self, label):
+        note_vmms(self.s.data_dir)
         rss, fds = proc_status(self.s.proc.pid)
         self.samples.append((label, self.done, rss, fds, db_bytes(self.s.data_dir)))
         if label in ("start", "idle 2 s"):
@@ -269,6 +332,9 @@ class Soak:
             conn=conn)
         t1 = time.monotonic()
         cid = doc.get("id") if isinstance(doc, dict) else None
+        if cid:
+            with self.lock:
+                self.ids.append(cid)
         try:
             if st != 201:
                 raise AssertionError(f"create: {st} {str(doc)[:300]}")
@@ -350,6 +416,7 @@ def build_snapshot(server):
     snap = doc["id"]
     t0 = time.monotonic()
     while time.monotonic() - t0 < 600:
+        note_vmms(server.data_dir)
         st, doc = server.request("GET", "/v1/runtime-snapshots/" + snap)
         item = doc.get("item", doc) if isinstance(doc, dict) else {}
         if item.get("state") != "creating":
@@ -383,7 +450,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="fcwarm-soak-")
     before = host_state(os.path.join(tmp, "data"))
     log(f"host before: {len(before['netns'])} fcw- netns, {len(before['veths'])} fcwh veths, "
-        f"{len(before['iptables'])} iptables lines mentioning fcwarm")
+        f"{len(before['iptables'])} iptables lines mentioning fcwarm (other programs' are left out of the checks)")
     server = None
     problems = []
     try:
@@ -391,21 +458,19 @@ def main():
         log(f"server pid {server.proc.pid} on port {server.port}: {' '.join(server.args[1:])}")
         build_s = build_snapshot(server)
         log(f"runtime snapshot ready in {build_s:.1f} s")
-        steady = host_state(server.data_dir)  # before the first container
         soak = Soak(server, args.cycles, args.concurrency)
         soak.run()
 
-        # Leaks with the server still running: every container destroyed, nothing of theirs left.
+        # Leaks with the server still running: every container destroyed, nothing of its VMs left.
         st, doc = server.request("GET", "/v1/containers")
         alive = [i["id"] for i in doc.get("items", []) if i.get("state") != "destroyed"] if st == 200 else ["?"]
         if alive:
             problems.append(f"containers not destroyed: {alive[:5]} ({len(alive)})")
+        vm_ids = server_vm_ids(server, soak.ids)
         vmms = [p for p in vmm_processes(server.data_dir) if p[0] != server.proc.pid]
         if vmms:
             problems.append(f"VMM processes of the server still running: {vmms[:3]}")
-        during = host_state(server.data_dir)
-        problems += ["while running: " + d
-                     for d in diff_state(steady, during, ("netns", "veths", "iptables_vm", "vm_dirs"))]
+        problems += ["while running: " + d for d in leaks_of(host_state(server.data_dir), vm_ids)]
     except Exception as e:  # noqa: BLE001
         print(f"soak: setup failed: {e}", file=sys.stderr)
         if server:
@@ -423,7 +488,7 @@ def main():
     if vmms:
         problems.append(f"VMM processes left after the server exited: {vmms[:3]}")
     after = host_state(server.data_dir)
-    problems += ["after exit: " + d for d in diff_state(before, after)]
+    problems += ["after exit: " + d for d in leaks_of(after, vm_ids, before)]
 
     lat = soak.latency
     print()
@@ -448,9 +513,11 @@ def main():
         if t in lost:
             lost.remove(t)
     print(f"fds 2 s after the end vs the start: +{gained} -{lost}")
-    print(f"leaks: {problems if problems else 'none'} (netns fcw-* {len(after['netns'])}, veths fcwh* "
-          f"{len(after['veths'])}, iptables fcwarm lines {len(after['iptables'])} (before: {len(before['iptables'])}), "
-          f"VM work dirs {len(after['vm_dirs'])}, VMM processes {len(vmms)})")
+    print(f"leaks: {problems if problems else 'none'} ({len(vm_ids)} VMs of this server checked: VMM processes "
+          f"{len(vmms)}, VM work dirs {len(after['vm_dirs'])}; on the host after exit: fcw-* netns "
+          f"{len(after['netns'])}, fcwh* veths {len(after['veths'])}, iptables lines mentioning fcwarm "
+          f"{len(after['iptables'])}, before the server started: {len(before['netns'])}, {len(before['veths'])}, "
+          f"{len(before['iptables'])})")
     if args.keep:
         print(f"kept: {tmp}")
     else:
