@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
-if ! [[ "$seconds" =~ ^[0-9]+$ ]]; then
+if ! [[ "$seconds" =~ ^[1-9][0-9]*$ ]]; then  # 0 would make libFuzzer run forever
   echo "usage: $0 [seconds-per-target] [server|guest_channel|agent ...]" >&2
   exit 2
 fi
