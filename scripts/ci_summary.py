@@ -5,7 +5,7 @@ Inputs (all optional; a missing one is reported as such, never guessed):
   --stages FILE   lines "name<TAB>status<TAB>seconds" written by test.sh's stage runner
   --build DIR     the ctest build directory (labels come from `ctest --show-only=json-v1`)
   --junit FILE    ctest's --output-junit report (per-test outcome); repeatable
-  --fuzz-log FILE libFuzzer's output (executions, crashes)
+  --fuzz-log FILE scripts/fuzz.sh's output (executions, crashes; one line per fuzz target)
 
 Exit status is always 0: the summary reports, test.sh decides.
 """
@@ -63,21 +63,32 @@ def junit_outcomes(path):
     return out
 
 
-def fuzz_line(path):
-    if not path or not os.path.exists(path):
-        return "fuzz: did not run"
-    with open(path, errors="replace") as f:
-        text = f.read()
+def fuzz_section(name, text):
+    """One line for one libFuzzer run's output."""
     runs = re.findall(r"stat::number_of_executed_units:\s*(\d+)", text)
     done = re.findall(r"Done (\d+) runs in (\d+) second", text)
     crash = re.search(r"(==\d+==ERROR|deadly signal|SUMMARY: \w+Sanitizer|Test unit written to \S+)", text)
     execs = runs[-1] if runs else (done[-1][0] if done else None)
     secs = done[-1][1] if done else "?"
     if crash:
-        return f"fuzz: FAILED ({crash.group(0)}) after {execs or '?'} executions"
+        return f"{name}: FAILED ({crash.group(0)}) after {execs or '?'} executions"
     if execs is None:
-        return "fuzz: FAILED (no libFuzzer statistics in its output)"
-    return f"fuzz: ok, {execs} executions in {secs} s, no crash"
+        return f"{name}: FAILED (no libFuzzer statistics in its output)"
+    return f"{name}: ok, {execs} executions in {secs} s, no crash"
+
+
+def fuzz_lines(path):
+    """One line per fuzz target: scripts/fuzz.sh starts each run with "#### fuzz target NAME"; a log without
+    those lines is one run."""
+    if not path or not os.path.exists(path):
+        return ["fuzz: did not run"]
+    with open(path, errors="replace") as f:
+        text = f.read()
+    parts = re.split(r"^#### fuzz target (\S+).*$", text, flags=re.M)
+    if len(parts) == 1:
+        return [fuzz_section("fuzz", text)]
+    # parts: [before, name1, text1, name2, text2, ...]
+    return [fuzz_section(f"fuzz {parts[i]}", parts[i + 1]) for i in range(1, len(parts), 2)]
 
 
 def main():
@@ -118,7 +129,8 @@ def main():
         slowest = sorted(outcomes.items(), key=lambda kv: -kv[1][1])[:12]
         print("slowest tests: " + ", ".join(f"{name} {secs:.0f} s" for name, (_, secs) in slowest))
     if a.fuzz_log is not None:
-        print(fuzz_line(a.fuzz_log))
+        for line in fuzz_lines(a.fuzz_log):
+            print(line)
     return 0
 
 

@@ -13,7 +13,7 @@ packages=(
   doctest-dev doxygen python3-pytest curl jq socat
   # the fcwarm CLI (tables, progress bars)
   python3-rich
-  # the libFuzzer target over request parsing (scripts/fuzz.sh)
+  # the libFuzzer targets (scripts/fuzz.sh)
   clang-14 libclang-rt-14-dev
   # VMs and guest images
   qemu-system-x86 qemu-utils busybox-static lz4 cpio iproute2 e2fsprogs kmod zstd xz-utils gzip

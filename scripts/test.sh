@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine and runs every test tier (unit, server, python, vm with real QEMU VMs,
-# docker with the Docker daemon inside QEMU VMs, the Firecracker contract tests), then the server fuzzer for 60 s.
+# docker with the Docker daemon inside QEMU VMs, the Firecracker contract tests), then the three fuzz targets
+# (server HTTP, guest channel, agent decoder) for 30 s each.
 # Ends with a one-line-per-stage summary (scripts/ci_summary.py). A failing ctest stage still lets the fuzzer
 # run and report; the exit status is non-zero when any stage failed.
 set -euo pipefail
@@ -85,6 +86,7 @@ quiet_pid=$!
 stage ctest-host ctest --preset ci -L "$host_tiers" --output-junit "$PWD/$report_dir/ctest-host.xml" || true
 wait "$quiet_pid" || true
 grep -q "^ctest-quiet	FAILED" "$stages" && failed=1
-# libFuzzer over HTTP parsing, routing and JSON decoding, bounded time; runs even when ctest failed.
-fuzz() { ./scripts/fuzz.sh 60 2>&1 | tee "$report_dir/fuzz.log"; }
+# libFuzzer over HTTP parsing and the API, the host side of the guest protocol and the agent's request decoder,
+# 20 s each; runs even when ctest failed.
+fuzz() { ./scripts/fuzz.sh 20 2>&1 | tee "$report_dir/fuzz.log"; }
 stage fuzz fuzz || true

@@ -360,7 +360,8 @@ Dockerd FindDockerd(AgentContext& ctx) {
   auto cfg = FlagValues(argv, "--config-file");
   if (!cfg.empty() && !cfg.back().empty() && cfg.back()[0] == '/') d.config_file = cfg.back();
   for (const auto& h : FlagValues(argv, "--host", "-H")) {
-    if (h.rfind("unix://", 0) == 0 && h.size() > 7) {
+    // Absolute paths only, as everywhere the agent connects (a relative one is dockerd's cwd's, not ours).
+    if (h.rfind("unix://", 0) == 0 && h.size() > 7 && h[7] == '/') {
       d.socket = h.substr(7);
       break;
     }
@@ -368,14 +369,14 @@ Dockerd FindDockerd(AgentContext& ctx) {
   return d;
 }
 
-// The first unix:// entry of daemon.json's "hosts", or "".
+// The first unix:// entry of daemon.json's "hosts" with an absolute path, or "".
 std::string SocketFromDaemonJson(const json::object& cfg) {
   const json::value* hosts = Find(cfg, "hosts");
   if (!hosts || !hosts->is_array()) return "";
   for (const auto& h : hosts->get_array()) {
     if (!h.is_string()) continue;
     std::string_view s = h.get_string();
-    if (s.substr(0, 7) == "unix://" && s.size() > 7) return std::string(s.substr(7));
+    if (s.substr(0, 7) == "unix://" && s.size() > 7 && s[7] == '/') return std::string(s.substr(7));
   }
   return "";
 }
@@ -472,7 +473,7 @@ json::object ApplyDocker(AgentContext& ctx, const DockerSettings& want, const Do
   if (auto s = ctx.sys->ReplaceFile(d.config_file, json::serialize(cfg) + "\n", 0644); !s.ok())
     throw Failure{"failed", Printable("docker: " + s.error)};
   json::object r;
-  r["config_file"] = d.config_file;
+  r["config_file"] = Printable(d.config_file, 4096);  // from /proc/<pid>/cmdline: any bytes
   if (d.pid == 0) {
     r["dockerd"] = "not_running";  // it reads the file when it starts
     return r;
@@ -481,7 +482,7 @@ json::object ApplyDocker(AgentContext& ctx, const DockerSettings& want, const Do
   if (sock.empty()) sock = SocketFromDaemonJson(cfg);
   if (sock.empty()) sock = std::string(kDefaultDockerSocket);
   r["pid"] = d.pid;
-  r["socket"] = sock;
+  r["socket"] = Printable(sock, 4096);
   const auto deadline = Clock::now() + want.timeout;
   auto left = [&] {
     return std::max<int64_t>(

@@ -101,12 +101,18 @@ std::string Str(const json::object& o, const char* k) {
   return f && f->is_string() ? std::string(f->as_string()) : std::string();
 }
 
+// An integer field of a reply; 0 when missing, not a number, or a number outside int64 (the guest is not
+// trusted: converting such a double, e.g. 1e300, would be undefined behaviour).
 int64_t Int(const json::object& o, const char* k) {
   const auto* f = o.if_contains(k);
   if (!f) return 0;
   if (f->is_int64()) return f->as_int64();
   if (f->is_uint64()) return static_cast<int64_t>(f->as_uint64());
-  if (f->is_double()) return static_cast<int64_t>(f->as_double());
+  if (f->is_double()) {
+    const double d = f->as_double();
+    // 2^63 is exactly representable; every double below it (and >= -2^63) converts.
+    if (d >= -9223372036854775808.0 && d < 9223372036854775808.0) return static_cast<int64_t>(d);
+  }
   return 0;
 }
 
@@ -330,8 +336,12 @@ class StreamGuestChannel final : public GuestChannel {
       out.status = static_cast<int>(Int(*r, "status"));
       auto body = B64Decode(Str(*r, "body_b64"));
       if (!body) return Untrusted("docker_read", "body_b64 of the reply is not base64");
-      if (Int(*r, "offset") > next_offset) out.truncated = true;  // the agent dropped bytes we did not read
-      next_offset = Int(*r, "offset") + static_cast<int64_t>(body->size());
+      const int64_t offset = Int(*r, "offset");
+      if (offset < 0 || offset > INT64_MAX - static_cast<int64_t>(body->size())) {
+        return Untrusted("docker_read", "the reply has an invalid offset");
+      }
+      if (offset > next_offset) out.truncated = true;  // the agent dropped bytes we did not read
+      next_offset = offset + static_cast<int64_t>(body->size());
       if (!body->empty()) on_body(*body);
       if (Bool(*r, "done")) {
         if (const auto* e = r->if_contains("error"); e && e->is_string()) {

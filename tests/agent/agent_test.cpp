@@ -1260,6 +1260,47 @@ TEST_CASE_FIXTURE(Fixture, "identity docker takes the socket and config file fro
         "https://m.example:443/");
 }
 
+// Found by fcwarm_fuzz_agent (tests/fuzz/corpus-agent/regression-non-utf8-config-file): the reply echoed
+// dockerd's --config-file and socket byte for byte, and a path that is not UTF-8 made it invalid JSON (the host
+// skipped it as noise and the call ran into its deadline).
+TEST_CASE_FIXTURE(Fixture, "identity docker replies valid JSON whatever bytes dockerd's command line holds") {
+  GuestRoot root(*this);
+  const std::string config = root.path("/daemon-\xff.json");
+  const std::string sock = root.path("/api-\xfe.sock");
+  FakeDockerd dockerd(sock, config);
+  ops.processes["dockerd"] = {fa::ProcessEntry{77, {"dockerd", "--config-file", config, "-H", "unix://" + sock}}};
+  ops.on_signal = [&] { dockerd.Reload(); };
+  // Call() parses the reply strictly (UTF-8 included).
+  auto d = Ok(R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":["https://m.example:443"]}})")
+               .at("docker")
+               .as_object();
+  CHECK(d.at("dockerd").as_string() == "reloaded");
+  CHECK(d.at("config_file").as_string() == root.path("/daemon-?.json"));
+  CHECK(d.at("socket").as_string() == root.path("/api-?.sock"));
+  CHECK(json::parse(ReadAll(config)).at("registry-mirrors").as_array().size() == 1);
+}
+
+// Found by fcwarm_fuzz_agent (tests/fuzz/corpus-agent/regression-relative-socket): "-H unix://relative" made the
+// agent connect to a path relative to its own working directory.
+TEST_CASE_FIXTURE(Fixture, "identity docker skips a relative socket on dockerd's command line and in daemon.json") {
+  GuestRoot root(*this);
+  const std::string config = root.path("/etc/docker/daemon.json");
+  const std::string sock = root.path("/api.sock");
+  FakeDockerd dockerd(sock, config);
+  ops.on_signal = [&] { dockerd.Reload(); };
+  const std::string req = R"({"v":1,"id":1,"op":"identity","docker":{"registry_mirrors":["http://m:5000"]}})";
+  SUBCASE("command line") {
+    ops.processes["dockerd"] = {fa::ProcessEntry{4242, {"dockerd", "-H", "unix://api.sock", "-H", "unix://" + sock}}};
+    CHECK(Ok(req).at("docker").at("socket").as_string() == sock);
+  }
+  SUBCASE("daemon.json hosts") {
+    fs::create_directories(root.path("/etc/docker"));
+    std::ofstream(config) << R"({"hosts": ["unix://api.sock", "unix://)" + sock + R"("]})";
+    ops.processes["dockerd"] = {fa::ProcessEntry{4242, {"dockerd"}}};
+    CHECK(Ok(req).at("docker").at("socket").as_string() == sock);
+  }
+}
+
 TEST_CASE_FIXTURE(Fixture, "identity docker fails clearly when dockerd does not apply the settings") {
   GuestRoot root(*this);
   const std::string config = root.path("/etc/docker/daemon.json");

@@ -457,3 +457,78 @@ TEST_CASE("guest channel: docker stream falls back to one exchange with an agent
   req.path = "no-slash";
   CHECK(ch->DockerStream(req, [](std::string_view) {}, 5s).status().code() == StatusCode::kInvalidArgument);
 }
+
+namespace {
+
+// A connector of one connection that carries `replies` and then EOF (the agent's end stays open, so the host's
+// requests are written and never read), as the fuzz target fcwarm_fuzz_guest_channel drives the channel.
+struct ScriptedAgent {
+  explicit ScriptedAgent(const std::string& replies) {
+    int sv[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    REQUIRE(::send(sv[1], replies.data(), replies.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(replies.size()));
+    ::shutdown(sv[1], SHUT_WR);
+    host_fd = sv[0];
+    agent_fd = sv[1];
+  }
+  ~ScriptedAgent() {
+    if (host_fd >= 0) ::close(host_fd);
+    ::close(agent_fd);
+  }
+  std::unique_ptr<GuestChannel> Channel() {
+    return guest::MakeStreamGuestChannel([this](std::chrono::milliseconds) -> Result<int> {
+      if (host_fd < 0) return Status::Unavailable("no more connections");
+      int fd = host_fd;
+      host_fd = -1;
+      return fd;
+    });
+  }
+  int host_fd = -1;
+  int agent_fd = -1;
+};
+
+}  // namespace
+
+// Spotted while writing fcwarm_fuzz_guest_channel, reproduced with it under UBSan (seeds
+// tests/fuzz/corpus-guest_channel/regression-*): numbers out of int64's range in a reply were converted with
+// undefined behaviour (1e300 to int64; offset + body size overflowing). They are now "not a usable integer" (0)
+// and an invalid docker_read offset fails the stream.
+TEST_CASE("guest channel: numbers out of range from a hostile agent are refused, not undefined behaviour") {
+  SUBCASE("a double outside int64 reads as 0") {
+    ScriptedAgent agent(R"({"v":1,"id":1,"ok":true,"result":{"uptime_ms":1e300,"protocol":-1e19,"hostname":"h"}})"
+                        "\n");
+    auto r = agent.Channel()->Ping(2s);
+    REQUIRE_MESSAGE(r.ok(), r.status().ToString());
+    CHECK(r->uptime_ms == 0);
+    CHECK(r->protocol == 0);
+    CHECK(r->hostname == "h");
+  }
+  SUBCASE("a docker_read offset near INT64_MAX fails the stream") {
+    ScriptedAgent agent(
+        R"({"v":1,"id":1,"ok":true,"result":{"job":1}})"
+        "\n"
+        R"({"v":1,"id":2,"ok":true,"result":{"status":200,"offset":9223372036854775807,"body_b64":"aGkK","done":false}})"
+        "\n");
+    DockerRequest req;
+    req.method = "POST";
+    req.path = "/images/create?fromImage=busybox";
+    std::string body;
+    auto r = agent.Channel()->DockerStream(req, [&](std::string_view p) { body += p; }, 2s);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().code() == StatusCode::kUnavailable);
+    CHECK(r.status().message().find("invalid offset") != std::string::npos);
+    CHECK(body.empty());
+  }
+  SUBCASE("a negative docker_read offset fails the stream") {
+    ScriptedAgent agent(
+        R"({"v":1,"id":1,"ok":true,"result":{"job":1}})"
+        "\n"
+        R"({"v":1,"id":2,"ok":true,"result":{"status":200,"offset":-5,"body_b64":"","done":true}})"
+        "\n");
+    DockerRequest req;
+    req.path = "/images/create?fromImage=busybox";
+    auto r = agent.Channel()->DockerStream(req, [](std::string_view) {}, 2s);
+    REQUIRE_FALSE(r.ok());
+    CHECK(r.status().message().find("invalid offset") != std::string::npos);
+  }
+}
