@@ -244,21 +244,23 @@ class RestoreEngine::Impl {
       return Status::FailedPrecondition("vm '" + vm_id + "' is pooled: the clone pool owns it (it is destroyed when " +
                                         "it expires, its snapshot changes or the engine stops)");
     }
-    std::shared_ptr<Vm> vm;
-    {
-      std::lock_guard lock(mu_);
-      auto it = live_.find(vm_id);
-      if (it != live_.end()) {
-        vm = it->second;
-        live_.erase(it);
-      }
-    }
+    std::shared_ptr<Vm> vm = TakeLive(vm_id);
     if (vm) (void)vm->Stop(opts_.stop_grace);
     internal::ForgetProcesses(store_, "vm:" + vm_id);
     if (rec->state == VmState::kRunning || rec->state == VmState::kStarting) {
       SetState(vm_id, VmState::kStopped, "");
     }
     return Status::Ok();
+  }
+
+  // Removes a VM from the live set; null when this engine does not run it.
+  std::shared_ptr<Vm> TakeLive(const std::string& vm_id) {
+    std::lock_guard lock(mu_);
+    auto it = live_.find(vm_id);
+    if (it == live_.end()) return nullptr;
+    auto vm = std::move(it->second);
+    live_.erase(it);
+    return vm;
   }
 
   Status Destroy(const std::string& vm_id) {
@@ -276,15 +278,7 @@ class RestoreEngine::Impl {
     if (rec->state == VmState::kPooled) {
       return Status::FailedPrecondition("vm '" + vm_id + "' is pooled: the clone pool owns it");
     }
-    std::shared_ptr<Vm> vm;
-    {
-      std::lock_guard lock(mu_);
-      auto it = live_.find(vm_id);
-      if (it != live_.end()) {
-        vm = it->second;
-        live_.erase(it);
-      }
-    }
+    std::shared_ptr<Vm> vm = TakeLive(vm_id);
     // Someone else failed or destroyed it first.
     if (!vm && (rec->state == VmState::kFailed || rec->state == VmState::kDestroyed)) return Status::Ok();
     spdlog::error("vm {}: its guest is not trusted any more, stopping it: {}", vm_id, reason);

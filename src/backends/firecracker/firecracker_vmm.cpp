@@ -600,17 +600,7 @@ class FirecrackerVm : public Vm {
     }
     auto rules = PlanTapRules(spec, root_tap);
     if (!rules.ok()) return rules.status();
-    if (rules->egress) {
-      auto handle = net::ApplyEgress(*rules->egress);
-      if (!handle.ok()) return handle.status().WithContext("egress of vm " + vm_id_);
-      egress_ = std::move(handle).value();
-    }
-    if (rules->ports) {
-      auto handle = net::PublishPorts(*rules->ports);
-      if (!handle.ok()) return handle.status().WithContext("published ports of vm " + vm_id_);
-      ports_ = std::move(handle).value();
-    }
-    return Status::Ok();
+    return ApplyRules(*rules);
   }
 
   // Releases everything after a failed launch (the object is then destroyed).
@@ -646,6 +636,11 @@ class FirecrackerVm : public Vm {
   Status CreateNetwork(const net::TapPlan& plan, const HostRules& rules) {
     net_ = std::make_unique<net::TapNetwork>(plan);
     if (auto st = net_->Create(); !st.ok()) return st;
+    return ApplyRules(rules);
+  }
+
+  // The VM's egress rules, then its published ports (each replaces that VM's rules of its kind).
+  Status ApplyRules(const HostRules& rules) {
     if (rules.egress) {
       auto handle = net::ApplyEgress(*rules.egress);
       if (!handle.ok()) return handle.status().WithContext("egress of vm " + vm_id_);

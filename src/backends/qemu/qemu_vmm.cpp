@@ -379,16 +379,7 @@ class QemuVm final : public Vm {
         return st;
       }
       // On an error the caller's StopLocked() releases what was applied (rules first, then the namespace).
-      if (rules.egress) {
-        auto handle = net::ApplyEgress(*rules.egress);
-        if (!handle.ok()) return handle.status().WithContext("egress of vm " + rules.egress->vm_id);
-        egress_ = std::move(handle).value();
-      }
-      if (rules.ports) {
-        auto handle = net::PublishPorts(*rules.ports);
-        if (!handle.ok()) return handle.status().WithContext("published ports of vm " + rules.ports->vm_id);
-        ports_ = std::move(handle).value();
-      }
+      if (auto st = ApplyRulesLocked(rules); !st.ok()) return st;
     }
     if (!base_disk.empty()) {
       if (FileExists(cfg_.disk))
@@ -622,6 +613,21 @@ class QemuVm final : public Vm {
     return result;
   }
 
+  // The VM's egress rules, then its published ports (each replaces that VM's rules of its kind).
+  Status ApplyRulesLocked(const HostRules& rules) {
+    if (rules.egress) {
+      auto handle = net::ApplyEgress(*rules.egress);
+      if (!handle.ok()) return handle.status().WithContext("egress of vm " + rules.egress->vm_id);
+      egress_ = std::move(handle).value();
+    }
+    if (rules.ports) {
+      auto handle = net::PublishPorts(*rules.ports);
+      if (!handle.ok()) return handle.status().WithContext("published ports of vm " + rules.ports->vm_id);
+      ports_ = std::move(handle).value();
+    }
+    return Status::Ok();
+  }
+
   // Lets go of the process and every host resource without stopping or deleting anything.
   void DetachLocked() {
     qmp_.Close();
@@ -669,16 +675,7 @@ class QemuVm final : public Vm {
       if (auto st = net_->Adopt(); !st.ok()) return st.WithContext("network of vm " + cfg_.name);
       // Applying again replaces the VM's rules in one transaction: whatever a restart or an operator removed
       // is back, and nothing is doubled.
-      if (rules.egress) {
-        auto handle = net::ApplyEgress(*rules.egress);
-        if (!handle.ok()) return handle.status().WithContext("egress of vm " + rules.egress->vm_id);
-        egress_ = std::move(handle).value();
-      }
-      if (rules.ports) {
-        auto handle = net::PublishPorts(*rules.ports);
-        if (!handle.ok()) return handle.status().WithContext("published ports of vm " + rules.ports->vm_id);
-        ports_ = std::move(handle).value();
-      }
+      if (auto st = ApplyRulesLocked(rules); !st.ok()) return st;
     }
     // Files to remove when it stops: everything it may have in its own directory.
     for (const char* name : {qemu::kDiskName, qemu::kRamName, qemu::kQmpSock, qemu::kAgentSock}) {
