@@ -27,7 +27,7 @@ def test_status_table_drives_exceptions_and_cli_exit_codes():
 
     table = fcwarm.status_table()
     names = [row["name"] for row in table]
-    assert names[0] == "ok" and len(names) == len(set(names)) == 9
+    assert names[0] == "ok" and len(names) == len(set(names)) == 10
     for row in table:
         if row["name"] == "ok":
             continue
