@@ -125,25 +125,27 @@ bool Bool(const json::object& o, const char* k) {
 // the host hold many times its size (a line of "[0,0,0,...]" becomes millions of JSON values).
 class CappedResource final : public json::memory_resource {
  public:
-  explicit CappedResource(size_t cap) : cap_(cap) {}
-  size_t peak() const { return peak_; }
+  // `peak` receives the most it held at once (shared: the values it allocated may outlive the caller's frame,
+  // and the resource with them; make_shared_resource wraps it, so it cannot be reached through the pointer).
+  CappedResource(size_t cap, std::shared_ptr<size_t> peak) : cap_(cap), peak_(std::move(peak)) {}
 
  private:
   void* do_allocate(size_t n, size_t align) override {
     if (n > cap_ - used_) throw std::bad_alloc();
-    void* p = ::operator new(n, std::align_val_t(align));
+    void* p = upstream_->allocate(n, align);
     used_ += n;
-    peak_ = std::max(peak_, used_);
+    *peak_ = std::max(*peak_, used_);
     return p;
   }
   void do_deallocate(void* p, size_t n, size_t align) override {
-    ::operator delete(p, n, std::align_val_t(align));
+    upstream_->deallocate(p, n, align);
     used_ -= n;
   }
   bool do_is_equal(const json::memory_resource& o) const noexcept override { return this == &o; }
   size_t cap_;
   size_t used_ = 0;
-  size_t peak_ = 0;
+  std::shared_ptr<size_t> peak_;
+  json::memory_resource* upstream_ = json::storage_ptr().get();  // the default resource (new/delete)
 };
 
 // The start of a line the guest sent, safe to put into a message and a log.
@@ -451,8 +453,8 @@ class StreamGuestChannel final : public GuestChannel {
 
   // Parses one line with the decode cap. nullopt: over the cap.
   std::optional<json::value> Decode(const std::string& line, bool* parsed) {
-    auto sp = json::make_shared_resource<CappedResource>(options_.max_decode_bytes);
-    const auto* res = static_cast<const CappedResource*>(sp.get());
+    auto peak = std::make_shared<size_t>(0);
+    auto sp = json::make_shared_resource<CappedResource>(options_.max_decode_bytes, peak);
     boost::system::error_code ec;
     std::optional<json::value> v;
     try {
@@ -460,7 +462,7 @@ class StreamGuestChannel final : public GuestChannel {
     } catch (const std::bad_alloc&) {
       return std::nullopt;
     }
-    if (options_.stats) RaisePeak(options_.stats->peak_decode_bytes, res->peak());
+    if (options_.stats) RaisePeak(options_.stats->peak_decode_bytes, *peak);
     *parsed = !ec;
     if (ec) v = json::value();
     return v;
