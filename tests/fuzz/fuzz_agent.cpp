@@ -344,9 +344,9 @@ void CheckReply(const std::string* line, const std::string& reply) {
     if (!code || !code->is_string() || !kCodes.count(std::string(code->get_string())))
       Fail("error reply with an undocumented code", reply);
     if (!msg || !msg->is_string() || msg->get_string().empty()) Fail("error reply without a message", reply);
-    // HandleRequestLine's catch-all (messages of ops start with a field name or the op's words, and may quote
-    // the request, so only the start counts).
-    if (std::string_view(msg->get_string()).rfind("internal error", 0) == 0) Fail("an exception escaped an op", reply);
+    // HandleRequestLine's catch-all is the only "failed" without an id (every other null-id error is about an
+    // unparsable request: bad_request, too_large); messages themselves may quote anything.
+    if (id->is_null() && code->get_string() == "failed") Fail("an exception escaped an op", reply);
   }
   if (!line) return;
   // The agent parses with max_depth 16; a request that parses so with an integer id gets it back.
