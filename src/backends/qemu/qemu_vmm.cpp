@@ -836,20 +836,23 @@ class QemuVmm final : public Vmm, public HostLeftovers {
   Result<std::unique_ptr<QemuVm>> StartVm(const LaunchSpec& spec, const VmConfig& cfg, const std::string& version,
                                           const std::string& base_disk, const std::string& base_format) {
     std::optional<net::NetnsPlan> plan;
-    if (cfg.nic) {
-      auto p = NetPlan(spec);
-      if (!p.ok()) return p.status();
-      plan = *p;
-    }
-    // Egress rules and published ports go on the host end of the VM's veth; a VM without a link (a build VM)
-    // has neither.
-    auto rules = PlanHostRules(spec.network, spec.vm_id, plan ? plan->host_veth : "",
-                               "no veth to the root namespace: a VM without a network identity, or --qemu-network "
-                               "none");
+    auto rules = NetworkOf(spec, cfg.nic, &plan);
     if (!rules.ok()) return rules.status();
     auto vm = std::make_unique<QemuVm>(opt_, cfg, version, spec.on_process_started, spec.outlive_owner);
     if (auto st = vm->Start(base_disk, base_format, plan ? &*plan : nullptr, *rules); !st.ok()) return st;
     return vm;
+  }
+
+  // The VM's namespace plan (when it has a NIC) and its host rules: egress rules and published ports go on the
+  // host end of the VM's veth; a VM without a link (a build VM) has neither.
+  Result<HostRules> NetworkOf(const LaunchSpec& spec, bool nic, std::optional<net::NetnsPlan>* plan) {
+    if (nic) {
+      auto p = NetPlan(spec);
+      if (!p.ok()) return p.status();
+      *plan = *p;
+    }
+    return PlanHostRules(spec.network, spec.vm_id, *plan ? (*plan)->host_veth : "",
+                         "no veth to the root namespace: a VM without a network identity, or --qemu-network none");
   }
 
  public:
@@ -859,14 +862,7 @@ class QemuVmm final : public Vmm, public HostLeftovers {
     if (!version.ok()) return version.status();
     VmConfig cfg = BaseConfig(spec);
     std::optional<net::NetnsPlan> plan;
-    if (opt_.network_mode == QemuNetworkMode::kNetns) {
-      auto p = NetPlan(spec);
-      if (!p.ok()) return p.status();
-      plan = *p;
-    }
-    auto rules = PlanHostRules(spec.network, spec.vm_id, plan ? plan->host_veth : "",
-                               "no veth to the root namespace: a VM without a network identity, or --qemu-network "
-                               "none");
+    auto rules = NetworkOf(spec, opt_.network_mode == QemuNetworkMode::kNetns, &plan);
     if (!rules.ok()) return rules.status();
     auto vm = std::make_unique<QemuVm>(opt_, cfg, *version, nullptr, true);
     if (auto st = vm->Adopt(plan ? &*plan : nullptr, *rules, target); !st.ok()) {
