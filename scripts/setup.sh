@@ -21,6 +21,10 @@ packages=(
   iptables
   # the offline test registry (tests/support/registry.py): Docker distribution 2.8 and skopeo to push
   docker-registry skopeo
+  # the snapshot repository and cluster coordination (issue 16): zstd chunks, SHA-256 payload digests for SigV4,
+  # S3 listings (XML); and for the `cluster` tests a one-node Ceph with the RADOS Gateway, and etcd
+  libzstd-dev libssl-dev libexpat1-dev
+  ceph-mon ceph-osd radosgw etcd-server etcd-client python3-boto3
 )
 if [[ -n "${FCWARM_EXTRA_PACKAGES:-}" ]]; then
   read -r -a extra <<<"${FCWARM_EXTRA_PACKAGES}"
@@ -48,6 +52,10 @@ if ((${#missing[@]} > 0)); then
   # the service off when this run installed it (and systemd is there to have started it).
   if [[ " ${missing[*]} " == *" docker-registry "* ]] && [[ -d /run/systemd/system ]]; then
     systemctl disable --now docker-registry.service || echo "setup: could not disable docker-registry.service" >&2
+  fi
+  # Likewise etcd-server's package starts etcd on 127.0.0.1:2379; the cluster tests start their own.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && [[ -d /run/systemd/system ]]; then
+    systemctl disable --now etcd.service || echo "setup: could not disable etcd.service" >&2
   fi
 else
   echo "setup: all ${#packages[@]} packages present"
