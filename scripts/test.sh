@@ -70,10 +70,11 @@ stage guest-artifacts guest_artifacts
 stage docker-image docker_image
 export FCWARM_REQUIRE_DOCKER=1   # the docker tier must run here, not skip
 export FCWARM_REQUIRE_REGISTRY=1 # so must the offline test registry (label `registry`)
+export FCWARM_REQUIRE_CLUSTER=1  # and the loopback Ceph RGW and etcd (label `cluster`)
 # Two ctest runs at once on the 2 cores: the tiers that boot VMs or change the host's network (iptables rules,
 # namespaces, ip_forward; their RESOURCE_LOCKs only hold within one run) one after another, and beside them the
 # tests that touch neither (unit, python with the fake VMM). Each is a stage of its own.
-host_tiers="vm|docker|registry|chaos|net|firecracker|server"
+host_tiers="vm|docker|registry|chaos|net|firecracker|server|cluster"
 quiet_tiers() {
   ctest --preset ci -LE "$host_tiers" --output-junit "$PWD/$report_dir/ctest-quiet.xml" \
     >"$report_dir/ctest-quiet.log" 2>&1
