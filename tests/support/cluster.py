@@ -14,7 +14,7 @@ Ceph or etcd the system has. Every process is spawned with an argv list, never a
   - ``auth_*_required = none`` with ``ms_*_mode = crc``: no cephx keys to create, and msgr2's default
     ``secure`` mode (which needs cephx) is not asked for.
   - ``paxos_propose_interval = 0.05``: the monitor commits map changes at once (the default 1 s, with a dozen
-    map changes while pools are created, makes bring-up take ~13 s instead of ~3 s).
+    map changes while pools are created, makes bring-up take ~13 s instead of ~2 s).
   - ``osd_pool_default_size = 1``, ``pg_num = 8``: RGW creates 6 pools at start; with the default 32 PGs
     each they would exceed ``mon_max_pg_per_osd`` for one OSD.
   - The OSD's messengers take ports from Ceph's range (``ms_bind_port_min..max``, 6800-7300), on
@@ -418,7 +418,7 @@ class Rgw(_Fixture):
             "mon_allow_pool_size_one": "true",
             "mon_warn_on_pool_no_redundancy": "false",
             "mon_allow_pool_delete": "true",
-            # Commit map changes at once (bring-up in ~3 s instead of ~13 s).
+            # Commit map changes at once (bring-up in ~2 s instead of ~13 s).
             "paxos_propose_interval": "0.05",
             # Fewer threads; a test gateway serves a handful of clients.
             "osd_op_num_shards": "1",
