@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -292,12 +293,12 @@ def test_serve_prints_exports_and_cleans_up_on_sigint():
                           aws_secret_access_key=exports["AWS_SECRET_ACCESS_KEY"], region_name=exports["AWS_REGION"],
                           config=Config(s3={"addressing_style": "path"}))
         assert "serve-bucket" in [b["Name"] for b in s3.list_buckets()["Buckets"]]
-        dirs = re.findall(r"directory (\S+)", p.stderr.readline() + p.stderr.readline())
-        assert len(dirs) == 2, dirs
     finally:
-        p.send_signal(2)
+        p.send_signal(signal.SIGINT)
         _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "nothing left over" in err
+    dirs = re.findall(r"^# (?:Ceph RGW|etcd) up in [0-9.]+s, directory (\S+)$", err, re.M)
+    assert len(dirs) == 2, err
     for d in dirs:
         assert not os.path.exists(d) and cluster._pids_naming(d) == []
