@@ -25,6 +25,8 @@ packages=(
   # S3 listings (XML); and for the `cluster` tests a one-node Ceph with the RADOS Gateway, and etcd
   libzstd-dev libssl-dev libexpat1-dev
   ceph-mon ceph-osd radosgw etcd-server etcd-client python3-boto3
+  # deploy/ manifests are checked by tests/cluster/test_deploy.py: the Kubernetes YAML with PyYAML
+  python3-yaml
 )
 if [[ -n "${FCWARM_EXTRA_PACKAGES:-}" ]]; then
   read -r -a extra <<<"${FCWARM_EXTRA_PACKAGES}"

@@ -90,12 +90,14 @@ FCWARM_DOCKER_IMAGE_DIR=$(cat "$report_dir/docker-image-dir")
 export FCWARM_DOCKER_IMAGE_DIR
 export FCWARM_REQUIRE_DOCKER=1   # the docker tier must run here, not skip
 export FCWARM_REQUIRE_REGISTRY=1 # so must the offline test registry (label `registry`)
+export FCWARM_REQUIRE_CLUSTER=1  # and the loopback Ceph RGW and etcd (label `cluster`)
 # Two jobs at once on the 2 cores: the tiers that boot VMs or change the host's network (iptables rules,
 # namespaces, ip_forward; their RESOURCE_LOCKs only hold within one run) one after another, and beside them the
 # tests that touch neither (unit, python with the fake VMM), then the fuzzers: libFuzzer over HTTP parsing and
 # the API, the host side of the guest protocol and the agent's request decoder, 20 s each after their clang
 # build (one compile job, so the VMs keep a core). Each is a stage of its own; the fuzzers run even when a ctest
-# stage failed.
+# stage failed. The `cluster` fixtures (Ceph RGW, etcd on 127.0.0.1) change nothing of the host's network: their
+# tests run in the quiet job unless they also boot VMs (then they carry the `vm` label too).
 host_tiers="vm|docker|registry|chaos|net|firecracker|server"
 quiet_tiers() {
   ctest --preset ci -LE "$host_tiers" --output-junit "$PWD/$report_dir/ctest-quiet.xml" \
