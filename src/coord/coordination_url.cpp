@@ -20,7 +20,8 @@ bool IsHostName(std::string_view s) {
   size_t start = 0;
   while (true) {
     size_t dot = s.find('.', start);
-    std::string_view label = s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
+    std::string_view label =
+        s.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start);
     if (label.empty() || label.size() > 63 || label.front() == '-' || label.back() == '-') return false;
     for (char c : label) {
       if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') return false;
@@ -33,8 +34,8 @@ bool IsHostName(std::string_view s) {
 // "host:port" or "[v6]:port"; `quoted` is the whole URL for messages.
 Result<EtcdEndpoint> ParseEndpoint(std::string_view item, const std::string& quoted) {
   auto bad = [&](const std::string& what) {
-    return Status::InvalidArgument("coordination URL " + quoted + ": endpoint '" + std::string(item) + "': " +
-                                   what);
+    return Status::InvalidArgument("coordination URL " + quoted + ": endpoint '" + std::string(item) +
+                                   "': " + what);
   };
   if (item.empty()) return bad("empty (expected HOST:PORT)");
   EtcdEndpoint ep;
@@ -57,12 +58,14 @@ Result<EtcdEndpoint> ParseEndpoint(std::string_view item, const std::string& quo
     ep.host = std::string(item.substr(0, colon));
     port = item.substr(colon + 1);
     if (ep.host.empty()) return bad("missing host (expected HOST:PORT)");
-    if (ep.host.find(':') != std::string::npos) return bad("an IPv6 address must be in brackets, e.g. [::1]:2379");
+    if (ep.host.find(':') != std::string::npos)
+      return bad("an IPv6 address must be in brackets, e.g. [::1]:2379");
     bool numeric = std::all_of(ep.host.begin(), ep.host.end(),
                                [](char c) { return (c >= '0' && c <= '9') || c == '.'; });
     if (numeric) {
       in_addr a4{};
-      if (inet_pton(AF_INET, ep.host.c_str(), &a4) != 1) return bad("'" + ep.host + "' is not an IPv4 address");
+      if (inet_pton(AF_INET, ep.host.c_str(), &a4) != 1)
+        return bad("'" + ep.host + "' is not an IPv4 address");
     } else if (!IsHostName(ep.host)) {
       return bad("'" + ep.host + "' is not a valid host name (letters, digits, '-' and '.')");
     }
@@ -81,8 +84,8 @@ Result<std::string> ParsePrefix(std::string_view path, const std::string& quoted
   size_t start = 1;
   while (start < path.size()) {
     size_t slash = path.find('/', start);
-    std::string_view seg = path.substr(start, slash == std::string_view::npos ? std::string_view::npos
-                                                                               : slash - start);
+    std::string_view seg =
+        path.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
     auto bad = [&](const std::string& what) {
       return Status::InvalidArgument("coordination URL " + quoted + ": key prefix '" + std::string(path) +
                                      "': " + what);
@@ -117,7 +120,8 @@ Result<CoordinationConfig> ParseCoordinationUrl(std::string_view url) {
   if (url.empty()) return Status::InvalidArgument("coordination URL is empty (expected etcd://HOST:PORT)");
   size_t sep = url.find("://");
   if (sep == std::string_view::npos) {
-    return Status::InvalidArgument("coordination URL " + quoted + ": expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]");
+    return Status::InvalidArgument("coordination URL " + quoted +
+                                   ": expected etcd://HOST:PORT[,HOST:PORT...][/PREFIX]");
   }
   if (url.substr(0, sep + 3) != kScheme) {
     return Status::InvalidArgument("coordination URL " + quoted + ": unsupported scheme '" +
@@ -133,21 +137,23 @@ Result<CoordinationConfig> ParseCoordinationUrl(std::string_view url) {
                                      ": credentials in the URL are not supported");
     }
     if (static_cast<unsigned char>(c) <= ' ' || static_cast<unsigned char>(c) >= 0x7f) {
-      return Status::InvalidArgument("coordination URL " + quoted + ": contains a space or a control character");
+      return Status::InvalidArgument("coordination URL " + quoted +
+                                     ": contains a space or a control character");
     }
   }
   size_t slash = rest.find('/');
   std::string_view authority = rest.substr(0, slash);
   std::string_view path = slash == std::string_view::npos ? std::string_view() : rest.substr(slash);
   if (authority.empty()) {
-    return Status::InvalidArgument("coordination URL " + quoted + ": no endpoint (expected etcd://HOST:PORT)");
+    return Status::InvalidArgument("coordination URL " + quoted +
+                                   ": no endpoint (expected etcd://HOST:PORT)");
   }
   CoordinationConfig cfg;
   size_t start = 0;
   while (true) {
     size_t comma = authority.find(',', start);
-    std::string_view item = authority.substr(start, comma == std::string_view::npos ? std::string_view::npos
-                                                                                      : comma - start);
+    std::string_view item =
+        authority.substr(start, comma == std::string_view::npos ? std::string_view::npos : comma - start);
     auto ep = ParseEndpoint(item, quoted);
     if (!ep.ok()) return ep.status();
     if (std::find(cfg.endpoints.begin(), cfg.endpoints.end(), *ep) != cfg.endpoints.end()) {

@@ -28,8 +28,8 @@ struct EtcdEndpoint {
 
 /// A parsed coordination URL.
 struct CoordinationConfig {
-  std::vector<EtcdEndpoint> endpoints;              // at least one, in the URL's order, no duplicates
-  std::string key_prefix{kDefaultKeyPrefix};        // starts and ends with '/', e.g. "/fcwarm/" or "/a/b/"
+  std::vector<EtcdEndpoint> endpoints;        // at least one, in the URL's order, no duplicates
+  std::string key_prefix{kDefaultKeyPrefix};  // starts and ends with '/', e.g. "/fcwarm/" or "/a/b/"
 };
 
 /// Parses `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`.

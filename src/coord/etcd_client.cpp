@@ -93,9 +93,9 @@ Result<KeyValue> DecodeKeyValue(const json::value& v, std::string_view what) {
     if (!decoded) return Status::Internal(std::string(what) + ": '" + field + "' is not base64");
     *out = std::move(*decoded);
   }
-  for (auto [field, out] : {std::pair{"create_revision", &kv.create_revision},
-                            std::pair{"mod_revision", &kv.mod_revision}, std::pair{"version", &kv.version},
-                            std::pair{"lease", &kv.lease}}) {
+  for (auto [field, out] :
+       {std::pair{"create_revision", &kv.create_revision}, std::pair{"mod_revision", &kv.mod_revision},
+        std::pair{"version", &kv.version}, std::pair{"lease", &kv.lease}}) {
     auto n = Int64Field(o, field, what);
     if (!n.ok()) return n.status();
     *out = *n;
@@ -275,8 +275,8 @@ Result<std::string> EtcdClient::CallOne(void* handle, const EtcdEndpoint& ep, co
       return Status::Unavailable(ep.HostPort() + ": " + detail);
     }
     if (rc == CURLE_OPERATION_TIMEDOUT) {
-      return Status::Unavailable(what + ": no answer within " + std::to_string(options_.request_timeout.count()) +
-                                 " ms");
+      return Status::Unavailable(what + ": no answer within " +
+                                 std::to_string(options_.request_timeout.count()) + " ms");
     }
     if (rc == CURLE_WRITE_ERROR) {
       return Status::Internal(what + ": the answer exceeds " + std::to_string(kMaxBody) + " bytes");
@@ -299,8 +299,8 @@ Result<std::string> EtcdClient::CallOne(void* handle, const EtcdEndpoint& ep, co
   }
   std::string text = response.substr(0, 200);
   while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.pop_back();
-  return Status::Unavailable(what + ": HTTP " + std::to_string(code) + ": " + (text.empty() ? "(empty)" : text) +
-                             " (is this an etcd v3.4+ client URL?)");
+  return Status::Unavailable(what + ": HTTP " + std::to_string(code) + ": " +
+                             (text.empty() ? "(empty)" : text) + " (is this an etcd v3.4+ client URL?)");
 }
 
 Result<std::string> EtcdClient::Call(const std::string& path, const std::string& body, bool idempotent) {
@@ -330,18 +330,21 @@ Result<std::string> EtcdClient::Call(const std::string& path, const std::string&
   }
   ReturnHandle(handle);
   if (last.ok()) return Status::Unavailable("etcd unreachable: " + unreachable);
-  if (!unreachable.empty()) return Status::Unavailable(last.message() + " (unreachable: " + unreachable + ")");
+  if (!unreachable.empty())
+    return Status::Unavailable(last.message() + " (unreachable: " + unreachable + ")");
   return last;
 }
 
 Result<Lease> EtcdClient::GrantLease(int64_t ttl_s) {
-  if (ttl_s <= 0) return Status::InvalidArgument("etcd lease: TTL must be positive, got " + std::to_string(ttl_s));
+  if (ttl_s <= 0)
+    return Status::InvalidArgument("etcd lease: TTL must be positive, got " + std::to_string(ttl_s));
   json::object req{{"TTL", std::to_string(ttl_s)}};
   auto r = Call("/v3/lease/grant", Serialize(req), /*idempotent=*/true);  // a spare lease just expires
   if (!r.ok()) return r.status();
   auto o = ParseObject(*r, "etcd lease grant");
   if (!o.ok()) return o.status();
-  if (const json::value* e = o->if_contains("error"); e != nullptr && e->is_string() && !e->as_string().empty()) {
+  if (const json::value* e = o->if_contains("error");
+      e != nullptr && e->is_string() && !e->as_string().empty()) {
     return Status::Unavailable("etcd lease grant: " + std::string(e->as_string()));
   }
   auto id = Int64Field(*o, "ID", "etcd lease grant");
@@ -412,7 +415,8 @@ Result<int64_t> EtcdClient::Delete(std::string_view key) {
   return Int64Field(*o, "deleted", "etcd deleterange");
 }
 
-Result<CreateResult> EtcdClient::CreateIfAbsent(std::string_view key, std::string_view value, int64_t lease_id) {
+Result<CreateResult> EtcdClient::CreateIfAbsent(std::string_view key, std::string_view value,
+                                                int64_t lease_id) {
   const std::string k = Base64Encode(key);
   json::object put{{"key", k}, {"value", Base64Encode(value)}};
   if (lease_id != 0) put["lease"] = std::to_string(lease_id);

@@ -25,9 +25,7 @@ int64_t NsOf(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-milliseconds Since(Clock::time_point t) {
-  return std::chrono::duration_cast<milliseconds>(Clock::now() - t);
-}
+milliseconds Since(Clock::time_point t) { return std::chrono::duration_cast<milliseconds>(Clock::now() - t); }
 
 }  // namespace
 
@@ -119,8 +117,8 @@ void BuildLock::KeepAliveLoop() {
         return;
       }
       if (kv.ok() && (*kv)->lease != lease_.id) {
-        MarkLost(Status::FailedPrecondition("lock " + key_ + ": the key now belongs to node '" + (*kv)->value +
-                                            "'"));
+        MarkLost(Status::FailedPrecondition("lock " + key_ + ": the key now belongs to node '" +
+                                            (*kv)->value + "'"));
         return;
       }
       continue;  // a failed read is retried with the next renewal
@@ -151,8 +149,9 @@ Status BuildLock::Release() {
     std::lock_guard<std::mutex> lock(mu_);
     if (released_.load(std::memory_order_relaxed)) return Status::Ok();
     if (!lost_.load(std::memory_order_relaxed) && Expired()) {  // lost by time, not yet seen by the thread
-      lost_reason_ = Status::Unavailable("lock " + key_ + ": no renewal of the lease succeeded for its TTL (" +
-                                         std::to_string(lease_.ttl_s) + " s)");
+      lost_reason_ =
+          Status::Unavailable("lock " + key_ + ": no renewal of the lease succeeded for its TTL (" +
+                              std::to_string(lease_.ttl_s) + " s)");
       lost_.store(true, std::memory_order_release);
     }
     was_lost = lost_.load(std::memory_order_relaxed);
@@ -175,14 +174,18 @@ Status BuildLock::Release() {
 
 SingleFlight::SingleFlight(std::shared_ptr<EtcdClient> client, std::string prefix, std::string node_id,
                            SingleFlightOptions options)
-    : client_(std::move(client)), prefix_(std::move(prefix)), node_id_(std::move(node_id)), options_(options) {}
+    : client_(std::move(client)),
+      prefix_(std::move(prefix)),
+      node_id_(std::move(node_id)),
+      options_(options) {}
 
 Result<std::unique_ptr<SingleFlight>> SingleFlight::Create(std::shared_ptr<EtcdClient> client,
                                                            std::string key_prefix, std::string node_id,
                                                            SingleFlightOptions options) {
   if (!client) return Status::InvalidArgument("coordination: no etcd client");
   if (key_prefix.empty() || key_prefix.front() != '/' || key_prefix.back() != '/') {
-    return Status::InvalidArgument("coordination: key prefix '" + key_prefix + "' must start and end with '/'");
+    return Status::InvalidArgument("coordination: key prefix '" + key_prefix +
+                                   "' must start and end with '/'");
   }
   if (!IsPrintableName(node_id, 253)) {
     return Status::InvalidArgument("coordination: node id '" + node_id +
@@ -195,8 +198,8 @@ Result<std::unique_ptr<SingleFlight>> SingleFlight::Create(std::shared_ptr<EtcdC
       new SingleFlight(std::move(client), std::move(key_prefix), std::move(node_id), options));
 }
 
-Result<std::unique_ptr<SingleFlight>> SingleFlight::Create(const CoordinationConfig& config, std::string node_id,
-                                                           SingleFlightOptions options,
+Result<std::unique_ptr<SingleFlight>> SingleFlight::Create(const CoordinationConfig& config,
+                                                           std::string node_id, SingleFlightOptions options,
                                                            EtcdClientOptions client_options) {
   auto client = EtcdClient::Create(config.endpoints, client_options);
   if (!client.ok()) return client.status();
@@ -234,7 +237,8 @@ Result<AcquireResult> SingleFlight::Acquire(std::string_view name, std::chrono::
     // The lease is not needed (and revoking it deletes the key if the create did happen unanswered).
     Status revoked = client_->RevokeLease(lease->id);
     if (!revoked.ok() && revoked.code() != StatusCode::kNotFound) {
-      spdlog::warn("event=coord_revoke_failed key={} lease={} error=\"{}\"", key, lease->id, revoked.ToString());
+      spdlog::warn("event=coord_revoke_failed key={} lease={} error=\"{}\"", key, lease->id,
+                   revoked.ToString());
     }
     if (!created.ok()) return created.status().WithContext("lock " + key);
     out.holder = created->existing->value;
@@ -251,7 +255,8 @@ Result<AcquireResult> SingleFlight::Acquire(std::string_view name, std::chrono::
 
 Result<AcquireResult> SingleFlight::AcquireOrWait(std::string_view name, std::chrono::seconds lease_ttl,
                                                   Clock::time_point deadline,
-                                                  const std::function<bool()>& should_stop, LostCallback on_lost) {
+                                                  const std::function<bool()>& should_stop,
+                                                  LostCallback on_lost) {
   const Clock::time_point start = Clock::now();
   std::string holder;  // the holder last seen
   while (true) {
@@ -266,8 +271,8 @@ Result<AcquireResult> SingleFlight::AcquireOrWait(std::string_view name, std::ch
     if (!r.ok()) return r.status();
     if (r->outcome == AcquireOutcome::kAcquired) {
       if (!holder.empty()) {
-        spdlog::info("event=coord_lock_taken_over key={} node={} previous_holder={} waited_ms={}", LockKey(name),
-                     node_id_, holder, Since(start).count());
+        spdlog::info("event=coord_lock_taken_over key={} node={} previous_holder={} waited_ms={}",
+                     LockKey(name), node_id_, holder, Since(start).count());
       }
       r->holder = holder;
       r->waited = Since(start);

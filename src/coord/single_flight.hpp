@@ -80,8 +80,8 @@ class BuildLock {
   std::atomic<int64_t> renewed_ns_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool stopping_ = false;    // guarded by mu_
-  Status lost_reason_;       // guarded by mu_
+  bool stopping_ = false;  // guarded by mu_
+  Status lost_reason_;     // guarded by mu_
   std::thread thread_;
 };
 
@@ -120,8 +120,9 @@ class SingleFlight {
  public:
   /// A coordinator over `client` for node `node_id` (printable ASCII without spaces, at most 253 bytes).
   /// \return InvalidArgument for a bad node id, key prefix or option.
-  static Result<std::unique_ptr<SingleFlight>> Create(std::shared_ptr<EtcdClient> client, std::string key_prefix,
-                                                      std::string node_id, SingleFlightOptions options = {});
+  static Result<std::unique_ptr<SingleFlight>> Create(std::shared_ptr<EtcdClient> client,
+                                                      std::string key_prefix, std::string node_id,
+                                                      SingleFlightOptions options = {});
   /// A coordinator with its own client of the cluster `config` names (ParseCoordinationUrl()).
   static Result<std::unique_ptr<SingleFlight>> Create(const CoordinationConfig& config, std::string node_id,
                                                       SingleFlightOptions options = {},
@@ -131,7 +132,8 @@ class SingleFlight {
   /// holder. `lease_ttl` is the time (1 s to 1 h) after which a holder that stopped renewing (a dead node)
   /// loses the lock; etcd may round it up (to 2 s on a one-member cluster).
   /// \return InvalidArgument for a bad name or TTL; Unavailable (or the server's error) when etcd fails.
-  Result<AcquireResult> Acquire(std::string_view name, std::chrono::seconds lease_ttl, LostCallback on_lost = {});
+  Result<AcquireResult> Acquire(std::string_view name, std::chrono::seconds lease_ttl,
+                                LostCallback on_lost = {});
 
   /// Takes the lock `name`, waiting while another node holds it: polls every poll_interval until the lock is
   /// free (its holder released it or died and its lease expired: kAcquired), `should_stop` returns true

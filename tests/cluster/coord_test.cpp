@@ -2,12 +2,11 @@
 // 127.0.0.1 with free ports and a data directory of its own, and removes both at the end. Without the etcd
 // binary the cases that need it print "SKIP: ..." and pass, unless FCWARM_REQUIRE_CLUSTER=1.
 #include <arpa/inet.h>
+#include <doctest/doctest.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <doctest/doctest.h>
 
 #include <atomic>
 #include <chrono>
@@ -92,14 +91,22 @@ class EtcdServer {
     const std::string peer = "http://127.0.0.1:" + std::to_string(ports[1]);
     util::SpawnOptions opts;
     opts.argv = {"etcd",
-                 "--name", "coord-test",
-                 "--data-dir", (dir_ / "data").string(),
-                 "--listen-client-urls", client,
-                 "--advertise-client-urls", client,
-                 "--listen-peer-urls", peer,
-                 "--initial-advertise-peer-urls", peer,
-                 "--initial-cluster", "coord-test=" + peer,
-                 "--initial-cluster-state", "new"};
+                 "--name",
+                 "coord-test",
+                 "--data-dir",
+                 (dir_ / "data").string(),
+                 "--listen-client-urls",
+                 client,
+                 "--advertise-client-urls",
+                 client,
+                 "--listen-peer-urls",
+                 peer,
+                 "--initial-advertise-peer-urls",
+                 peer,
+                 "--initial-cluster",
+                 "coord-test=" + peer,
+                 "--initial-cluster-state",
+                 "new"};
     opts.stdout_path = (dir_ / "etcd.log").string();
     auto child = util::Spawn(opts);
     REQUIRE_MESSAGE(child.ok(), child.status().ToString());
@@ -156,15 +163,15 @@ std::string SkipReason() {
   return "";
 }
 
-#define SKIP_WITHOUT_ETCD()                                                  \
-  do {                                                                       \
-    std::string why = SkipReason();                                          \
-    if (!why.empty()) {                                                      \
-      if (Required()) FAIL("FCWARM_REQUIRE_CLUSTER=1 but " << why);          \
-      MESSAGE("SKIP: " << why);                                              \
-      std::printf("SKIP: %s\n", why.c_str());                                \
-      return;                                                                \
-    }                                                                        \
+#define SKIP_WITHOUT_ETCD()                                         \
+  do {                                                              \
+    std::string why = SkipReason();                                 \
+    if (!why.empty()) {                                             \
+      if (Required()) FAIL("FCWARM_REQUIRE_CLUSTER=1 but " << why); \
+      MESSAGE("SKIP: " << why);                                     \
+      std::printf("SKIP: %s\n", why.c_str());                       \
+      return;                                                       \
+    }                                                               \
   } while (0)
 
 std::unique_ptr<SingleFlight> Node(const CoordinationConfig& cfg, const std::string& id,
@@ -320,9 +327,9 @@ TEST_CASE("etcd lock: a killed holder loses the key after its lease TTL and a wa
     }
   } reaper{&child_pid};
   // Its log lines go to stdout too; its answer is a line of its own.
-  REQUIRE_MESSAGE(Eventually([&] { return ("\n" + ReadAll(out)).find("\nacquired ") != std::string::npos; },
-                             seconds(10)),
-                  ReadAll(out));
+  REQUIRE_MESSAGE(
+      Eventually([&] { return ("\n" + ReadAll(out)).find("\nacquired ") != std::string::npos; }, seconds(10)),
+      ReadAll(out));
 
   auto b = Node(cfg, "node-b");
   auto client = Client(cfg);
@@ -476,7 +483,8 @@ TEST_CASE("etcd lock: should_stop ends a wait, and so does the deadline") {
 
 TEST_CASE("etcd client: an unreachable endpoint is Unavailable at once and names the endpoint") {
   auto ports = FreePorts(2);  // nothing listens on them any more
-  const std::string url = "etcd://127.0.0.1:" + std::to_string(ports[0]) + ",127.0.0.1:" + std::to_string(ports[1]);
+  const std::string url =
+      "etcd://127.0.0.1:" + std::to_string(ports[0]) + ",127.0.0.1:" + std::to_string(ports[1]);
   auto cfg = ParseCoordinationUrl(url);
   REQUIRE(cfg.ok());
   auto node = Node(*cfg, "node-a");

@@ -1,7 +1,8 @@
 // The --coordination URL (coord/coordination_url.hpp) and the gateway's base64 (coord/etcd_client.hpp).
+#include "coord/coordination_url.hpp"
+
 #include <doctest/doctest.h>
 
-#include "coord/coordination_url.hpp"
 #include "coord/etcd_client.hpp"
 
 using fcwarm::StatusCode;
@@ -121,9 +122,9 @@ TEST_CASE("gateway base64 round-trips and refuses bad input") {
   }
   CHECK(Base64Decode("Zm9v") == std::optional<std::string>("foo"));
   CHECK(Base64Decode("Zg==") == std::optional<std::string>("f"));
-  CHECK_FALSE(Base64Decode("Zm9").has_value());    // not a multiple of 4
-  CHECK_FALSE(Base64Decode("Z===").has_value());   // too much padding
+  CHECK_FALSE(Base64Decode("Zm9").has_value());       // not a multiple of 4
+  CHECK_FALSE(Base64Decode("Z===").has_value());      // too much padding
   CHECK_FALSE(Base64Decode("Zg==Zm9v").has_value());  // padding before the end
-  CHECK_FALSE(Base64Decode("Zm9!").has_value());   // not in the alphabet
-  CHECK_FALSE(Base64Decode("Zm=v").has_value());   // data after padding
+  CHECK_FALSE(Base64Decode("Zm9!").has_value());      // not in the alphabet
+  CHECK_FALSE(Base64Decode("Zm=v").has_value());      // data after padding
 }
