@@ -68,7 +68,17 @@ bool BuildLock::Expired() const {
 
 bool BuildLock::lost() const {
   if (lost_.load(std::memory_order_acquire)) return true;
-  return !released_.load(std::memory_order_acquire) && Expired();
+  if (released_.load(std::memory_order_acquire) || !Expired()) return false;
+  // Latched: a renewal still in flight may succeed later, but another node may have taken over meanwhile.
+  lost_.store(true, std::memory_order_release);
+  return true;
+}
+
+Status BuildLock::ExpiredStatus(const Status& cause) const {
+  std::string msg = "lock " + key_ + ": no renewal of the lease succeeded for its TTL (" +
+                    std::to_string(lease_.ttl_s) + " s)";
+  if (!cause.ok()) msg += ": " + cause.message();
+  return Status::Unavailable(std::move(msg));
 }
 
 Status BuildLock::lost_reason() const {
@@ -76,17 +86,13 @@ Status BuildLock::lost_reason() const {
     std::lock_guard<std::mutex> lock(mu_);
     if (!lost_reason_.ok()) return lost_reason_;
   }
-  if (lost()) {
-    return Status::Unavailable("lock " + key_ + ": no renewal of the lease succeeded for its TTL (" +
-                               std::to_string(lease_.ttl_s) + " s)");
-  }
-  return Status::Ok();
+  return lost() ? ExpiredStatus(Status::Ok()) : Status::Ok();
 }
 
 void BuildLock::MarkLost(Status why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (lost_.load(std::memory_order_relaxed) || released_.load(std::memory_order_relaxed)) return;
+    if (!lost_reason_.ok() || released_.load(std::memory_order_relaxed)) return;  // reported already
     lost_reason_ = why;
     stopping_ = true;
     lost_.store(true, std::memory_order_release);
@@ -108,7 +114,17 @@ void BuildLock::KeepAliveLoop() {
     const Clock::time_point sent = Clock::now();
     auto renewed = client_->KeepAliveOnce(lease_.id);
     if (renewed.ok()) {
+      // Too late if a TTL passed since the previous renewal (or lost() said so meanwhile): etcd kept the
+      // lease, but this node already counted it as lost.
+      if (Expired() || lost()) {
+        MarkLost(ExpiredStatus(Status::Ok()));
+        return;
+      }
       renewed_ns_.store(NsOf(sent), std::memory_order_release);
+      if (lost_.load(std::memory_order_acquire)) {  // lost() latched between the check and the store
+        MarkLost(ExpiredStatus(Status::Ok()));
+        return;
+      }
       wait = interval;
       // The lease lives; the key must still be this lease's (nobody deleted or replaced it).
       auto kv = client_->Get(key_);
@@ -129,9 +145,8 @@ void BuildLock::KeepAliveLoop() {
     }
     // etcd did not answer. The server counts the TTL from when it processed the last renewal, which was
     // after we sent it: once a TTL has passed since that send, the lease may be gone.
-    if (Expired()) {
-      MarkLost(Status::Unavailable("lock " + key_ + ": could not renew the lease for its TTL (" +
-                                   std::to_string(lease_.ttl_s) + " s): " + renewed.status().message()));
+    if (lost()) {
+      MarkLost(ExpiredStatus(renewed.status()));
       return;
     }
     spdlog::warn("event=coord_renew_failed key={} lease={} error=\"{}\"", key_, lease_.id,
@@ -148,13 +163,8 @@ Status BuildLock::Release() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (released_.load(std::memory_order_relaxed)) return Status::Ok();
-    if (!lost_.load(std::memory_order_relaxed) && Expired()) {  // lost by time, not yet seen by the thread
-      lost_reason_ =
-          Status::Unavailable("lock " + key_ + ": no renewal of the lease succeeded for its TTL (" +
-                              std::to_string(lease_.ttl_s) + " s)");
-      lost_.store(true, std::memory_order_release);
-    }
-    was_lost = lost_.load(std::memory_order_relaxed);
+    was_lost = lost();  // latches a loss by time that the keepalive thread has not reported yet
+    if (was_lost && lost_reason_.ok()) lost_reason_ = ExpiredStatus(Status::Ok());
     released_.store(true, std::memory_order_release);
     stopping_ = true;
   }

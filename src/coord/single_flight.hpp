@@ -67,21 +67,23 @@ class BuildLock {
             std::chrono::steady_clock::time_point granted_at, LostCallback on_lost);
   void KeepAliveLoop();
   void MarkLost(Status why);
+  // True when a whole TTL passed since the last successful renewal was sent.
   bool Expired() const;
+  Status ExpiredStatus(const Status& cause) const;
 
   const std::shared_ptr<EtcdClient> client_;
   const std::string key_;
   const std::string node_id_;
   const Lease lease_;
   const LostCallback on_lost_;
-  std::atomic<bool> lost_{false};
+  mutable std::atomic<bool> lost_{false};  // latched by lost() too
   std::atomic<bool> released_{false};
   // Send time (steady clock, ns since its epoch) of the last renewal, or of the grant, that succeeded.
   std::atomic<int64_t> renewed_ns_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stopping_ = false;  // guarded by mu_
-  Status lost_reason_;     // guarded by mu_
+  Status lost_reason_;     // guarded by mu_; set once: when the loss is reported, or at Release()
   std::thread thread_;
 };
 
