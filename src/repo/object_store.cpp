@@ -297,7 +297,8 @@ struct S3ObjectStore::Impl {
     struct curl_slist* headers = nullptr;
     std::string sha = "x-amz-content-sha256: " + Sha256Hex(body);
     headers = curl_slist_append(headers, sha.c_str());
-    headers = curl_slist_append(headers, "Expect:");
+    // No other custom header: libcurl's SigV4 signs every header in this list, also an empty "Expect:" that
+    // only removes a header (and is then not sent), which the server cannot verify.
     std::string token;
     if (!o.credentials.session_token.empty()) {
       token = "x-amz-security-token: " + o.credentials.session_token;
