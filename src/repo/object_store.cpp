@@ -328,7 +328,7 @@ struct S3ObjectStore::Impl {
       // with the method changed to PUT.
       headers = curl_slist_append(headers, "Content-Type: application/octet-stream");
       curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
-      curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
+      curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data() != nullptr ? body.data() : "");
       curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "PUT");
     } else if (m == "DELETE") {
       curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, "DELETE");

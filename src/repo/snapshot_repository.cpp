@@ -851,7 +851,10 @@ Result<GcReport> SnapshotRepository::Gc(const GcOptions& opt) {
       auto m = Load(g->ref);
       if (!m.ok()) {
         if (m.status().code() == StatusCode::kNotFound) continue;  // deleted meanwhile
-        if (m.status().code() != StatusCode::kDataLoss) return m.status().WithContext("gc");
+        // DataLoss: it does not parse; InvalidArgument: its key or id is not one Publish writes.
+        if (m.status().code() != StatusCode::kDataLoss && m.status().code() != StatusCode::kInvalidArgument) {
+          return m.status().WithContext("gc");
+        }
         report.corrupt_manifests.push_back(g->ref);
         if (used) {
           report.manifests_kept.push_back(g->ref);
@@ -887,7 +890,8 @@ Result<GcReport> SnapshotRepository::Gc(const GcOptions& opt) {
     if (seen_manifests.count(g.manifest_key) > 0) continue;
     auto m = Load(g.ref);
     if (m.ok()) add_refs(*m);
-    else if (m.status().code() != StatusCode::kNotFound && m.status().code() != StatusCode::kDataLoss) {
+    else if (m.status().code() != StatusCode::kNotFound && m.status().code() != StatusCode::kDataLoss &&
+             m.status().code() != StatusCode::kInvalidArgument) {
       return m.status().WithContext("gc");
     }
   }

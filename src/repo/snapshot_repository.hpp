@@ -170,7 +170,8 @@ struct GcReport {
   bool dry_run = false;                            ///< GcOptions::dry_run.
   std::vector<GenerationRef> manifests_deleted;    ///< Manifests deleted (beyond retention, unused, or corrupt).
   std::vector<GenerationRef> manifests_kept;       ///< Manifests kept.
-  std::vector<GenerationRef> corrupt_manifests;    ///< Manifests that did not parse (deleted unless in use).
+  std::vector<GenerationRef> corrupt_manifests;    ///< Manifests that did not parse or have a key Publish
+                                                   ///< never writes (deleted unless in use).
   std::vector<std::string> nodes_live;             ///< Node records taken into account.
   std::vector<std::string> nodes_stale;            ///< Node records older than node_record_ttl (ignored).
   uint64_t chunks_deleted = 0;                     ///< Chunks deleted.

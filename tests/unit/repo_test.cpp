@@ -14,6 +14,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <thread>
 
 #include "repo/object_store.hpp"
 #include "repo/snapshot_repository.hpp"
@@ -558,14 +559,16 @@ TEST_CASE("repo: gc deletes corrupt manifests unless a node uses them") {
   MustPublish(*repo, MakeGeneration(tmp.path() / "gen", 300), "key1");
   REQUIRE(store->Put("manifests/key1/20000101T000000000Z-00000001.json", "nope").ok());
   REQUIRE(store->Put("manifests/key1/20000101T000000000Z-00000002.json", "nope").ok());
+  REQUIRE(store->Put("manifests/key1/odd+name.json", "{}").ok());  // not an id Publish writes
   REQUIRE(repo->RecordNodeUse("node-b", {{"key1", "20000101T000000000Z-00000002"}}).ok());
   GcOptions opt;
   opt.min_chunk_age = std::chrono::milliseconds(0);
   auto rep = repo->Gc(opt);
   REQUIRE_MESSAGE(rep.ok(), rep.status().ToString());
-  CHECK(rep->corrupt_manifests.size() == 2);
-  REQUIRE(rep->manifests_deleted.size() == 1);
-  CHECK(rep->manifests_deleted[0].generation == "20000101T000000000Z-00000001");
+  CHECK(rep->corrupt_manifests.size() == 3);
+  REQUIRE(rep->manifests_deleted.size() == 2);
+  CHECK(rep->manifests_deleted[0].generation == "odd+name");
+  CHECK(rep->manifests_deleted[1].generation == "20000101T000000000Z-00000001");
   CHECK(rep->chunks_deleted == 0);
   CHECK(repo->ListGenerations()->size() == 2);
 }
@@ -784,4 +787,33 @@ TEST_CASE("repo: an S3 endpoint that refuses connections is Unavailable at once"
   auto put = (*s)->Put("k", "v");
   CHECK(put.code() == StatusCode::kUnavailable);
   CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(3));
+}
+
+TEST_CASE("repo: two nodes publishing the same data at once both succeed and share the chunks") {
+  TempDir tmp;
+  auto store = OpenDir(tmp.path() / "repo");
+  auto g = MakeGeneration(tmp.path() / "gen", 400);
+  auto a = MakeRepo(store, "p", {}, 4);
+  RepositoryOptions ob;
+  ob.chunk_size = kChunk;
+  ob.workers = 4;
+  ob.node = "node-b";
+  auto b = SnapshotRepository::Create(store, "p", ob);
+  REQUIRE(b.ok());
+  Result<PublishResult> ra = Status::Internal("not run"), rb = Status::Internal("not run");
+  std::thread ta([&] { ra = a->Publish({g.dir, g.files, "shared", "{}"}); });
+  std::thread tb([&] { rb = (*b)->Publish({g.dir, g.files, "shared", "{}"}); });
+  ta.join();
+  tb.join();
+  REQUIRE_MESSAGE(ra.ok(), ra.status().ToString());
+  REQUIRE_MESSAGE(rb.ok(), rb.status().ToString());
+  CHECK(ra->manifest.generation != rb->manifest.generation);
+  CHECK(store->List("p/chunks/")->size() == 5);
+  CHECK(repo::SnapshotRepository::ValidateRepoKey("shared").ok());
+  for (const auto* r : {&ra.value(), &rb.value()}) {
+    fs::path out = tmp.path() / ("out-" + r->manifest.node);
+    auto f = a->Fetch(r->manifest, out);
+    REQUIRE_MESSAGE(f.ok(), f.status().ToString());
+    CHECK(Slurp(out / "memory") == Slurp(g.dir / "memory"));
+  }
 }
