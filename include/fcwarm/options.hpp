@@ -40,6 +40,41 @@ struct GuestNetworkOptions {
   std::vector<std::string> insecure_registries;
 };
 
+/// \brief A repository of snapshot generations shared by many hosts (docs/multi-host.md): a node publishes
+/// what it builds and fetches what another node built instead of building it.
+struct SnapshotRepositoryOptions {
+  /// \brief "s3://BUCKET[/PREFIX]" (an S3 API, path-style requests to `s3_endpoint`) or "file:///DIR" (a
+  /// directory, e.g. on a shared file system); empty: no repository. Default: empty.
+  std::string url;
+  /// \brief The S3 endpoint, "http(s)://HOST[:PORT]"; required for an s3:// URL. Default: empty.
+  std::string s3_endpoint;
+  /// \brief The region requests are signed for (SigV4). Default: "us-east-1".
+  std::string s3_region = "us-east-1";
+  /// \brief An AWS shared credentials file (its `[default]` profile); empty: the AWS_ACCESS_KEY_ID and
+  /// AWS_SECRET_ACCESS_KEY environment variables. Default: empty.
+  std::string credentials_file;
+  /// \brief Publish every generation this node builds. Default: true.
+  bool publish = true;
+  /// \brief Fetch a published generation instead of building one. Default: true.
+  bool fetch = true;
+  /// \brief Parallel transfers of one publish or fetch, 1-64. Default: 4.
+  unsigned workers = 4;
+};
+
+/// \brief One build per cluster (docs/multi-host.md): before building, a node takes a lease-backed lock in
+/// etcd for what it builds; other nodes wait for the published generation instead of building it too.
+struct CoordinationOptions {
+  /// \brief "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"; empty: no coordination (every node may build).
+  /// Default: empty.
+  std::string url;
+  /// \brief Lease of a build lock: a node that dies mid-build loses its lock this long after its last
+  /// renewal. Default: 10 s.
+  std::chrono::seconds lock_ttl{10};
+  /// \brief How long a build waits for another node's build before it builds itself. Service::Open sets it to
+  /// RestoreOptions::wait_for_creating. Default: 60 s.
+  std::chrono::milliseconds wait_for_build{60000};
+};
+
 /// \brief Options of SnapshotManager.
 struct SnapshotManagerOptions {
   /// \brief Root of the snapshot files: `<root>/<image_id>/<snapshot_id>/gen-<N>/`. Default:
@@ -81,6 +116,13 @@ struct SnapshotManagerOptions {
   /// \brief Network of build VMs that pull (only those get a network identity). Service::Open replaces it
   /// with the values of ServiceOptions::restore. Default: GuestNetworkOptions' defaults.
   GuestNetworkOptions network;
+  /// \brief This node's name in the repository and in build locks ([A-Za-z0-9._-], at most 128). Default:
+  /// empty, meaning the host name.
+  std::string node_id;
+  /// \brief The shared snapshot repository. Default: none.
+  SnapshotRepositoryOptions repository;
+  /// \brief Cluster-wide single-flight builds. Default: none.
+  CoordinationOptions coordination;
 };
 
 /// \brief Options of HealthTracker.

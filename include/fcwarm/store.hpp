@@ -38,7 +38,7 @@ struct EventFilter {
 class Store {
  public:
   /// \brief The schema version this build writes.
-  static constexpr int kSchemaVersion = 7;
+  static constexpr int kSchemaVersion = 8;
 
   /// \brief Opens (creating if needed) and migrates the database.
   /// \param options Path and timeouts.

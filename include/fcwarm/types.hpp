@@ -24,6 +24,9 @@ enum class SnapshotState {
 /// \brief Progress of a snapshot build.
 enum class BuildPhase {
   kQueued,          ///< Waiting for a build worker.
+  /// \brief With a snapshot repository or cluster coordination (docs/multi-host.md): waiting while another
+  /// node builds the same snapshot, then fetching a published generation instead of building one.
+  kFetching,
   kBooting,         ///< Cold-booting the build VM.
   kWaitingRuntime,  ///< Waiting for the guest agent and the runtime check.
   kPreloading,      ///< Container runtime images: pulling the preload images, listing the daemon's images.
@@ -76,6 +79,7 @@ enum class EventKind {
   kGc,         ///< Snapshot files were collected.
   kReconcile,  ///< Startup reconciliation changed a record.
   kSnapshot,   ///< A snapshot was deleted or otherwise changed by a caller.
+  kRepository, ///< A generation was published to or fetched from the snapshot repository, or that failed.
 };
 
 /// \brief Stable lower-case name ("creating", ...).
@@ -187,6 +191,9 @@ struct RuntimeSnapshot {
   uint64_t disk_bytes = 0;           ///< Allocated bytes on disk.
   std::vector<SnapshotFile> files;   ///< Files with checksums.
   std::string manifest_digest;       ///< XXH3-128 of manifest.json.
+  /// \brief Where the current generation came from: "built" (by this node), "fetched" (from the snapshot
+  /// repository, built by another node), or empty before the first build.
+  std::string origin;
   /// \brief Container images the current generation holds: the tags (or, for untagged images, the digests)
   /// its Docker daemon listed at snapshot time, sorted; empty for runtime images without Docker and before
   /// the first build.

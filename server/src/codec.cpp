@@ -43,6 +43,7 @@ json::object SnapshotToJson(const RuntimeSnapshot& s) {
   }
   o["files"] = std::move(files);
   o["manifest_digest"] = s.manifest_digest;
+  o["origin"] = s.origin;
   o["images"] = json::value_from(s.images);
   json::array parked;
   for (const auto& p : s.parked) {

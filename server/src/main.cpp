@@ -20,6 +20,7 @@
 #include "fcwarm/version.hpp"
 #include "http_server.hpp"
 #include "none_vmm.hpp"
+#include "net/ipv4.hpp"
 #include "util/failpoint.hpp"
 
 namespace fs = std::filesystem;
@@ -69,7 +70,39 @@ struct Config {
   std::vector<std::string> pool;
   double pool_idle_timeout_s = 300;
   bool stop_vms_on_exit = false;  // live restore: VMs outlive a restart unless asked
+  std::string address_pool = "10.213.0.0/16";
+  // Beyond one host (docs/multi-host.md)
+  std::string node_id;
+  std::string snapshot_repository;
+  std::string s3_endpoint;
+  std::string s3_region = "us-east-1";
+  std::string s3_credentials_file;
+  std::string coordination;
+  int lock_ttl_s = 10;
+  bool no_publish = false;
+  bool no_fetch = false;
 };
+
+// "--address-pool A.B.C.D/N" → the pool's base and its number of /30 blocks; the error names the flag.
+Result<std::pair<std::string, int64_t>> ParseAddressPool(const std::string& text) {
+  auto bad = [&](const std::string& why) {
+    return Status::InvalidArgument("--address-pool: '" + text.substr(0, 64) + "' " + why);
+  };
+  auto slash = text.find('/');
+  if (slash == std::string::npos) return bad("is not A.B.C.D/N (e.g. 10.213.0.0/16)");
+  auto base = net::ParseIpv4(text.substr(0, slash));
+  if (!base) return bad("does not start with an IPv4 address");
+  const std::string len_text = text.substr(slash + 1);
+  if (len_text.empty() || len_text.size() > 2 ||
+      len_text.find_first_not_of("0123456789") != std::string::npos) {
+    return bad("has no prefix length after '/'");
+  }
+  int len = std::stoi(len_text);
+  if (len < 8 || len > 30) return bad("needs a prefix length between 8 and 30 (each VM takes a /30)");
+  uint32_t mask = len == 0 ? 0 : ~uint32_t{0} << (32 - len);
+  if ((*base & ~mask) != 0) return bad("has host bits set (the base of a /" + len_text + " ends in zeros)");
+  return std::make_pair(text.substr(0, slash), int64_t{1} << (30 - len));
+}
 
 // "--pool IMAGE=N" entries → RestoreOptions::pool; the error names the flag.
 Result<std::map<std::string, unsigned>> ParsePool(const std::vector<std::string>& entries) {
@@ -290,6 +323,37 @@ int main(int argc, char** argv) {
                "Stop every VM at graceful shutdown (default: leave them running; the next start re-adopts them "
                "and a crash loses none)")
       ->envname("FCWARM_STOP_VMS_ON_EXIT");
+  app.add_option("--address-pool", cfg.address_pool,
+                 "Guest addresses, A.B.C.D/N: each VM takes a /30 (two servers on one host need pools of their own)")
+      ->capture_default_str()
+      ->envname("FCWARM_ADDRESS_POOL");
+  app.add_option("--node-id", cfg.node_id,
+                 "This node's name in the snapshot repository and in build locks (default: the host name)")
+      ->envname("FCWARM_NODE_ID");
+  app.add_option("--snapshot-repository", cfg.snapshot_repository,
+                 "Share snapshots between hosts: s3://BUCKET[/PREFIX] (with --s3-endpoint) or file:///DIR; this "
+                 "node publishes what it builds and fetches what another node built instead of building it")
+      ->envname("FCWARM_SNAPSHOT_REPOSITORY");
+  app.add_option("--s3-endpoint", cfg.s3_endpoint,
+                 "S3 API endpoint of an s3:// repository, http(s)://HOST[:PORT] (path-style requests; credentials "
+                 "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or --s3-credentials-file)")
+      ->envname("FCWARM_S3_ENDPOINT");
+  app.add_option("--s3-region", cfg.s3_region, "Region S3 requests are signed for (SigV4)")
+      ->capture_default_str()
+      ->envname("FCWARM_S3_REGION");
+  app.add_option("--s3-credentials-file", cfg.s3_credentials_file,
+                 "AWS shared credentials file ([default] aws_access_key_id, aws_secret_access_key)")
+      ->envname("FCWARM_S3_CREDENTIALS_FILE");
+  app.add_option("--coordination", cfg.coordination,
+                 "One build per cluster: etcd://HOST:PORT[,HOST:PORT...][/PREFIX]; a node takes a lease-backed "
+                 "lock before a build and other nodes wait for its published snapshot")
+      ->envname("FCWARM_COORDINATION");
+  app.add_option("--lock-ttl", cfg.lock_ttl_s,
+                 "Seconds after which a dead node's build lock expires (etcd lease)")
+      ->capture_default_str()
+      ->check(CLI::Range(2, 3600));
+  app.add_flag("--no-publish", cfg.no_publish, "Fetch from the snapshot repository but never publish to it");
+  app.add_flag("--no-fetch", cfg.no_fetch, "Publish to the snapshot repository but always build locally");
   app.add_option("--firecracker-binary", cfg.firecracker_binary, "Firecracker binary")->capture_default_str();
   app.add_option("--none-delay", cfg.none_delay_s,
                  "Seconds the 'none' backend takes before failing a VM start (simulates a slow hypervisor)")
@@ -444,6 +508,22 @@ int main(int argc, char** argv) {
   opts.restore.pool = *pool;
   opts.restore.pool_idle_timeout = Ms(cfg.pool_idle_timeout_s);
   opts.restore.stop_vms_on_exit = cfg.stop_vms_on_exit;
+  auto address_pool = ParseAddressPool(cfg.address_pool);
+  if (!address_pool.ok()) {
+    spdlog::critical("event=config_error msg=\"{}\"", address_pool.status().message());
+    return 2;
+  }
+  opts.restore.address_pool_base = address_pool->first;
+  opts.restore.address_pool_size = address_pool->second;
+  opts.snapshots.node_id = cfg.node_id;
+  opts.snapshots.repository.url = cfg.snapshot_repository;
+  opts.snapshots.repository.s3_endpoint = cfg.s3_endpoint;
+  opts.snapshots.repository.s3_region = cfg.s3_region;
+  opts.snapshots.repository.credentials_file = cfg.s3_credentials_file;
+  opts.snapshots.repository.publish = !cfg.no_publish;
+  opts.snapshots.repository.fetch = !cfg.no_fetch;
+  opts.snapshots.coordination.url = cfg.coordination;
+  opts.snapshots.coordination.lock_ttl = std::chrono::seconds(cfg.lock_ttl_s);
   auto service = Service::Open(opts, vmms);
   if (!service.ok()) {
     spdlog::critical("event=open_failed error=\"{}\"", service.status().ToString());

@@ -146,8 +146,9 @@ constexpr std::array<std::pair<SnapshotState, std::string_view>, 4> kSnapshotSta
     {SnapshotState::kUnhealthy, "unhealthy"},
     {SnapshotState::kDeleted, "deleted"},
 }};
-constexpr std::array<std::pair<BuildPhase, std::string_view>, 11> kPhases{{
+constexpr std::array<std::pair<BuildPhase, std::string_view>, 12> kPhases{{
     {BuildPhase::kQueued, "queued"},
+    {BuildPhase::kFetching, "fetching"},
     {BuildPhase::kBooting, "booting"},
     {BuildPhase::kWaitingRuntime, "waiting_runtime"},
     {BuildPhase::kPreloading, "preloading"},
@@ -182,13 +183,14 @@ constexpr std::array<std::pair<VmState, std::string_view>, 7> kVmStates{{
     {VmState::kLost, "lost"},
     {VmState::kPooled, "pooled"},
 }};
-constexpr std::array<std::pair<EventKind, std::string_view>, 6> kEventKinds{{
+constexpr std::array<std::pair<EventKind, std::string_view>, 7> kEventKinds{{
     {EventKind::kBoot, "boot"},
     {EventKind::kBuild, "build"},
     {EventKind::kHealth, "health"},
     {EventKind::kGc, "gc"},
     {EventKind::kReconcile, "reconcile"},
     {EventKind::kSnapshot, "snapshot"},
+    {EventKind::kRepository, "repository"},
 }};
 
 template <typename E, size_t N>

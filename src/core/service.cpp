@@ -34,6 +34,8 @@ Result<std::unique_ptr<Service>> Service::Open(ServiceOptions options, std::shar
   // Build VMs that pull get the network clones get: one address pool, one egress policy, one registry setup.
   options.snapshots.network = internal::NetworkOptionsOf(options.restore);
   options.snapshots.leave_running_vms = true;  // the RestoreEngine re-adopts them (live restore)
+  // Waiting for another node's build is bounded like waiting for a `creating` snapshot here.
+  options.snapshots.coordination.wait_for_build = options.restore.wait_for_creating;
   if (!net::ParseIpv4(options.containers.publish_address)) {
     return Status::InvalidArgument("containers.publish_address: '" + options.containers.publish_address.substr(0, 64) +
                                    "' is not an IPv4 address");

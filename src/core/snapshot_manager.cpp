@@ -13,9 +13,11 @@
 #include <thread>
 
 #include "backends/host_leftovers.hpp"
+#include "coord/single_flight.hpp"
 #include "core/guest_network.hpp"
 #include "core/host_facts.hpp"
 #include "core/internal.hpp"
+#include "core/shared_snapshots.hpp"
 #include "docker/docker_client.hpp"
 #include "fcwarm/ids.hpp"
 #include "fcwarm/image_reference.hpp"
@@ -55,6 +57,18 @@ class SnapshotManager::Impl {
   Status Start() {
     if (opts_.build_workers < 1) return Status::InvalidArgument("build_workers: must be at least 1");
     if (auto st = CheckPreloadOptions(); !st.ok()) return st;
+    auto shared = internal::SharedSnapshots::Create(opts_);
+    if (!shared.ok()) return shared.status();
+    shared_ = std::move(*shared);
+    if (shared_) {
+      // Unreachable or refusing: the node still serves and builds locally; each build says why again.
+      if (auto st = shared_->Check(); !st.ok()) {
+        spdlog::warn("node {}: {}; snapshots are built here until it answers", shared_->node_id(), st.ToString());
+      } else {
+        spdlog::info("node {}: snapshot repository '{}', coordination '{}'", shared_->node_id(),
+                     shared_->repository_url(), shared_->coordination_url());
+      }
+    }
     if (auto st = util::MakeDirs(opts_.root_dir); !st.ok()) return st;
     if (auto st = util::MakeDirs(opts_.build_dir); !st.ok()) return st;
     Reconcile();
@@ -373,6 +387,12 @@ class SnapshotManager::Impl {
     std::vector<ParkedContainer> parked;  // started containers waiting for a command (parking)
     bool deleted_meanwhile = false;
     bool settled = false;  // its terminal state is committed and it no longer counts as in flight
+    // With a snapshot repository or coordination (docs/multi-host.md):
+    std::string repo_key;                    // what another node's generation must match
+    bool fetched = false;                    // the files came from the repository: no build VM
+    std::string fetched_generation;          // the repository generation they came from
+    std::unique_ptr<coord::BuildLock> lock;  // this node builds repo_key (released after publishing)
+    Timings shared_timings;                  // wait_for_build, fetch
   };
 
   struct BuildStep {
@@ -384,6 +404,7 @@ class SnapshotManager::Impl {
   static const std::vector<BuildStep>& BuildSteps() {
     static const std::vector<BuildStep> kSteps = {
         {BuildPhase::kQueued, &Impl::PrepareBuild},       // generation record, directories, backend, key
+        {BuildPhase::kFetching, &Impl::ObtainShared},     // repository/coordination only: wait, fetch
         {BuildPhase::kBooting, &Impl::BootBuildVm},       // cold boot
         {BuildPhase::kWaitingRuntime, &Impl::WaitReady},  // agent, then runtime check
         {BuildPhase::kPreloading, &Impl::PreloadImages},  // docker: identity + pulls, then the image list
@@ -404,6 +425,9 @@ class SnapshotManager::Impl {
   Status RunBuildSteps(Build& b, BuildPhase& phase, Timings& timings) {
     auto t_phase = std::chrono::steady_clock::now();
     for (const BuildStep& step : BuildSteps()) {
+      if (step.phase == BuildPhase::kFetching && !shared_) continue;
+      // A fetched generation is complete: no build VM (its files are hashed and published like a build's).
+      if (b.fetched && step.phase > BuildPhase::kFetching && step.phase < BuildPhase::kVerifying) continue;
       if (step.phase != phase) {
         if (phase != BuildPhase::kQueued) timings[std::string(ToString(phase))] = util::MsSince(t_phase);
         phase = step.phase;
@@ -455,6 +479,81 @@ class SnapshotManager::Impl {
           "they cannot pull");
     }
     return Status::Ok();
+  }
+
+  // fetching: with coordination, wait while another node builds the same thing (or take the build lock); with
+  // a repository, fetch its newest generation instead of building. Never fails the build: what went wrong is
+  // an event (kind `repository`) and the node builds itself.
+  Status ObtainShared(Build& b) {
+    b.repo_key = internal::SharedSnapshots::RepoKey(b.key.first, b.image, b.preload);
+    auto r = shared_->Obtain(b.repo_key, b.tmp_dir, [this] { return Stopping(); }, SharedEmitter(b));
+    if (Stopping()) return Cancelled();
+    b.lock = std::move(r.lock);
+    b.shared_timings = r.timings;
+    if (!r.fetched) return Status::Ok();
+    try {
+      auto meta = json::parse(r.metadata_json).as_object();
+      if (const auto* v = meta.if_contains("images")) b.images = util::StringListFromJson(json::serialize(*v));
+      if (const auto* v = meta.if_contains("parked")) b.parked = util::ParkedFromJson(json::serialize(*v));
+    } catch (const std::exception& e) {
+      // The repository verified the files; metadata it cannot read only costs this node a build.
+      SharedEmitter(b)({"fetch_failed", "generation " + r.generation + ": unreadable metadata (" + e.what() +
+                                            "); building here", {}});
+      std::error_code ec;
+      for (const auto& f : fs::directory_iterator(b.tmp_dir, ec)) fs::remove_all(f.path(), ec);
+      return Status::Ok();
+    }
+    b.fetched = true;
+    b.fetched_generation = r.generation;
+    return Status::Ok();
+  }
+
+  // Writes a repository/coordination event of the build's snapshot (and a log line).
+  std::function<void(internal::SharedEvent)> SharedEmitter(const Build& b) {
+    return [this, snapshot_id = b.job.snapshot_id, image_id = b.job.image_id](internal::SharedEvent ev) {
+      bool bad = ev.outcome.find("failed") != std::string::npos || ev.outcome.find("unavailable") !=
+                                                                       std::string::npos ||
+                 ev.outcome == "wait_timed_out";
+      if (bad) {
+        spdlog::warn("snapshot {}: {}: {}", snapshot_id, ev.outcome, ev.message);
+      } else {
+        spdlog::info("snapshot {}: {}: {}", snapshot_id, ev.outcome, ev.message);
+      }
+      Event e;
+      e.kind = EventKind::kRepository;
+      e.snapshot_id = snapshot_id;
+      e.runtime_image_id = image_id;
+      e.outcome = ev.outcome;
+      e.message = ev.message;
+      e.timings = ev.timings;
+      internal::Emit(store_, e);
+    };
+  }
+
+  // After a local build is published here: upload it to the repository (the build lock is held meanwhile, so
+  // that waiting nodes fetch it), then release the lock.
+  void PublishShared(Build& b) {
+    if (!shared_) return;
+    if (b.fetched) {
+      shared_->NoteInUse(b.job.snapshot_id, b.repo_key, b.fetched_generation);
+    } else {
+      json::object comp;
+      for (const auto& [k, v] : b.key.second) comp[k] = v;
+      json::object meta{{"snapshot_id", b.job.snapshot_id},
+                        {"runtime_image", b.image.name},
+                        {"compatibility_key", b.key.first},
+                        {"compatibility", comp},
+                        {"runtime_check", b.image.runtime_check.kind},
+                        {"preload", json::value_from(b.preload)},
+                        {"vm_shape", json::object{{"vcpus", b.image.shape.vcpus},
+                                                  {"memory_mib", b.image.shape.memory_mib}}},
+                        {"images", json::value_from(b.images)},
+                        {"parked", json::parse(util::ParkedToJson(b.parked))}};
+      shared_->Publish(b.repo_key, b.job.snapshot_id, b.final_dir, b.files, json::serialize(meta),
+                       SharedEmitter(b));
+    }
+    if (b.lock) (void)b.lock->Release();
+    b.lock.reset();
   }
 
   // booting: a cold boot of the build VM.
@@ -726,7 +825,8 @@ class SnapshotManager::Impl {
                                           .files = b.files,
                                           .manifest_digest = b.manifest_digest,
                                           .images = b.images,
-                                          .parked = b.parked};
+                                          .parked = b.parked,
+                                          .origin = b.fetched ? "fetched" : "built"};
     const std::string& id = b.job.snapshot_id;
     return Settle(b, [&] {
       return detail::DbOf(store_).Tx([&](SQLite::Database& db) -> Status {
@@ -843,8 +943,10 @@ class SnapshotManager::Impl {
       }
       spdlog::warn("snapshot {}: {}", job.snapshot_id, out.error);
     } else if (out.ok) {
-      spdlog::info("snapshot {}: generation {} ready in {:.0f} ms", job.snapshot_id, gen, out.timings["total"]);
+      spdlog::info("snapshot {}: generation {} ready in {:.0f} ms ({})", job.snapshot_id, gen,
+                   out.timings["total"], b.fetched ? "fetched from the snapshot repository" : "built here");
     }
+    for (const auto& [k, v] : b.shared_timings) out.timings[k] = v;
     Event e;
     e.kind = EventKind::kBuild;
     e.snapshot_id = job.snapshot_id;
@@ -852,8 +954,9 @@ class SnapshotManager::Impl {
     e.outcome = out.ok ? "ready" : "failed";
     e.reason = job.automatic ? "automatic" : "requested";
     e.timings = out.timings;
-    e.message = out.ok ? "generation " + std::to_string(gen) : out.error;
+    e.message = out.ok ? "generation " + std::to_string(gen) + (b.fetched ? " (fetched)" : "") : out.error;
     internal::Emit(store_, e);
+    if (out.ok) PublishShared(b);
     *settled = b.settled;
     return out;
   }
@@ -1121,6 +1224,7 @@ class SnapshotManager::Impl {
   Store& store_;
   VmmRegistry& vmms_;
   SnapshotManagerOptions opts_;
+  std::unique_ptr<internal::SharedSnapshots> shared_;  // repository and coordination, or null
 
   mutable std::mutex mu_;
   mutable std::condition_variable work_cv_;

@@ -22,6 +22,7 @@ const RowMap<RuntimeSnapshot>& SnapshotRows() {
       Col("manifest_digest", &RuntimeSnapshot::manifest_digest),
       Col("images", &RuntimeSnapshot::images),
       Col("parked", &RuntimeSnapshot::parked),
+      Col("origin", &RuntimeSnapshot::origin),
       Col("success_count", &RuntimeSnapshot::success_count),
       Col("failure_count", &RuntimeSnapshot::failure_count),
       Col("consecutive_failures", &RuntimeSnapshot::consecutive_failures),
@@ -133,12 +134,12 @@ void PublishSnapshot(SQLite::Database& db, const std::string& id, const Publishe
   Exec(db,
        "UPDATE runtime_snapshots SET state = ?, phase = ?, generation = ?, generation_dir = ?, "
        "compatibility_key = ?, compatibility = ?, size_bytes = ?, disk_bytes = ?, files = ?, manifest_digest "
-       "= ?, images = ?, parked = ?, "
+       "= ?, images = ?, parked = ?, origin = ?, "
        "consecutive_failures = 0, build_failures = 0, restores_since_full_verify = 0, last_error = '', "
        "updated_at = ? WHERE id = ?",
        SnapshotState::kReady, BuildPhase::kDone, g.number, g.dir, g.compatibility_key,
        util::StringMapToJson(g.compatibility), g.size_bytes, g.disk_bytes, util::FilesToJson(g.files),
-       g.manifest_digest, util::StringListToJson(g.images), util::ParkedToJson(g.parked), now, id);
+       g.manifest_digest, util::StringListToJson(g.images), util::ParkedToJson(g.parked), g.origin, now, id);
 }
 
 // ---- restore outcomes ---------------------------------------------------------

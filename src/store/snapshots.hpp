@@ -63,6 +63,7 @@ struct PublishedGeneration {
   std::string manifest_digest;
   std::vector<std::string> images;  // what the snapshot's Docker daemon holds
   std::vector<ParkedContainer> parked;  // its parked containers
+  std::string origin = "built";          // "built" here, or "fetched" from the snapshot repository
 };
 /// The snapshot becomes `ready` with the generation `g` as its content; health counters start over.
 void PublishSnapshot(SQLite::Database& db, const std::string& id, const PublishedGeneration& g, int64_t now);

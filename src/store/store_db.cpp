@@ -231,6 +231,11 @@ ALTER TABLE containers ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE containers ADD COLUMN container_path TEXT NOT NULL DEFAULT '';
 ALTER TABLE containers ADD COLUMN container_path_reason TEXT NOT NULL DEFAULT '';
 )SQL"},
+      // The snapshot repository (issue 16): whether a snapshot's generation was built here or fetched.
+      {8, R"SQL(
+ALTER TABLE runtime_snapshots ADD COLUMN origin TEXT NOT NULL DEFAULT '';
+UPDATE runtime_snapshots SET origin = 'built' WHERE generation > 0;
+)SQL"},
   };
   return kMigrations;
 }

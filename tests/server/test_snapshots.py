@@ -8,7 +8,7 @@ import uuid
 
 from conftest import assert_error, create_image
 
-FIELDS = {"id", "runtime_image_id", "state", "phase", "generation", "generation_dir", "compatibility_key",
+FIELDS = {"id", "runtime_image_id", "state", "phase", "generation", "generation_dir", "compatibility_key", "origin",
           "compatibility", "size_bytes", "disk_bytes", "files", "manifest_digest", "images", "parked", "success_count",
           "failure_count", "consecutive_failures", "build_failures", "last_error", "created_at", "updated_at",
           "last_used_at"}

@@ -99,7 +99,7 @@ TEST_CASE("event kinds round-trip, and the names are the ones the store and REST
   auto bad = ParseEventKind("boots");
   REQUIRE_FALSE(bad.ok());
   CHECK(bad.status().code() == StatusCode::kInvalidArgument);
-  CHECK(bad.status().message() == "kind: 'boots' is not one of boot, build, health, gc, reconcile, snapshot");
+  CHECK(bad.status().message() == "kind: 'boots' is not one of boot, build, health, gc, reconcile, snapshot, repository");
 }
 
 TEST_CASE("IsTerminal: only provisioning and running containers can still change by themselves") {

@@ -23,6 +23,7 @@ class SnapshotState(_Labeled):
 
 class BuildPhase(_Labeled):
     QUEUED: BuildPhase
+    FETCHING: BuildPhase
     BOOTING: BuildPhase
     WAITING_RUNTIME: BuildPhase
     PRELOADING: BuildPhase
@@ -121,6 +122,7 @@ class RuntimeSnapshot:
     disk_bytes: int
     files: List[SnapshotFile]
     manifest_digest: str
+    origin: str
     images: List[str]
     parked: List[ParkedContainer]
     success_count: int
@@ -199,6 +201,20 @@ class StoreOptions:
     path: str
     busy_timeout: datetime.timedelta
 
+class SnapshotRepositoryOptions:
+    url: str
+    s3_endpoint: str
+    s3_region: str
+    credentials_file: str
+    publish: bool
+    fetch: bool
+    workers: int
+
+class CoordinationOptions:
+    url: str
+    lock_ttl: datetime.timedelta
+    wait_for_build: datetime.timedelta
+
 class SnapshotManagerOptions:
     root_dir: str
     build_dir: str
@@ -212,6 +228,9 @@ class SnapshotManagerOptions:
     reconcile_processes: bool
     preload_images: List[str]
     pull_timeout: datetime.timedelta
+    node_id: str
+    repository: SnapshotRepositoryOptions
+    coordination: CoordinationOptions
 
 class HealthOptions:
     unhealthy_threshold: int

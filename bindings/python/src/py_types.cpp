@@ -20,6 +20,7 @@ void BindTypes(pyb::module_& m) {
   AddStr(state);
   pyb::enum_<BuildPhase> phase(m, "BuildPhase", "Progress of a snapshot build.");
   phase.value("QUEUED", BuildPhase::kQueued)
+      .value("FETCHING", BuildPhase::kFetching)
       .value("BOOTING", BuildPhase::kBooting)
       .value("WAITING_RUNTIME", BuildPhase::kWaitingRuntime)
       .value("PRELOADING", BuildPhase::kPreloading)
@@ -158,6 +159,7 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("disk_bytes", &RuntimeSnapshot::disk_bytes)
       .def_readonly("files", &RuntimeSnapshot::files)
       .def_readonly("manifest_digest", &RuntimeSnapshot::manifest_digest)
+      .def_readonly("origin", &RuntimeSnapshot::origin)
       .def_readonly("images", &RuntimeSnapshot::images)
       .def_readonly("parked", &RuntimeSnapshot::parked, "Parked containers of the current generation.")
       .def_readonly("success_count", &RuntimeSnapshot::success_count)
@@ -244,6 +246,21 @@ void BindTypes(pyb::module_& m) {
       .def(pyb::init<>())
       .def_readwrite("path", &StoreOptions::path)
       .def_readwrite("busy_timeout", &StoreOptions::busy_timeout);
+  pyb::class_<SnapshotRepositoryOptions>(m, "SnapshotRepositoryOptions",
+                                         "The snapshot repository shared by many hosts (docs/multi-host.md).")
+      .def(pyb::init<>())
+      .def_readwrite("url", &SnapshotRepositoryOptions::url, "s3://BUCKET[/PREFIX] or file:///DIR; '' for none.")
+      .def_readwrite("s3_endpoint", &SnapshotRepositoryOptions::s3_endpoint)
+      .def_readwrite("s3_region", &SnapshotRepositoryOptions::s3_region)
+      .def_readwrite("credentials_file", &SnapshotRepositoryOptions::credentials_file)
+      .def_readwrite("publish", &SnapshotRepositoryOptions::publish)
+      .def_readwrite("fetch", &SnapshotRepositoryOptions::fetch)
+      .def_readwrite("workers", &SnapshotRepositoryOptions::workers);
+  pyb::class_<CoordinationOptions>(m, "CoordinationOptions", "One build per cluster through etcd.")
+      .def(pyb::init<>())
+      .def_readwrite("url", &CoordinationOptions::url, "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]; '' for none.")
+      .def_readwrite("lock_ttl", &CoordinationOptions::lock_ttl)
+      .def_readwrite("wait_for_build", &CoordinationOptions::wait_for_build);
   pyb::class_<SnapshotManagerOptions>(m, "SnapshotManagerOptions", "Options of the snapshot manager.")
       .def(pyb::init<>())
       .def_readwrite("root_dir", &SnapshotManagerOptions::root_dir)
@@ -257,7 +274,10 @@ void BindTypes(pyb::module_& m) {
       .def_readwrite("stop_grace", &SnapshotManagerOptions::stop_grace)
       .def_readwrite("reconcile_processes", &SnapshotManagerOptions::reconcile_processes)
       .def_readwrite("preload_images", &SnapshotManagerOptions::preload_images)
-      .def_readwrite("pull_timeout", &SnapshotManagerOptions::pull_timeout);
+      .def_readwrite("pull_timeout", &SnapshotManagerOptions::pull_timeout)
+      .def_readwrite("node_id", &SnapshotManagerOptions::node_id)
+      .def_readwrite("repository", &SnapshotManagerOptions::repository)
+      .def_readwrite("coordination", &SnapshotManagerOptions::coordination);
   pyb::class_<HealthOptions>(m, "HealthOptions", "Options of the health tracker.")
       .def(pyb::init<>())
       .def_readwrite("unhealthy_threshold", &HealthOptions::unhealthy_threshold)
