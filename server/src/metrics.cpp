@@ -87,6 +87,8 @@ Status MetricsCollector::Fold() {
         if (e.outcome == "ready") build_.Observe(TotalMs(e.timings) / 1000.0);
       } else if (e.kind == EventKind::kHealth) {
         ++health_[e.outcome];
+      } else if (e.kind == EventKind::kRepository) {
+        ++repository_[e.outcome];
       }
     }
     if (events->size() < 1000) return Status::Ok();
@@ -198,6 +200,29 @@ Result<std::string> MetricsCollector::Render(const ServerStats* stats) {
   Header(out, "fcwarm_runtime_snapshots", "gauge", "Runtime snapshots by state.");
   for (const auto& [k, v] : by_state) {
     out += "fcwarm_runtime_snapshots{state=\"" + k + "\"} " + std::to_string(v) + "\n";
+  }
+  // Ready snapshots by image and compatibility key, for placement (docs/multi-host.md): a scheduler, or the
+  // node-label sidecar, prefers nodes where the image's snapshot is ready.
+  std::map<std::string, std::string> image_names;
+  if (auto images = service_.images().List(); images.ok()) {
+    for (const auto& i : *images) image_names[i.id] = i.name;
+  }
+  Header(out, "fcwarm_snapshot_ready", "gauge",
+         "1 for each ready runtime snapshot, by runtime image name, compatibility key and origin (built here "
+         "or fetched from the snapshot repository).");
+  for (const auto& s : *snaps) {
+    if (s.state != SnapshotState::kReady) continue;
+    auto it = image_names.find(s.runtime_image_id);
+    out += "fcwarm_snapshot_ready{image=\"" + Escape(it == image_names.end() ? s.runtime_image_id : it->second) +
+           "\",key=\"" + Escape(s.compatibility_key) + "\",origin=\"" + Escape(s.origin) + "\"} 1\n";
+  }
+  Header(out, "fcwarm_repository_events_total", "counter",
+         "Snapshot repository and coordination events by outcome (fetched, fetch_failed, published, "
+         "publish_failed, waited, wait_timed_out, repository_unavailable, coordination_unavailable).");
+  for (const char* k : {"fetched", "fetch_failed", "published", "publish_failed", "waited", "wait_timed_out",
+                        "repository_unavailable", "coordination_unavailable"}) {
+    out += std::string("fcwarm_repository_events_total{outcome=\"") + k + "\"} " +
+           std::to_string(repository_[k]) + "\n";
   }
   Header(out, "fcwarm_snapshot_builds_active", "gauge", "Snapshot builds queued or running.");
   out += "fcwarm_snapshot_builds_active " + std::to_string(service_.snapshots().ActiveBuilds()) + "\n";

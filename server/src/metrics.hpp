@@ -56,6 +56,7 @@ class MetricsCollector {
   std::map<std::string, int64_t> fallbacks_;  // reason → count
   std::map<std::string, int64_t> builds_;     // ready / failed
   std::map<std::string, int64_t> health_;     // unhealthy / stale
+  std::map<std::string, int64_t> repository_; // repository/coordination events by outcome (docs/multi-host.md)
   Histogram warm_;
   Histogram cold_;
   Histogram build_;

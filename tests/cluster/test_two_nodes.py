@@ -174,6 +174,9 @@ def test_node_b_fetches_what_node_a_built(services, nodes):
     assert c["boot_method"] == "warm" and c["snapshot_id"] == snap_b, c
     st, _, _ = b.delete("/v1/containers/" + c["id"])
     assert st == 200
+    _, _, metrics = b.get("/metrics")
+    assert 'fcwarm_repository_events_total{outcome="fetched"} 1' in metrics, metrics
+    assert f'fcwarm_snapshot_ready{{image="minimal",key="{item["compatibility_key"]}",origin="fetched"}} 1' in metrics
     # The lock of that key is gone (released after publishing).
     assert not etcd.range(b"/fcwarm/locks/")
 

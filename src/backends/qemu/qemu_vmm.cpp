@@ -804,10 +804,14 @@ class QemuVmm final : public Vmm, public HostLeftovers {
     if (sc->disk && !FileExists(Join(dir, qemu::kDiskName))) {
       return Status::FailedPrecondition("missing " + Join(dir, qemu::kDiskName));
     }
-    if (!FileExists(sc->kernel))
-      return Status::FailedPrecondition("the snapshot's kernel " + sc->kernel + " is gone");
-    if (!sc->initrd.empty() && !FileExists(sc->initrd)) {
-      return Status::FailedPrecondition("the snapshot's initrd " + sc->initrd + " is gone");
+    // The runtime image's own files (the compatibility key holds their digests, so they are the snapshot's
+    // content even where their paths differ: a generation fetched from another node), else the recorded ones.
+    const std::string kernel = spec.image.kernel_path.empty() ? sc->kernel : spec.image.kernel_path;
+    const std::string initrd =
+        sc->initrd.empty() ? "" : (spec.image.initrd_path.empty() ? sc->initrd : spec.image.initrd_path);
+    if (!FileExists(kernel)) return Status::FailedPrecondition("the snapshot's kernel " + kernel + " is gone");
+    if (!initrd.empty() && !FileExists(initrd)) {
+      return Status::FailedPrecondition("the snapshot's initrd " + initrd + " is gone");
     }
 
     VmConfig cfg = BaseConfig(spec);
@@ -818,8 +822,8 @@ class QemuVmm final : public Vmm, public HostLeftovers {
     cfg.memory_mode = sc->memory_mode;
     cfg.ram_path = Join(dir, qemu::kRamName);
     cfg.ram_share = false;  // private copy-on-write mapping: the snapshot's RAM file is never written
-    cfg.kernel = sc->kernel;
-    cfg.initrd = sc->initrd;
+    cfg.kernel = kernel;
+    cfg.initrd = initrd;
     cfg.append = sc->append;
     if (sc->disk) cfg.disk = Join(spec.work_dir, qemu::kDiskName);
     cfg.nic = sc->nic;
