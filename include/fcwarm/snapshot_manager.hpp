@@ -61,6 +61,39 @@ struct GcReport {
   uint64_t freed_bytes = 0;     ///< Bytes freed.
 };
 
+/// \brief A generation in the shared snapshot repository (docs/multi-host.md).
+struct RepositoryGeneration {
+  std::string repo_key;    ///< The repository key it was published under.
+  std::string generation;  ///< Its id (time-sortable).
+  std::string node;        ///< The node that built and published it.
+  int64_t created_at = 0;  ///< When it was published, Unix milliseconds.
+  uint64_t raw_bytes = 0;  ///< Sum of its files' sizes.
+  std::string runtime_image;  ///< The publisher's runtime image name (from its metadata), or "".
+};
+
+/// \brief Retention of SnapshotManager::CollectRepository().
+struct RepositoryGcOptions {
+  /// \brief Generations kept per repository key, newest first. Default: 2.
+  unsigned keep_newest = 2;
+  /// \brief Generations younger than this are kept. Default: 24 h.
+  std::chrono::milliseconds keep_newer_than{86400000};
+  /// \brief Report what would be deleted, delete nothing. Default: false.
+  bool dry_run = false;
+};
+
+/// \brief What SnapshotManager::CollectRepository() deleted (or would delete).
+struct RepositoryGcReport {
+  bool dry_run = false;  ///< RepositoryGcOptions::dry_run.
+  /// \brief Generations deleted: beyond retention and used by no live node record.
+  std::vector<RepositoryGeneration> deleted;
+  /// \brief Generations kept.
+  std::vector<RepositoryGeneration> kept;
+  std::vector<std::string> nodes;  ///< Nodes whose records of what they use were honoured.
+  uint64_t chunks_deleted = 0;     ///< Chunks no kept generation references, deleted.
+  uint64_t chunk_bytes_deleted = 0;  ///< Their stored (compressed) bytes.
+  uint64_t chunks_kept = 0;        ///< Chunks kept.
+};
+
 /// \brief Owns runtime snapshots: asynchronous builds on a worker pool, list/get, rebuild, soft delete, garbage
 /// collection of generations no live VM references, and startup reconciliation.
 ///
@@ -140,6 +173,13 @@ class SnapshotManager {
       const RuntimeImage& image) const;
   /// \brief Number of builds queued or running.
   int ActiveBuilds() const;
+
+  /// \brief The generations in the shared snapshot repository, sorted by key then id. FailedPrecondition
+  /// without a repository (SnapshotManagerOptions::repository); the store's error when it cannot be listed.
+  Result<std::vector<RepositoryGeneration>> ListRepository();
+  /// \brief Deletes repository generations beyond `options`' retention that no node records as in use, then
+  /// the chunks nothing references any more (docs/multi-host.md). FailedPrecondition without a repository.
+  Result<RepositoryGcReport> CollectRepository(const RepositoryGcOptions& options);
   /// \brief The options in force.
   const SnapshotManagerOptions& options() const;
 

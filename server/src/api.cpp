@@ -198,6 +198,10 @@ HttpResponse Api::Dispatch(const HttpRequest& req, const RouteMatch& m, const Ta
       return ListEvents(t);
     case RouteId::kPool:
       return Pool();
+    case RouteId::kRepository:
+      return Repository();
+    case RouteId::kRepositoryGc:
+      return RepositoryGc(req);
   }
   return StatusResponse(Status::Internal("unrouted request"));
 }
@@ -311,6 +315,59 @@ HttpResponse Api::CreateImage(const HttpRequest& req) {
 }
 
 // ---- the clone pool --------------------------------------------------------------------------------------
+
+// ---- the shared snapshot repository (docs/multi-host.md) ---------------------------------------------------
+
+namespace {
+json::object RepositoryGenerationToJson(const RepositoryGeneration& g) {
+  return json::object{{"repo_key", g.repo_key},
+                      {"generation", g.generation},
+                      {"node", g.node},
+                      {"runtime_image", g.runtime_image},
+                      {"created_at", g.created_at ? json::value(FormatRfc3339(g.created_at)) : json::value(nullptr)},
+                      {"raw_bytes", g.raw_bytes}};
+}
+}  // namespace
+
+HttpResponse Api::Repository() {
+  auto list = service_.snapshots().ListRepository();
+  if (!list.ok()) return StatusResponse(list.status());
+  json::array items;
+  for (const auto& g : *list) items.push_back(RepositoryGenerationToJson(g));
+  const auto& o = service_.snapshots().options();
+  return JsonResponse(200, json::object{{"url", o.repository.url},
+                                        {"coordination", o.coordination.url},
+                                        {"items", std::move(items)}});
+}
+
+HttpResponse Api::RepositoryGc(const HttpRequest& req) {
+  auto body = ParseBodyObject(req.body.empty() ? std::string("{}") : req.body);
+  if (!body.ok()) return StatusResponse(body.status());
+  ObjectReader r(*body);
+  RepositoryGcOptions o;
+  uint32_t keep_newer_than_s = static_cast<uint32_t>(o.keep_newer_than.count() / 1000);
+  uint32_t keep_newest = o.keep_newest;
+  r.OptionalUint32("keep_newest", &keep_newest, 1, 1000);
+  r.OptionalUint32("keep_newer_than_s", &keep_newer_than_s, 0, 10u * 365 * 86400);
+  r.OptionalBool("dry_run", &o.dry_run);
+  if (auto st = r.Finish(); !st.ok()) return StatusResponse(st);
+  o.keep_newest = keep_newest;
+  o.keep_newer_than = std::chrono::seconds(keep_newer_than_s);
+  auto rep = service_.snapshots().CollectRepository(o);
+  if (!rep.ok()) return StatusResponse(rep.status());
+  json::array deleted, kept;
+  for (const auto& g : rep->deleted) deleted.push_back(json::object{{"repo_key", g.repo_key}, {"generation", g.generation}});
+  for (const auto& g : rep->kept) kept.push_back(json::object{{"repo_key", g.repo_key}, {"generation", g.generation}});
+  json::array nodes;
+  for (const auto& n : rep->nodes) nodes.emplace_back(n);
+  return JsonResponse(200, json::object{{"dry_run", rep->dry_run},
+                                        {"deleted", std::move(deleted)},
+                                        {"kept", std::move(kept)},
+                                        {"nodes", std::move(nodes)},
+                                        {"chunks_deleted", rep->chunks_deleted},
+                                        {"chunk_bytes_deleted", rep->chunk_bytes_deleted},
+                                        {"chunks_kept", rep->chunks_kept}});
+}
 
 HttpResponse Api::Pool() {
   json::array items;

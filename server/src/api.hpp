@@ -54,6 +54,8 @@ class Api {
   HttpResponse DeleteContainer(const std::string& id);
   HttpResponse ListEvents(const Target& t);
   HttpResponse Pool();
+  HttpResponse Repository();
+  HttpResponse RepositoryGc(const HttpRequest& req);
 
   Service& service_;
   ContainerService& containers_;

@@ -63,6 +63,8 @@ constexpr RouteDef kRoutes[] = {
      true},
     {"GET", {"v1", "events", nullptr}, RouteId::kEvents, "GET /v1/events", true},
     {"GET", {"v1", "pool", nullptr}, RouteId::kPool, "GET /v1/pool", true},
+    {"GET", {"v1", "repository", nullptr}, RouteId::kRepository, "GET /v1/repository", true},
+    {"POST", {"v1", "repository", "gc", nullptr}, RouteId::kRepositoryGc, "POST /v1/repository/gc", true},
 };
 
 bool PatternMatches(const RouteDef& r, const std::vector<std::string>& segs,

@@ -43,6 +43,8 @@ enum class RouteId {
   kContainerLogs,
   kEvents,
   kPool,
+  kRepository,
+  kRepositoryGc,
 };
 
 /// The outcome of matching a decoded path and a method.

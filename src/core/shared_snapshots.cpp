@@ -236,6 +236,50 @@ void SharedSnapshots::RecordUse() {
   }
 }
 
+Result<std::vector<RepositoryGeneration>> SharedSnapshots::List() {
+  if (!repo_) return Status::FailedPrecondition("no snapshot repository is configured (--snapshot-repository)");
+  auto gens = repo_->ListGenerations();
+  if (!gens.ok()) return gens.status().WithContext(repo_->Describe());
+  std::vector<RepositoryGeneration> out;
+  for (const auto& g : *gens) {
+    RepositoryGeneration r{.repo_key = g.ref.repo_key, .generation = g.ref.generation};
+    if (auto m = repo_->Load(g.ref); m.ok()) {
+      r.node = m->node;
+      r.created_at = m->created_at_ms;
+      r.raw_bytes = m->RawBytes();
+      try {
+        auto meta = json::parse(m->metadata_json).as_object();
+        if (const auto* v = meta.if_contains("runtime_image"); v && v->is_string()) {
+          r.runtime_image = std::string(v->as_string());
+        }
+      } catch (const std::exception&) {
+      }
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Result<RepositoryGcReport> SharedSnapshots::Gc(const RepositoryGcOptions& options) {
+  if (!repo_) return Status::FailedPrecondition("no snapshot repository is configured (--snapshot-repository)");
+  repo::GcOptions go;
+  go.keep_newest = options.keep_newest;
+  go.keep_newer_than = options.keep_newer_than;
+  go.dry_run = options.dry_run;
+  RecordUse();  // this node's own record is fresh
+  auto r = repo_->Gc(go);
+  if (!r.ok()) return r.status().WithContext(repo_->Describe());
+  RepositoryGcReport out;
+  out.dry_run = r->dry_run;
+  for (const auto& g : r->manifests_deleted) out.deleted.push_back({.repo_key = g.repo_key, .generation = g.generation});
+  for (const auto& g : r->manifests_kept) out.kept.push_back({.repo_key = g.repo_key, .generation = g.generation});
+  out.nodes = r->nodes_live;
+  out.chunks_deleted = r->chunks_deleted;
+  out.chunk_bytes_deleted = r->chunk_bytes_deleted;
+  out.chunks_kept = r->chunks_kept;
+  return out;
+}
+
 Status SharedSnapshots::Check() {
   if (repo_) {
     if (auto st = repo_->Check(); !st.ok()) return st.WithContext("snapshot repository " + opts_.repository.url);

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "fcwarm/options.hpp"
+#include "fcwarm/snapshot_manager.hpp"
 #include "fcwarm/status.hpp"
 #include "fcwarm/types.hpp"
 
@@ -82,6 +83,12 @@ class SharedSnapshots {
   void NoteInUse(const std::string& snapshot_id, const std::string& repo_key, const std::string& generation);
   /// The snapshot no longer uses a repository generation (deleted, or rebuilt locally).
   void Forget(const std::string& snapshot_id);
+
+  /// Every generation in the repository (each manifest read for its node, size and image). FailedPrecondition
+  /// without a repository.
+  Result<std::vector<RepositoryGeneration>> List();
+  /// Repository GC with a retention rule (SnapshotRepository::Gc). FailedPrecondition without a repository.
+  Result<RepositoryGcReport> Gc(const RepositoryGcOptions& options);
 
   /// One request to the repository and one to etcd: OK, or why not (for startup logs and /v1/health).
   Status Check();

@@ -286,6 +286,15 @@ class SnapshotManager::Impl {
     return std::make_pair(util::Xxh3Hex(canon), c);
   }
 
+  Result<std::vector<RepositoryGeneration>> ListRepository() {
+    if (!shared_) return Status::FailedPrecondition("no snapshot repository is configured (--snapshot-repository)");
+    return shared_->List();
+  }
+  Result<RepositoryGcReport> CollectRepository(const RepositoryGcOptions& options) {
+    if (!shared_) return Status::FailedPrecondition("no snapshot repository is configured (--snapshot-repository)");
+    return shared_->Gc(options);
+  }
+
   bool RequestAutomaticRebuild(const std::string& id) { return Rebuild(id, true).ok(); }
 
   int ActiveBuilds() const {
@@ -1286,6 +1295,10 @@ Result<std::pair<std::string, std::map<std::string, std::string>>> SnapshotManag
   return impl_->CompatibilityKeyFor(image);
 }
 int SnapshotManager::ActiveBuilds() const { return impl_->ActiveBuilds(); }
+Result<std::vector<RepositoryGeneration>> SnapshotManager::ListRepository() { return impl_->ListRepository(); }
+Result<RepositoryGcReport> SnapshotManager::CollectRepository(const RepositoryGcOptions& options) {
+  return impl_->CollectRepository(options);
+}
 const SnapshotManagerOptions& SnapshotManager::options() const { return impl_->options(); }
 
 }  // namespace fcwarm

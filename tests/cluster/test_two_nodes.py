@@ -174,6 +174,14 @@ def test_node_b_fetches_what_node_a_built(services, nodes):
     assert c["boot_method"] == "warm" and c["snapshot_id"] == snap_b, c
     st, _, _ = b.delete("/v1/containers/" + c["id"])
     assert st == 200
+    # The repository as the nodes see it, and a GC that keeps what is in use.
+    st, _, doc = b.get("/v1/repository")
+    assert st == 200 and doc["url"] == f"s3://{BUCKET}/fcwarm" and doc["coordination"] == etcd.url, doc
+    assert [(g["node"], g["runtime_image"]) for g in doc["items"]] == [("node-a", "minimal")], doc
+    assert doc["items"][0]["raw_bytes"] > 0 and doc["items"][0]["repo_key"].startswith(item["compatibility_key"])
+    st, _, doc = a.post("/v1/repository/gc", {"keep_newest": 1, "keep_newer_than_s": 0})
+    assert st == 200 and doc["deleted"] == [] and len(doc["kept"]) == 1, doc
+    assert sorted(doc["nodes"]) == ["node-a", "node-b"] and doc["chunks_deleted"] == 0, doc
     _, _, metrics = b.get("/metrics")
     assert 'fcwarm_repository_events_total{outcome="fetched"} 1' in metrics, metrics
     assert f'fcwarm_snapshot_ready{{image="minimal",key="{item["compatibility_key"]}",origin="fetched"}} 1' in metrics

@@ -103,3 +103,13 @@ def test_not_found_and_bad_bodies(server):
                  "runtime_image_id")
     assert_error(server.post("/v1/runtime-snapshots", {"runtime_image_id": missing, "image": "x"}), 400,
                  "invalid_argument", "image")
+
+
+def test_repository_endpoints_without_a_repository(server):
+    # No --snapshot-repository: listing and GC say so (docs/multi-host.md).
+    assert_error(server.get("/v1/repository"), 409, "failed_precondition")
+    assert_error(server.post("/v1/repository/gc", {"dry_run": True}), 409, "failed_precondition")
+    # Bad bodies are refused before anything else.
+    assert_error(server.post("/v1/repository/gc", {"keep_newest": 0}), 400, "invalid_argument", "keep_newest")
+    assert_error(server.post("/v1/repository/gc", {"dry_run": "yes"}), 400, "invalid_argument", "dry_run")
+    assert_error(server.post("/v1/repository/gc", {"bogus": 1}), 400, "invalid_argument", "bogus")
