@@ -418,16 +418,14 @@ def test_both_manifests_pass_the_same_server_flags(k8s, nomad):
 
 
 def test_manifest_flags_exist_in_the_server():
-    """Every flag the manifests pass is one fcwarm-server knows (its --help). The repository flags come with
-    the C++ side of issue 16; until that server is built they are reported as missing, not silently passed."""
+    """Every flag the manifests pass is one fcwarm-server knows (its --help), the repository and coordination
+    flags included."""
     if not SERVER_BIN or not os.path.exists(SERVER_BIN):
         pytest.skip("FCWARM_SERVER_BIN is not set")
     text = subprocess.run([SERVER_BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
     known = set(re.findall(r"(--[a-z0-9-]+)", text))
     assert SERVER_FLAGS - REPOSITORY_FLAGS <= known
-    missing = REPOSITORY_FLAGS - known
-    if missing:
-        pytest.xfail(f"this fcwarm-server has no {sorted(missing)} yet (issue 16, C++ side)")
+    assert REPOSITORY_FLAGS <= known, sorted(REPOSITORY_FLAGS - known)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -197,6 +197,28 @@ class GcReport:
     removed_generations: int
     freed_bytes: int
 
+class RepositoryGeneration:
+    repo_key: str
+    generation: str
+    node: str
+    created_at: int
+    raw_bytes: int
+    runtime_image: str
+
+class RepositoryGcOptions:
+    keep_newest: int
+    keep_newer_than: datetime.timedelta
+    dry_run: bool
+
+class RepositoryGcReport:
+    dry_run: bool
+    deleted: List[RepositoryGeneration]
+    kept: List[RepositoryGeneration]
+    nodes: List[str]
+    chunks_deleted: int
+    chunk_bytes_deleted: int
+    chunks_kept: int
+
 class StoreOptions:
     path: str
     busy_timeout: datetime.timedelta
@@ -361,6 +383,8 @@ class SnapshotManager:
     def wait_while_creating(self, id: str, timeout: _Duration) -> RuntimeSnapshot: ...
     def collect_garbage(self) -> GcReport: ...
     def active_builds(self) -> int: ...
+    def list_repository(self) -> List[RepositoryGeneration]: ...
+    def collect_repository(self, options: RepositoryGcOptions) -> RepositoryGcReport: ...
     def add_build_listener(self, callback: Callable[[BuildOutcome], None]) -> int: ...
     def remove_build_listener(self, token: int) -> None: ...
 

@@ -30,6 +30,12 @@ void BindSnapshotManager(pyb::module_& m) {
       .def("collect_garbage", [](SnapshotManager& s) { return Unwrap(s.CollectGarbage()); }, Release())
       .def_property_readonly("reconcile_report", &SnapshotManager::reconcile_report)
       .def("active_builds", &SnapshotManager::ActiveBuilds, Release())
+      .def("list_repository", [](SnapshotManager& s) { return Unwrap(s.ListRepository()); }, Release(),
+           "Generations in the shared snapshot repository (ConflictError without one).")
+      .def("collect_repository",
+           [](SnapshotManager& s, const RepositoryGcOptions& o) { return Unwrap(s.CollectRepository(o)); },
+           Release(), pyb::arg("options"),
+           "Repository GC: deletes generations beyond the retention rule that no node uses, then unused chunks.")
       .def(
           "add_build_listener",
           [](SnapshotManager& s, pyb::function fn) {

@@ -242,6 +242,26 @@ void BindTypes(pyb::module_& m) {
       .def_readonly("removed_generations", &GcReport::removed_generations)
       .def_readonly("freed_bytes", &GcReport::freed_bytes);
 
+  pyb::class_<RepositoryGeneration>(m, "RepositoryGeneration", "A generation in the shared snapshot repository.")
+      .def_readonly("repo_key", &RepositoryGeneration::repo_key)
+      .def_readonly("generation", &RepositoryGeneration::generation)
+      .def_readonly("node", &RepositoryGeneration::node)
+      .def_readonly("created_at", &RepositoryGeneration::created_at)
+      .def_readonly("raw_bytes", &RepositoryGeneration::raw_bytes)
+      .def_readonly("runtime_image", &RepositoryGeneration::runtime_image);
+  pyb::class_<RepositoryGcOptions>(m, "RepositoryGcOptions", "Retention of repository GC.")
+      .def(pyb::init<>())
+      .def_readwrite("keep_newest", &RepositoryGcOptions::keep_newest)
+      .def_readwrite("keep_newer_than", &RepositoryGcOptions::keep_newer_than)
+      .def_readwrite("dry_run", &RepositoryGcOptions::dry_run);
+  pyb::class_<RepositoryGcReport>(m, "RepositoryGcReport", "What repository GC deleted (or would delete).")
+      .def_readonly("dry_run", &RepositoryGcReport::dry_run)
+      .def_readonly("deleted", &RepositoryGcReport::deleted)
+      .def_readonly("kept", &RepositoryGcReport::kept)
+      .def_readonly("nodes", &RepositoryGcReport::nodes)
+      .def_readonly("chunks_deleted", &RepositoryGcReport::chunks_deleted)
+      .def_readonly("chunk_bytes_deleted", &RepositoryGcReport::chunk_bytes_deleted)
+      .def_readonly("chunks_kept", &RepositoryGcReport::chunks_kept);
   pyb::class_<StoreOptions>(m, "StoreOptions", "Options of the SQLite store.")
       .def(pyb::init<>())
       .def_readwrite("path", &StoreOptions::path)
