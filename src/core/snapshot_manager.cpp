@@ -190,6 +190,7 @@ class SnapshotManager::Impl {
     if (!st.ok()) return st;
     state_cv_.notify_all();
     spdlog::info("snapshot {}: deleted", id);
+    if (shared_) shared_->Forget(id);  // its repository generation is no longer in use here
     (void)CollectGarbage();
     return Status::Ok();
   }
