@@ -137,9 +137,12 @@ ObtainResult SharedSnapshots::Obtain(const std::string& repo_key, const fs::path
         emit({"waited", "node " + got->holder + " held the build lock; it is free now", {{"wait", waited}}});
       }
     } else if (got->outcome == coord::AcquireOutcome::kStopped) {
-      out.timings["wait_for_build"] = waited;
       if (stopping()) return out;
-      emit({"waited", "node " + got->holder + " built it; its generation is published", {{"wait", waited}}});
+      // An empty holder: the generation was published before anyone had to wait (no lock taken at all).
+      if (!got->holder.empty()) {
+        out.timings["wait_for_build"] = waited;
+        emit({"waited", "node " + got->holder + " built it; its generation is published", {{"wait", waited}}});
+      }
     } else {
       out.timings["wait_for_build"] = waited;
       emit({"wait_timed_out",
