@@ -217,9 +217,9 @@ Result<std::string> MetricsCollector::Render(const ServerStats* stats) {
            "\",key=\"" + Escape(s.compatibility_key) + "\",origin=\"" + Escape(s.origin) + "\"} 1\n";
   }
   Header(out, "fcwarm_repository_events_total", "counter",
-         "Snapshot repository and coordination events by outcome (fetched, fetch_failed, published, "
+         "Snapshot repository and coordination events by outcome (fetched, fetch_failed, fetch_skipped, published, "
          "publish_failed, waited, wait_timed_out, repository_unavailable, coordination_unavailable).");
-  for (const char* k : {"fetched", "fetch_failed", "published", "publish_failed", "waited", "wait_timed_out",
+  for (const char* k : {"fetched", "fetch_failed", "fetch_skipped", "published", "publish_failed", "waited", "wait_timed_out",
                         "repository_unavailable", "coordination_unavailable"}) {
     out += std::string("fcwarm_repository_events_total{outcome=\"") + k + "\"} " +
            std::to_string(repository_[k]) + "\n";

@@ -105,7 +105,7 @@ std::string SharedSnapshots::RepoKey(const std::string& compatibility_key, const
   return compatibility_key + "-" + util::Xxh3Hex(canon).substr(0, 16);
 }
 
-ObtainResult SharedSnapshots::Obtain(const std::string& repo_key, const fs::path& dir,
+ObtainResult SharedSnapshots::Obtain(const std::string& snapshot_id, const std::string& repo_key, const fs::path& dir,
                                      const std::function<bool()>& stopping,
                                      const std::function<void(SharedEvent)>& emit) {
   ObtainResult out;
@@ -159,6 +159,15 @@ ObtainResult SharedSnapshots::Obtain(const std::string& repo_key, const fs::path
             repo_->Describe() + ": " + manifest.status().ToString() + "; building here", {}});
     }
     return out;
+  }
+  {
+    std::lock_guard lock(mu_);
+    auto it = in_use_.find(snapshot_id);
+    if (it != in_use_.end() && it->second.second == manifest->generation) {
+      emit({"fetch_skipped",
+            "generation " + manifest->generation + " is the one this snapshot is rebuilt from; building here", {}});
+      return out;
+    }
   }
   auto start = Clock::now();
   auto fetched = repo_->Fetch(*manifest, dir);

@@ -70,7 +70,9 @@ class SharedSnapshots {
   /// CoordinationOptions::wait_for_build) while another node holds it, until its generation is published; then,
   /// with a repository, fetches the newest generation of `repo_key` into `dir` (an empty directory). Never
   /// fails: what went wrong is reported through `emit` and the node builds itself.
-  ObtainResult Obtain(const std::string& repo_key, const std::filesystem::path& dir,
+  /// A rebuild of `snapshot_id` never fetches the generation that snapshot already came from (a rebuild wants
+  /// a new one: the old one may be what failed); it builds instead.
+  ObtainResult Obtain(const std::string& snapshot_id, const std::string& repo_key, const std::filesystem::path& dir,
                       const std::function<bool()>& stopping, const std::function<void(SharedEvent)>& emit);
 
   /// After this node built and published a generation locally: uploads it (when publishing is on), then

@@ -496,7 +496,8 @@ class SnapshotManager::Impl {
   // an event (kind `repository`) and the node builds itself.
   Status ObtainShared(Build& b) {
     b.repo_key = internal::SharedSnapshots::RepoKey(b.key.first, b.image, b.preload);
-    auto r = shared_->Obtain(b.repo_key, b.tmp_dir, [this] { return Stopping(); }, SharedEmitter(b));
+    auto r = shared_->Obtain(b.job.snapshot_id, b.repo_key, b.tmp_dir, [this] { return Stopping(); },
+                             SharedEmitter(b));
     if (Stopping()) return Cancelled();
     b.lock = std::move(r.lock);
     b.shared_timings = r.timings;

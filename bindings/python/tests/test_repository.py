@@ -59,10 +59,24 @@ def test_second_node_fetches_instead_of_building(tmpdir_path):
     assert vm.boot_method == fcwarm.BootMethod.WARM and vm.snapshot_id == snap_b.id
     b.engine.destroy(vm.id)
 
+    # A rebuild on B wants a new generation, not the one it came from (that may be what failed): B builds and
+    # publishes, and says why it did not fetch.
+    b.snapshots.rebuild(snap_b.id)
+    snap_b2 = b.snapshots.wait_while_creating(snap_b.id, 20 * SEC)
+    assert snap_b2.state == fcwarm.SnapshotState.READY and snap_b2.origin == "built", snap_b2.last_error
+    assert "rebuilt from" in wait_event(b, snap_b.id, "fetch_skipped").message
+    assert fake_b.cold_boots == 1
+    wait_event(b, snap_b.id, "published")
+
     gens = b.snapshots.list_repository()
-    assert [(g.node, g.runtime_image) for g in gens] == [("a", "img")]
-    rep = b.snapshots.collect_repository(fcwarm.RepositoryGcOptions())
-    assert rep.deleted == [] and len(rep.kept) == 1 and sorted(rep.nodes) == ["a", "b"]
+    assert [(g.node, g.runtime_image) for g in gens] == [("a", "img"), ("b", "img")]
+    opts = fcwarm.RepositoryGcOptions()
+    opts.keep_newest = 1
+    opts.keep_newer_than = datetime.timedelta(0)
+    opts.dry_run = True
+    rep = b.snapshots.collect_repository(opts)
+    # A's generation is beyond retention (B's is newer) but A records it as in use: kept.
+    assert rep.dry_run and rep.deleted == [] and len(rep.kept) == 2 and sorted(rep.nodes) == ["a", "b"]
 
 
 def test_a_changed_chunk_is_never_used(tmpdir_path):
