@@ -113,9 +113,4 @@ class EtcdClient {
   std::vector<void*> idle_;  // idle CURL* handles (guarded by mu_)
 };
 
-/// Base64 (RFC 4648, padded) as the gateway encodes keys and values.
-std::string Base64Encode(std::string_view in);
-/// Decodes padded base64; nullopt when `in` is not valid base64.
-std::optional<std::string> Base64Decode(std::string_view in);
-
 }  // namespace fcwarm::coord

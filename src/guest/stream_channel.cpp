@@ -17,6 +17,7 @@
 #include <thread>
 
 #include "guest/line_stream.hpp"
+#include "util/base64.hpp"
 
 namespace fcwarm::guest {
 namespace json = boost::json;
@@ -41,50 +42,16 @@ bool ValidDockerPath(const std::string& p) {
   }
   return true;
 }
-constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-std::string B64Encode(std::string_view in) {
-  std::string out;
-  out.reserve((in.size() + 2) / 3 * 4);
-  size_t i = 0;
-  for (; i + 2 < in.size(); i += 3) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8) | uint8_t(in[i + 2]);
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    out += kB64[(v >> 6) & 63];
-    out += kB64[v & 63];
-  }
-  if (i + 1 == in.size()) {
-    uint32_t v = uint8_t(in[i]) << 16;
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    out += "==";
-  } else if (i + 2 == in.size()) {
-    uint32_t v = (uint8_t(in[i]) << 16) | (uint8_t(in[i + 1]) << 8);
-    out += kB64[(v >> 18) & 63];
-    out += kB64[(v >> 12) & 63];
-    out += kB64[(v >> 6) & 63];
-    out += '=';
-  }
-  return out;
-}
-
+// Lenient on purpose (unlike util::Base64Decode): padding and line breaks are skipped.
 std::optional<std::string> B64Decode(std::string_view in) {
-  auto val = [](char c) -> int {
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == '+') return 62;
-    if (c == '/') return 63;
-    return -1;
-  };
   std::string out;
   out.reserve(in.size() / 4 * 3);
   uint32_t acc = 0;
   int bits = 0;
   for (char c : in) {
     if (c == '=' || c == '\n' || c == '\r') continue;
-    int v = val(c);
+    int v = util::Base64Value(c);
     if (v < 0) return std::nullopt;
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;
@@ -206,7 +173,7 @@ class StreamGuestChannel final : public GuestChannel {
     if (!req.mac.empty()) a["mac"] = req.mac;
     if (!req.ip_cidr.empty()) a["ip_cidr"] = req.ip_cidr;
     if (!req.gateway.empty()) a["gateway"] = req.gateway;
-    if (!req.entropy.empty()) a["entropy_b64"] = B64Encode(req.entropy);
+    if (!req.entropy.empty()) a["entropy_b64"] = util::Base64Encode(req.entropy);
     if (req.wall_clock_ns != 0) a["wall_clock_ns"] = req.wall_clock_ns;
     auto strings = [](const std::vector<std::string>& v) {
       json::array arr;
@@ -269,7 +236,7 @@ class StreamGuestChannel final : public GuestChannel {
     json::array argv;
     for (const auto& s : req.argv) argv.emplace_back(s);
     json::object a{{"argv", std::move(argv)}, {"timeout_ms", static_cast<int64_t>(req.timeout.count())}};
-    if (!req.stdin_data.empty()) a["stdin_b64"] = B64Encode(req.stdin_data);
+    if (!req.stdin_data.empty()) a["stdin_b64"] = util::Base64Encode(req.stdin_data);
     auto r = Call("exec", std::move(a), timeout);
     if (!r.ok()) return r.status();
     ExecResult out;
@@ -409,7 +376,7 @@ class StreamGuestChannel final : public GuestChannel {
                    {"path", req.path},
                    {"socket", req.socket},
                    {"timeout_ms", static_cast<int64_t>(req.timeout.count())}};
-    if (!req.body.empty()) a["body_b64"] = B64Encode(req.body);
+    if (!req.body.empty()) a["body_b64"] = util::Base64Encode(req.body);
     return a;
   }
 

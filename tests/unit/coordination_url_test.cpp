@@ -1,13 +1,13 @@
-// The --coordination URL (coord/coordination_url.hpp) and the gateway's base64 (coord/etcd_client.hpp).
+// The --coordination URL (coord/coordination_url.hpp) and the base64 the etcd gateway uses (util/base64.hpp).
 #include "coord/coordination_url.hpp"
 
 #include <doctest/doctest.h>
 
-#include "coord/etcd_client.hpp"
+#include "util/base64.hpp"
 
 using fcwarm::StatusCode;
-using fcwarm::coord::Base64Decode;
-using fcwarm::coord::Base64Encode;
+using fcwarm::util::Base64Decode;
+using fcwarm::util::Base64Encode;
 using fcwarm::coord::EtcdEndpoint;
 using fcwarm::coord::ParseCoordinationUrl;
 
