@@ -20,7 +20,7 @@
 #include "fcwarm/version.hpp"
 #include "http_server.hpp"
 #include "none_vmm.hpp"
-#include "net/ipv4.hpp"
+#include "net/ipv4.hpp"  // ParseCidr for --address-pool
 #include "util/failpoint.hpp"
 
 namespace fs = std::filesystem;
@@ -85,23 +85,13 @@ struct Config {
 
 // "--address-pool A.B.C.D/N" → the pool's base and its number of /30 blocks; the error names the flag.
 Result<std::pair<std::string, int64_t>> ParseAddressPool(const std::string& text) {
-  auto bad = [&](const std::string& why) {
-    return Status::InvalidArgument("--address-pool: '" + text.substr(0, 64) + "' " + why);
-  };
-  auto slash = text.find('/');
-  if (slash == std::string::npos) return bad("is not A.B.C.D/N (e.g. 10.213.0.0/16)");
-  auto base = net::ParseIpv4(text.substr(0, slash));
-  if (!base) return bad("does not start with an IPv4 address");
-  const std::string len_text = text.substr(slash + 1);
-  if (len_text.empty() || len_text.size() > 2 ||
-      len_text.find_first_not_of("0123456789") != std::string::npos) {
-    return bad("has no prefix length after '/'");
+  auto cidr = net::ParseCidr(text, "--address-pool");  // refuses host bits set
+  if (!cidr.ok()) return cidr.status();
+  if (text.find('/') == std::string::npos || cidr->prefix < 8 || cidr->prefix > 30) {
+    return Status::InvalidArgument("--address-pool: '" + text.substr(0, 64) +
+                                   "' needs a prefix length between 8 and 30 (A.B.C.D/N; each VM takes a /30)");
   }
-  int len = std::stoi(len_text);
-  if (len < 8 || len > 30) return bad("needs a prefix length between 8 and 30 (each VM takes a /30)");
-  uint32_t mask = len == 0 ? 0 : ~uint32_t{0} << (32 - len);
-  if ((*base & ~mask) != 0) return bad("has host bits set (the base of a /" + len_text + " ends in zeros)");
-  return std::make_pair(text.substr(0, slash), int64_t{1} << (30 - len));
+  return std::make_pair(net::FormatIpv4(cidr->addr), int64_t{1} << (30 - cidr->prefix));
 }
 
 // "--pool IMAGE=N" entries → RestoreOptions::pool; the error names the flag.

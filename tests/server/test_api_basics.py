@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import assert_error, create_image
+from conftest import Server, assert_error, create_image
 
 
 def test_healthz(server):
@@ -98,3 +98,14 @@ def test_events_paging(server):
     assert_error(server.get("/v1/events?after=-1"), 400, "invalid_argument", "after")
     assert_error(server.get("/v1/events?kind=bogus"), 400, "invalid_argument", "kind")
     assert_error(server.get("/v1/events?snapshot_id=../x"), 400, "invalid_argument", "snapshot_id")
+
+
+def test_bad_address_pool_refused_naming_the_flag():
+    # Malformed, host bits set, too small for a /30 per VM, a bare address: exit 2, the log names the flag.
+    for pool in ("nonsense", "10.213.0.1/16", "10.213.0.0/31", "10.213.0.0", "10.213.0.0/x"):
+        s = Server("--address-pool", pool, expect_start=False)
+        try:
+            assert s.wait_exit(15) == 2, pool
+            assert "--address-pool" in s.read_log(), pool
+        finally:
+            s.close()
