@@ -25,6 +25,14 @@ std::string HostName() {
   return buf;
 }
 
+// A repository generation known only by its reference (GC's report names no more).
+RepositoryGeneration GenerationOf(const repo::GenerationRef& ref) {
+  RepositoryGeneration g;
+  g.repo_key = ref.repo_key;
+  g.generation = ref.generation;
+  return g;
+}
+
 std::string Kib(uint64_t bytes) { return std::to_string((bytes + 1023) / 1024) + " KiB"; }
 
 }  // namespace
@@ -32,12 +40,10 @@ std::string Kib(uint64_t bytes) { return std::to_string((bytes + 1023) / 1024) +
 Result<std::unique_ptr<SharedSnapshots>> SharedSnapshots::Create(const SnapshotManagerOptions& opts) {
   const auto& r = opts.repository;
   const auto& c = opts.coordination;
-  if (r.url.empty() && c.url.empty()) {
-    if (!r.s3_endpoint.empty()) {
-      return Status::InvalidArgument("repository.s3_endpoint: given without a repository url (s3://BUCKET/PREFIX)");
-    }
-    return std::unique_ptr<SharedSnapshots>();
+  if (r.url.empty() && !r.s3_endpoint.empty()) {
+    return Status::InvalidArgument("repository.s3_endpoint: given without a repository url (s3://BUCKET/PREFIX)");
   }
+  if (r.url.empty() && c.url.empty()) return std::unique_ptr<SharedSnapshots>();
   std::unique_ptr<SharedSnapshots> s(new SharedSnapshots(opts));
   s->node_id_ = opts.node_id.empty() ? HostName() : opts.node_id;
   if (auto st = repo::SnapshotRepository::ValidateNodeId(s->node_id_); !st.ok()) {
@@ -75,8 +81,6 @@ Result<std::unique_ptr<SharedSnapshots>> SharedSnapshots::Create(const SnapshotM
                                                        ro);
     if (!repository.ok()) return repository.status().WithContext("repository");
     s->repo_ = std::move(*repository);
-  } else if (!r.s3_endpoint.empty()) {
-    return Status::InvalidArgument("repository.s3_endpoint: given without a repository url (s3://BUCKET/PREFIX)");
   }
   if (!c.url.empty()) {
     if (c.lock_ttl < std::chrono::seconds(1) || c.lock_ttl > std::chrono::hours(1)) {
@@ -254,7 +258,7 @@ Result<std::vector<RepositoryGeneration>> SharedSnapshots::List() {
   if (!gens.ok()) return gens.status().WithContext(repo_->Describe());
   std::vector<RepositoryGeneration> out;
   for (const auto& g : *gens) {
-    RepositoryGeneration r{.repo_key = g.ref.repo_key, .generation = g.ref.generation};
+    RepositoryGeneration r = GenerationOf(g.ref);
     if (auto m = repo_->Load(g.ref); m.ok()) {
       r.node = m->node;
       r.created_at = m->created_at_ms;
@@ -283,8 +287,8 @@ Result<RepositoryGcReport> SharedSnapshots::Gc(const RepositoryGcOptions& option
   if (!r.ok()) return r.status().WithContext(repo_->Describe());
   RepositoryGcReport out;
   out.dry_run = r->dry_run;
-  for (const auto& g : r->manifests_deleted) out.deleted.push_back({.repo_key = g.repo_key, .generation = g.generation});
-  for (const auto& g : r->manifests_kept) out.kept.push_back({.repo_key = g.repo_key, .generation = g.generation});
+  for (const auto& g : r->manifests_deleted) out.deleted.push_back(GenerationOf(g));
+  for (const auto& g : r->manifests_kept) out.kept.push_back(GenerationOf(g));
   out.nodes = r->nodes_live;
   out.chunks_deleted = r->chunks_deleted;
   out.chunk_bytes_deleted = r->chunk_bytes_deleted;

@@ -390,6 +390,7 @@ class SnapshotManager::Impl {
     std::pair<std::string, std::map<std::string, std::string>> key;  // compatibility key, components
     std::unique_ptr<Vm> vm;
     std::vector<SnapshotFile> files;
+    json::object manifest;  // manifest.json as written (also the repository metadata's base)
     std::string manifest_digest;
     std::vector<std::string> preload;  // container images to pull (docker runtime images only)
     NetworkIdentity net;               // the build VM's network identity; index < 0: none
@@ -548,18 +549,13 @@ class SnapshotManager::Impl {
     if (b.fetched) {
       shared_->NoteInUse(b.job.snapshot_id, b.repo_key, b.fetched_generation);
     } else {
-      json::object comp;
-      for (const auto& [k, v] : b.key.second) comp[k] = v;
-      json::object meta{{"snapshot_id", b.job.snapshot_id},
-                        {"runtime_image", b.image.name},
-                        {"compatibility_key", b.key.first},
-                        {"compatibility", comp},
-                        {"runtime_check", b.image.runtime_check.kind},
-                        {"preload", json::value_from(b.preload)},
-                        {"vm_shape", json::object{{"vcpus", b.image.shape.vcpus},
-                                                  {"memory_mib", b.image.shape.memory_mib}}},
-                        {"images", json::value_from(b.images)},
-                        {"parked", json::parse(util::ParkedToJson(b.parked))}};
+      // The local manifest (compatibility, shape, images, parked containers...) without its file list (the
+      // repository manifest has its own), plus what the repository key was made of.
+      json::object meta = b.manifest;
+      meta.erase("files");
+      meta["runtime_image"] = b.image.name;
+      meta["runtime_check"] = b.image.runtime_check.kind;
+      meta["preload"] = json::value_from(b.preload);
       shared_->Publish(b.repo_key, b.job.snapshot_id, b.final_dir, b.files, json::serialize(meta),
                        SharedEmitter(b));
     }
@@ -812,6 +808,7 @@ class SnapshotManager::Impl {
     std::string manifest_text = json::serialize(manifest) + "\n";
     if (auto st = util::WriteFileDurable(b.tmp_dir / kManifestName, manifest_text); !st.ok()) return st;
     b.manifest_digest = util::Xxh3Hex(manifest_text);
+    b.manifest = std::move(manifest);
     return Status::Ok();
   }
 
